@@ -1,0 +1,122 @@
+//! `llm-meter`: the demo and the mock provider (the proxy comes with its own issue).
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use llm_meter::demo::{self, DemoConfig};
+use llm_meter::mock::{self, MockConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "llm-meter",
+    version,
+    about = "Observability for LLM chat-completion calls"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the embedded mock provider and a mix of annotated calls, then print a summary.
+    Demo {
+        /// Number of calls.
+        #[arg(long, default_value_t = 120)]
+        calls: usize,
+        /// Calls in flight at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+    },
+    /// Run the mock OpenAI provider alone.
+    Mock {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Milliseconds before the response head.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        /// Milliseconds between stream chunks.
+        #[arg(long, default_value_t = 0)]
+        chunk_delay_ms: u64,
+        /// Content chunks per stream.
+        #[arg(long, default_value_t = 8)]
+        chunks: u32,
+        /// Output tokens per call.
+        #[arg(long, default_value_t = 44)]
+        completion_tokens: u64,
+        /// Fraction of calls that fail with 429 or 500 (0..=1).
+        #[arg(long, default_value_t = 0.0)]
+        error_rate: f64,
+        /// Requests per rate-limit window.
+        #[arg(long, default_value_t = 500)]
+        limit_requests: u64,
+        /// Tokens per rate-limit window.
+        #[arg(long, default_value_t = 30_000)]
+        limit_tokens: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: Result<(), Box<dyn std::error::Error + Send + Sync>> = runtime.block_on(async {
+        match cli.command {
+            Command::Demo { calls, concurrency } => {
+                demo::run(DemoConfig {
+                    calls,
+                    concurrency,
+                    ..DemoConfig::default()
+                })
+                .await
+            }
+            Command::Mock {
+                listen,
+                latency_ms,
+                chunk_delay_ms,
+                chunks,
+                completion_tokens,
+                error_rate,
+                limit_requests,
+                limit_tokens,
+            } => {
+                if !(0.0..=1.0).contains(&error_rate) {
+                    return Err(
+                        format!("--error-rate must be between 0 and 1, got {error_rate}").into(),
+                    );
+                }
+                let config = MockConfig {
+                    latency: Duration::from_millis(latency_ms),
+                    chunk_delay: Duration::from_millis(chunk_delay_ms),
+                    chunks: chunks.max(1),
+                    completion_tokens,
+                    error_rate,
+                    limit_requests,
+                    limit_tokens,
+                    ..MockConfig::default()
+                };
+                mock::serve_forever(listen, config)
+                    .await
+                    .map_err(|e| format!("mock on {listen}: {e}").into())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

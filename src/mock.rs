@@ -1,0 +1,832 @@
+//! A mock OpenAI chat-completions provider, faithful to the wire format: bodies as in the API
+//! reference, the debug and rate-limit headers (limits count down per request and token and
+//! reset on schedule), SSE streams with `data: [DONE]` and the usage chunk when
+//! `stream_options.include_usage` is set, and OpenAI-shaped 400/401/429/500 errors.
+//!
+//! It is the embedded upstream of the demo, the tests and the benchmarks. Behaviour per request
+//! can be forced with `x-mock-*` request headers (see [`MockServer`]).
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::post;
+use axum::Router;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, Semaphore};
+
+/// Behaviour of the mock.
+#[derive(Clone, Debug)]
+pub struct MockConfig {
+    /// Delay before the response head (and before the first chunk of a stream).
+    pub latency: Duration,
+    /// Delay between stream chunks.
+    pub chunk_delay: Duration,
+    /// Content chunks per stream (role and finish chunks come on top).
+    pub chunks: u32,
+    /// Output tokens per choice when `max_completion_tokens` does not cut it short.
+    pub completion_tokens: u64,
+    /// Reasoning tokens reported (for o-series style usage).
+    pub reasoning_tokens: u64,
+    /// Fraction of input tokens reported as cached.
+    pub cached_fraction: f64,
+    /// Fraction of calls answered with an error (half 429, half 500), deterministic by seed.
+    pub error_rate: f64,
+    /// Requests allowed per window (`x-ratelimit-limit-requests`).
+    pub limit_requests: u64,
+    /// Tokens allowed per window (`x-ratelimit-limit-tokens`).
+    pub limit_tokens: u64,
+    /// Rate-limit window.
+    pub window: Duration,
+    /// Require this API key (`Authorization: Bearer …`), answering 401 otherwise.
+    pub api_key: Option<String>,
+    /// Seed of the id and fault generator.
+    pub seed: u64,
+}
+
+impl Default for MockConfig {
+    fn default() -> Self {
+        MockConfig {
+            latency: Duration::ZERO,
+            chunk_delay: Duration::ZERO,
+            chunks: 8,
+            completion_tokens: 44,
+            reasoning_tokens: 0,
+            cached_fraction: 0.0,
+            error_rate: 0.0,
+            limit_requests: 500,
+            limit_tokens: 30_000,
+            window: Duration::from_secs(60),
+            api_key: None,
+            seed: 0x5eed,
+        }
+    }
+}
+
+/// A request as the mock received it (the last [`MockServer::KEPT_REQUESTS`] are kept).
+#[derive(Clone, Debug)]
+pub struct ReceivedRequest {
+    /// Path.
+    pub path: String,
+    /// Headers as received.
+    pub headers: HeaderMap,
+    /// Body as received.
+    pub body: Bytes,
+}
+
+struct Window {
+    started: Instant,
+    requests: u64,
+    tokens: u64,
+}
+
+struct MockState {
+    config: MockConfig,
+    counter: AtomicU64,
+    window: Mutex<Window>,
+    received: Mutex<VecDeque<ReceivedRequest>>,
+    gate: Semaphore,
+}
+
+/// A running mock provider on 127.0.0.1. Stops when dropped.
+///
+/// Request headers that force behaviour, for tests:
+/// - `x-mock-error`: `400`, `401`, `429`, `500`, `503` (OpenAI-shaped error), `truncate` (stream
+///   ends without `[DONE]`), `reset` (connection dropped mid-body), `stall` (no answer for an hour),
+///   `garbage` (200 with a body that is not JSON);
+/// - `x-mock-completion-tokens`, `x-mock-chunks`: override the config for this request;
+/// - `x-mock-gate: 1`: each stream chunk after the first waits for [`MockServer::release`].
+pub struct MockServer {
+    addr: SocketAddr,
+    state: Arc<MockState>,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl MockServer {
+    /// How many received requests are kept for inspection.
+    pub const KEPT_REQUESTS: usize = 64;
+
+    /// Starts on an ephemeral port of 127.0.0.1.
+    pub async fn start(config: MockConfig) -> std::io::Result<Self> {
+        Self::start_on("127.0.0.1:0".parse().expect("literal address"), config).await
+    }
+
+    /// Starts on `addr`.
+    pub async fn start_on(addr: SocketAddr, config: MockConfig) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(MockState {
+            counter: AtomicU64::new(config.seed),
+            window: Mutex::new(Window {
+                started: Instant::now(),
+                requests: 0,
+                tokens: 0,
+            }),
+            received: Mutex::new(VecDeque::new()),
+            gate: Semaphore::new(0),
+            config,
+        });
+        let (tx, rx) = oneshot::channel::<()>();
+        let app = router(state.clone());
+        tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+                let _ = rx.await;
+            });
+            if let Err(e) = serve.await {
+                tracing::warn!(target: "llm_meter::mock", "mock server stopped: {e}");
+            }
+        });
+        Ok(MockServer {
+            addr,
+            state,
+            shutdown: Some(tx),
+        })
+    }
+
+    /// Address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// API base for clients: `http://127.0.0.1:PORT/v1`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// The most recent requests received, oldest first.
+    pub fn received(&self) -> Vec<ReceivedRequest> {
+        self.state
+            .received
+            .lock()
+            .map(|r| r.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Lets `n` more gated stream chunks go (see `x-mock-gate`).
+    pub fn release(&self, n: usize) {
+        self.state.gate.add_permits(n);
+    }
+}
+
+impl Drop for MockServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The mock's routes: `POST /v1/chat/completions` and `POST /chat/completions`.
+fn router(state: Arc<MockState>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/chat/completions", post(chat))
+        .with_state(state)
+}
+
+/// Runs a mock on `addr` until the process ends (`llm-meter mock`).
+pub async fn serve_forever(addr: SocketAddr, config: MockConfig) -> std::io::Result<()> {
+    let server = MockServer::start_on(addr, config).await?;
+    eprintln!("mock OpenAI provider listening on {}", server.base_url());
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+fn splitmix(state: &AtomicU64) -> u64 {
+    let mut z = state
+        .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+        .wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn random_id(state: &AtomicU64, prefix: &str, len: usize, alphabet: &[u8]) -> String {
+    let mut s = String::with_capacity(prefix.len() + len);
+    s.push_str(prefix);
+    let mut bits = 0u64;
+    for i in 0..len {
+        if i % 8 == 0 {
+            bits = splitmix(state);
+        }
+        s.push(alphabet[(bits % alphabet.len() as u64) as usize] as char);
+        bits /= alphabet.len() as u64;
+    }
+    s
+}
+
+const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+const HEX: &[u8] = b"0123456789abcdef";
+
+/// Resolves an alias to the dated snapshot OpenAI answers with.
+pub fn snapshot_of(model: &str) -> &str {
+    match model {
+        "gpt-4o" => "gpt-4o-2024-08-06",
+        "gpt-4o-mini" => "gpt-4o-mini-2024-07-18",
+        "gpt-4.1" => "gpt-4.1-2025-04-14",
+        "gpt-4.1-mini" => "gpt-4.1-mini-2025-04-14",
+        "gpt-4.1-nano" => "gpt-4.1-nano-2025-04-14",
+        "o3" => "o3-2025-04-16",
+        "o4-mini" => "o4-mini-2025-04-16",
+        "gpt-5" => "gpt-5-2025-08-07",
+        "gpt-5-mini" => "gpt-5-mini-2025-08-07",
+        other => other,
+    }
+}
+
+/// Formats a duration the way OpenAI's reset headers do (`120ms`, `1.5s`, `6m0s`).
+pub fn format_reset(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        let s = format!("{:.3}", d.as_secs_f64());
+        let s = s.trim_end_matches('0').trim_end_matches('.');
+        format!("{s}s")
+    } else {
+        let secs = d.as_secs();
+        let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
+        if h > 0 {
+            format!("{h}h{m}m{s}s")
+        } else {
+            format!("{m}m{s}s")
+        }
+    }
+}
+
+fn estimate_prompt_tokens(req: &Value) -> u64 {
+    let mut chars = 0usize;
+    let mut messages = 0u64;
+    if let Some(list) = req.get("messages").and_then(Value::as_array) {
+        for m in list {
+            messages += 1;
+            match m.get("content") {
+                Some(Value::String(s)) => chars += s.chars().count(),
+                Some(Value::Array(parts)) => {
+                    chars += parts
+                        .iter()
+                        .filter_map(|p| p.get("text").and_then(Value::as_str))
+                        .map(|t| t.chars().count())
+                        .sum::<usize>()
+                }
+                _ => {}
+            }
+        }
+    }
+    (chars as u64).div_ceil(4) + 4 * messages + 3
+}
+
+fn error_body(message: &str, kind: &str, param: Option<&str>, code: Option<&str>) -> Bytes {
+    Bytes::from(
+        json!({"error": {"message": message, "type": kind, "param": param, "code": code}})
+            .to_string(),
+    )
+}
+
+struct Plan {
+    model: String,
+    stream: bool,
+    include_usage: bool,
+    choices: u64,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    finish_reason: &'static str,
+    chunks: u32,
+}
+
+fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+async fn chat(
+    State(state): State<Arc<MockState>>,
+    headers: HeaderMap,
+    uri: http::Uri,
+    body: Bytes,
+) -> Response {
+    if let Ok(mut r) = state.received.lock() {
+        if r.len() == MockServer::KEPT_REQUESTS {
+            r.pop_front();
+        }
+        r.push_back(ReceivedRequest {
+            path: uri.path().to_owned(),
+            headers: headers.clone(),
+            body: body.clone(),
+        });
+    }
+    let cfg = &state.config;
+    let started = Instant::now();
+    let request_id = random_id(&state.counter, "req_", 32, HEX);
+    let mut head = HeaderMap::new();
+    head.insert(
+        "x-request-id",
+        HeaderValue::from_str(&request_id).expect("hex id"),
+    );
+    head.insert(
+        "openai-organization",
+        HeaderValue::from_static("user-mockorg0000000000000000"),
+    );
+    head.insert("openai-version", HeaderValue::from_static("2020-10-01"));
+
+    if let Some(key) = &cfg.api_key {
+        let ok = header_str(&headers, "authorization").and_then(|v| v.strip_prefix("Bearer "))
+            == Some(key.as_str());
+        if !ok {
+            let msg = "Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys.";
+            return respond(
+                StatusCode::UNAUTHORIZED,
+                head,
+                error_body(msg, "invalid_request_error", None, Some("invalid_api_key")),
+            );
+        }
+    }
+
+    let forced = header_str(&headers, "x-mock-error")
+        .unwrap_or("")
+        .to_owned();
+    let req: Value = match serde_json::from_slice(&body) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => {
+            let msg = "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON.)";
+            return respond(
+                StatusCode::BAD_REQUEST,
+                head,
+                error_body(msg, "invalid_request_error", None, None),
+            );
+        }
+    };
+    let Some(model) = req.get("model").and_then(Value::as_str) else {
+        return respond(
+            StatusCode::BAD_REQUEST,
+            head,
+            error_body(
+                "you must provide a model parameter",
+                "invalid_request_error",
+                None,
+                None,
+            ),
+        );
+    };
+    if !req.get("messages").is_some_and(Value::is_array) {
+        return respond(
+            StatusCode::BAD_REQUEST,
+            head,
+            error_body(
+                "Missing required parameter: 'messages'.",
+                "invalid_request_error",
+                Some("messages"),
+                Some("missing_required_parameter"),
+            ),
+        );
+    }
+    let max_tokens = req
+        .get("max_completion_tokens")
+        .or_else(|| req.get("max_tokens"))
+        .and_then(Value::as_u64);
+    let wanted = header_str(&headers, "x-mock-completion-tokens")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(cfg.completion_tokens);
+    let completion_tokens = max_tokens.map_or(wanted, |m| m.min(wanted));
+    let plan = Plan {
+        model: snapshot_of(model).to_owned(),
+        stream: req.get("stream").and_then(Value::as_bool) == Some(true),
+        include_usage: req
+            .pointer("/stream_options/include_usage")
+            .and_then(Value::as_bool)
+            == Some(true),
+        choices: req
+            .get("n")
+            .and_then(Value::as_u64)
+            .unwrap_or(1)
+            .clamp(1, 8),
+        prompt_tokens: estimate_prompt_tokens(&req),
+        completion_tokens,
+        finish_reason: if completion_tokens < wanted {
+            "length"
+        } else {
+            "stop"
+        },
+        chunks: header_str(&headers, "x-mock-chunks")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(cfg.chunks)
+            .max(1),
+    };
+
+    // Rate limits: count this request and its worst-case tokens against the window.
+    let (remaining_requests, remaining_tokens, reset) = {
+        let mut w = state.window.lock().unwrap_or_else(|p| p.into_inner());
+        if w.started.elapsed() >= cfg.window {
+            *w = Window {
+                started: Instant::now(),
+                requests: 0,
+                tokens: 0,
+            };
+        }
+        let reset = cfg.window.saturating_sub(w.started.elapsed());
+        let cost = plan.prompt_tokens + max_tokens.unwrap_or(plan.completion_tokens) * plan.choices;
+        let over = if w.requests >= cfg.limit_requests {
+            Some("requests")
+        } else if w.tokens + cost > cfg.limit_tokens {
+            Some("tokens")
+        } else {
+            w.requests += 1;
+            w.tokens += cost;
+            None
+        };
+        if let Some(kind) = over {
+            return rate_limited(head, cfg, &w, kind, model, reset);
+        }
+        (
+            cfg.limit_requests - w.requests,
+            cfg.limit_tokens - w.tokens,
+            reset,
+        )
+    };
+    let put = |head: &mut HeaderMap, name: &'static str, v: String| {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            head.insert(name, v);
+        }
+    };
+    put(
+        &mut head,
+        "x-ratelimit-limit-requests",
+        cfg.limit_requests.to_string(),
+    );
+    put(
+        &mut head,
+        "x-ratelimit-limit-tokens",
+        cfg.limit_tokens.to_string(),
+    );
+    put(
+        &mut head,
+        "x-ratelimit-remaining-requests",
+        remaining_requests.to_string(),
+    );
+    put(
+        &mut head,
+        "x-ratelimit-remaining-tokens",
+        remaining_tokens.to_string(),
+    );
+    // Requests replenish one by one, tokens in proportion: report time to a full refill.
+    let per_request = cfg.window / u32::try_from(cfg.limit_requests.max(1)).unwrap_or(u32::MAX);
+    put(
+        &mut head,
+        "x-ratelimit-reset-requests",
+        format_reset(per_request.min(reset)),
+    );
+    put(
+        &mut head,
+        "x-ratelimit-reset-tokens",
+        format_reset(reset.mul_f64(
+            (cfg.limit_tokens - remaining_tokens) as f64 / cfg.limit_tokens.max(1) as f64,
+        )),
+    );
+
+    let random_fault = cfg.error_rate > 0.0
+        && (splitmix(&state.counter) % 10_000) as f64 / 10_000.0 < cfg.error_rate;
+    let forced = if forced.is_empty() && random_fault {
+        if splitmix(&state.counter) % 2 == 0 {
+            "429".to_owned()
+        } else {
+            "500".to_owned()
+        }
+    } else {
+        forced
+    };
+
+    if !cfg.latency.is_zero() {
+        tokio::time::sleep(cfg.latency).await;
+    }
+    match forced.as_str() {
+        "400" => {
+            return respond(
+                StatusCode::BAD_REQUEST,
+                head,
+                error_body(
+                    "Invalid value for 'temperature': expected a number between 0 and 2.",
+                    "invalid_request_error",
+                    Some("temperature"),
+                    Some("invalid_value"),
+                ),
+            )
+        }
+        "401" => {
+            return respond(
+                StatusCode::UNAUTHORIZED,
+                head,
+                error_body(
+                    "Incorrect API key provided.",
+                    "invalid_request_error",
+                    None,
+                    Some("invalid_api_key"),
+                ),
+            )
+        }
+        "429" => {
+            let w = state.window.lock().unwrap_or_else(|p| p.into_inner());
+            return rate_limited(head, cfg, &w, "requests", model, Duration::from_millis(120));
+        }
+        "500" => {
+            return respond(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                head,
+                error_body(
+                    "The server had an error while processing your request. Sorry about that!",
+                    "server_error",
+                    None,
+                    None,
+                ),
+            )
+        }
+        "503" => {
+            return respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                head,
+                error_body(
+                    "The engine is currently overloaded, please try again later.",
+                    "server_error",
+                    None,
+                    None,
+                ),
+            )
+        }
+        "stall" => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        "garbage" => {
+            return respond(
+                StatusCode::OK,
+                head,
+                Bytes::from_static(b"<html>upstream proxy error</html>"),
+            )
+        }
+        _ => {}
+    }
+
+    let id = random_id(&state.counter, "chatcmpl-", 29, ALNUM);
+    let fingerprint = random_id(&state.counter, "fp_", 10, HEX);
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let usage = usage_json(&plan, cfg);
+    let processing = started.elapsed() + cfg.chunk_delay * plan.chunks;
+    put(
+        &mut head,
+        "openai-processing-ms",
+        processing.as_millis().max(1).to_string(),
+    );
+
+    if !plan.stream {
+        let choices: Vec<Value> = (0..plan.choices)
+            .map(|i| {
+                json!({
+                    "index": i,
+                    "message": {"role": "assistant", "content": lorem(plan.completion_tokens), "refusal": null, "annotations": []},
+                    "logprobs": null,
+                    "finish_reason": plan.finish_reason,
+                })
+            })
+            .collect();
+        let body = json!({
+            "id": id, "object": "chat.completion", "created": created, "model": plan.model,
+            "choices": choices, "usage": usage, "service_tier": "default", "system_fingerprint": fingerprint,
+        });
+        return respond(StatusCode::OK, head, Bytes::from(body.to_string()));
+    }
+
+    let gated = header_str(&headers, "x-mock-gate") == Some("1");
+    let events = stream_events(&plan, &id, created, &fingerprint, &usage);
+    let fault = forced;
+    let state2 = state.clone();
+    let chunk_delay = cfg.chunk_delay;
+    let body = async_stream(events, move |i, total| {
+        let state = state2.clone();
+        let fault = fault.clone();
+        async move {
+            if i > 0 {
+                if gated {
+                    if let Ok(p) = state.gate.acquire().await {
+                        p.forget();
+                    }
+                }
+                if !chunk_delay.is_zero() {
+                    tokio::time::sleep(chunk_delay).await;
+                }
+            }
+            match fault.as_str() {
+                "truncate" if i >= total / 2 => Step::End,
+                "reset" if i >= total / 2 => Step::Fail,
+                _ => Step::Send,
+            }
+        }
+    });
+    head.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    let mut resp = Response::new(body);
+    *resp.headers_mut() = head;
+    resp
+}
+
+fn usage_json(plan: &Plan, cfg: &MockConfig) -> Value {
+    let completion = plan.completion_tokens * plan.choices;
+    let cached = ((plan.prompt_tokens as f64) * cfg.cached_fraction).floor() as u64;
+    json!({
+        "prompt_tokens": plan.prompt_tokens,
+        "completion_tokens": completion + cfg.reasoning_tokens,
+        "total_tokens": plan.prompt_tokens + completion + cfg.reasoning_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": cfg.reasoning_tokens, "audio_tokens": 0, "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+    })
+}
+
+fn stream_events(
+    plan: &Plan,
+    id: &str,
+    created: u64,
+    fingerprint: &str,
+    usage: &Value,
+) -> Vec<Bytes> {
+    let chunk = |choices: Value, usage_field: Option<Value>| {
+        let mut c = json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": plan.model,
+            "service_tier": "default", "system_fingerprint": fingerprint, "choices": choices,
+        });
+        if plan.include_usage {
+            c["usage"] = usage_field.unwrap_or(Value::Null);
+        }
+        Bytes::from(format!("data: {c}\n\n"))
+    };
+    let mut out = Vec::new();
+    for i in 0..plan.choices {
+        out.push(chunk(json!([{"index": i, "delta": {"role": "assistant", "content": "", "refusal": null}, "logprobs": null, "finish_reason": null}]), None));
+    }
+    let per_chunk = plan
+        .completion_tokens
+        .div_ceil(u64::from(plan.chunks))
+        .max(1);
+    let mut left = plan.completion_tokens;
+    for _ in 0..plan.chunks {
+        if left == 0 {
+            break;
+        }
+        let n = per_chunk.min(left);
+        left -= n;
+        for i in 0..plan.choices {
+            out.push(chunk(json!([{"index": i, "delta": {"content": lorem(n)}, "logprobs": null, "finish_reason": null}]), None));
+        }
+    }
+    for i in 0..plan.choices {
+        out.push(chunk(json!([{"index": i, "delta": {}, "logprobs": null, "finish_reason": plan.finish_reason}]), None));
+    }
+    if plan.include_usage {
+        out.push(chunk(json!([]), Some(usage.clone())));
+    }
+    out.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    out
+}
+
+enum Step {
+    Send,
+    End,
+    Fail,
+}
+
+/// A body that sends `events` one by one, asking `before(i, total)` what to do before each.
+fn async_stream<F, Fut>(events: Vec<Bytes>, before: F) -> Body
+where
+    F: Fn(usize, usize) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Step> + Send,
+{
+    let total = events.len();
+    let s = futures_util::stream::unfold(
+        (events.into_iter().enumerate(), before),
+        move |(mut it, before)| async move {
+            let (i, ev) = it.next()?;
+            match before(i, total).await {
+                Step::Send => Some((Ok(ev), (it, before))),
+                Step::End => None,
+                Step::Fail => Some((
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionReset,
+                        "mock reset",
+                    )),
+                    (it, before),
+                )),
+            }
+        },
+    );
+    Body::from_stream(s)
+}
+
+fn rate_limited(
+    mut head: HeaderMap,
+    cfg: &MockConfig,
+    w: &Window,
+    kind: &str,
+    model: &str,
+    reset: Duration,
+) -> Response {
+    let (limit, used, unit) = match kind {
+        "tokens" => (cfg.limit_tokens, w.tokens, "tokens per min (TPM)"),
+        _ => (cfg.limit_requests, w.requests, "requests per min (RPM)"),
+    };
+    let mut msg = String::new();
+    let _ = write!(
+        msg,
+        "Rate limit reached for {model} in organization org-mock on {unit}: Limit {limit}, Used {used}, Requested 1. Please try again in {}. Visit https://platform.openai.com/account/rate-limits to learn more.",
+        format_reset(reset)
+    );
+    let secs = reset.as_secs_f64().ceil().max(1.0) as u64;
+    head.insert("retry-after", HeaderValue::from(secs));
+    head.insert(
+        "retry-after-ms",
+        HeaderValue::from(reset.as_millis().max(1) as u64),
+    );
+    head.insert(
+        "x-ratelimit-limit-requests",
+        HeaderValue::from(cfg.limit_requests),
+    );
+    head.insert(
+        "x-ratelimit-limit-tokens",
+        HeaderValue::from(cfg.limit_tokens),
+    );
+    head.insert(
+        "x-ratelimit-remaining-requests",
+        HeaderValue::from(cfg.limit_requests.saturating_sub(w.requests)),
+    );
+    head.insert(
+        "x-ratelimit-remaining-tokens",
+        HeaderValue::from(cfg.limit_tokens.saturating_sub(w.tokens)),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format_reset(reset)) {
+        head.insert("x-ratelimit-reset-requests", v.clone());
+        head.insert("x-ratelimit-reset-tokens", v);
+    }
+    respond(
+        StatusCode::TOO_MANY_REQUESTS,
+        head,
+        error_body(&msg, kind, None, Some("rate_limit_exceeded")),
+    )
+}
+
+fn respond(status: StatusCode, mut head: HeaderMap, body: Bytes) -> Response {
+    head.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let mut resp = Response::new(Body::from(body));
+    *resp.status_mut() = status;
+    *resp.headers_mut() = head;
+    resp
+}
+
+/// Deterministic filler text of about `tokens` tokens.
+fn lorem(tokens: u64) -> String {
+    const WORDS: [&str; 8] = [
+        "Hello", " there", "!", " How", " can", " I", " help", " today?",
+    ];
+    let mut s = String::new();
+    for i in 0..tokens as usize {
+        s.push_str(WORDS[i % WORDS.len()]);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::parse_reset_duration;
+
+    #[test]
+    fn reset_format_round_trips_through_the_parser() {
+        for ms in [
+            0u64, 38, 120, 999, 1000, 1500, 59_993, 60_000, 360_000, 3_723_000,
+        ] {
+            let d = Duration::from_millis(ms);
+            let back = parse_reset_duration(&format_reset(d)).unwrap();
+            assert!(
+                (back.as_secs_f64() - d.as_secs_f64()).abs() < 0.001,
+                "{ms}: {}",
+                format_reset(d)
+            );
+        }
+        assert_eq!(format_reset(Duration::from_secs(360)), "6m0s");
+    }
+
+    #[test]
+    fn snapshots_resolve() {
+        assert_eq!(snapshot_of("gpt-4o"), "gpt-4o-2024-08-06");
+        assert_eq!(snapshot_of("custom"), "custom");
+    }
+}

@@ -1,0 +1,313 @@
+//! [`CallRecord`]: everything observed about one call, handed to every sink once the call ends,
+//! and the [`CallHook`] trait through which applications add their own sinks.
+
+use std::borrow::Cow;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use serde::Deserialize;
+
+use crate::annotations::Annotations;
+use crate::provider::{ProviderMeta, ResponseFacts, Usage};
+
+/// Low-cardinality class of a failed call, recorded as `error.type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorType {
+    /// The provider answered with a non-2xx HTTP status (`error.type` is the code, e.g. `429`).
+    Status(u16),
+    /// The call (or a stream read) timed out.
+    Timeout,
+    /// No connection could be made.
+    Connect,
+    /// The body could not be read as a chat completion, or a stream chunk as JSON.
+    Decode,
+    /// The caller dropped the call or the stream before it ended.
+    Cancelled,
+    /// The stream ended without `data: [DONE]`.
+    Truncated,
+    /// The provider sent an `{"error": ...}` event inside a stream.
+    StreamError,
+    /// The connection failed mid-call (reset, protocol error).
+    Transport,
+    /// The request could not be built (unserializable body, bad URL).
+    InvalidRequest,
+}
+
+impl ErrorType {
+    /// The `error.type` value.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ErrorType::Status(code) => status_str(*code),
+            ErrorType::Timeout => "timeout",
+            ErrorType::Connect => "connect",
+            ErrorType::Decode => "decode",
+            ErrorType::Cancelled => "cancelled",
+            ErrorType::Truncated => "truncated",
+            ErrorType::StreamError => "stream_error",
+            ErrorType::Transport => "transport",
+            ErrorType::InvalidRequest => "invalid_request",
+        }
+    }
+
+    /// Classifies a reqwest error.
+    pub fn from_reqwest(e: &reqwest::Error) -> Self {
+        if e.is_timeout() {
+            ErrorType::Timeout
+        } else if e.is_connect() {
+            ErrorType::Connect
+        } else if e.is_decode() {
+            ErrorType::Decode
+        } else if e.is_builder() {
+            ErrorType::InvalidRequest
+        } else {
+            ErrorType::Transport
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `"100"` … `"599"` as static strings, so labels need no allocation; other codes are `_OTHER`.
+fn status_str(code: u16) -> &'static str {
+    static CODES: OnceLock<Vec<String>> = OnceLock::new();
+    let codes = CODES.get_or_init(|| (100..600).map(|c| c.to_string()).collect());
+    match code {
+        100..=599 => &codes[usize::from(code - 100)],
+        _ => "_OTHER",
+    }
+}
+
+/// What the request asked for, read from the body actually sent.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RequestFacts {
+    /// `model`.
+    pub model: String,
+    /// `stream`.
+    pub stream: bool,
+    /// `stream_options.include_usage` as sent (after the client may have added it).
+    pub include_usage: bool,
+    /// `max_completion_tokens`, or the legacy `max_tokens`.
+    pub max_tokens: Option<u64>,
+    /// `temperature`.
+    pub temperature: Option<f64>,
+    /// `top_p`.
+    pub top_p: Option<f64>,
+    /// `frequency_penalty`.
+    pub frequency_penalty: Option<f64>,
+    /// `presence_penalty`.
+    pub presence_penalty: Option<f64>,
+    /// `seed`.
+    pub seed: Option<i64>,
+    /// `n`.
+    pub choice_count: Option<u64>,
+    /// `stop` (a string or an array).
+    pub stop_sequences: Vec<String>,
+    /// `service_tier`.
+    pub service_tier: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RequestWire<'a> {
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    stream_options: Option<StreamOptionsWire>,
+    #[serde(default)]
+    max_completion_tokens: Option<u64>,
+    #[serde(default)]
+    max_tokens: Option<u64>,
+    #[serde(default)]
+    temperature: Option<f64>,
+    #[serde(default)]
+    top_p: Option<f64>,
+    #[serde(default)]
+    frequency_penalty: Option<f64>,
+    #[serde(default)]
+    presence_penalty: Option<f64>,
+    #[serde(default)]
+    seed: Option<i64>,
+    #[serde(default)]
+    n: Option<u64>,
+    #[serde(default)]
+    stop: Option<Stop>,
+    #[serde(borrow, default)]
+    service_tier: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptionsWire {
+    #[serde(default)]
+    include_usage: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Where `stream_options` stands in a request body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamOptions {
+    /// No `stream_options` object.
+    Absent,
+    /// Present; `include_usage` as given.
+    Present {
+        /// `include_usage: true`.
+        include_usage: bool,
+    },
+}
+
+impl RequestFacts {
+    /// Reads the facts from a JSON request body; also says where `stream_options` stands.
+    pub fn parse(body: &[u8]) -> Result<(Self, StreamOptions), serde_json::Error> {
+        let w: RequestWire<'_> = serde_json::from_slice(body)?;
+        let options = match &w.stream_options {
+            None => StreamOptions::Absent,
+            Some(o) => StreamOptions::Present {
+                include_usage: o.include_usage == Some(true),
+            },
+        };
+        let facts = RequestFacts {
+            model: w.model.map(Cow::into_owned).unwrap_or_default(),
+            stream: w.stream == Some(true),
+            include_usage: matches!(
+                options,
+                StreamOptions::Present {
+                    include_usage: true
+                }
+            ),
+            max_tokens: w.max_completion_tokens.or(w.max_tokens),
+            temperature: w.temperature,
+            top_p: w.top_p,
+            frequency_penalty: w.frequency_penalty,
+            presence_penalty: w.presence_penalty,
+            seed: w.seed,
+            choice_count: w.n,
+            stop_sequences: match w.stop {
+                None => Vec::new(),
+                Some(Stop::One(s)) => vec![s],
+                Some(Stop::Many(v)) => v,
+            },
+            service_tier: w.service_tier.map(Cow::into_owned),
+        };
+        Ok((facts, options))
+    }
+}
+
+/// Timings of a call.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Timings {
+    /// Wall-clock start.
+    pub started_at: SystemTime,
+    /// Whole call, from sending to the end of the body or stream.
+    pub duration: Duration,
+    /// Streams: from sending to the first chunk.
+    pub time_to_first_chunk: Option<Duration>,
+    /// Streams: mean time between output chunks after the first.
+    pub time_per_output_chunk: Option<Duration>,
+    /// Streams: data events received, `[DONE]` excluded.
+    pub chunks: u32,
+}
+
+/// Everything observed about one call. Sinks (span, metrics, limits, hooks) read it once.
+#[derive(Clone, Debug)]
+pub struct CallRecord {
+    /// `gen_ai.operation.name` (`chat`).
+    pub operation: &'static str,
+    /// `gen_ai.provider.name`.
+    pub provider: Arc<str>,
+    /// Provider host.
+    pub server_address: Arc<str>,
+    /// Provider port.
+    pub server_port: Option<u16>,
+    /// The caller's annotations.
+    pub annotations: Annotations,
+    /// What the request asked for.
+    pub request: RequestFacts,
+    /// HTTP status of the provider's answer, when one came.
+    pub status: Option<u16>,
+    /// Provider debug and rate-limit headers.
+    pub meta: ProviderMeta,
+    /// Response facts (id, model, finish reasons, ...).
+    pub response: ResponseFacts,
+    /// Token usage, when the provider reported it.
+    pub usage: Option<Usage>,
+    /// Timings.
+    pub timings: Timings,
+    /// Why the call failed, if it did.
+    pub error: Option<ErrorType>,
+}
+
+impl CallRecord {
+    /// The model to label the call with: the response's, else the request's.
+    pub fn model(&self) -> &str {
+        self.response
+            .model
+            .as_deref()
+            .unwrap_or(&self.request.model)
+    }
+}
+
+/// A sink for finished calls. Implemented for `()` (nothing), for closures
+/// `Fn(&CallRecord)`, and for any user type. Called on the task that finished the call: keep it
+/// fast and never block.
+pub trait CallHook: Send + Sync + 'static {
+    /// One finished call.
+    fn on_call(&self, record: &CallRecord);
+}
+
+impl CallHook for () {
+    fn on_call(&self, _: &CallRecord) {}
+}
+
+impl<F: Fn(&CallRecord) + Send + Sync + 'static> CallHook for F {
+    fn on_call(&self, record: &CallRecord) {
+        self(record)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_types_are_low_cardinality_strings() {
+        assert_eq!(ErrorType::Status(429).as_str(), "429");
+        assert_eq!(ErrorType::Status(503).as_str(), "503");
+        assert_eq!(ErrorType::Status(42).as_str(), "_OTHER");
+        assert_eq!(ErrorType::Cancelled.as_str(), "cancelled");
+    }
+
+    #[test]
+    fn request_facts_read_parameters_and_stream_options() {
+        let body = br#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":false},"max_tokens":5,"max_completion_tokens":9,"temperature":0.5,"stop":"END","n":2,"seed":-3}"#;
+        let (f, opts) = RequestFacts::parse(body).unwrap();
+        assert_eq!(
+            opts,
+            StreamOptions::Present {
+                include_usage: false
+            }
+        );
+        assert_eq!(
+            (f.model.as_str(), f.stream, f.max_tokens, f.temperature),
+            ("gpt-4o", true, Some(9), Some(0.5))
+        );
+        assert_eq!(
+            (f.stop_sequences, f.choice_count, f.seed),
+            (vec!["END".to_owned()], Some(2), Some(-3))
+        );
+        let (f, opts) = RequestFacts::parse(br#"{"model":"m","stop":["a","b"]}"#).unwrap();
+        assert_eq!(
+            (opts, f.stop_sequences.len(), f.stream),
+            (StreamOptions::Absent, 2, false)
+        );
+    }
+}

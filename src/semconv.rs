@@ -1,0 +1,169 @@
+//! Every attribute, metric, label and header name llm-meter emits or reads, in one place.
+//!
+//! The `gen_ai.*` names follow the OpenTelemetry GenAI semantic conventions v1.41.1. They are
+//! defined here as our own constants (the `opentelemetry-semantic-conventions` crate only has
+//! them behind `semconv_experimental`, all deprecated) so that a rename upstream never silently
+//! renames a metric a dashboard depends on. Tests, dashboards and docs refer to these constants.
+
+// ---- GenAI span attributes -------------------------------------------------------------------
+
+/// `gen_ai.operation.name`: always `chat` for chat completions.
+pub const GEN_AI_OPERATION_NAME: &str = "gen_ai.operation.name";
+/// `gen_ai.provider.name`: `openai` for OpenAI-compatible providers.
+pub const GEN_AI_PROVIDER_NAME: &str = "gen_ai.provider.name";
+/// Model named in the request.
+pub const GEN_AI_REQUEST_MODEL: &str = "gen_ai.request.model";
+/// `max_completion_tokens` (or legacy `max_tokens`) sent.
+pub const GEN_AI_REQUEST_MAX_TOKENS: &str = "gen_ai.request.max_tokens";
+/// `temperature` sent.
+pub const GEN_AI_REQUEST_TEMPERATURE: &str = "gen_ai.request.temperature";
+/// `top_p` sent.
+pub const GEN_AI_REQUEST_TOP_P: &str = "gen_ai.request.top_p";
+/// `frequency_penalty` sent.
+pub const GEN_AI_REQUEST_FREQUENCY_PENALTY: &str = "gen_ai.request.frequency_penalty";
+/// `presence_penalty` sent.
+pub const GEN_AI_REQUEST_PRESENCE_PENALTY: &str = "gen_ai.request.presence_penalty";
+/// `seed` sent.
+pub const GEN_AI_REQUEST_SEED: &str = "gen_ai.request.seed";
+/// `stop` sequences sent (array).
+pub const GEN_AI_REQUEST_STOP_SEQUENCES: &str = "gen_ai.request.stop_sequences";
+/// `n` sent, when not 1.
+pub const GEN_AI_REQUEST_CHOICE_COUNT: &str = "gen_ai.request.choice.count";
+/// Whether the request asked for a stream.
+pub const GEN_AI_REQUEST_STREAM: &str = "gen_ai.request.stream";
+/// Response `id`.
+pub const GEN_AI_RESPONSE_ID: &str = "gen_ai.response.id";
+/// Response `model`.
+pub const GEN_AI_RESPONSE_MODEL: &str = "gen_ai.response.model";
+/// Every choice's `finish_reason` (array).
+pub const GEN_AI_RESPONSE_FINISH_REASONS: &str = "gen_ai.response.finish_reasons";
+/// `usage.prompt_tokens`.
+pub const GEN_AI_USAGE_INPUT_TOKENS: &str = "gen_ai.usage.input_tokens";
+/// `usage.completion_tokens`.
+pub const GEN_AI_USAGE_OUTPUT_TOKENS: &str = "gen_ai.usage.output_tokens";
+/// `usage.prompt_tokens_details.cached_tokens`.
+pub const GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: &str = "gen_ai.usage.cache_read.input_tokens";
+/// `usage.completion_tokens_details.reasoning_tokens`.
+pub const GEN_AI_USAGE_REASONING_OUTPUT_TOKENS: &str = "gen_ai.usage.reasoning.output_tokens";
+/// Provider host.
+pub const SERVER_ADDRESS: &str = "server.address";
+/// Provider port.
+pub const SERVER_PORT: &str = "server.port";
+/// Low-cardinality failure class (`429`, `timeout`, `connect`, `decode`, `cancelled`, ...).
+pub const ERROR_TYPE: &str = "error.type";
+/// `service_tier` the provider used.
+pub const OPENAI_RESPONSE_SERVICE_TIER: &str = "openai.response.service_tier";
+/// `system_fingerprint` of the response.
+pub const OPENAI_RESPONSE_SYSTEM_FINGERPRINT: &str = "openai.response.system_fingerprint";
+/// `service_tier` the request asked for.
+pub const OPENAI_REQUEST_SERVICE_TIER: &str = "openai.request.service_tier";
+
+// ---- Provider meta (response headers) --------------------------------------------------------
+
+/// `x-request-id` of the provider.
+pub const OPENAI_REQUEST_ID: &str = "openai.request.id";
+/// `openai-processing-ms`, in milliseconds.
+pub const OPENAI_PROCESSING_MS: &str = "openai.processing_ms";
+/// `openai-version`.
+pub const OPENAI_API_VERSION: &str = "openai.api.version";
+/// `openai-organization`.
+pub const OPENAI_ORGANIZATION: &str = "openai.organization";
+/// `x-ratelimit-limit-requests`.
+pub const RATELIMIT_LIMIT_REQUESTS: &str = "openai.ratelimit.requests.limit";
+/// `x-ratelimit-remaining-requests`.
+pub const RATELIMIT_REMAINING_REQUESTS: &str = "openai.ratelimit.requests.remaining";
+/// `x-ratelimit-reset-requests`, in seconds.
+pub const RATELIMIT_RESET_REQUESTS: &str = "openai.ratelimit.requests.reset_s";
+/// `x-ratelimit-limit-tokens`.
+pub const RATELIMIT_LIMIT_TOKENS: &str = "openai.ratelimit.tokens.limit";
+/// `x-ratelimit-remaining-tokens`.
+pub const RATELIMIT_REMAINING_TOKENS: &str = "openai.ratelimit.tokens.remaining";
+/// `x-ratelimit-reset-tokens`, in seconds.
+pub const RATELIMIT_RESET_TOKENS: &str = "openai.ratelimit.tokens.reset_s";
+/// HTTP status of the provider's response.
+pub const HTTP_RESPONSE_STATUS_CODE: &str = "http.response.status_code";
+
+// ---- Streaming -------------------------------------------------------------------------------
+
+/// Seconds from sending the request to the first chunk of a stream.
+pub const LLM_METER_TIME_TO_FIRST_CHUNK: &str = "llm_meter.stream.time_to_first_chunk_s";
+/// Number of SSE data events (chunks) in a stream, `[DONE]` excluded.
+pub const LLM_METER_CHUNK_COUNT: &str = "llm_meter.stream.chunk_count";
+
+// ---- Annotations -----------------------------------------------------------------------------
+
+/// Use case name.
+pub const USE_CASE_NAME: &str = "use_case.name";
+/// Use case id.
+pub const USE_CASE_ID: &str = "use_case.id";
+/// Use case version.
+pub const USE_CASE_VERSION: &str = "use_case.version";
+/// Use case step.
+pub const USE_CASE_STEP: &str = "use_case.step";
+/// Prefix of use case properties: `use_case.properties.<key>`.
+pub const USE_CASE_PROPERTIES_PREFIX: &str = "use_case.properties.";
+/// End user id (spans only by default: unbounded).
+pub const USER_ID: &str = "user.id";
+/// Account name.
+pub const ACCOUNT_NAME: &str = "account.name";
+/// Limit (budget) ids the call counts against (array).
+pub const LIMIT_IDS: &str = "limit.ids";
+/// Request tags (array).
+pub const REQUEST_TAGS: &str = "request.tags";
+/// Prefix of request properties: `request.properties.<key>`.
+pub const REQUEST_PROPERTIES_PREFIX: &str = "request.properties.";
+
+// ---- Attribute values ------------------------------------------------------------------------
+
+/// Value of `gen_ai.operation.name` for chat completions.
+pub const OPERATION_CHAT: &str = "chat";
+/// Value of `gen_ai.provider.name` for OpenAI and OpenAI-compatible providers.
+pub const PROVIDER_OPENAI: &str = "openai";
+
+// ---- Pay-i annotation headers ----------------------------------------------------------------
+
+/// Use case name header.
+pub const HEADER_USE_CASE_NAME: &str = "xProxy-UseCase-Name";
+/// Use case id header.
+pub const HEADER_USE_CASE_ID: &str = "xProxy-UseCase-ID";
+/// Use case version header.
+pub const HEADER_USE_CASE_VERSION: &str = "xProxy-UseCase-Version";
+/// Use case step header.
+pub const HEADER_USE_CASE_STEP: &str = "xProxy-UseCase-Step";
+/// Use case properties header (compact JSON object).
+pub const HEADER_USE_CASE_PROPERTIES: &str = "xProxy-UseCase-Properties";
+/// User id header.
+pub const HEADER_USER_ID: &str = "xProxy-User-ID";
+/// Account name header.
+pub const HEADER_ACCOUNT_NAME: &str = "xProxy-Account-Name";
+/// Limit ids header (comma list).
+pub const HEADER_LIMIT_IDS: &str = "xProxy-Limit-IDs";
+/// Request tags header (comma list).
+pub const HEADER_REQUEST_TAGS: &str = "xProxy-Request-Tags";
+/// Request properties header (compact JSON object).
+pub const HEADER_REQUEST_PROPERTIES: &str = "xProxy-Request-Properties";
+/// Proxy key header: a secret, never recorded.
+pub const HEADER_API_KEY: &str = "xProxy-Api-Key";
+
+// ---- OpenAI response headers -----------------------------------------------------------------
+
+/// `openai-organization` header.
+pub const HEADER_OPENAI_ORGANIZATION: &str = "openai-organization";
+/// `openai-processing-ms` header.
+pub const HEADER_OPENAI_PROCESSING_MS: &str = "openai-processing-ms";
+/// `openai-version` header.
+pub const HEADER_OPENAI_VERSION: &str = "openai-version";
+/// `x-request-id` header.
+pub const HEADER_REQUEST_ID: &str = "x-request-id";
+/// `x-ratelimit-limit-requests` header.
+pub const HEADER_RATELIMIT_LIMIT_REQUESTS: &str = "x-ratelimit-limit-requests";
+/// `x-ratelimit-limit-tokens` header.
+pub const HEADER_RATELIMIT_LIMIT_TOKENS: &str = "x-ratelimit-limit-tokens";
+/// `x-ratelimit-remaining-requests` header.
+pub const HEADER_RATELIMIT_REMAINING_REQUESTS: &str = "x-ratelimit-remaining-requests";
+/// `x-ratelimit-remaining-tokens` header.
+pub const HEADER_RATELIMIT_REMAINING_TOKENS: &str = "x-ratelimit-remaining-tokens";
+/// `x-ratelimit-reset-requests` header.
+pub const HEADER_RATELIMIT_RESET_REQUESTS: &str = "x-ratelimit-reset-requests";
+/// `x-ratelimit-reset-tokens` header.
+pub const HEADER_RATELIMIT_RESET_TOKENS: &str = "x-ratelimit-reset-tokens";

@@ -1,0 +1,351 @@
+//! Incremental observation of a Server-Sent Events chat completion stream.
+//!
+//! [`SseParser`] frames events out of arbitrary network chunks (split mid-line, mid-UTF-8,
+//! CRLF or CR line ends, comments, multi-line data) with buffers that are reused, so a warm parser
+//! allocates nothing per chunk. [`StreamObserver`] folds the events into timings, finish reasons
+//! and usage. Neither ever holds back or changes a byte: the caller's bytes pass through as they
+//! came (the one exception, hiding the usage chunk the client asked for on the caller's behalf,
+//! is done by [`EventCutter`] at event boundaries).
+
+use std::time::Instant;
+
+use crate::provider::{apply_chunk, ChunkKind, ResponseFacts, Usage};
+use crate::record::ErrorType;
+
+/// Incremental SSE framer (WHATWG `text/event-stream` rules for `data:` fields).
+#[derive(Debug, Default)]
+pub struct SseParser {
+    /// Start of a line that continues in the next chunk.
+    line: Vec<u8>,
+    /// `data` of the event being built (lines joined with `\n`).
+    data: Vec<u8>,
+    has_data: bool,
+    /// The previous chunk ended in CR: a leading LF in the next one belongs to it.
+    skip_lf: bool,
+}
+
+impl SseParser {
+    /// Feeds one network chunk; calls `on_event(data, end)` for every complete event, where
+    /// `end` is the offset in `chunk` just past the blank line that completed it.
+    pub fn feed(&mut self, chunk: &[u8], mut on_event: impl FnMut(&[u8], usize)) {
+        let mut pos = 0;
+        if self.skip_lf {
+            self.skip_lf = false;
+            if chunk.first() == Some(&b'\n') {
+                pos = 1;
+            }
+        }
+        while pos < chunk.len() {
+            let rest = &chunk[pos..];
+            let Some(eol) = rest.iter().position(|&b| b == b'\n' || b == b'\r') else {
+                self.line.extend_from_slice(rest);
+                return;
+            };
+            let mut next = pos + eol + 1;
+            if rest[eol] == b'\r' {
+                match rest.get(eol + 1) {
+                    Some(b'\n') => next += 1,
+                    Some(_) => {}
+                    None => self.skip_lf = true,
+                }
+            }
+            let dispatch = if self.line.is_empty() {
+                self.take_line(&rest[..eol])
+            } else {
+                let mut line = std::mem::take(&mut self.line);
+                line.extend_from_slice(&rest[..eol]);
+                let d = self.take_line(&line);
+                line.clear();
+                self.line = line;
+                d
+            };
+            if dispatch {
+                on_event(&self.data, next);
+                self.data.clear();
+                self.has_data = false;
+            }
+            pos = next;
+        }
+    }
+
+    /// Handles one complete line; returns true when it ends an event that has data.
+    fn take_line(&mut self, line: &[u8]) -> bool {
+        if line.is_empty() {
+            return self.has_data;
+        }
+        if line[0] == b':' {
+            return false;
+        }
+        let (field, value) = match line.iter().position(|&b| b == b':') {
+            Some(i) => {
+                let v = &line[i + 1..];
+                (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
+            }
+            None => (line, &b""[..]),
+        };
+        if field == b"data" {
+            if self.has_data {
+                self.data.push(b'\n');
+            }
+            self.data.extend_from_slice(value);
+            self.has_data = true;
+        }
+        false
+    }
+
+    /// True when bytes of an unfinished event are pending (the stream was cut mid-event).
+    pub fn has_partial_event(&self) -> bool {
+        self.has_data || !self.line.is_empty()
+    }
+}
+
+/// Where a stream stands once it has ended, for the record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// `data: [DONE]` arrived.
+    Done,
+    /// The body ended without `[DONE]`.
+    Truncated,
+}
+
+/// What the observer made of one event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventOutcome {
+    /// A chunk the caller should see.
+    Chunk,
+    /// The usage-only chunk.
+    UsageOnly,
+    /// `[DONE]`.
+    Done,
+    /// An event we could not read, or an error event; passed on unchanged.
+    Unreadable,
+}
+
+/// Folds a chat completion stream into the facts of the call.
+#[derive(Debug)]
+pub struct StreamObserver {
+    parser: SseParser,
+    /// When the request was sent.
+    pub started: Instant,
+    /// When the first chunk (data event) arrived.
+    pub first_chunk: Option<Instant>,
+    /// When the latest chunk arrived.
+    pub last_chunk: Option<Instant>,
+    /// Data events seen, `[DONE]` excluded.
+    pub chunks: u32,
+    /// Response facts gathered from the chunks.
+    pub facts: ResponseFacts,
+    /// The usage chunk's usage.
+    pub usage: Option<Usage>,
+    /// `[DONE]` seen.
+    pub done: bool,
+    /// First problem seen in the stream itself (`decode` or `stream_error`).
+    pub error: Option<ErrorType>,
+}
+
+impl StreamObserver {
+    /// A fresh observer for a request sent at `started`.
+    pub fn new(started: Instant) -> Self {
+        StreamObserver {
+            parser: SseParser::default(),
+            started,
+            first_chunk: None,
+            last_chunk: None,
+            chunks: 0,
+            facts: ResponseFacts::default(),
+            usage: None,
+            done: false,
+            error: None,
+        }
+    }
+
+    /// Observes one network chunk; `on_event(outcome, end)` is told about every complete event.
+    pub fn observe(&mut self, chunk: &[u8], mut on_event: impl FnMut(EventOutcome, usize)) {
+        let now = Instant::now();
+        let Self {
+            parser,
+            first_chunk,
+            last_chunk,
+            chunks,
+            facts,
+            usage,
+            done,
+            error,
+            ..
+        } = self;
+        parser.feed(chunk, |data, end| {
+            let outcome = if data == b"[DONE]" {
+                *done = true;
+                EventOutcome::Done
+            } else {
+                *chunks += 1;
+                first_chunk.get_or_insert(now);
+                *last_chunk = Some(now);
+                match apply_chunk(data, facts, usage) {
+                    Ok(ChunkKind::Delta) => EventOutcome::Chunk,
+                    Ok(ChunkKind::UsageOnly) => EventOutcome::UsageOnly,
+                    Ok(ChunkKind::Error) => {
+                        error.get_or_insert(ErrorType::StreamError);
+                        EventOutcome::Unreadable
+                    }
+                    Err(_) => {
+                        error.get_or_insert(ErrorType::Decode);
+                        EventOutcome::Unreadable
+                    }
+                }
+            };
+            on_event(outcome, end);
+        });
+    }
+
+    /// Observes a chunk without acting on events.
+    pub fn observe_all(&mut self, chunk: &[u8]) {
+        self.observe(chunk, |_, _| {});
+    }
+
+    /// How the stream ended, once the body is over.
+    pub fn end(&self) -> StreamEnd {
+        if self.done {
+            StreamEnd::Done
+        } else {
+            StreamEnd::Truncated
+        }
+    }
+}
+
+/// Removes whole events (the usage-only chunk the client requested for itself) from a byte
+/// stream while passing everything else on. Bytes of an event are held only until that event
+/// completes; a chunk that holds whole events and nothing to remove passes as the same `Bytes`.
+#[derive(Debug, Default)]
+pub struct EventCutter {
+    /// Bytes of the current, unfinished event from earlier chunks.
+    pending: Vec<bytes::Bytes>,
+}
+
+impl EventCutter {
+    /// Splits `chunk` at event ends: `events` lists `(end, keep)` for each event completed in
+    /// it, in order. Returns the bytes to pass on now.
+    pub fn cut(&mut self, chunk: bytes::Bytes, events: &[(usize, bool)]) -> Option<bytes::Bytes> {
+        if events.is_empty() {
+            self.pending.push(chunk);
+            return None;
+        }
+        if events.iter().all(|(_, keep)| *keep)
+            && self.pending.is_empty()
+            && events.last().is_some_and(|(end, _)| *end == chunk.len())
+        {
+            return Some(chunk);
+        }
+        let mut out = Vec::new();
+        let mut start = 0;
+        for &(end, keep) in events {
+            if keep {
+                for p in self.pending.drain(..) {
+                    out.extend_from_slice(&p);
+                }
+                out.extend_from_slice(&chunk[start..end]);
+            } else {
+                self.pending.clear();
+            }
+            start = end;
+        }
+        if start < chunk.len() {
+            self.pending.push(chunk.slice(start..));
+        }
+        (!out.is_empty()).then(|| bytes::Bytes::from(out))
+    }
+
+    /// Bytes of an unfinished event left at the end of the body: passed on as they are.
+    pub fn finish(&mut self) -> Option<bytes::Bytes> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        let out: Vec<u8> = self.pending.drain(..).flat_map(|b| b.to_vec()).collect();
+        Some(out.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(input: &[&[u8]]) -> Vec<String> {
+        let mut p = SseParser::default();
+        let mut out = Vec::new();
+        for chunk in input {
+            p.feed(chunk, |d, _| {
+                out.push(String::from_utf8(d.to_vec()).unwrap())
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn sse_frames_lf_crlf_and_cr_line_ends() {
+        assert_eq!(
+            events(&[b"data: a\n\ndata: b\r\n\r\ndata: c\r\rdata:d\n\n"]),
+            ["a", "b", "c", "d"]
+        );
+    }
+
+    #[test]
+    fn sse_ignores_comments_and_other_fields_and_joins_multiline_data() {
+        assert_eq!(
+            events(&[b": ping\n\nevent: x\nid: 1\ndata: one\ndata:  two\nretry: 5\n\n"]),
+            ["one\n two"]
+        );
+    }
+
+    #[test]
+    fn sse_cr_at_chunk_end_followed_by_lf_is_one_line_end() {
+        assert_eq!(
+            events(&[b"data: a\r", b"\ndata: b\r", b"\n\r", b"\n"]),
+            ["a\nb"]
+        );
+    }
+
+    #[test]
+    fn sse_event_without_blank_line_is_partial() {
+        let mut p = SseParser::default();
+        p.feed(b"data: a\n", |_, _| panic!("not complete"));
+        assert!(p.has_partial_event());
+    }
+
+    #[test]
+    fn sse_reports_event_end_offsets() {
+        let mut p = SseParser::default();
+        let mut ends = Vec::new();
+        p.feed(b"data: a\n\ndata: b\r\n\r\nda", |_, end| ends.push(end));
+        assert_eq!(ends, [9, 20]);
+    }
+
+    #[test]
+    fn cutter_passes_whole_events_through_as_the_same_bytes() {
+        let mut c = EventCutter::default();
+        let chunk = bytes::Bytes::from_static(b"data: a\n\n");
+        let out = c.cut(chunk.clone(), &[(9, true)]).unwrap();
+        assert_eq!(out.as_ptr(), chunk.as_ptr());
+    }
+
+    #[test]
+    fn cutter_removes_an_event_split_across_chunks() {
+        let mut c = EventCutter::default();
+        assert_eq!(
+            c.cut(
+                bytes::Bytes::from_static(b"data: a\n\ndata: u"),
+                &[(9, true)]
+            )
+            .unwrap(),
+            &b"data: a\n\n"[..]
+        );
+        assert_eq!(
+            c.cut(
+                bytes::Bytes::from_static(b"sage\n\ndata: [DONE]\n\n"),
+                &[(6, false), (20, true)]
+            )
+            .unwrap(),
+            &b"data: [DONE]\n\n"[..]
+        );
+        assert!(c.finish().is_none());
+    }
+}
