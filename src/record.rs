@@ -268,6 +268,13 @@ impl CallHook for () {
     fn on_call(&self, _: &CallRecord) {}
 }
 
+/// A shared hook: keep one handle, give the client another.
+impl<T: CallHook> CallHook for Arc<T> {
+    fn on_call(&self, record: &CallRecord) {
+        (**self).on_call(record)
+    }
+}
+
 impl<F: Fn(&CallRecord) + Send + Sync + 'static> CallHook for F {
     fn on_call(&self, record: &CallRecord) {
         self(record)

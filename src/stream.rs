@@ -22,17 +22,32 @@ pub struct SseParser {
     has_data: bool,
     /// The previous chunk ended in CR: a leading LF in the next one belongs to it.
     skip_lf: bool,
+    /// ... and that CR ended an event, so the LF is the tail of that event.
+    skip_lf_ends_event: bool,
+}
+
+/// What [`SseParser::feed`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SseEvent<'a> {
+    /// A complete event with this `data`.
+    Data(&'a [u8]),
+    /// The chunk began with the LF of a CRLF whose CR, at the end of the previous chunk, ended
+    /// an event: bytes up to `end` still belong to that event.
+    Tail,
 }
 
 impl SseParser {
-    /// Feeds one network chunk; calls `on_event(data, end)` for every complete event, where
+    /// Feeds one network chunk; calls `on_event(event, end)` for every complete event, where
     /// `end` is the offset in `chunk` just past the blank line that completed it.
-    pub fn feed(&mut self, chunk: &[u8], mut on_event: impl FnMut(&[u8], usize)) {
+    pub fn feed(&mut self, chunk: &[u8], mut on_event: impl FnMut(SseEvent<'_>, usize)) {
         let mut pos = 0;
-        if self.skip_lf {
+        if self.skip_lf && !chunk.is_empty() {
             self.skip_lf = false;
-            if chunk.first() == Some(&b'\n') {
+            if chunk[0] == b'\n' {
                 pos = 1;
+                if self.skip_lf_ends_event {
+                    on_event(SseEvent::Tail, 1);
+                }
             }
         }
         while pos < chunk.len() {
@@ -59,8 +74,9 @@ impl SseParser {
                 self.line = line;
                 d
             };
+            self.skip_lf_ends_event = dispatch;
             if dispatch {
-                on_event(&self.data, next);
+                on_event(SseEvent::Data(&self.data), next);
                 self.data.clear();
                 self.has_data = false;
             }
@@ -141,6 +157,7 @@ pub struct StreamObserver {
     pub done: bool,
     /// First problem seen in the stream itself (`decode` or `stream_error`).
     pub error: Option<ErrorType>,
+    last_outcome: EventOutcome,
 }
 
 impl StreamObserver {
@@ -156,6 +173,7 @@ impl StreamObserver {
             usage: None,
             done: false,
             error: None,
+            last_outcome: EventOutcome::Chunk,
         }
     }
 
@@ -171,9 +189,14 @@ impl StreamObserver {
             usage,
             done,
             error,
+            last_outcome,
             ..
         } = self;
-        parser.feed(chunk, |data, end| {
+        parser.feed(chunk, |event, end| {
+            let data = match event {
+                SseEvent::Tail => return on_event(*last_outcome, end),
+                SseEvent::Data(data) => data,
+            };
             let outcome = if data == b"[DONE]" {
                 *done = true;
                 EventOutcome::Done
@@ -194,6 +217,7 @@ impl StreamObserver {
                     }
                 }
             };
+            *last_outcome = outcome;
             on_event(outcome, end);
         });
     }
@@ -273,8 +297,10 @@ mod tests {
         let mut p = SseParser::default();
         let mut out = Vec::new();
         for chunk in input {
-            p.feed(chunk, |d, _| {
-                out.push(String::from_utf8(d.to_vec()).unwrap())
+            p.feed(chunk, |e, _| {
+                if let SseEvent::Data(d) = e {
+                    out.push(String::from_utf8(d.to_vec()).unwrap())
+                }
             });
         }
         out
@@ -302,6 +328,19 @@ mod tests {
             events(&[b"data: a\r", b"\ndata: b\r", b"\n\r", b"\n"]),
             ["a\nb"]
         );
+    }
+
+    #[test]
+    fn sse_crlf_split_between_cr_and_lf_reports_the_tail_of_the_event() {
+        let mut p = SseParser::default();
+        let mut seen = Vec::new();
+        p.feed(b"data: a\r\n\r", |e, end| {
+            seen.push((matches!(e, SseEvent::Tail), end))
+        });
+        p.feed(b"\ndata: b\r\n\r\n", |e, end| {
+            seen.push((matches!(e, SseEvent::Tail), end))
+        });
+        assert_eq!(seen, [(false, 10), (true, 1), (false, 12)]);
     }
 
     #[test]

@@ -1,0 +1,510 @@
+//! The `chat {model}` span of the library client: exact attribute sets for non-streaming,
+//! streaming and failed calls, parenting, trace context propagation and secrets.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use futures_util::StreamExt;
+use http::{HeaderMap, StatusCode};
+use llm_meter::mock::{MockConfig, MockServer};
+use llm_meter::opentelemetry::trace::{SpanKind, Status};
+use llm_meter::opentelemetry::Value;
+use llm_meter::{Annotations, CallRecord, Client, ErrorType};
+use serde_json::json;
+
+const SECRET: &str = "sk-proj-SECRETSECRET1234567890";
+
+fn annotations() -> Annotations {
+    Annotations::builder()
+        .use_case_name("support.triage")
+        .use_case_id("uc-42")
+        .user_id("user-7")
+        .account_name("acme")
+        .limit_ids(["daily", "monthly"])
+        .request_tags(["beta", "eu"])
+        .request_property("ticket", "T-1")
+        .use_case_property("team", "care")
+        .build()
+        .unwrap()
+}
+
+fn body(stream: bool) -> serde_json::Value {
+    json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello!"}], "temperature": 0.7, "max_completion_tokens": 100, "stream": stream})
+}
+
+fn client(base: &str) -> Client {
+    Client::builder()
+        .base_url(base)
+        .api_key(SECRET)
+        .build()
+        .unwrap()
+}
+
+fn annotation_attrs() -> Vec<(&'static str, Value)> {
+    vec![
+        ("use_case.name", s("support.triage")),
+        ("use_case.id", s("uc-42")),
+        ("use_case.properties.team", s("care")),
+        ("user.id", s("user-7")),
+        ("account.name", s("acme")),
+        ("limit.ids", arr(&["daily", "monthly"])),
+        ("request.tags", arr(&["beta", "eu"])),
+        ("request.properties.ticket", s("T-1")),
+    ]
+}
+
+fn assert_attrs(
+    span: &llm_meter::opentelemetry_sdk::trace::SpanData,
+    expected: Vec<(&str, Value)>,
+) {
+    let got = attrs(span);
+    let want: std::collections::BTreeMap<String, Value> = expected
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    assert_eq!(got, want, "\n got: {got:#?}\nwant: {want:#?}");
+}
+
+#[tokio::test]
+async fn non_streaming_fixture_call_has_the_exact_attribute_set() {
+    let server = FixtureServer::start(Canned::json(
+        StatusCode::OK,
+        fixture_headers(),
+        FIXTURE_BODY,
+    ))
+    .await;
+    let capture = capture_spans();
+    let resp = client(&server.base_url())
+        .chat(&body(false), &annotations())
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.body(),
+        FIXTURE_BODY.as_bytes(),
+        "body reaches the caller byte for byte"
+    );
+
+    let span = capture.chat_span();
+    assert_eq!(span.name, "chat gpt-4o");
+    assert_eq!(span.span_kind, SpanKind::Client);
+    assert_eq!(span.status, Status::Unset);
+    let mut want = vec![
+        ("gen_ai.operation.name", s("chat")),
+        ("gen_ai.provider.name", s("openai")),
+        ("gen_ai.request.model", s("gpt-4o")),
+        ("gen_ai.request.max_tokens", i(100)),
+        ("gen_ai.request.temperature", Value::F64(0.7)),
+        ("gen_ai.request.stream", Value::Bool(false)),
+        ("server.address", s("127.0.0.1")),
+        ("server.port", i(server.addr.port().into())),
+        (
+            "gen_ai.response.id",
+            s("chatcmpl-BDXMEvOKQnSYFATQSDa0BbxRSDUrN"),
+        ),
+        ("gen_ai.response.model", s("gpt-4o-2024-08-06")),
+        ("gen_ai.response.finish_reasons", arr(&["stop"])),
+        ("openai.response.service_tier", s("default")),
+        ("openai.response.system_fingerprint", s("fp_6ec83003ad")),
+        ("gen_ai.usage.input_tokens", i(27)),
+        ("gen_ai.usage.output_tokens", i(44)),
+        ("gen_ai.usage.cache_read.input_tokens", i(0)),
+        ("gen_ai.usage.reasoning.output_tokens", i(0)),
+        ("http.response.status_code", i(200)),
+        (
+            "openai.request.id",
+            s("req_4d55e0b8ecd8e46447c0701e1f8b6051"),
+        ),
+        ("openai.organization", s("user-ue08pmd83ul7gjg1su5tgani")),
+        ("openai.api.version", s("2020-10-01")),
+        ("openai.processing_ms", Value::F64(861.0)),
+        ("openai.ratelimit.requests.limit", i(500)),
+        ("openai.ratelimit.requests.remaining", i(499)),
+        ("openai.ratelimit.requests.reset_s", Value::F64(0.12)),
+        ("openai.ratelimit.tokens.limit", i(30000)),
+        ("openai.ratelimit.tokens.remaining", i(29981)),
+        ("openai.ratelimit.tokens.reset_s", Value::F64(0.038)),
+    ];
+    want.extend(annotation_attrs());
+    assert_attrs(&span, want);
+}
+
+#[tokio::test]
+async fn streaming_call_span_covers_the_stream_with_usage_and_chunk_timings() {
+    let pieces = FIXTURE_STREAM
+        .split_inclusive("\n\n")
+        .map(|p| bytes::Bytes::copy_from_slice(p.as_bytes()))
+        .collect();
+    let server = FixtureServer::start(Canned::sse(
+        fixture_headers(),
+        pieces,
+        Duration::from_millis(2),
+    ))
+    .await;
+    let capture = capture_spans();
+    let mut stream = client(&server.base_url())
+        .chat_stream(&body(true), &annotations())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        got.extend_from_slice(&chunk.unwrap());
+    }
+    let record = stream.record().expect("finished").clone();
+    drop(stream);
+
+    let span = capture.chat_span();
+    assert_eq!(span.name, "chat gpt-4o");
+    let got_attrs = attrs(&span);
+    let ttfc = match got_attrs.get("llm_meter.stream.time_to_first_chunk_s") {
+        Some(Value::F64(v)) => *v,
+        other => panic!("time to first chunk missing: {other:?}"),
+    };
+    assert!(ttfc > 0.0 && ttfc < 5.0);
+    assert_eq!(
+        Some(Duration::from_secs_f64(ttfc)),
+        record.timings.time_to_first_chunk
+    );
+    let mut want = vec![
+        ("gen_ai.operation.name", s("chat")),
+        ("gen_ai.provider.name", s("openai")),
+        ("gen_ai.request.model", s("gpt-4o")),
+        ("gen_ai.request.max_tokens", i(100)),
+        ("gen_ai.request.temperature", Value::F64(0.7)),
+        ("gen_ai.request.stream", Value::Bool(true)),
+        ("server.address", s("127.0.0.1")),
+        ("server.port", i(server.addr.port().into())),
+        (
+            "gen_ai.response.id",
+            s("chatcmpl-BDXMEvOKQnSYFATQSDa0BbxRSDUrN"),
+        ),
+        ("gen_ai.response.model", s("gpt-4o-2024-08-06")),
+        ("gen_ai.response.finish_reasons", arr(&["stop"])),
+        ("openai.response.service_tier", s("default")),
+        ("openai.response.system_fingerprint", s("fp_6ec83003ad")),
+        ("gen_ai.usage.input_tokens", i(27)),
+        ("gen_ai.usage.output_tokens", i(44)),
+        ("gen_ai.usage.cache_read.input_tokens", i(0)),
+        ("gen_ai.usage.reasoning.output_tokens", i(0)),
+        ("http.response.status_code", i(200)),
+        (
+            "openai.request.id",
+            s("req_4d55e0b8ecd8e46447c0701e1f8b6051"),
+        ),
+        ("openai.organization", s("user-ue08pmd83ul7gjg1su5tgani")),
+        ("openai.api.version", s("2020-10-01")),
+        ("openai.processing_ms", Value::F64(861.0)),
+        ("openai.ratelimit.requests.limit", i(500)),
+        ("openai.ratelimit.requests.remaining", i(499)),
+        ("openai.ratelimit.requests.reset_s", Value::F64(0.12)),
+        ("openai.ratelimit.tokens.limit", i(30000)),
+        ("openai.ratelimit.tokens.remaining", i(29981)),
+        ("openai.ratelimit.tokens.reset_s", Value::F64(0.038)),
+        ("llm_meter.stream.time_to_first_chunk_s", Value::F64(ttfc)),
+        ("llm_meter.stream.chunk_count", i(10)),
+    ];
+    want.extend(annotation_attrs());
+    assert_attrs(&span, want);
+
+    // The caller did not ask for usage: the client asked for it and hid the usage-only chunk.
+    let (_, sent) = server.last_request();
+    assert_eq!(sent["stream_options"], json!({"include_usage": true}));
+    let text = String::from_utf8(got).unwrap();
+    assert!(
+        !text.contains("\"usage\":{"),
+        "usage chunk must be hidden from the caller"
+    );
+    assert_eq!(text, FIXTURE_STREAM.replace(&FIXTURE_STREAM[FIXTURE_STREAM.find("data: {\"id\":\"chatcmpl-BDXMEvOKQnSYFATQSDa0BbxRSDUrN\",\"object\":\"chat.completion.chunk\",\"created\":1742566190,\"model\":\"gpt-4o-2024-08-06\",\"service_tier\":\"default\",\"system_fingerprint\":\"fp_6ec83003ad\",\"choices\":[],").unwrap()..FIXTURE_STREAM.find("data: [DONE]").unwrap()], ""));
+}
+
+#[tokio::test]
+async fn provider_error_keeps_its_body_and_marks_the_span() {
+    let mock = MockServer::start(MockConfig::default()).await.unwrap();
+    let capture = capture_spans();
+    let client = Client::builder()
+        .base_url(mock.base_url())
+        .api_key(SECRET)
+        .default_header("x-mock-error".parse().unwrap(), "429".parse().unwrap())
+        .build()
+        .unwrap();
+    let resp = client.chat(&body(false), &annotations()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    let err: serde_json::Value = resp.json().unwrap();
+    assert_eq!(err["error"]["code"], "rate_limit_exceeded");
+    assert!(resp.headers().contains_key("retry-after"));
+    assert_eq!(resp.record().error, Some(ErrorType::Status(429)));
+
+    let span = capture.chat_span();
+    assert!(
+        matches!(span.status, Status::Error { .. }),
+        "{:?}",
+        span.status
+    );
+    let a = attrs(&span);
+    assert_eq!(a["error.type"], s("429"));
+    assert_eq!(a["http.response.status_code"], i(429));
+    assert!(!a.contains_key("gen_ai.response.id"));
+    assert!(!a.contains_key("gen_ai.usage.input_tokens"));
+}
+
+async fn error_type_of(
+    mock_error: &str,
+    stream: bool,
+    client_timeout: Option<Duration>,
+) -> (ErrorType, Status) {
+    let mock = MockServer::start(MockConfig::default()).await.unwrap();
+    let capture = capture_spans();
+    let mut b = Client::builder()
+        .base_url(mock.base_url())
+        .default_header("x-mock-error".parse().unwrap(), mock_error.parse().unwrap());
+    if let Some(t) = client_timeout {
+        b = b.timeout(Some(t)).read_timeout(Some(t));
+    }
+    let client = b.build().unwrap();
+    let record_error = if stream {
+        match client.chat_stream(&body(true), &Annotations::none()).await {
+            Ok(mut s) => {
+                while let Some(Ok(_)) = s.next().await {}
+                s.record().map(|r| r.error)
+            }
+            Err(e) => Some(Some(e.error_type())),
+        }
+    } else {
+        match client.chat(&body(false), &Annotations::none()).await {
+            Ok(r) => Some(r.record().error),
+            Err(e) => Some(Some(e.error_type())),
+        }
+    };
+    let span = capture.chat_span();
+    let a = attrs(&span);
+    let kind = record_error.flatten().expect("an error");
+    assert_eq!(a["error.type"], s(kind.as_str()));
+    (kind, span.status)
+}
+
+#[tokio::test]
+async fn failures_get_low_cardinality_error_types() {
+    assert_eq!(
+        error_type_of("500", false, None).await.0,
+        ErrorType::Status(500)
+    );
+    assert_eq!(
+        error_type_of("400", true, None).await.0,
+        ErrorType::Status(400)
+    );
+    assert_eq!(
+        error_type_of("garbage", false, None).await.0,
+        ErrorType::Decode
+    );
+    assert_eq!(
+        error_type_of("truncate", true, None).await.0,
+        ErrorType::Truncated
+    );
+    assert_eq!(
+        error_type_of("reset", true, None).await.0,
+        ErrorType::Transport
+    );
+    let (kind, status) = error_type_of("stall", false, Some(Duration::from_millis(300))).await;
+    assert_eq!(kind, ErrorType::Timeout);
+    assert!(matches!(status, Status::Error { .. }));
+}
+
+#[tokio::test]
+async fn connection_refused_is_a_connect_error() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let capture = capture_spans();
+    let err = client(&format!("http://127.0.0.1:{port}/v1"))
+        .chat(&body(false), &annotations())
+        .await
+        .unwrap_err();
+    assert_eq!(err.error_type(), ErrorType::Connect);
+    assert_eq!(attrs(&capture.chat_span())["error.type"], s("connect"));
+}
+
+#[tokio::test]
+async fn dropping_a_stream_early_records_cancelled() {
+    let mock = MockServer::start(MockConfig {
+        chunk_delay: Duration::from_millis(20),
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    let capture = capture_spans();
+    let mut stream = client(&mock.base_url())
+        .chat_stream(&body(true), &annotations())
+        .await
+        .unwrap();
+    stream.next().await.unwrap().unwrap();
+    drop(stream);
+    assert_eq!(attrs(&capture.chat_span())["error.type"], s("cancelled"));
+}
+
+#[tokio::test]
+async fn span_nests_under_the_callers_span_and_trace_context_reaches_the_provider() {
+    use tracing::Instrument;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let server =
+        FixtureServer::start(Canned::json(StatusCode::OK, HeaderMap::new(), FIXTURE_BODY)).await;
+    let capture = capture_spans();
+    let parent = tracing::info_span!("handle_ticket");
+    let c = client(&server.base_url());
+    c.chat(&body(false), &annotations())
+        .instrument(parent.clone())
+        .await
+        .unwrap();
+    let parent_ctx = parent.context();
+    drop(parent);
+    let spans = capture.spans();
+    let chat = spans.iter().find(|s| s.name == "chat gpt-4o").unwrap();
+    let parent = spans.iter().find(|s| s.name == "handle_ticket").unwrap();
+    assert_eq!(chat.parent_span_id, parent.span_context.span_id());
+    assert_eq!(chat.span_context.trace_id(), parent.span_context.trace_id());
+    let _ = parent_ctx;
+
+    let (headers, _) = server.last_request();
+    let traceparent = headers["traceparent"].to_str().unwrap().to_owned();
+    assert_eq!(
+        traceparent,
+        format!(
+            "00-{}-{}-01",
+            chat.span_context.trace_id(),
+            chat.span_context.span_id()
+        )
+    );
+
+    let off = Client::builder()
+        .base_url(server.base_url())
+        .propagate_trace_context(false)
+        .build()
+        .unwrap();
+    off.chat(&body(false), &annotations()).await.unwrap();
+    assert!(!server.last_request().0.contains_key("traceparent"));
+}
+
+#[tokio::test]
+async fn api_key_never_reaches_any_attribute_but_reaches_the_provider() {
+    let server = FixtureServer::start(Canned::json(
+        StatusCode::OK,
+        fixture_headers(),
+        FIXTURE_BODY,
+    ))
+    .await;
+    let capture = capture_spans();
+    let c = client(&server.base_url());
+    c.chat(&body(false), &annotations()).await.unwrap();
+    let mut s = c.chat_stream(&body(true), &annotations()).await.unwrap();
+    while s.next().await.is_some() {}
+    let dump = format!("{:?}", capture.spans());
+    assert!(
+        !dump.contains(SECRET) && !dump.contains("SECRETSECRET"),
+        "secret leaked into spans"
+    );
+    assert!(
+        !format!("{c:?}").contains("SECRET"),
+        "Debug of the client leaks the key"
+    );
+    let (headers, _) = server.last_request();
+    assert_eq!(
+        headers["authorization"],
+        format!("Bearer {SECRET}").as_str()
+    );
+    assert!(
+        !headers.contains_key("xproxy-user-id"),
+        "annotations are not sent upstream by default"
+    );
+}
+
+#[tokio::test]
+async fn model_defaults_fill_only_unset_fields_and_the_span_records_what_was_sent() {
+    let server =
+        FixtureServer::start(Canned::json(StatusCode::OK, HeaderMap::new(), FIXTURE_BODY)).await;
+    let capture = capture_spans();
+    let c = Client::builder()
+        .base_url(server.base_url())
+        .model_defaults(
+            "gpt-4o",
+            json!({"max_completion_tokens": 256, "temperature": 0.2, "top_p": 0.9}),
+        )
+        .model_defaults("gpt-4o-mini", json!({"temperature": 1.0}))
+        .build()
+        .unwrap();
+    let req = json!({"model": "gpt-4o", "messages": [], "temperature": 0.7, "top_p": null});
+    c.chat(&req, &Annotations::none()).await.unwrap();
+    let (_, sent) = server.last_request();
+    assert_eq!(
+        (
+            sent["max_completion_tokens"].clone(),
+            sent["temperature"].clone(),
+            sent["top_p"].clone()
+        ),
+        (json!(256), json!(0.7), json!(0.9))
+    );
+    let a = attrs(&capture.chat_span());
+    assert_eq!(
+        (
+            a["gen_ai.request.max_tokens"].clone(),
+            a["gen_ai.request.temperature"].clone(),
+            a["gen_ai.request.top_p"].clone()
+        ),
+        (i(256), Value::F64(0.7), Value::F64(0.9))
+    );
+
+    let bad = Client::builder()
+        .model_defaults("m", json!(3))
+        .build()
+        .unwrap_err();
+    assert!(bad.to_string().contains("must be a JSON object"), "{bad}");
+}
+
+#[tokio::test]
+async fn hooks_see_every_record_and_a_panicking_hook_changes_nothing() {
+    #[derive(Default)]
+    struct Counter(Mutex<Vec<(String, Option<ErrorType>)>>);
+    impl llm_meter::CallHook for Counter {
+        fn on_call(&self, r: &CallRecord) {
+            self.0.lock().unwrap().push((r.model().to_owned(), r.error));
+        }
+    }
+    let mock = MockServer::start(MockConfig::default()).await.unwrap();
+    let counter = Arc::new(Counter::default());
+    let c = Client::builder()
+        .base_url(mock.base_url())
+        .hook(counter.clone())
+        .hook(|_: &CallRecord| panic!("user hook bug"))
+        .hook(())
+        .build()
+        .unwrap();
+    let resp = c.chat(&body(false), &annotations()).await.unwrap();
+    assert!(resp.is_success());
+    let mut s = c.chat_stream(&body(true), &annotations()).await.unwrap();
+    while s.next().await.is_some() {}
+    assert_eq!(
+        *counter.0.lock().unwrap(),
+        [
+            ("gpt-4o-2024-08-06".to_owned(), None),
+            ("gpt-4o-2024-08-06".to_owned(), None)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn spans_off_still_feeds_hooks() {
+    let mock = MockServer::start(MockConfig::default()).await.unwrap();
+    let capture = capture_spans();
+    let seen = Arc::new(Mutex::new(0));
+    let seen2 = seen.clone();
+    let c = Client::builder()
+        .base_url(mock.base_url())
+        .spans(false)
+        .hook(move |_: &CallRecord| *seen2.lock().unwrap() += 1)
+        .build()
+        .unwrap();
+    c.chat(&body(false), &annotations()).await.unwrap();
+    assert_eq!(*seen.lock().unwrap(), 1);
+    assert!(capture.spans().is_empty());
+    assert!(!mock.received()[0].headers.contains_key("traceparent"));
+}
