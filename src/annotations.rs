@@ -175,9 +175,7 @@ impl AnnotationsBuilder {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.fields
-            .limit_ids
-            .extend(ids.into_iter().map(Into::into));
+        self.fields.limit_ids.extend(ids.into_iter().map(Into::into));
         self
     }
     /// Adds one request tag: `[A-Za-z0-9_-]{1,64}`.
@@ -191,9 +189,7 @@ impl AnnotationsBuilder {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.fields
-            .request_tags
-            .extend(tags.into_iter().map(Into::into));
+        self.fields.request_tags.extend(tags.into_iter().map(Into::into));
         self
     }
     /// Adds one request property.
@@ -277,31 +273,17 @@ fn check_value(field: Field, v: &str) -> Result<(), AnnotationError> {
         return Err(err(field, format!("longer than {MAX_VALUE_LEN} bytes")));
     }
     if v.chars().any(char::is_control) {
-        return Err(err(
-            field,
-            "must not contain control characters (CR, LF, ...)",
-        ));
+        return Err(err(field, "must not contain control characters (CR, LF, ...)"));
     }
     if v.starts_with(' ') || v.ends_with(' ') {
-        return Err(err(
-            field,
-            "must not start or end with a space (HTTP trims it)",
-        ));
+        return Err(err(field, "must not start or end with a space (HTTP trims it)"));
     }
     Ok(())
 }
 
-fn check_name(
-    field: Field,
-    v: &str,
-    allowed: impl Fn(char) -> bool,
-    class: &str,
-) -> Result<(), AnnotationError> {
+fn check_name(field: Field, v: &str, allowed: impl Fn(char) -> bool, class: &str) -> Result<(), AnnotationError> {
     if v.is_empty() || v.len() > MAX_NAME_LEN || !v.chars().all(allowed) {
-        return Err(err(
-            field,
-            format!("{v:?} does not match {class}{{1,{MAX_NAME_LEN}}}"),
-        ));
+        return Err(err(field, format!("{v:?} does not match {class}{{1,{MAX_NAME_LEN}}}")));
     }
     Ok(())
 }
@@ -316,7 +298,10 @@ fn check_properties(field: Field, props: &BTreeMap<String, String>) -> Result<()
             "keys: [A-Za-z0-9._-]",
         )?;
         if v.len() > MAX_VALUE_LEN || v.chars().any(char::is_control) {
-            return Err(err(field, format!("value of {k:?} is longer than {MAX_VALUE_LEN} bytes or holds control characters")));
+            return Err(err(
+                field,
+                format!("value of {k:?} is longer than {MAX_VALUE_LEN} bytes or holds control characters"),
+            ));
         }
     }
     Ok(())
@@ -362,8 +347,7 @@ impl Annotations {
     }
     /// Use case properties, sorted by key.
     pub fn use_case_properties(&self) -> &BTreeMap<String, String> {
-        self.get(|f| Some(&f.use_case_properties))
-            .unwrap_or(EMPTY_MAP)
+        self.get(|f| Some(&f.use_case_properties)).unwrap_or(EMPTY_MAP)
     }
     /// End user id.
     pub fn user_id(&self) -> Option<&str> {
@@ -383,8 +367,7 @@ impl Annotations {
     }
     /// Request properties, sorted by key.
     pub fn request_properties(&self) -> &BTreeMap<String, String> {
-        self.get(|f| Some(&f.request_properties))
-            .unwrap_or(EMPTY_MAP)
+        self.get(|f| Some(&f.request_properties)).unwrap_or(EMPTY_MAP)
     }
 
     /// Renders the annotations as Pay-i `xProxy-*` headers (like Pay-i's `create_headers`).
@@ -473,12 +456,7 @@ impl Annotations {
 }
 
 fn parse_properties(field: Field, json: &str) -> Result<BTreeMap<String, String>, AnnotationError> {
-    serde_json::from_str(json).map_err(|e| {
-        err(
-            field,
-            format!("must be a JSON object of string values: {e}"),
-        )
-    })
+    serde_json::from_str(json).map_err(|e| err(field, format!("must be a JSON object of string values: {e}")))
 }
 
 /// `HeaderName::from_static` wants lowercase; our constants keep Pay-i's spelling.
@@ -612,11 +590,7 @@ mod tests {
                 Field::RequestTags,
                 "at most 32",
             ),
-            (
-                Annotations::builder().limit_ids(["a\tb"]),
-                Field::LimitIds,
-                "control",
-            ),
+            (Annotations::builder().limit_ids(["a\tb"]), Field::LimitIds, "control"),
             (
                 Annotations::builder().request_property("bad key", "v"),
                 Field::RequestProperties,
@@ -639,10 +613,7 @@ mod tests {
     #[test]
     fn invalid_header_json_names_the_header() {
         let mut h = HeaderMap::new();
-        h.insert(
-            "xproxy-request-properties",
-            HeaderValue::from_static("{\"a\":1}"),
-        );
+        h.insert("xproxy-request-properties", HeaderValue::from_static("{\"a\":1}"));
         let e = Annotations::from_headers(&h).unwrap_err();
         assert_eq!(e.field, Field::RequestProperties);
         assert!(e.to_string().contains("xProxy-Request-Properties"));
@@ -651,14 +622,8 @@ mod tests {
     #[test]
     fn non_utf8_header_is_rejected() {
         let mut h = HeaderMap::new();
-        h.insert(
-            "xproxy-user-id",
-            HeaderValue::from_bytes(b"\xff\xfe").unwrap(),
-        );
-        assert_eq!(
-            Annotations::from_headers(&h).unwrap_err().field,
-            Field::UserId
-        );
+        h.insert("xproxy-user-id", HeaderValue::from_bytes(b"\xff\xfe").unwrap());
+        assert_eq!(Annotations::from_headers(&h).unwrap_err().field, Field::UserId);
     }
 
     mod props {

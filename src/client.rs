@@ -227,32 +227,21 @@ impl ClientBuilder {
                 self.base_url
             )));
         }
-        let chat_url = reqwest::Url::parse(&format!(
-            "{}/chat/completions",
-            base.as_str().trim_end_matches('/')
-        ))
-        .map_err(|e| Error::Config(format!("base_url: {e}")))?;
-        if let Some((model, _)) = self
-            .defaults
-            .iter()
-            .find(|(_, m)| m.contains_key("__invalid__"))
-        {
+        let chat_url = reqwest::Url::parse(&format!("{}/chat/completions", base.as_str().trim_end_matches('/')))
+            .map_err(|e| Error::Config(format!("base_url: {e}")))?;
+        if let Some((model, _)) = self.defaults.iter().find(|(_, m)| m.contains_key("__invalid__")) {
             return Err(Error::Config(format!(
                 "model_defaults for {model:?} must be a JSON object"
             )));
         }
         let mut headers = self.headers;
         if let Some(key) = &self.api_key {
-            let mut v = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
-                Error::Config("api_key holds characters not allowed in a header".into())
-            })?;
+            let mut v = HeaderValue::from_str(&format!("Bearer {key}"))
+                .map_err(|_| Error::Config("api_key holds characters not allowed in a header".into()))?;
             v.set_sensitive(true);
             headers.insert(http::header::AUTHORIZATION, v);
         }
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         let http = match self.http {
             Some(c) => c,
             None => {
@@ -400,9 +389,7 @@ impl Call {
             Some(o) => {
                 let ttfc = o.first_chunk.map(|t| t.duration_since(o.started));
                 let tpoc = match (o.first_chunk, o.last_chunk) {
-                    (Some(first), Some(last)) if o.chunks > 1 => {
-                        Some(last.duration_since(first) / (o.chunks - 1))
-                    }
+                    (Some(first), Some(last)) if o.chunks > 1 => Some(last.duration_since(first) / (o.chunks - 1)),
                     _ => None,
                 };
                 (ttfc, tpoc, o.chunks)
@@ -444,10 +431,7 @@ struct HeaderInjector<'a>(&'a mut HeaderMap);
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        if let (Ok(k), Ok(v)) = (
-            HeaderName::from_bytes(key.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) {
+        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(key.as_bytes()), HeaderValue::from_str(&value)) {
             self.0.insert(k, v);
         }
     }
@@ -470,15 +454,11 @@ impl Client {
 
     /// Serializes the body and applies model defaults and the stream usage policy.
     fn prepare(&self, body: &impl Serialize, stream: bool) -> Result<Prepared, Error> {
-        let mut bytes =
-            serde_json::to_vec(body).map_err(|e| Error::InvalidRequest(e.to_string()))?;
+        let mut bytes = serde_json::to_vec(body).map_err(|e| Error::InvalidRequest(e.to_string()))?;
         if bytes.first() != Some(&b'{') {
-            return Err(Error::InvalidRequest(
-                "the request body must be a JSON object".into(),
-            ));
+            return Err(Error::InvalidRequest("the request body must be a JSON object".into()));
         }
-        let (mut facts, options) =
-            RequestFacts::parse(&bytes).map_err(|e| Error::InvalidRequest(e.to_string()))?;
+        let (mut facts, options) = RequestFacts::parse(&bytes).map_err(|e| Error::InvalidRequest(e.to_string()))?;
         if stream && !facts.stream {
             return Err(Error::InvalidRequest(
                 "chat_stream needs a body with \"stream\": true".into(),
@@ -489,8 +469,7 @@ impl Client {
                 "chat needs a body without \"stream\": true; use chat_stream".into(),
             ));
         }
-        let wants_usage =
-            stream && self.inner.stream_usage != StreamUsage::Leave && !facts.include_usage;
+        let wants_usage = stream && self.inner.stream_usage != StreamUsage::Leave && !facts.include_usage;
         let defaults = self.inner.defaults.get(&facts.model);
         let mut changed = false;
         if wants_usage && options == StreamOptions::Absent && defaults.is_none() {
@@ -508,9 +487,7 @@ impl Client {
                 }
             }
             if wants_usage {
-                let options = map
-                    .entry("stream_options")
-                    .or_insert_with(|| Value::Object(Map::new()));
+                let options = map.entry("stream_options").or_insert_with(|| Value::Object(Map::new()));
                 if !options.is_object() {
                     *options = Value::Object(Map::new());
                 }
@@ -520,8 +497,7 @@ impl Client {
                 changed = true;
             }
             if changed {
-                bytes =
-                    serde_json::to_vec(&map).map_err(|e| Error::InvalidRequest(e.to_string()))?;
+                bytes = serde_json::to_vec(&map).map_err(|e| Error::InvalidRequest(e.to_string()))?;
             }
         }
         if changed {
@@ -566,8 +542,7 @@ impl Client {
     ) -> reqwest::RequestBuilder {
         let mut headers = self.inner.headers.clone();
         if self.inner.propagate && !call.span.is_disabled() {
-            TraceContextPropagator::new()
-                .inject_context(&call.span.context(), &mut HeaderInjector(&mut headers));
+            TraceContextPropagator::new().inject_context(&call.span.context(), &mut HeaderInjector(&mut headers));
         }
         if self.inner.send_annotation_headers {
             annotations.write_headers(&mut headers);
@@ -586,11 +561,7 @@ impl Client {
 
     /// Sends a non-streaming chat completion. Provider errors come back as a response with the
     /// provider's status and body; `Err` means no answer arrived (or the body was unusable).
-    pub async fn chat(
-        &self,
-        body: &impl Serialize,
-        annotations: &Annotations,
-    ) -> Result<ChatResponse, Error> {
+    pub async fn chat(&self, body: &impl Serialize, annotations: &Annotations) -> Result<ChatResponse, Error> {
         let prepared = self.prepare(body, false)?;
         let call = self.start(annotations, prepared.facts);
         let req = self.request(&call, prepared.body, annotations, true);
@@ -640,11 +611,7 @@ impl Client {
     /// Sends a streaming chat completion (the body must have `"stream": true`). The returned
     /// stream yields the provider's bytes as they arrive; the call's span and record end when
     /// the stream ends, fails, or is dropped (then `error.type` is `cancelled`).
-    pub async fn chat_stream(
-        &self,
-        body: &impl Serialize,
-        annotations: &Annotations,
-    ) -> Result<ChatStream, Error> {
+    pub async fn chat_stream(&self, body: &impl Serialize, annotations: &Annotations) -> Result<ChatStream, Error> {
         let prepared = self.prepare(body, true)?;
         let hide = prepared.hide_usage_chunk;
         let call = self.start(annotations, prepared.facts);
@@ -731,8 +698,7 @@ impl ChatStream {
                 .or(o.error)
                 .or_else(|| (!o.done).then_some(ErrorType::Truncated));
             let facts = std::mem::take(&mut o.facts);
-            self.record =
-                Some(call.finish(Some(self.status), meta, facts, o.usage, Some(o), error));
+            self.record = Some(call.finish(Some(self.status), meta, facts, o.usage, Some(o), error));
         }
     }
 }

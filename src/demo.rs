@@ -155,10 +155,7 @@ pub async fn run(config: DemoConfig) -> Result<(), Box<dyn std::error::Error + S
         t.streams,
         started.elapsed().as_secs_f64()
     );
-    println!(
-        "tokens: {} input, {} output",
-        t.input_tokens, t.output_tokens
-    );
+    println!("tokens: {} input, {} output", t.input_tokens, t.output_tokens);
     println!(
         "errors: {}",
         if t.errors.is_empty() {

@@ -9,11 +9,7 @@ use llm_meter::demo::{self, DemoConfig};
 use llm_meter::mock::{self, MockConfig};
 
 #[derive(Parser)]
-#[command(
-    name = "llm-meter",
-    version,
-    about = "Observability for LLM chat-completion calls"
-)]
+#[command(name = "llm-meter", version, about = "Observability for LLM chat-completion calls")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -61,10 +57,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -92,9 +85,7 @@ fn main() -> ExitCode {
                 limit_tokens,
             } => {
                 if !(0.0..=1.0).contains(&error_rate) {
-                    return Err(
-                        format!("--error-rate must be between 0 and 1, got {error_rate}").into(),
-                    );
+                    return Err(format!("--error-rate must be between 0 and 1, got {error_rate}").into());
                 }
                 let config = MockConfig {
                     latency: Duration::from_millis(latency_ms),

@@ -286,10 +286,7 @@ fn estimate_prompt_tokens(req: &Value) -> u64 {
 }
 
 fn error_body(message: &str, kind: &str, param: Option<&str>, code: Option<&str>) -> Bytes {
-    Bytes::from(
-        json!({"error": {"message": message, "type": kind, "param": param, "code": code}})
-            .to_string(),
-    )
+    Bytes::from(json!({"error": {"message": message, "type": kind, "param": param, "code": code}}).to_string())
 }
 
 struct Plan {
@@ -307,12 +304,7 @@ fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
-async fn chat(
-    State(state): State<Arc<MockState>>,
-    headers: HeaderMap,
-    uri: http::Uri,
-    body: Bytes,
-) -> Response {
+async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, uri: http::Uri, body: Bytes) -> Response {
     if let Ok(mut r) = state.received.lock() {
         if r.len() == MockServer::KEPT_REQUESTS {
             r.pop_front();
@@ -327,10 +319,7 @@ async fn chat(
     let started = Instant::now();
     let request_id = random_id(&state.counter, "req_", 32, HEX);
     let mut head = HeaderMap::new();
-    head.insert(
-        "x-request-id",
-        HeaderValue::from_str(&request_id).expect("hex id"),
-    );
+    head.insert("x-request-id", HeaderValue::from_str(&request_id).expect("hex id"));
     head.insert(
         "openai-organization",
         HeaderValue::from_static("user-mockorg0000000000000000"),
@@ -338,8 +327,7 @@ async fn chat(
     head.insert("openai-version", HeaderValue::from_static("2020-10-01"));
 
     if let Some(key) = &cfg.api_key {
-        let ok = header_str(&headers, "authorization").and_then(|v| v.strip_prefix("Bearer "))
-            == Some(key.as_str());
+        let ok = header_str(&headers, "authorization").and_then(|v| v.strip_prefix("Bearer ")) == Some(key.as_str());
         if !ok {
             let msg = "Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys.";
             return respond(
@@ -350,9 +338,7 @@ async fn chat(
         }
     }
 
-    let forced = header_str(&headers, "x-mock-error")
-        .unwrap_or("")
-        .to_owned();
+    let forced = header_str(&headers, "x-mock-error").unwrap_or("").to_owned();
     let req: Value = match serde_json::from_slice(&body) {
         Ok(v @ Value::Object(_)) => v,
         _ => {
@@ -399,22 +385,11 @@ async fn chat(
     let plan = Plan {
         model: snapshot_of(model).to_owned(),
         stream: req.get("stream").and_then(Value::as_bool) == Some(true),
-        include_usage: req
-            .pointer("/stream_options/include_usage")
-            .and_then(Value::as_bool)
-            == Some(true),
-        choices: req
-            .get("n")
-            .and_then(Value::as_u64)
-            .unwrap_or(1)
-            .clamp(1, 8),
+        include_usage: req.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true),
+        choices: req.get("n").and_then(Value::as_u64).unwrap_or(1).clamp(1, 8),
         prompt_tokens: estimate_prompt_tokens(&req),
         completion_tokens,
-        finish_reason: if completion_tokens < wanted {
-            "length"
-        } else {
-            "stop"
-        },
+        finish_reason: if completion_tokens < wanted { "length" } else { "stop" },
         chunks: header_str(&headers, "x-mock-chunks")
             .and_then(|v| v.parse().ok())
             .unwrap_or(cfg.chunks)
@@ -445,37 +420,21 @@ async fn chat(
         if let Some(kind) = over {
             return rate_limited(head, cfg, &w, kind, model, reset);
         }
-        (
-            cfg.limit_requests - w.requests,
-            cfg.limit_tokens - w.tokens,
-            reset,
-        )
+        (cfg.limit_requests - w.requests, cfg.limit_tokens - w.tokens, reset)
     };
     let put = |head: &mut HeaderMap, name: &'static str, v: String| {
         if let Ok(v) = HeaderValue::from_str(&v) {
             head.insert(name, v);
         }
     };
-    put(
-        &mut head,
-        "x-ratelimit-limit-requests",
-        cfg.limit_requests.to_string(),
-    );
-    put(
-        &mut head,
-        "x-ratelimit-limit-tokens",
-        cfg.limit_tokens.to_string(),
-    );
+    put(&mut head, "x-ratelimit-limit-requests", cfg.limit_requests.to_string());
+    put(&mut head, "x-ratelimit-limit-tokens", cfg.limit_tokens.to_string());
     put(
         &mut head,
         "x-ratelimit-remaining-requests",
         remaining_requests.to_string(),
     );
-    put(
-        &mut head,
-        "x-ratelimit-remaining-tokens",
-        remaining_tokens.to_string(),
-    );
+    put(&mut head, "x-ratelimit-remaining-tokens", remaining_tokens.to_string());
     // Requests replenish one by one, tokens in proportion: report time to a full refill.
     let per_request = cfg.window / u32::try_from(cfg.limit_requests.max(1)).unwrap_or(u32::MAX);
     put(
@@ -486,13 +445,10 @@ async fn chat(
     put(
         &mut head,
         "x-ratelimit-reset-tokens",
-        format_reset(reset.mul_f64(
-            (cfg.limit_tokens - remaining_tokens) as f64 / cfg.limit_tokens.max(1) as f64,
-        )),
+        format_reset(reset.mul_f64((cfg.limit_tokens - remaining_tokens) as f64 / cfg.limit_tokens.max(1) as f64)),
     );
 
-    let random_fault = cfg.error_rate > 0.0
-        && (splitmix(&state.counter) % 10_000) as f64 / 10_000.0 < cfg.error_rate;
+    let random_fault = cfg.error_rate > 0.0 && (splitmix(&state.counter) % 10_000) as f64 / 10_000.0 < cfg.error_rate;
     let forced = if forced.is_empty() && random_fault {
         if splitmix(&state.counter) % 2 == 0 {
             "429".to_owned()
@@ -574,9 +530,7 @@ async fn chat(
 
     let id = random_id(&state.counter, "chatcmpl-", 29, ALNUM);
     let fingerprint = random_id(&state.counter, "fp_", 10, HEX);
-    let created = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let usage = usage_json(&plan, cfg);
     let processing = started.elapsed() + cfg.chunk_delay * plan.chunks;
     put(
@@ -650,13 +604,7 @@ fn usage_json(plan: &Plan, cfg: &MockConfig) -> Value {
     })
 }
 
-fn stream_events(
-    plan: &Plan,
-    id: &str,
-    created: u64,
-    fingerprint: &str,
-    usage: &Value,
-) -> Vec<Bytes> {
+fn stream_events(plan: &Plan, id: &str, created: u64, fingerprint: &str, usage: &Value) -> Vec<Bytes> {
     let chunk = |choices: Value, usage_field: Option<Value>| {
         let mut c = json!({
             "id": id, "object": "chat.completion.chunk", "created": created, "model": plan.model,
@@ -671,10 +619,7 @@ fn stream_events(
     for i in 0..plan.choices {
         out.push(chunk(json!([{"index": i, "delta": {"role": "assistant", "content": "", "refusal": null}, "logprobs": null, "finish_reason": null}]), None));
     }
-    let per_chunk = plan
-        .completion_tokens
-        .div_ceil(u64::from(plan.chunks))
-        .max(1);
+    let per_chunk = plan.completion_tokens.div_ceil(u64::from(plan.chunks)).max(1);
     let mut left = plan.completion_tokens;
     for _ in 0..plan.chunks {
         if left == 0 {
@@ -683,11 +628,17 @@ fn stream_events(
         let n = per_chunk.min(left);
         left -= n;
         for i in 0..plan.choices {
-            out.push(chunk(json!([{"index": i, "delta": {"content": lorem(n)}, "logprobs": null, "finish_reason": null}]), None));
+            out.push(chunk(
+                json!([{"index": i, "delta": {"content": lorem(n)}, "logprobs": null, "finish_reason": null}]),
+                None,
+            ));
         }
     }
     for i in 0..plan.choices {
-        out.push(chunk(json!([{"index": i, "delta": {}, "logprobs": null, "finish_reason": plan.finish_reason}]), None));
+        out.push(chunk(
+            json!([{"index": i, "delta": {}, "logprobs": null, "finish_reason": plan.finish_reason}]),
+            None,
+        ));
     }
     if plan.include_usage {
         out.push(chunk(json!([]), Some(usage.clone())));
@@ -717,10 +668,7 @@ where
                 Step::Send => Some((Ok(ev), (it, before))),
                 Step::End => None,
                 Step::Fail => Some((
-                    Err(std::io::Error::new(
-                        std::io::ErrorKind::ConnectionReset,
-                        "mock reset",
-                    )),
+                    Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "mock reset")),
                     (it, before),
                 )),
             }
@@ -749,18 +697,9 @@ fn rate_limited(
     );
     let secs = reset.as_secs_f64().ceil().max(1.0) as u64;
     head.insert("retry-after", HeaderValue::from(secs));
-    head.insert(
-        "retry-after-ms",
-        HeaderValue::from(reset.as_millis().max(1) as u64),
-    );
-    head.insert(
-        "x-ratelimit-limit-requests",
-        HeaderValue::from(cfg.limit_requests),
-    );
-    head.insert(
-        "x-ratelimit-limit-tokens",
-        HeaderValue::from(cfg.limit_tokens),
-    );
+    head.insert("retry-after-ms", HeaderValue::from(reset.as_millis().max(1) as u64));
+    head.insert("x-ratelimit-limit-requests", HeaderValue::from(cfg.limit_requests));
+    head.insert("x-ratelimit-limit-tokens", HeaderValue::from(cfg.limit_tokens));
     head.insert(
         "x-ratelimit-remaining-requests",
         HeaderValue::from(cfg.limit_requests.saturating_sub(w.requests)),
@@ -781,10 +720,7 @@ fn rate_limited(
 }
 
 fn respond(status: StatusCode, mut head: HeaderMap, body: Bytes) -> Response {
-    head.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    head.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     let mut resp = Response::new(Body::from(body));
     *resp.status_mut() = status;
     *resp.headers_mut() = head;
@@ -793,9 +729,7 @@ fn respond(status: StatusCode, mut head: HeaderMap, body: Bytes) -> Response {
 
 /// Deterministic filler text of about `tokens` tokens.
 fn lorem(tokens: u64) -> String {
-    const WORDS: [&str; 8] = [
-        "Hello", " there", "!", " How", " can", " I", " help", " today?",
-    ];
+    const WORDS: [&str; 8] = ["Hello", " there", "!", " How", " can", " I", " help", " today?"];
     let mut s = String::new();
     for i in 0..tokens as usize {
         s.push_str(WORDS[i % WORDS.len()]);
@@ -810,9 +744,7 @@ mod tests {
 
     #[test]
     fn reset_format_round_trips_through_the_parser() {
-        for ms in [
-            0u64, 38, 120, 999, 1000, 1500, 59_993, 60_000, 360_000, 3_723_000,
-        ] {
+        for ms in [0u64, 38, 120, 999, 1000, 1500, 59_993, 60_000, 360_000, 3_723_000] {
             let d = Duration::from_millis(ms);
             let back = parse_reset_duration(&format_reset(d)).unwrap();
             assert!(

@@ -56,12 +56,7 @@ impl ProviderMeta {
                 .filter(|v| !v.is_empty() && v.to_str().is_ok())
                 .cloned()
         };
-        let number = |name: &str| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .and_then(parse_count)
-        };
+        let number = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(parse_count);
         let reset = |name: &str| {
             headers
                 .get(name)
@@ -115,7 +110,7 @@ pub fn parse_count(s: &str) -> Option<u64> {
 /// `openai-processing-ms`: milliseconds, integer or decimal.
 pub fn parse_millis(s: &str) -> Option<Duration> {
     let ms: f64 = s.trim().parse().ok()?;
-    (ms.is_finite() && ms >= 0.0 && ms < 1e12).then(|| Duration::from_secs_f64(ms / 1000.0))
+    (0.0..1e12).contains(&ms).then(|| Duration::from_secs_f64(ms / 1000.0))
 }
 
 /// Parses OpenAI's reset durations: Go-style sequences of number and unit (`6m0s`, `1s`,
@@ -127,10 +122,7 @@ pub fn parse_reset_duration(s: &str) -> Option<Duration> {
     }
     let mut total = 0f64;
     while !rest.is_empty() {
-        let num_len = rest
-            .bytes()
-            .take_while(|b| b.is_ascii_digit() || *b == b'.')
-            .count();
+        let num_len = rest.bytes().take_while(|b| b.is_ascii_digit() || *b == b'.').count();
         let (num, after) = rest.split_at(num_len);
         if num.is_empty() || num.bytes().filter(|&b| b == b'.').count() > 1 || num == "." {
             return None;
@@ -355,10 +347,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Choices<'a> {
             fn visit_unit<E>(self) -> Result<Self::Value, E> {
                 Ok(Choices::default())
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<Self::Value, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
                 let (mut out, mut seen) = (Vec::new(), 0);
                 while let Some(c) = seq.next_element::<ChoiceWire<'de>>()? {
                     seen += 1;
@@ -394,10 +383,7 @@ impl ChatCompletion {
                 object: owned(w.object),
                 created: w.created,
                 model: owned(w.model),
-                finish_reasons: choices
-                    .iter()
-                    .map(|(_, r)| FinishReason::parse(r))
-                    .collect(),
+                finish_reasons: choices.iter().map(|(_, r)| FinishReason::parse(r)).collect(),
                 service_tier: owned(w.service_tier),
                 system_fingerprint: owned(w.system_fingerprint),
             },
@@ -418,11 +404,7 @@ pub enum ChunkKind {
 }
 
 /// Folds one stream chunk into `facts` and `usage`. Allocates only when a field is first seen.
-pub fn apply_chunk(
-    data: &[u8],
-    facts: &mut ResponseFacts,
-    usage: &mut Option<Usage>,
-) -> Result<ChunkKind, BodyError> {
+pub fn apply_chunk(data: &[u8], facts: &mut ResponseFacts, usage: &mut Option<Usage>) -> Result<ChunkKind, BodyError> {
     let w: BodyWire<'_> = serde_json::from_slice(data)?;
     if w.error.is_some() {
         return Ok(ChunkKind::Error);
@@ -518,10 +500,7 @@ mod tests {
     #[test]
     fn meta_ignores_missing_and_invalid_headers() {
         let mut h = HeaderMap::new();
-        h.insert(
-            "x-ratelimit-remaining-requests",
-            HeaderValue::from_static("-1"),
-        );
+        h.insert("x-ratelimit-remaining-requests", HeaderValue::from_static("-1"));
         h.insert("x-ratelimit-limit-tokens", HeaderValue::from_static("n/a"));
         h.insert("x-ratelimit-reset-tokens", HeaderValue::from_static("soon"));
         h.insert("x-request-id", HeaderValue::from_static(""));
@@ -534,31 +513,20 @@ mod tests {
         let mut facts = ResponseFacts::default();
         let mut usage = None;
         let first = br#"{"id":"c1","object":"chat.completion.chunk","created":7,"model":"m","system_fingerprint":"fp","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}],"usage":null}"#;
-        assert_eq!(
-            apply_chunk(first, &mut facts, &mut usage).unwrap(),
-            ChunkKind::Delta
-        );
+        assert_eq!(apply_chunk(first, &mut facts, &mut usage).unwrap(), ChunkKind::Delta);
         let last = br#"{"id":"c1","choices":[{"index":1,"delta":{},"finish_reason":"length"},{"index":0,"delta":{},"finish_reason":"stop"}]}"#;
-        assert_eq!(
-            apply_chunk(last, &mut facts, &mut usage).unwrap(),
-            ChunkKind::Delta
-        );
-        let usage_chunk = br#"{"id":"c1","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#;
+        assert_eq!(apply_chunk(last, &mut facts, &mut usage).unwrap(), ChunkKind::Delta);
+        let usage_chunk =
+            br#"{"id":"c1","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#;
         assert_eq!(
             apply_chunk(usage_chunk, &mut facts, &mut usage).unwrap(),
             ChunkKind::UsageOnly
         );
-        assert_eq!(
-            facts.finish_reasons,
-            [FinishReason::Stop, FinishReason::Length]
-        );
+        assert_eq!(facts.finish_reasons, [FinishReason::Stop, FinishReason::Length]);
         assert_eq!(facts.model.as_deref(), Some("m"));
         assert_eq!(usage.unwrap().output_tokens, 4);
         let err = br#"{"error":{"message":"boom","type":"server_error"}}"#;
-        assert_eq!(
-            apply_chunk(err, &mut facts, &mut usage).unwrap(),
-            ChunkKind::Error
-        );
+        assert_eq!(apply_chunk(err, &mut facts, &mut usage).unwrap(), ChunkKind::Error);
         assert!(apply_chunk(b"{not json", &mut facts, &mut usage).is_err());
     }
 }

@@ -178,12 +178,7 @@ impl RequestFacts {
         let facts = RequestFacts {
             model: w.model.map(Cow::into_owned).unwrap_or_default(),
             stream: w.stream == Some(true),
-            include_usage: matches!(
-                options,
-                StreamOptions::Present {
-                    include_usage: true
-                }
-            ),
+            include_usage: matches!(options, StreamOptions::Present { include_usage: true }),
             max_tokens: w.max_completion_tokens.or(w.max_tokens),
             temperature: w.temperature,
             top_p: w.top_p,
@@ -249,10 +244,7 @@ pub struct CallRecord {
 impl CallRecord {
     /// The model to label the call with: the response's, else the request's.
     pub fn model(&self) -> &str {
-        self.response
-            .model
-            .as_deref()
-            .unwrap_or(&self.request.model)
+        self.response.model.as_deref().unwrap_or(&self.request.model)
     }
 }
 
@@ -297,12 +289,7 @@ mod tests {
     fn request_facts_read_parameters_and_stream_options() {
         let body = br#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":false},"max_tokens":5,"max_completion_tokens":9,"temperature":0.5,"stop":"END","n":2,"seed":-3}"#;
         let (f, opts) = RequestFacts::parse(body).unwrap();
-        assert_eq!(
-            opts,
-            StreamOptions::Present {
-                include_usage: false
-            }
-        );
+        assert_eq!(opts, StreamOptions::Present { include_usage: false });
         assert_eq!(
             (f.model.as_str(), f.stream, f.max_tokens, f.temperature),
             ("gpt-4o", true, Some(9), Some(0.5))

@@ -324,19 +324,14 @@ mod tests {
 
     #[test]
     fn sse_cr_at_chunk_end_followed_by_lf_is_one_line_end() {
-        assert_eq!(
-            events(&[b"data: a\r", b"\ndata: b\r", b"\n\r", b"\n"]),
-            ["a\nb"]
-        );
+        assert_eq!(events(&[b"data: a\r", b"\ndata: b\r", b"\n\r", b"\n"]), ["a\nb"]);
     }
 
     #[test]
     fn sse_crlf_split_between_cr_and_lf_reports_the_tail_of_the_event() {
         let mut p = SseParser::default();
         let mut seen = Vec::new();
-        p.feed(b"data: a\r\n\r", |e, end| {
-            seen.push((matches!(e, SseEvent::Tail), end))
-        });
+        p.feed(b"data: a\r\n\r", |e, end| seen.push((matches!(e, SseEvent::Tail), end)));
         p.feed(b"\ndata: b\r\n\r\n", |e, end| {
             seen.push((matches!(e, SseEvent::Tail), end))
         });
@@ -370,11 +365,8 @@ mod tests {
     fn cutter_removes_an_event_split_across_chunks() {
         let mut c = EventCutter::default();
         assert_eq!(
-            c.cut(
-                bytes::Bytes::from_static(b"data: a\n\ndata: u"),
-                &[(9, true)]
-            )
-            .unwrap(),
+            c.cut(bytes::Bytes::from_static(b"data: a\n\ndata: u"), &[(9, true)])
+                .unwrap(),
             &b"data: a\n\n"[..]
         );
         assert_eq!(

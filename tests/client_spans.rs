@@ -36,11 +36,7 @@ fn body(stream: bool) -> serde_json::Value {
 }
 
 fn client(base: &str) -> Client {
-    Client::builder()
-        .base_url(base)
-        .api_key(SECRET)
-        .build()
-        .unwrap()
+    Client::builder().base_url(base).api_key(SECRET).build().unwrap()
 }
 
 fn annotation_attrs() -> Vec<(&'static str, Value)> {
@@ -56,26 +52,16 @@ fn annotation_attrs() -> Vec<(&'static str, Value)> {
     ]
 }
 
-fn assert_attrs(
-    span: &llm_meter::opentelemetry_sdk::trace::SpanData,
-    expected: Vec<(&str, Value)>,
-) {
+fn assert_attrs(span: &llm_meter::opentelemetry_sdk::trace::SpanData, expected: Vec<(&str, Value)>) {
     let got = attrs(span);
-    let want: std::collections::BTreeMap<String, Value> = expected
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
+    let want: std::collections::BTreeMap<String, Value> =
+        expected.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
     assert_eq!(got, want, "\n got: {got:#?}\nwant: {want:#?}");
 }
 
 #[tokio::test]
 async fn non_streaming_fixture_call_has_the_exact_attribute_set() {
-    let server = FixtureServer::start(Canned::json(
-        StatusCode::OK,
-        fixture_headers(),
-        FIXTURE_BODY,
-    ))
-    .await;
+    let server = FixtureServer::start(Canned::json(StatusCode::OK, fixture_headers(), FIXTURE_BODY)).await;
     let capture = capture_spans();
     let resp = client(&server.base_url())
         .chat(&body(false), &annotations())
@@ -100,10 +86,7 @@ async fn non_streaming_fixture_call_has_the_exact_attribute_set() {
         ("gen_ai.request.stream", Value::Bool(false)),
         ("server.address", s("127.0.0.1")),
         ("server.port", i(server.addr.port().into())),
-        (
-            "gen_ai.response.id",
-            s("chatcmpl-BDXMEvOKQnSYFATQSDa0BbxRSDUrN"),
-        ),
+        ("gen_ai.response.id", s("chatcmpl-BDXMEvOKQnSYFATQSDa0BbxRSDUrN")),
         ("gen_ai.response.model", s("gpt-4o-2024-08-06")),
         ("gen_ai.response.finish_reasons", arr(&["stop"])),
         ("openai.response.service_tier", s("default")),
@@ -113,10 +96,7 @@ async fn non_streaming_fixture_call_has_the_exact_attribute_set() {
         ("gen_ai.usage.cache_read.input_tokens", i(0)),
         ("gen_ai.usage.reasoning.output_tokens", i(0)),
         ("http.response.status_code", i(200)),
-        (
-            "openai.request.id",
-            s("req_4d55e0b8ecd8e46447c0701e1f8b6051"),
-        ),
+        ("openai.request.id", s("req_4d55e0b8ecd8e46447c0701e1f8b6051")),
         ("openai.organization", s("user-ue08pmd83ul7gjg1su5tgani")),
         ("openai.api.version", s("2020-10-01")),
         ("openai.processing_ms", Value::F64(861.0)),
@@ -137,12 +117,7 @@ async fn streaming_call_span_covers_the_stream_with_usage_and_chunk_timings() {
         .split_inclusive("\n\n")
         .map(|p| bytes::Bytes::copy_from_slice(p.as_bytes()))
         .collect();
-    let server = FixtureServer::start(Canned::sse(
-        fixture_headers(),
-        pieces,
-        Duration::from_millis(2),
-    ))
-    .await;
+    let server = FixtureServer::start(Canned::sse(fixture_headers(), pieces, Duration::from_millis(2))).await;
     let capture = capture_spans();
     let mut stream = client(&server.base_url())
         .chat_stream(&body(true), &annotations())
@@ -163,10 +138,7 @@ async fn streaming_call_span_covers_the_stream_with_usage_and_chunk_timings() {
         other => panic!("time to first chunk missing: {other:?}"),
     };
     assert!(ttfc > 0.0 && ttfc < 5.0);
-    assert_eq!(
-        Some(Duration::from_secs_f64(ttfc)),
-        record.timings.time_to_first_chunk
-    );
+    assert_eq!(Some(Duration::from_secs_f64(ttfc)), record.timings.time_to_first_chunk);
     let mut want = vec![
         ("gen_ai.operation.name", s("chat")),
         ("gen_ai.provider.name", s("openai")),
@@ -176,10 +148,7 @@ async fn streaming_call_span_covers_the_stream_with_usage_and_chunk_timings() {
         ("gen_ai.request.stream", Value::Bool(true)),
         ("server.address", s("127.0.0.1")),
         ("server.port", i(server.addr.port().into())),
-        (
-            "gen_ai.response.id",
-            s("chatcmpl-BDXMEvOKQnSYFATQSDa0BbxRSDUrN"),
-        ),
+        ("gen_ai.response.id", s("chatcmpl-BDXMEvOKQnSYFATQSDa0BbxRSDUrN")),
         ("gen_ai.response.model", s("gpt-4o-2024-08-06")),
         ("gen_ai.response.finish_reasons", arr(&["stop"])),
         ("openai.response.service_tier", s("default")),
@@ -189,10 +158,7 @@ async fn streaming_call_span_covers_the_stream_with_usage_and_chunk_timings() {
         ("gen_ai.usage.cache_read.input_tokens", i(0)),
         ("gen_ai.usage.reasoning.output_tokens", i(0)),
         ("http.response.status_code", i(200)),
-        (
-            "openai.request.id",
-            s("req_4d55e0b8ecd8e46447c0701e1f8b6051"),
-        ),
+        ("openai.request.id", s("req_4d55e0b8ecd8e46447c0701e1f8b6051")),
         ("openai.organization", s("user-ue08pmd83ul7gjg1su5tgani")),
         ("openai.api.version", s("2020-10-01")),
         ("openai.processing_ms", Value::F64(861.0)),
@@ -237,11 +203,7 @@ async fn provider_error_keeps_its_body_and_marks_the_span() {
     assert_eq!(resp.record().error, Some(ErrorType::Status(429)));
 
     let span = capture.chat_span();
-    assert!(
-        matches!(span.status, Status::Error { .. }),
-        "{:?}",
-        span.status
-    );
+    assert!(matches!(span.status, Status::Error { .. }), "{:?}", span.status);
     let a = attrs(&span);
     assert_eq!(a["error.type"], s("429"));
     assert_eq!(a["http.response.status_code"], i(429));
@@ -249,11 +211,7 @@ async fn provider_error_keeps_its_body_and_marks_the_span() {
     assert!(!a.contains_key("gen_ai.usage.input_tokens"));
 }
 
-async fn error_type_of(
-    mock_error: &str,
-    stream: bool,
-    client_timeout: Option<Duration>,
-) -> (ErrorType, Status) {
+async fn error_type_of(mock_error: &str, stream: bool, client_timeout: Option<Duration>) -> (ErrorType, Status) {
     let mock = MockServer::start(MockConfig::default()).await.unwrap();
     let capture = capture_spans();
     let mut b = Client::builder()
@@ -286,26 +244,11 @@ async fn error_type_of(
 
 #[tokio::test]
 async fn failures_get_low_cardinality_error_types() {
-    assert_eq!(
-        error_type_of("500", false, None).await.0,
-        ErrorType::Status(500)
-    );
-    assert_eq!(
-        error_type_of("400", true, None).await.0,
-        ErrorType::Status(400)
-    );
-    assert_eq!(
-        error_type_of("garbage", false, None).await.0,
-        ErrorType::Decode
-    );
-    assert_eq!(
-        error_type_of("truncate", true, None).await.0,
-        ErrorType::Truncated
-    );
-    assert_eq!(
-        error_type_of("reset", true, None).await.0,
-        ErrorType::Transport
-    );
+    assert_eq!(error_type_of("500", false, None).await.0, ErrorType::Status(500));
+    assert_eq!(error_type_of("400", true, None).await.0, ErrorType::Status(400));
+    assert_eq!(error_type_of("garbage", false, None).await.0, ErrorType::Decode);
+    assert_eq!(error_type_of("truncate", true, None).await.0, ErrorType::Truncated);
+    assert_eq!(error_type_of("reset", true, None).await.0, ErrorType::Transport);
     let (kind, status) = error_type_of("stall", false, Some(Duration::from_millis(300))).await;
     assert_eq!(kind, ErrorType::Timeout);
     assert!(matches!(status, Status::Error { .. }));
@@ -347,8 +290,7 @@ async fn dropping_a_stream_early_records_cancelled() {
 async fn span_nests_under_the_callers_span_and_trace_context_reaches_the_provider() {
     use tracing::Instrument;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
-    let server =
-        FixtureServer::start(Canned::json(StatusCode::OK, HeaderMap::new(), FIXTURE_BODY)).await;
+    let server = FixtureServer::start(Canned::json(StatusCode::OK, HeaderMap::new(), FIXTURE_BODY)).await;
     let capture = capture_spans();
     let parent = tracing::info_span!("handle_ticket");
     let c = client(&server.base_url());
@@ -369,11 +311,7 @@ async fn span_nests_under_the_callers_span_and_trace_context_reaches_the_provide
     let traceparent = headers["traceparent"].to_str().unwrap().to_owned();
     assert_eq!(
         traceparent,
-        format!(
-            "00-{}-{}-01",
-            chat.span_context.trace_id(),
-            chat.span_context.span_id()
-        )
+        format!("00-{}-{}-01", chat.span_context.trace_id(), chat.span_context.span_id())
     );
 
     let off = Client::builder()
@@ -387,12 +325,7 @@ async fn span_nests_under_the_callers_span_and_trace_context_reaches_the_provide
 
 #[tokio::test]
 async fn api_key_never_reaches_any_attribute_but_reaches_the_provider() {
-    let server = FixtureServer::start(Canned::json(
-        StatusCode::OK,
-        fixture_headers(),
-        FIXTURE_BODY,
-    ))
-    .await;
+    let server = FixtureServer::start(Canned::json(StatusCode::OK, fixture_headers(), FIXTURE_BODY)).await;
     let capture = capture_spans();
     let c = client(&server.base_url());
     c.chat(&body(false), &annotations()).await.unwrap();
@@ -408,10 +341,7 @@ async fn api_key_never_reaches_any_attribute_but_reaches_the_provider() {
         "Debug of the client leaks the key"
     );
     let (headers, _) = server.last_request();
-    assert_eq!(
-        headers["authorization"],
-        format!("Bearer {SECRET}").as_str()
-    );
+    assert_eq!(headers["authorization"], format!("Bearer {SECRET}").as_str());
     assert!(
         !headers.contains_key("xproxy-user-id"),
         "annotations are not sent upstream by default"
@@ -420,8 +350,7 @@ async fn api_key_never_reaches_any_attribute_but_reaches_the_provider() {
 
 #[tokio::test]
 async fn model_defaults_fill_only_unset_fields_and_the_span_records_what_was_sent() {
-    let server =
-        FixtureServer::start(Canned::json(StatusCode::OK, HeaderMap::new(), FIXTURE_BODY)).await;
+    let server = FixtureServer::start(Canned::json(StatusCode::OK, HeaderMap::new(), FIXTURE_BODY)).await;
     let capture = capture_spans();
     let c = Client::builder()
         .base_url(server.base_url())
@@ -453,10 +382,7 @@ async fn model_defaults_fill_only_unset_fields_and_the_span_records_what_was_sen
         (i(256), Value::F64(0.7), Value::F64(0.9))
     );
 
-    let bad = Client::builder()
-        .model_defaults("m", json!(3))
-        .build()
-        .unwrap_err();
+    let bad = Client::builder().model_defaults("m", json!(3)).build().unwrap_err();
     assert!(bad.to_string().contains("must be a JSON object"), "{bad}");
 }
 

@@ -20,9 +20,11 @@ fn variants() -> Vec<(&'static str, String)> {
     let lf = FIXTURE_STREAM.to_owned();
     let crlf = lf.replace('\n', "\r\n");
     let cr = lf.replace('\n', "\r");
-    let comments = lf
-        .replace("data: {", ": keep-alive\nevent: message\ndata: {")
-        .replacen("data: ", ": OPENROUTER PROCESSING\n\ndata: ", 1);
+    let comments = lf.replace("data: {", ": keep-alive\nevent: message\ndata: {").replacen(
+        "data: ",
+        ": OPENROUTER PROCESSING\n\ndata: ",
+        1,
+    );
     // Each JSON payload split over two `data:` lines (joined with "\n", still the same JSON).
     let multiline = lf.replace(",\"created\":", ",\ndata: \"created\":");
     let no_space = lf.replace("data: ", "data:");
@@ -95,11 +97,7 @@ fn check(name: &str, stream: &str, o: &Observed, hide_usage: bool) {
         Some("chatcmpl-BDXMEvOKQnSYFATQSDa0BbxRSDUrN"),
         "{name}"
     );
-    assert_eq!(
-        o.facts.model.as_deref(),
-        Some("gpt-4o-2024-08-06"),
-        "{name}"
-    );
+    assert_eq!(o.facts.model.as_deref(), Some("gpt-4o-2024-08-06"), "{name}");
     assert_eq!(o.facts.finish_reasons, [FinishReason::Stop], "{name}");
     let u = o.usage.expect("usage");
     assert_eq!(
@@ -128,12 +126,7 @@ fn observer_is_correct_for_every_two_way_split_of_every_framing() {
         for at in 0..=bytes.len() {
             let (a, b) = bytes.split_at(at);
             for hide in [false, true] {
-                check(
-                    &format!("{name}@{at}"),
-                    &stream,
-                    &observe(&[a, b], hide),
-                    hide,
-                );
+                check(&format!("{name}@{at}"), &stream, &observe(&[a, b], hide), hide);
             }
         }
     }
@@ -185,18 +178,12 @@ fn stream_body() -> serde_json::Value {
 }
 
 async fn collect(client: &Client, body: &serde_json::Value) -> (String, llm_meter::CallRecord) {
-    let mut s = client
-        .chat_stream(body, &Annotations::none())
-        .await
-        .unwrap();
+    let mut s = client.chat_stream(body, &Annotations::none()).await.unwrap();
     let mut text = Vec::new();
     while let Some(c) = s.next().await {
         text.extend_from_slice(&c.unwrap());
     }
-    (
-        String::from_utf8(text).unwrap(),
-        s.record().unwrap().clone(),
-    )
+    (String::from_utf8(text).unwrap(), s.record().unwrap().clone())
 }
 
 #[tokio::test]
@@ -260,10 +247,7 @@ async fn first_chunk_reaches_the_caller_before_the_provider_sends_the_second() {
         .default_header("x-mock-gate".parse().unwrap(), "1".parse().unwrap())
         .build()
         .unwrap();
-    let mut s = client
-        .chat_stream(&stream_body(), &Annotations::none())
-        .await
-        .unwrap();
+    let mut s = client.chat_stream(&stream_body(), &Annotations::none()).await.unwrap();
     // The mock holds every chunk after the first until released: if anything buffered, this
     // would wait forever.
     let first = tokio::time::timeout(Duration::from_secs(10), s.next())
@@ -283,20 +267,14 @@ async fn first_chunk_reaches_the_caller_before_the_provider_sends_the_second() {
 async fn chat_and_chat_stream_reject_the_wrong_kind_of_body() {
     let mock = MockServer::start(MockConfig::default()).await.unwrap();
     let client = Client::builder().base_url(mock.base_url()).build().unwrap();
-    let e = client
-        .chat(&stream_body(), &Annotations::none())
-        .await
-        .unwrap_err();
+    let e = client.chat(&stream_body(), &Annotations::none()).await.unwrap_err();
     assert!(e.to_string().contains("use chat_stream"), "{e}");
     let e = client
         .chat_stream(&json!({"model": "m", "messages": []}), &Annotations::none())
         .await
         .unwrap_err();
     assert!(e.to_string().contains("\"stream\": true"), "{e}");
-    let e = client
-        .chat(&json!([1, 2]), &Annotations::none())
-        .await
-        .unwrap_err();
+    let e = client.chat(&json!([1, 2]), &Annotations::none()).await.unwrap_err();
     assert!(e.to_string().contains("JSON object"), "{e}");
     assert!(mock.received().is_empty(), "nothing was sent");
 }

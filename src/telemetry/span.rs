@@ -16,12 +16,7 @@ use crate::record::CallRecord;
 use crate::semconv::*;
 
 /// Opens the client span of a chat call under the caller's current span.
-pub fn start_chat_span(
-    model: &str,
-    provider: &str,
-    server_address: &str,
-    annotations: &Annotations,
-) -> Span {
+pub fn start_chat_span(model: &str, provider: &str, server_address: &str, annotations: &Annotations) -> Span {
     tracing::info_span!(
         target: "llm_meter",
         "chat",
@@ -77,10 +72,7 @@ pub fn record_on_span(span: &Span, r: &CallRecord) {
     if let Some(seed) = q.seed {
         set(GEN_AI_REQUEST_SEED, Value::I64(seed));
     }
-    set_u64(
-        GEN_AI_REQUEST_CHOICE_COUNT,
-        q.choice_count.filter(|n| *n != 1),
-    );
+    set_u64(GEN_AI_REQUEST_CHOICE_COUNT, q.choice_count.filter(|n| *n != 1));
     set_array(
         GEN_AI_REQUEST_STOP_SEQUENCES,
         &mut q.stop_sequences.iter().map(String::as_str),
@@ -96,10 +88,7 @@ pub fn record_on_span(span: &Span, r: &CallRecord) {
         &mut p.finish_reasons.iter().map(|f| f.as_str()),
     );
     set_str(OPENAI_RESPONSE_SERVICE_TIER, p.service_tier.as_deref());
-    set_str(
-        OPENAI_RESPONSE_SYSTEM_FINGERPRINT,
-        p.system_fingerprint.as_deref(),
-    );
+    set_str(OPENAI_RESPONSE_SYSTEM_FINGERPRINT, p.system_fingerprint.as_deref());
     if let Some(u) = &r.usage {
         set_u64(GEN_AI_USAGE_INPUT_TOKENS, Some(u.input_tokens));
         set_u64(GEN_AI_USAGE_OUTPUT_TOKENS, Some(u.output_tokens));
@@ -112,22 +101,13 @@ pub fn record_on_span(span: &Span, r: &CallRecord) {
     set_str(OPENAI_REQUEST_ID, m.request_id());
     set_str(OPENAI_ORGANIZATION, m.organization());
     set_str(OPENAI_API_VERSION, m.api_version());
-    set_f64(
-        OPENAI_PROCESSING_MS,
-        m.processing.map(|d| d.as_secs_f64() * 1000.0),
-    );
+    set_f64(OPENAI_PROCESSING_MS, m.processing.map(|d| d.as_secs_f64() * 1000.0));
     set_u64(RATELIMIT_LIMIT_REQUESTS, m.requests.limit);
     set_u64(RATELIMIT_REMAINING_REQUESTS, m.requests.remaining);
-    set_f64(
-        RATELIMIT_RESET_REQUESTS,
-        m.requests.reset.map(|d| d.as_secs_f64()),
-    );
+    set_f64(RATELIMIT_RESET_REQUESTS, m.requests.reset.map(|d| d.as_secs_f64()));
     set_u64(RATELIMIT_LIMIT_TOKENS, m.tokens.limit);
     set_u64(RATELIMIT_REMAINING_TOKENS, m.tokens.remaining);
-    set_f64(
-        RATELIMIT_RESET_TOKENS,
-        m.tokens.reset.map(|d| d.as_secs_f64()),
-    );
+    set_f64(RATELIMIT_RESET_TOKENS, m.tokens.reset.map(|d| d.as_secs_f64()));
 
     if q.stream {
         set_f64(
@@ -144,10 +124,7 @@ pub fn record_on_span(span: &Span, r: &CallRecord) {
     set_str(USER_ID, a.user_id());
     set_str(ACCOUNT_NAME, a.account_name());
     set_array(LIMIT_IDS, &mut a.limit_ids().iter().map(String::as_str));
-    set_array(
-        REQUEST_TAGS,
-        &mut a.request_tags().iter().map(String::as_str),
-    );
+    set_array(REQUEST_TAGS, &mut a.request_tags().iter().map(String::as_str));
     for (prefix, props) in [
         (USE_CASE_PROPERTIES_PREFIX, a.use_case_properties()),
         (REQUEST_PROPERTIES_PREFIX, a.request_properties()),

@@ -51,9 +51,7 @@ pub fn capture_spans() -> SpanCapture {
 impl SpanCapture {
     pub fn spans(&self) -> Vec<SpanData> {
         let _ = self.provider.force_flush();
-        self.exporter
-            .get_finished_spans()
-            .expect("in-memory exporter")
+        self.exporter.get_finished_spans().expect("in-memory exporter")
     }
 
     /// The one `chat …` span.
@@ -131,10 +129,7 @@ impl Canned {
 
     pub fn sse(headers: HeaderMap, pieces: Vec<Bytes>, gap: Duration) -> Self {
         let mut headers = headers;
-        headers.insert(
-            "content-type",
-            HeaderValue::from_static("text/event-stream"),
-        );
+        headers.insert("content-type", HeaderValue::from_static("text/event-stream"));
         Canned {
             status: StatusCode::OK,
             headers,
@@ -162,16 +157,14 @@ impl FixtureServer {
                 seen.lock().unwrap().push((headers, body));
                 async move {
                     let gap = canned.gap;
-                    let stream = futures_util::stream::unfold(
-                        canned.pieces.into_iter().enumerate(),
-                        move |mut it| async move {
+                    let stream =
+                        futures_util::stream::unfold(canned.pieces.into_iter().enumerate(), move |mut it| async move {
                             let (i, piece) = it.next()?;
                             if i > 0 && !gap.is_zero() {
                                 tokio::time::sleep(gap).await;
                             }
                             Some((Ok::<_, std::io::Error>(piece), it))
-                        },
-                    );
+                        });
                     let mut resp = Response::new(Body::from_stream(stream));
                     *resp.status_mut() = canned.status;
                     *resp.headers_mut() = canned.headers;
