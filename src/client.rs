@@ -6,47 +6,25 @@
 //! hook. Telemetry never changes the caller's outcome: a provider error is returned as the
 //! provider sent it, and nothing in the observation path panics into the caller.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use opentelemetry::propagation::{Injector, TextMapPropagator};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::{Map, Value};
-use tracing::{Instrument, Span};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
+use serde_json::Value;
+use tracing::Instrument;
 
 use crate::annotations::Annotations;
-use crate::provider::{ChatCompletion, ProviderMeta, ResponseFacts, Usage};
-use crate::record::{CallHook, CallRecord, ErrorType, RequestFacts, StreamOptions, Timings};
-use crate::semconv;
-use crate::stream::{EventCutter, EventOutcome, StreamObserver};
-use crate::telemetry::span::{record_on_span, start_chat_span};
+use crate::meter::{Call, Meter, MeterBuilder, Server};
+pub use crate::meter::{ChatStream, StreamUsage};
+use crate::provider::{ChatCompletion, ProviderMeta, Usage};
+use crate::record::{CallHook, CallRecord, ErrorType};
 
 /// OpenAI's API base.
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
-
-/// What the client does about usage on streams whose request did not ask for it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum StreamUsage {
-    /// Add `stream_options.include_usage: true` and hide the extra usage-only chunk from the
-    /// caller, so usage is known and the caller sees the stream it asked for (default).
-    #[default]
-    RequestAndHide,
-    /// Add `include_usage` and let the caller see the usage chunk.
-    RequestAndShow,
-    /// Send the request as it is; usage is unknown unless the caller asked for it.
-    Leave,
-}
 
 /// Errors of the client itself. Provider errors (4xx, 5xx) are not errors here: they come back
 /// as a response with the provider's status and body.
@@ -79,7 +57,7 @@ impl Error {
         }
     }
 
-    fn http(source: reqwest::Error) -> Self {
+    pub(crate) fn http(source: reqwest::Error) -> Self {
         Error::Http {
             kind: ErrorType::from_reqwest(&source),
             source,
@@ -95,14 +73,10 @@ pub struct ClientBuilder {
     timeout: Option<Duration>,
     connect_timeout: Duration,
     read_timeout: Option<Duration>,
-    provider: String,
-    propagate_trace_context: bool,
-    stream_usage: StreamUsage,
-    spans: bool,
     send_annotation_headers: bool,
-    defaults: HashMap<String, Map<String, Value>>,
     headers: HeaderMap,
-    hooks: Vec<Arc<dyn CallHook>>,
+    meter: MeterBuilder,
+    prebuilt_meter: Option<Meter>,
 }
 
 impl fmt::Debug for ClientBuilder {
@@ -110,7 +84,6 @@ impl fmt::Debug for ClientBuilder {
         f.debug_struct("ClientBuilder")
             .field("base_url", &self.base_url)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
-            .field("provider", &self.provider)
             .finish_non_exhaustive()
     }
 }
@@ -124,14 +97,10 @@ impl Default for ClientBuilder {
             timeout: Some(Duration::from_secs(600)),
             connect_timeout: Duration::from_secs(10),
             read_timeout: Some(Duration::from_secs(120)),
-            provider: semconv::PROVIDER_OPENAI.to_owned(),
-            propagate_trace_context: true,
-            stream_usage: StreamUsage::default(),
-            spans: true,
             send_annotation_headers: false,
-            defaults: HashMap::new(),
             headers: HeaderMap::new(),
-            hooks: Vec::new(),
+            meter: MeterBuilder::default(),
+            prebuilt_meter: None,
         }
     }
 }
@@ -169,22 +138,22 @@ impl ClientBuilder {
     }
     /// `gen_ai.provider.name` (default `openai`).
     pub fn provider_name(mut self, name: impl Into<String>) -> Self {
-        self.provider = name.into();
+        self.meter = self.meter.provider_name(name);
         self
     }
     /// Send W3C `traceparent`/`tracestate` to the provider (default on).
     pub fn propagate_trace_context(mut self, on: bool) -> Self {
-        self.propagate_trace_context = on;
+        self.meter = self.meter.propagate_trace_context(on);
         self
     }
     /// Usage on streams (default [`StreamUsage::RequestAndHide`]).
     pub fn stream_usage(mut self, policy: StreamUsage) -> Self {
-        self.stream_usage = policy;
+        self.meter = self.meter.stream_usage(policy);
         self
     }
     /// Open `tracing` spans (default on). Hooks still see every record when off.
     pub fn spans(mut self, on: bool) -> Self {
-        self.spans = on;
+        self.meter = self.meter.spans(on);
         self
     }
     /// Also send the annotations as `xProxy-*` headers (for a Pay-i-compatible proxy upstream).
@@ -195,15 +164,7 @@ impl ClientBuilder {
     /// Request defaults for `model`: each field is added to a request for that model only when
     /// the request leaves it unset (absent or `null`). `fields` must be a JSON object.
     pub fn model_defaults(mut self, model: impl Into<String>, fields: Value) -> Self {
-        let map = match fields {
-            Value::Object(m) => m,
-            other => {
-                let mut m = Map::new();
-                m.insert("__invalid__".into(), other);
-                m
-            }
-        };
-        self.defaults.insert(model.into(), map);
+        self.meter = self.meter.model_defaults(model, fields);
         self
     }
     /// A header sent with every request (e.g. `OpenAI-Organization`).
@@ -213,7 +174,14 @@ impl ClientBuilder {
     }
     /// Adds a sink that sees every finished [`CallRecord`].
     pub fn hook(mut self, hook: impl CallHook) -> Self {
-        self.hooks.push(Arc::new(hook));
+        self.meter = self.meter.hook(hook);
+        self
+    }
+
+    /// Uses an already built [`Meter`] (shared with other clients or the proxy); the meter
+    /// settings of this builder are then ignored.
+    pub fn meter(mut self, meter: Meter) -> Self {
+        self.prebuilt_meter = Some(meter);
         self
     }
 
@@ -229,11 +197,10 @@ impl ClientBuilder {
         }
         let chat_url = reqwest::Url::parse(&format!("{}/chat/completions", base.as_str().trim_end_matches('/')))
             .map_err(|e| Error::Config(format!("base_url: {e}")))?;
-        if let Some((model, _)) = self.defaults.iter().find(|(_, m)| m.contains_key("__invalid__")) {
-            return Err(Error::Config(format!(
-                "model_defaults for {model:?} must be a JSON object"
-            )));
-        }
+        let meter = match self.prebuilt_meter {
+            Some(m) => m,
+            None => self.meter.build()?,
+        };
         let mut headers = self.headers;
         if let Some(key) = &self.api_key {
             let mut v = HeaderValue::from_str(&format!("Bearer {key}"))
@@ -254,19 +221,13 @@ impl ClientBuilder {
         };
         Ok(Client {
             inner: Arc::new(Inner {
-                server_address: chat_url.host_str().unwrap_or_default().into(),
-                server_port: chat_url.port_or_known_default(),
+                server: Server::of(&chat_url),
                 chat_url,
                 http,
                 headers,
                 timeout: self.timeout,
-                provider: self.provider.into(),
-                propagate: self.propagate_trace_context,
-                stream_usage: self.stream_usage,
-                spans: self.spans,
                 send_annotation_headers: self.send_annotation_headers,
-                defaults: self.defaults,
-                hooks: self.hooks,
+                meter,
             }),
         })
     }
@@ -280,18 +241,12 @@ pub struct Client {
 
 struct Inner {
     chat_url: reqwest::Url,
-    server_address: Arc<str>,
-    server_port: Option<u16>,
+    server: Server,
     http: reqwest::Client,
     headers: HeaderMap,
     timeout: Option<Duration>,
-    provider: Arc<str>,
-    propagate: bool,
-    stream_usage: StreamUsage,
-    spans: bool,
     send_annotation_headers: bool,
-    defaults: HashMap<String, Map<String, Value>>,
-    hooks: Vec<Arc<dyn CallHook>>,
+    meter: Meter,
 }
 
 impl fmt::Debug for Client {
@@ -357,90 +312,6 @@ impl ChatResponse {
     }
 }
 
-/// A prepared request: the bytes to send and what they ask for.
-struct Prepared {
-    body: Vec<u8>,
-    facts: RequestFacts,
-    hide_usage_chunk: bool,
-}
-
-/// The part of a call that outlives the request: everything needed to finish the record.
-struct Call {
-    inner: Arc<Inner>,
-    span: Span,
-    annotations: Annotations,
-    request: RequestFacts,
-    started_at: SystemTime,
-    started: Instant,
-}
-
-impl Call {
-    fn finish(
-        self,
-        status: Option<StatusCode>,
-        meta: ProviderMeta,
-        response: ResponseFacts,
-        usage: Option<Usage>,
-        stream: Option<&StreamObserver>,
-        error: Option<ErrorType>,
-    ) -> CallRecord {
-        let duration = self.started.elapsed();
-        let (ttfc, tpoc, chunks) = match stream {
-            Some(o) => {
-                let ttfc = o.first_chunk.map(|t| t.duration_since(o.started));
-                let tpoc = match (o.first_chunk, o.last_chunk) {
-                    (Some(first), Some(last)) if o.chunks > 1 => Some(last.duration_since(first) / (o.chunks - 1)),
-                    _ => None,
-                };
-                (ttfc, tpoc, o.chunks)
-            }
-            None => (None, None, 0),
-        };
-        let record = CallRecord {
-            operation: semconv::OPERATION_CHAT,
-            provider: self.inner.provider.clone(),
-            server_address: self.inner.server_address.clone(),
-            server_port: self.inner.server_port,
-            annotations: self.annotations,
-            request: self.request,
-            status: status.map(|s| s.as_u16()),
-            meta,
-            response,
-            usage,
-            timings: Timings {
-                started_at: self.started_at,
-                duration,
-                time_to_first_chunk: ttfc,
-                time_per_output_chunk: tpoc,
-                chunks,
-            },
-            error,
-        };
-        record_on_span(&self.span, &record);
-        for hook in &self.inner.hooks {
-            if std::panic::catch_unwind(AssertUnwindSafe(|| hook.on_call(&record))).is_err() {
-                tracing::warn!(target: "llm_meter", "a call hook panicked; the call result is unaffected");
-            }
-        }
-        drop(self.span);
-        record
-    }
-}
-
-struct HeaderInjector<'a>(&'a mut HeaderMap);
-
-impl Injector for HeaderInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(key.as_bytes()), HeaderValue::from_str(&value)) {
-            self.0.insert(k, v);
-        }
-    }
-}
-
-fn status_error(status: StatusCode) -> Option<ErrorType> {
-    (!status.is_success()).then(|| ErrorType::Status(status.as_u16()))
-}
-
 impl Client {
     /// Starts a builder.
     pub fn builder() -> ClientBuilder {
@@ -452,98 +323,25 @@ impl Client {
         Self::builder().base_url(base_url).api_key(api_key).build()
     }
 
-    /// Serializes the body and applies model defaults and the stream usage policy.
-    fn prepare(&self, body: &impl Serialize, stream: bool) -> Result<Prepared, Error> {
-        let mut bytes = serde_json::to_vec(body).map_err(|e| Error::InvalidRequest(e.to_string()))?;
-        if bytes.first() != Some(&b'{') {
-            return Err(Error::InvalidRequest("the request body must be a JSON object".into()));
-        }
-        let (mut facts, options) = RequestFacts::parse(&bytes).map_err(|e| Error::InvalidRequest(e.to_string()))?;
-        if stream && !facts.stream {
-            return Err(Error::InvalidRequest(
-                "chat_stream needs a body with \"stream\": true".into(),
-            ));
-        }
-        if !stream && facts.stream {
-            return Err(Error::InvalidRequest(
-                "chat needs a body without \"stream\": true; use chat_stream".into(),
-            ));
-        }
-        let wants_usage = stream && self.inner.stream_usage != StreamUsage::Leave && !facts.include_usage;
-        let defaults = self.inner.defaults.get(&facts.model);
-        let mut changed = false;
-        if wants_usage && options == StreamOptions::Absent && defaults.is_none() {
-            // Fast path: append the one missing key to the serialized object.
-            bytes.pop();
-            bytes.extend_from_slice(br#","stream_options":{"include_usage":true}}"#);
-            changed = true;
-        } else if wants_usage || defaults.is_some() {
-            let mut map: Map<String, Value> =
-                serde_json::from_slice(&bytes).map_err(|e| Error::InvalidRequest(e.to_string()))?;
-            for (k, v) in defaults.into_iter().flatten() {
-                if map.get(k).is_none_or(Value::is_null) {
-                    map.insert(k.clone(), v.clone());
-                    changed = true;
-                }
-            }
-            if wants_usage {
-                let options = map.entry("stream_options").or_insert_with(|| Value::Object(Map::new()));
-                if !options.is_object() {
-                    *options = Value::Object(Map::new());
-                }
-                if let Some(o) = options.as_object_mut() {
-                    o.insert("include_usage".into(), Value::Bool(true));
-                }
-                changed = true;
-            }
-            if changed {
-                bytes = serde_json::to_vec(&map).map_err(|e| Error::InvalidRequest(e.to_string()))?;
-            }
-        }
-        if changed {
-            facts = RequestFacts::parse(&bytes)
-                .map_err(|e| Error::InvalidRequest(e.to_string()))?
-                .0;
-        }
-        Ok(Prepared {
-            body: bytes,
-            facts,
-            hide_usage_chunk: wants_usage && self.inner.stream_usage == StreamUsage::RequestAndHide,
-        })
+    /// The observation pipeline this client feeds.
+    pub fn meter(&self) -> &Meter {
+        &self.inner.meter
     }
 
-    fn start(&self, annotations: &Annotations, request: RequestFacts) -> Call {
-        let span = if self.inner.spans {
-            start_chat_span(
-                &request.model,
-                &self.inner.provider,
-                &self.inner.server_address,
-                annotations,
-            )
-        } else {
-            Span::none()
-        };
-        Call {
-            inner: self.inner.clone(),
-            span,
-            annotations: annotations.clone(),
-            request,
-            started_at: SystemTime::now(),
-            started: Instant::now(),
-        }
-    }
-
-    fn request(
+    fn start(
         &self,
-        call: &Call,
-        body: Vec<u8>,
+        body: &impl Serialize,
         annotations: &Annotations,
-        whole_call_timeout: bool,
-    ) -> reqwest::RequestBuilder {
+        stream: bool,
+    ) -> Result<(Call, reqwest::RequestBuilder, bool), Error> {
+        let bytes = serde_json::to_vec(body).map_err(|e| Error::InvalidRequest(e.to_string()))?;
+        let prepared = self.inner.meter.prepare(bytes, Some(stream))?;
+        let call = self
+            .inner
+            .meter
+            .start(self.inner.server.clone(), annotations, prepared.facts);
         let mut headers = self.inner.headers.clone();
-        if self.inner.propagate && !call.span.is_disabled() {
-            TraceContextPropagator::new().inject_context(&call.span.context(), &mut HeaderInjector(&mut headers));
-        }
+        call.inject_trace_context(&mut headers);
         if self.inner.send_annotation_headers {
             annotations.write_headers(&mut headers);
         }
@@ -552,20 +350,17 @@ impl Client {
             .http
             .post(self.inner.chat_url.clone())
             .headers(headers)
-            .body(body);
-        if let (true, Some(t)) = (whole_call_timeout, self.inner.timeout) {
+            .body(prepared.body);
+        if let (false, Some(t)) = (stream, self.inner.timeout) {
             req = req.timeout(t);
         }
-        req
+        Ok((call, req, prepared.hide_usage_chunk))
     }
 
     /// Sends a non-streaming chat completion. Provider errors come back as a response with the
-    /// provider's status and body; `Err` means no answer arrived (or the body was unusable).
+    /// provider's status and body; `Err` means no answer arrived.
     pub async fn chat(&self, body: &impl Serialize, annotations: &Annotations) -> Result<ChatResponse, Error> {
-        let prepared = self.prepare(body, false)?;
-        let call = self.start(annotations, prepared.facts);
-        let req = self.request(&call, prepared.body, annotations, true);
-        let span = call.span.clone();
+        let (call, req, _) = self.start(body, annotations, false)?;
         let result = async {
             let resp = req.send().await?;
             let status = resp.status();
@@ -573,190 +368,42 @@ impl Client {
             let body = resp.bytes().await?;
             Ok::<_, reqwest::Error>((status, headers, body))
         }
-        .instrument(span)
+        .instrument(call.span().clone())
         .await;
-        let (status, headers, body) = match result {
-            Ok(parts) => parts,
+        match result {
+            Ok((status, headers, body)) => {
+                let record = call.finish_body(status, &headers, &body);
+                Ok(ChatResponse {
+                    status,
+                    headers,
+                    body,
+                    record,
+                })
+            }
             Err(e) => {
                 let err = Error::http(e);
-                call.finish(
-                    None,
-                    ProviderMeta::default(),
-                    ResponseFacts::default(),
-                    None,
-                    None,
-                    Some(err.error_type()),
-                );
-                return Err(err);
+                call.fail(err.error_type());
+                Err(err)
             }
-        };
-        let meta = ProviderMeta::from_headers(&headers);
-        let mut error = status_error(status);
-        let (facts, usage) = match ChatCompletion::parse(&body) {
-            Ok(c) => (c.facts, c.usage),
-            Err(_) => {
-                error.get_or_insert(ErrorType::Decode);
-                (ResponseFacts::default(), None)
-            }
-        };
-        let record = call.finish(Some(status), meta, facts, usage, None, error);
-        Ok(ChatResponse {
-            status,
-            headers,
-            body,
-            record,
-        })
+        }
     }
 
     /// Sends a streaming chat completion (the body must have `"stream": true`). The returned
     /// stream yields the provider's bytes as they arrive; the call's span and record end when
     /// the stream ends, fails, or is dropped (then `error.type` is `cancelled`).
     pub async fn chat_stream(&self, body: &impl Serialize, annotations: &Annotations) -> Result<ChatStream, Error> {
-        let prepared = self.prepare(body, true)?;
-        let hide = prepared.hide_usage_chunk;
-        let call = self.start(annotations, prepared.facts);
-        let req = self.request(&call, prepared.body, annotations, false);
+        let (call, req, hide) = self.start(body, annotations, true)?;
         let sent = Instant::now();
-        let resp = match req.send().instrument(call.span.clone()).await {
-            Ok(r) => r,
+        match req.send().instrument(call.span().clone()).await {
+            Ok(resp) => {
+                let (status, headers) = (resp.status(), resp.headers().clone());
+                Ok(call.observe_stream(status, headers, resp.bytes_stream(), sent, hide))
+            }
             Err(e) => {
                 let err = Error::http(e);
-                call.finish(
-                    None,
-                    ProviderMeta::default(),
-                    ResponseFacts::default(),
-                    None,
-                    None,
-                    Some(err.error_type()),
-                );
-                return Err(err);
-            }
-        };
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let meta = ProviderMeta::from_headers(&headers);
-        Ok(ChatStream {
-            status,
-            headers,
-            body: Box::pin(resp.bytes_stream()),
-            observer: StreamObserver::new(sent),
-            cutter: (hide && status.is_success()).then(EventCutter::default),
-            events: Vec::new(),
-            pending: Some((call, meta)),
-            record: None,
-            body_done: false,
-        })
-    }
-}
-
-type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
-
-/// A streaming answer: the provider's SSE bytes as they arrive, observed on the way through.
-/// Works with any SSE parser (e.g. `eventsource-stream`) on top.
-pub struct ChatStream {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: ByteStream,
-    observer: StreamObserver,
-    cutter: Option<EventCutter>,
-    events: Vec<(usize, bool)>,
-    pending: Option<(Call, ProviderMeta)>,
-    record: Option<CallRecord>,
-    body_done: bool,
-}
-
-impl fmt::Debug for ChatStream {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ChatStream")
-            .field("status", &self.status)
-            .field("finished", &self.record.is_some())
-            .finish_non_exhaustive()
-    }
-}
-
-impl ChatStream {
-    /// HTTP status from the provider.
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
-    /// The provider's headers, unchanged.
-    pub fn headers(&self) -> &HeaderMap {
-        &self.headers
-    }
-    /// The record, once the stream has ended.
-    pub fn record(&self) -> Option<&CallRecord> {
-        self.record.as_ref()
-    }
-
-    fn finish(&mut self, error: Option<ErrorType>) {
-        if let Some((call, meta)) = self.pending.take() {
-            let o = &mut self.observer;
-            // A stream dropped after `[DONE]` was not cancelled: it was complete.
-            let error = error.filter(|e| !(*e == ErrorType::Cancelled && o.done));
-            let error = status_error(self.status)
-                .or(error)
-                .or(o.error)
-                .or_else(|| (!o.done).then_some(ErrorType::Truncated));
-            let facts = std::mem::take(&mut o.facts);
-            self.record = Some(call.finish(Some(self.status), meta, facts, o.usage, Some(o), error));
-        }
-    }
-}
-
-impl Stream for ChatStream {
-    type Item = Result<Bytes, Error>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        loop {
-            if this.body_done {
-                return Poll::Ready(None);
-            }
-            match this.body.poll_next_unpin(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Ok(chunk))) => {
-                    let out = match &mut this.cutter {
-                        None => {
-                            this.observer.observe_all(&chunk);
-                            Some(chunk)
-                        }
-                        Some(cutter) => {
-                            let events = &mut this.events;
-                            events.clear();
-                            this.observer.observe(&chunk, |outcome, end| {
-                                events.push((end, outcome != EventOutcome::UsageOnly))
-                            });
-                            cutter.cut(chunk, events)
-                        }
-                    };
-                    if this.observer.done {
-                        // The call is complete at `[DONE]`: end the span now, not when the
-                        // caller gets round to polling the end of the body.
-                        this.finish(None);
-                    }
-                    if let Some(out) = out {
-                        return Poll::Ready(Some(Ok(out)));
-                    }
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    this.body_done = true;
-                    let err = Error::http(e);
-                    this.finish(Some(err.error_type()));
-                    return Poll::Ready(Some(Err(err)));
-                }
-                Poll::Ready(None) => {
-                    this.body_done = true;
-                    let rest = this.cutter.as_mut().and_then(EventCutter::finish);
-                    this.finish(None);
-                    return Poll::Ready(rest.map(Ok));
-                }
+                call.fail(err.error_type());
+                Err(err)
             }
         }
-    }
-}
-
-impl Drop for ChatStream {
-    fn drop(&mut self) {
-        self.finish(Some(ErrorType::Cancelled));
     }
 }

@@ -5,6 +5,7 @@
 pub mod annotations;
 pub mod client;
 pub mod demo;
+pub mod meter;
 pub mod mock;
 pub mod provider;
 pub mod record;
@@ -13,7 +14,8 @@ pub mod stream;
 pub mod telemetry;
 
 pub use annotations::{AnnotationError, Annotations, AnnotationsBuilder};
-pub use client::{ChatResponse, ChatStream, Client, ClientBuilder, Error, StreamUsage};
+pub use client::{ChatResponse, Client, ClientBuilder, Error};
+pub use meter::{ChatStream, Meter, MeterBuilder, StreamUsage};
 pub use provider::{ChatCompletion, FinishReason, ProviderMeta, RateLimit, ResponseFacts, Usage};
 pub use record::{CallHook, CallRecord, ErrorType, RequestFacts, Timings};
 

@@ -1,0 +1,545 @@
+//! The observation pipeline shared by every way in (the [`Client`](crate::Client), the
+//! async-openai layer, the proxy): prepare the request body, open the span, and turn the
+//! provider's answer — a whole body or a stream — into one [`CallRecord`] for every sink.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use opentelemetry::propagation::{Injector, TextMapPropagator};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use serde_json::{Map, Value};
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::annotations::Annotations;
+use crate::client::Error;
+use crate::provider::{ChatCompletion, ProviderMeta, ResponseFacts};
+use crate::record::{CallHook, CallRecord, ErrorType, RequestFacts, StreamOptions, Timings};
+use crate::semconv;
+use crate::stream::{EventCutter, EventOutcome, StreamObserver};
+use crate::telemetry::span::{record_on_span, start_chat_span};
+
+/// What the client does about usage on streams whose request did not ask for it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StreamUsage {
+    /// Add `stream_options.include_usage: true` and hide the extra usage-only chunk from the
+    /// caller, so usage is known and the caller sees the stream it asked for (default).
+    #[default]
+    RequestAndHide,
+    /// Add `include_usage` and let the caller see the usage chunk.
+    RequestAndShow,
+    /// Send the request as it is; usage is unknown unless the caller asked for it.
+    Leave,
+}
+
+/// Settings of the observation pipeline, and the sinks it feeds. Cheap to clone.
+#[derive(Clone)]
+pub struct Meter {
+    inner: Arc<MeterInner>,
+}
+
+struct MeterInner {
+    provider: Arc<str>,
+    propagate: bool,
+    stream_usage: StreamUsage,
+    spans: bool,
+    defaults: HashMap<String, Map<String, Value>>,
+    hooks: Vec<Arc<dyn CallHook>>,
+}
+
+impl fmt::Debug for Meter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Meter")
+            .field("provider", &self.inner.provider)
+            .field("spans", &self.inner.spans)
+            .field("hooks", &self.inner.hooks.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Meter {
+    fn default() -> Self {
+        MeterBuilder::default()
+            .build()
+            .expect("default meter settings are valid")
+    }
+}
+
+/// Builder for [`Meter`].
+pub struct MeterBuilder {
+    provider: String,
+    propagate: bool,
+    stream_usage: StreamUsage,
+    spans: bool,
+    defaults: HashMap<String, Value>,
+    hooks: Vec<Arc<dyn CallHook>>,
+}
+
+impl Default for MeterBuilder {
+    fn default() -> Self {
+        MeterBuilder {
+            provider: semconv::PROVIDER_OPENAI.to_owned(),
+            propagate: true,
+            stream_usage: StreamUsage::default(),
+            spans: true,
+            defaults: HashMap::new(),
+            hooks: Vec::new(),
+        }
+    }
+}
+
+impl MeterBuilder {
+    /// `gen_ai.provider.name` (default `openai`).
+    pub fn provider_name(mut self, name: impl Into<String>) -> Self {
+        self.provider = name.into();
+        self
+    }
+    /// Send W3C `traceparent`/`tracestate` to the provider (default on).
+    pub fn propagate_trace_context(mut self, on: bool) -> Self {
+        self.propagate = on;
+        self
+    }
+    /// Usage on streams (default [`StreamUsage::RequestAndHide`]).
+    pub fn stream_usage(mut self, policy: StreamUsage) -> Self {
+        self.stream_usage = policy;
+        self
+    }
+    /// Open `tracing` spans (default on). Hooks still see every record when off.
+    pub fn spans(mut self, on: bool) -> Self {
+        self.spans = on;
+        self
+    }
+    /// Request defaults for `model`: each field is added to a request for that model only when
+    /// the request leaves it unset (absent or `null`). `fields` must be a JSON object.
+    pub fn model_defaults(mut self, model: impl Into<String>, fields: Value) -> Self {
+        self.defaults.insert(model.into(), fields);
+        self
+    }
+    /// Adds a sink that sees every finished [`CallRecord`].
+    pub fn hook(mut self, hook: impl CallHook) -> Self {
+        self.hooks.push(Arc::new(hook));
+        self
+    }
+
+    /// Builds the meter; fails when model defaults are not JSON objects.
+    pub fn build(self) -> Result<Meter, Error> {
+        let mut defaults = HashMap::with_capacity(self.defaults.len());
+        for (model, fields) in self.defaults {
+            match fields {
+                Value::Object(map) => {
+                    defaults.insert(model, map);
+                }
+                other => {
+                    return Err(Error::Config(format!(
+                        "model_defaults for {model:?} must be a JSON object, got {other}"
+                    )))
+                }
+            }
+        }
+        Ok(Meter {
+            inner: Arc::new(MeterInner {
+                provider: self.provider.into(),
+                propagate: self.propagate,
+                stream_usage: self.stream_usage,
+                spans: self.spans,
+                defaults,
+                hooks: self.hooks,
+            }),
+        })
+    }
+}
+
+/// A request body made ready to send: the bytes and what they ask for.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The JSON body to send.
+    pub body: Vec<u8>,
+    /// What it asks for.
+    pub facts: RequestFacts,
+    /// The usage-only chunk is ours, not the caller's: hide it.
+    pub hide_usage_chunk: bool,
+}
+
+/// Where a call goes, for `server.address` and `server.port`.
+#[derive(Clone, Debug)]
+pub struct Server {
+    /// Host.
+    pub address: Arc<str>,
+    /// Port.
+    pub port: Option<u16>,
+}
+
+impl Server {
+    /// From a URL.
+    pub fn of(url: &reqwest::Url) -> Self {
+        Server {
+            address: url.host_str().unwrap_or_default().into(),
+            port: url.port_or_known_default(),
+        }
+    }
+}
+
+/// One call in flight: everything needed to finish its record.
+pub struct Call {
+    meter: Meter,
+    server: Server,
+    span: Span,
+    annotations: Annotations,
+    request: RequestFacts,
+    started_at: SystemTime,
+    started: Instant,
+}
+
+impl fmt::Debug for Call {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Call")
+            .field("model", &self.request.model)
+            .finish_non_exhaustive()
+    }
+}
+
+struct HeaderInjector<'a>(&'a mut HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(key.as_bytes()), HeaderValue::from_str(&value)) {
+            self.0.insert(k, v);
+        }
+    }
+}
+
+fn status_error(status: StatusCode) -> Option<ErrorType> {
+    (!status.is_success()).then(|| ErrorType::Status(status.as_u16()))
+}
+
+fn invalid(e: serde_json::Error) -> Error {
+    Error::InvalidRequest(e.to_string())
+}
+
+impl Meter {
+    /// Starts a builder.
+    pub fn builder() -> MeterBuilder {
+        MeterBuilder::default()
+    }
+
+    /// Applies model defaults and the stream usage policy to a serialized JSON object body.
+    /// `expect_stream` checks the body's `stream` flag when the caller's method implies one.
+    pub fn prepare(&self, mut bytes: Vec<u8>, expect_stream: Option<bool>) -> Result<Prepared, Error> {
+        if bytes.first() != Some(&b'{') || bytes.last() != Some(&b'}') {
+            return Err(Error::InvalidRequest("the request body must be a JSON object".into()));
+        }
+        let (mut facts, options) = RequestFacts::parse(&bytes).map_err(invalid)?;
+        match expect_stream {
+            Some(true) if !facts.stream => {
+                return Err(Error::InvalidRequest(
+                    "chat_stream needs a body with \"stream\": true".into(),
+                ))
+            }
+            Some(false) if facts.stream => {
+                return Err(Error::InvalidRequest(
+                    "chat needs a body without \"stream\": true; use chat_stream".into(),
+                ))
+            }
+            _ => {}
+        }
+        let stream = facts.stream;
+        let m = &self.inner;
+        let wants_usage = stream && m.stream_usage != StreamUsage::Leave && !facts.include_usage;
+        let defaults = m.defaults.get(&facts.model);
+        let mut changed = false;
+        if wants_usage && options == StreamOptions::Absent && defaults.is_none() {
+            // Fast path: append the one missing key to the serialized object.
+            bytes.pop();
+            if bytes.len() > 1 {
+                bytes.push(b',');
+            }
+            bytes.extend_from_slice(br#""stream_options":{"include_usage":true}}"#);
+            changed = true;
+        } else if wants_usage || defaults.is_some() {
+            let mut map: Map<String, Value> = serde_json::from_slice(&bytes).map_err(invalid)?;
+            for (k, v) in defaults.into_iter().flatten() {
+                if map.get(k).is_none_or(Value::is_null) {
+                    map.insert(k.clone(), v.clone());
+                    changed = true;
+                }
+            }
+            if wants_usage {
+                let options = map.entry("stream_options").or_insert_with(|| Value::Object(Map::new()));
+                if !options.is_object() {
+                    *options = Value::Object(Map::new());
+                }
+                if let Some(o) = options.as_object_mut() {
+                    o.insert("include_usage".into(), Value::Bool(true));
+                }
+                changed = true;
+            }
+            if changed {
+                bytes = serde_json::to_vec(&map).map_err(invalid)?;
+            }
+        }
+        if changed {
+            facts = RequestFacts::parse(&bytes).map_err(invalid)?.0;
+        }
+        Ok(Prepared {
+            body: bytes,
+            facts,
+            hide_usage_chunk: wants_usage && m.stream_usage == StreamUsage::RequestAndHide,
+        })
+    }
+
+    /// Opens the call's span (under the current span) and starts its clock.
+    pub fn start(&self, server: Server, annotations: &Annotations, request: RequestFacts) -> Call {
+        let span = if self.inner.spans {
+            start_chat_span(&request.model, &self.inner.provider, &server.address, annotations)
+        } else {
+            Span::none()
+        };
+        Call {
+            meter: self.clone(),
+            server,
+            span,
+            annotations: annotations.clone(),
+            request,
+            started_at: SystemTime::now(),
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Call {
+    /// The call's span (disabled when spans are off).
+    pub fn span(&self) -> &Span {
+        &self.span
+    }
+
+    /// Adds W3C trace context headers for the provider, when enabled.
+    pub fn inject_trace_context(&self, headers: &mut HeaderMap) {
+        if self.meter.inner.propagate && !self.span.is_disabled() {
+            TraceContextPropagator::new().inject_context(&self.span.context(), &mut HeaderInjector(headers));
+        }
+    }
+
+    /// Finishes a call that got no answer.
+    pub fn fail(self, error: ErrorType) -> CallRecord {
+        self.finish(
+            None,
+            ProviderMeta::default(),
+            ResponseFacts::default(),
+            None,
+            None,
+            Some(error),
+        )
+    }
+
+    /// Finishes a call from the provider's whole (non-streaming) answer.
+    pub fn finish_body(self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> CallRecord {
+        let meta = ProviderMeta::from_headers(headers);
+        let mut error = status_error(status);
+        let (facts, usage) = match ChatCompletion::parse(body) {
+            Ok(c) => (c.facts, c.usage),
+            Err(_) => {
+                error.get_or_insert(ErrorType::Decode);
+                (ResponseFacts::default(), None)
+            }
+        };
+        self.finish(Some(status), meta, facts, usage, None, error)
+    }
+
+    /// Observes a streaming answer on its way to the caller; the record is finished when the
+    /// stream ends, fails or is dropped. `sent` is when the request went out.
+    pub fn observe_stream<S>(
+        self,
+        status: StatusCode,
+        headers: HeaderMap,
+        body: S,
+        sent: Instant,
+        hide_usage_chunk: bool,
+    ) -> ChatStream
+    where
+        S: Stream<Item = reqwest::Result<Bytes>> + Send + 'static,
+    {
+        let meta = ProviderMeta::from_headers(&headers);
+        ChatStream {
+            status,
+            headers,
+            body: Box::pin(body),
+            observer: StreamObserver::new(sent),
+            cutter: (hide_usage_chunk && status.is_success()).then(EventCutter::default),
+            events: Vec::new(),
+            pending: Some((self, meta)),
+            record: None,
+            body_done: false,
+        }
+    }
+
+    fn finish(
+        self,
+        status: Option<StatusCode>,
+        meta: ProviderMeta,
+        response: ResponseFacts,
+        usage: Option<crate::provider::Usage>,
+        stream: Option<&StreamObserver>,
+        error: Option<ErrorType>,
+    ) -> CallRecord {
+        let duration = self.started.elapsed();
+        let (ttfc, tpoc, chunks) = match stream {
+            Some(o) => {
+                let ttfc = o.first_chunk.map(|t| t.duration_since(o.started));
+                let tpoc = match (o.first_chunk, o.last_chunk) {
+                    (Some(first), Some(last)) if o.chunks > 1 => Some(last.duration_since(first) / (o.chunks - 1)),
+                    _ => None,
+                };
+                (ttfc, tpoc, o.chunks)
+            }
+            None => (None, None, 0),
+        };
+        let record = CallRecord {
+            operation: semconv::OPERATION_CHAT,
+            provider: self.meter.inner.provider.clone(),
+            server_address: self.server.address,
+            server_port: self.server.port,
+            annotations: self.annotations,
+            request: self.request,
+            status: status.map(|s| s.as_u16()),
+            meta,
+            response,
+            usage,
+            timings: Timings {
+                started_at: self.started_at,
+                duration,
+                time_to_first_chunk: ttfc,
+                time_per_output_chunk: tpoc,
+                chunks,
+            },
+            error,
+        };
+        record_on_span(&self.span, &record);
+        for hook in &self.meter.inner.hooks {
+            if std::panic::catch_unwind(AssertUnwindSafe(|| hook.on_call(&record))).is_err() {
+                tracing::warn!(target: "llm_meter", "a call hook panicked; the call result is unaffected");
+            }
+        }
+        drop(self.span);
+        record
+    }
+}
+
+type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+
+/// A streaming answer: the provider's SSE bytes as they arrive, observed on the way through.
+/// Works with any SSE parser (e.g. `eventsource-stream`) on top.
+pub struct ChatStream {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: ByteStream,
+    observer: StreamObserver,
+    cutter: Option<EventCutter>,
+    events: Vec<(usize, bool)>,
+    pending: Option<(Call, ProviderMeta)>,
+    record: Option<CallRecord>,
+    body_done: bool,
+}
+
+impl fmt::Debug for ChatStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChatStream")
+            .field("status", &self.status)
+            .field("finished", &self.record.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChatStream {
+    /// HTTP status from the provider.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+    /// The provider's headers, unchanged.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+    /// The record, once the stream has ended.
+    pub fn record(&self) -> Option<&CallRecord> {
+        self.record.as_ref()
+    }
+
+    fn finish(&mut self, error: Option<ErrorType>) {
+        if let Some((call, meta)) = self.pending.take() {
+            let o = &mut self.observer;
+            // A stream dropped after `[DONE]` was not cancelled: it was complete.
+            let error = error.filter(|e| !(*e == ErrorType::Cancelled && o.done));
+            let error = status_error(self.status)
+                .or(error)
+                .or(o.error)
+                .or_else(|| (!o.done).then_some(ErrorType::Truncated));
+            let facts = std::mem::take(&mut o.facts);
+            self.record = Some(call.finish(Some(self.status), meta, facts, o.usage, Some(o), error));
+        }
+    }
+}
+
+impl Stream for ChatStream {
+    type Item = Result<Bytes, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if this.body_done {
+                return Poll::Ready(None);
+            }
+            match this.body.poll_next_unpin(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(chunk))) => {
+                    let out = match &mut this.cutter {
+                        None => {
+                            this.observer.observe_all(&chunk);
+                            Some(chunk)
+                        }
+                        Some(cutter) => {
+                            let events = &mut this.events;
+                            events.clear();
+                            this.observer.observe(&chunk, |outcome, end| {
+                                events.push((end, outcome != EventOutcome::UsageOnly))
+                            });
+                            cutter.cut(chunk, events)
+                        }
+                    };
+                    if this.observer.done {
+                        // The call is complete at `[DONE]`: end the span now, not when the
+                        // caller gets round to polling the end of the body.
+                        this.finish(None);
+                    }
+                    if let Some(out) = out {
+                        return Poll::Ready(Some(Ok(out)));
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.body_done = true;
+                    let err = Error::http(e);
+                    this.finish(Some(err.error_type()));
+                    return Poll::Ready(Some(Err(err)));
+                }
+                Poll::Ready(None) => {
+                    this.body_done = true;
+                    let rest = this.cutter.as_mut().and_then(EventCutter::finish);
+                    this.finish(None);
+                    return Poll::Ready(rest.map(Ok));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for ChatStream {
+    fn drop(&mut self) {
+        self.finish(Some(ErrorType::Cancelled));
+    }
+}
