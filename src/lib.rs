@@ -7,6 +7,8 @@ pub mod client;
 pub mod demo;
 pub mod meter;
 pub mod mock;
+#[cfg(feature = "async-openai")]
+pub mod openai_layer;
 pub mod provider;
 pub mod record;
 pub mod semconv;

@@ -626,10 +626,11 @@ fn stream_events(plan: &Plan, id: &str, created: u64, fingerprint: &str, usage: 
             break;
         }
         let n = per_chunk.min(left);
+        let from = plan.completion_tokens - left;
         left -= n;
         for i in 0..plan.choices {
             out.push(chunk(
-                json!([{"index": i, "delta": {"content": lorem(n)}, "logprobs": null, "finish_reason": null}]),
+                json!([{"index": i, "delta": {"content": lorem_range(from, n)}, "logprobs": null, "finish_reason": null}]),
                 None,
             ));
         }
@@ -729,12 +730,13 @@ fn respond(status: StatusCode, mut head: HeaderMap, body: Bytes) -> Response {
 
 /// Deterministic filler text of about `tokens` tokens.
 fn lorem(tokens: u64) -> String {
+    lorem_range(0, tokens)
+}
+
+/// Tokens `from..from + n` of the filler text, so stream deltas join into `lorem`'s text.
+fn lorem_range(from: u64, n: u64) -> String {
     const WORDS: [&str; 8] = ["Hello", " there", "!", " How", " can", " I", " help", " today?"];
-    let mut s = String::new();
-    for i in 0..tokens as usize {
-        s.push_str(WORDS[i % WORDS.len()]);
-    }
-    s
+    (from..from + n).map(|i| WORDS[i as usize % WORDS.len()]).collect()
 }
 
 #[cfg(test)]

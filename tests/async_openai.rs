@@ -1,0 +1,159 @@
+//! async-openai's client observed through `MeterLayer` (its `middleware` feature).
+#![cfg(feature = "async-openai")]
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use async_openai::config::OpenAIConfig;
+use async_openai::middleware::{HttpRequestFactory, ReqwestService};
+use async_openai::types::chat::{
+    ChatCompletionRequestUserMessageArgs, CreateChatCompletionRequest, CreateChatCompletionRequestArgs,
+};
+use common::*;
+use futures_util::StreamExt;
+use llm_meter::mock::{MockConfig, MockServer};
+use llm_meter::openai_layer::{with_annotations, MeterLayer};
+use llm_meter::{Annotations, CallRecord, ErrorType, Meter};
+use tower::ServiceExt;
+
+type Records = Arc<Mutex<Vec<CallRecord>>>;
+
+fn setup(
+    mock: &MockServer,
+    extra_header: Option<(&'static str, &'static str)>,
+) -> (async_openai::Client<OpenAIConfig>, Records) {
+    let records: Records = Arc::default();
+    let sink = records.clone();
+    let meter = Meter::builder()
+        .hook(move |r: &CallRecord| sink.lock().unwrap().push(r.clone()))
+        .build()
+        .unwrap();
+    let service = tower::ServiceBuilder::new()
+        .layer(MeterLayer::new(meter))
+        .service(ReqwestService::new(reqwest::Client::new()));
+    let mut config = OpenAIConfig::new()
+        .with_api_base(mock.base_url())
+        .with_api_key("sk-layer-secret");
+    if let Some((k, v)) = extra_header {
+        config = config.with_header(k, v).unwrap();
+    }
+    (
+        async_openai::Client::with_config(config).with_http_service(service),
+        records,
+    )
+}
+
+fn request(stream: bool) -> CreateChatCompletionRequest {
+    let mut r = CreateChatCompletionRequestArgs::default()
+        .model("gpt-4o")
+        .messages(vec![ChatCompletionRequestUserMessageArgs::default()
+            .content("Hi")
+            .build()
+            .unwrap()
+            .into()])
+        .build()
+        .unwrap();
+    r.stream = stream.then_some(true);
+    r
+}
+
+fn annotations() -> Annotations {
+    Annotations::builder()
+        .use_case_name("layer.test")
+        .user_id("u-9")
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn async_openai_calls_become_observed_calls_with_annotations_and_spans() {
+    let mock = MockServer::start(MockConfig::default()).await.unwrap();
+    let (client, records) = setup(&mock, None);
+    let capture = capture_spans();
+    let reply = with_annotations(annotations(), client.chat().create(request(false)))
+        .await
+        .unwrap();
+    assert_eq!(reply.model, "gpt-4o-2024-08-06");
+
+    let r = records.lock().unwrap().pop().expect("a record");
+    assert_eq!(r.annotations.use_case_name(), Some("layer.test"));
+    assert_eq!(
+        r.usage.unwrap().output_tokens,
+        u64::from(reply.usage.unwrap().completion_tokens)
+    );
+    assert_eq!(r.response.id.as_deref(), Some(reply.id.as_str()));
+    let span = capture.chat_span();
+    let a = attrs(&span);
+    assert_eq!(a["user.id"], s("u-9"));
+    assert_eq!(a["gen_ai.response.id"], s(&reply.id));
+    assert!(!format!("{a:?}").contains("sk-layer-secret"));
+    let sent = mock.received().pop().unwrap();
+    assert!(sent.headers.contains_key("traceparent"));
+}
+
+#[tokio::test]
+async fn async_openai_streams_get_usage_without_seeing_the_usage_chunk() {
+    let mock = MockServer::start(MockConfig::default()).await.unwrap();
+    let (client, records) = setup(&mock, None);
+    let mut stream = with_annotations(annotations(), client.chat().create_stream(request(true)))
+        .await
+        .unwrap();
+    let mut text = String::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        assert!(chunk.usage.is_none(), "the caller did not ask for usage");
+        assert!(!chunk.choices.is_empty(), "no usage-only chunk reaches the caller");
+        text.extend(chunk.choices.iter().filter_map(|c| c.delta.content.clone()));
+    }
+    assert!(text.starts_with("Hello there! How can I help today?"));
+    let r = records.lock().unwrap().pop().expect("a record");
+    assert_eq!(r.error, None);
+    assert_eq!(r.usage.unwrap().output_tokens, 44);
+    let body: serde_json::Value = serde_json::from_slice(&mock.received().pop().unwrap().body).unwrap();
+    assert_eq!(body["stream_options"]["include_usage"], true);
+}
+
+#[tokio::test]
+async fn provider_errors_reach_async_openai_unchanged_and_are_recorded() {
+    let mock = MockServer::start(MockConfig::default()).await.unwrap();
+    let (client, records) = setup(&mock, Some(("x-mock-error", "400")));
+    let err = client.chat().create(request(false)).await.unwrap_err();
+    match err {
+        async_openai::error::OpenAIError::ApiError(e) => {
+            assert_eq!(e.status_code, 400);
+            assert_eq!(e.api_error.r#type.as_deref(), Some("invalid_request_error"));
+        }
+        other => panic!("expected the provider's API error, got {other:?}"),
+    }
+    assert_eq!(
+        records.lock().unwrap().pop().unwrap().error,
+        Some(ErrorType::Status(400))
+    );
+}
+
+#[tokio::test]
+async fn other_requests_pass_through_unobserved() {
+    let mock = MockServer::start(MockConfig::default()).await.unwrap();
+    let records: Records = Arc::default();
+    let sink = records.clone();
+    let meter = Meter::builder()
+        .hook(move |r: &CallRecord| sink.lock().unwrap().push(r.clone()))
+        .build()
+        .unwrap();
+    let service = tower::ServiceBuilder::new()
+        .layer(MeterLayer::new(meter))
+        .service(ReqwestService::new(reqwest::Client::new()));
+    let url = format!("{}/models", mock.base_url());
+    let factory = HttpRequestFactory::new(move || {
+        let url = url.clone();
+        async move { Ok(reqwest::Request::new(http::Method::GET, url.parse().unwrap())) }
+    });
+    let resp = service.oneshot(factory).await.unwrap();
+    assert_eq!(
+        resp.status(),
+        404,
+        "the mock has no /models; the answer passes as it came"
+    );
+    assert!(records.lock().unwrap().is_empty());
+}
