@@ -336,7 +336,7 @@ impl Client {
     ) -> Result<(Call, reqwest::RequestBuilder, bool), Error> {
         let bytes = serde_json::to_vec(body).map_err(|e| Error::InvalidRequest(e.to_string()))?;
         let prepared = self.inner.meter.prepare(bytes, Some(stream))?;
-        let call = self
+        let mut call = self
             .inner
             .meter
             .start(self.inner.server.clone(), annotations, prepared.facts);

@@ -12,9 +12,7 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use opentelemetry::propagation::{Injector, TextMapPropagator};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
+use http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value};
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -25,7 +23,7 @@ use crate::provider::{ChatCompletion, ProviderMeta, ResponseFacts};
 use crate::record::{CallHook, CallRecord, ErrorType, RequestFacts, StreamOptions, Timings};
 use crate::semconv;
 use crate::stream::{EventCutter, EventOutcome, StreamObserver};
-use crate::telemetry::span::{record_on_span, start_chat_span};
+use crate::telemetry::span::{record_on_span, start_chat_span, write_trace_context};
 
 /// What the client does about usage on streams whose request did not ask for it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -192,6 +190,8 @@ pub struct Call {
     meter: Meter,
     server: Server,
     span: Span,
+    /// The OpenTelemetry context of `span`, once looked up.
+    otel: Option<opentelemetry::Context>,
     annotations: Annotations,
     request: RequestFacts,
     started_at: SystemTime,
@@ -203,16 +203,6 @@ impl fmt::Debug for Call {
         f.debug_struct("Call")
             .field("model", &self.request.model)
             .finish_non_exhaustive()
-    }
-}
-
-struct HeaderInjector<'a>(&'a mut HeaderMap);
-
-impl Injector for HeaderInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(key.as_bytes()), HeaderValue::from_str(&value)) {
-            self.0.insert(k, v);
-        }
     }
 }
 
@@ -306,6 +296,7 @@ impl Meter {
             meter: self.clone(),
             server,
             span,
+            otel: None,
             annotations: annotations.clone(),
             request,
             started_at: SystemTime::now(),
@@ -321,9 +312,10 @@ impl Call {
     }
 
     /// Adds W3C trace context headers for the provider, when enabled.
-    pub fn inject_trace_context(&self, headers: &mut HeaderMap) {
+    pub fn inject_trace_context(&mut self, headers: &mut HeaderMap) {
         if self.meter.inner.propagate && !self.span.is_disabled() {
-            TraceContextPropagator::new().inject_context(&self.span.context(), &mut HeaderInjector(headers));
+            let cx = self.otel.get_or_insert_with(|| self.span.context());
+            write_trace_context(cx, headers);
         }
     }
 
@@ -381,7 +373,7 @@ impl Call {
     }
 
     fn finish(
-        self,
+        mut self,
         status: Option<StatusCode>,
         meta: ProviderMeta,
         response: ResponseFacts,
@@ -421,7 +413,7 @@ impl Call {
             },
             error,
         };
-        record_on_span(&self.span, &record);
+        record_on_span(&self.span, self.otel.take(), &record);
         for hook in &self.meter.inner.hooks {
             if std::panic::catch_unwind(AssertUnwindSafe(|| hook.on_call(&record))).is_err() {
                 tracing::warn!(target: "llm_meter", "a call hook panicked; the call result is unaffected");

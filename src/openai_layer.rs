@@ -143,7 +143,7 @@ where
                 .try_with(Annotations::clone)
                 .unwrap_or_else(|_| layer.annotations.clone());
             let stream = prepared.facts.stream;
-            let call = layer
+            let mut call = layer
                 .meter
                 .start(Server::of(request.url()), &annotations, prepared.facts);
             let mut headers = request.headers().clone();

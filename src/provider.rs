@@ -48,40 +48,56 @@ fn text(v: &Option<HeaderValue>) -> Option<&str> {
 }
 
 impl ProviderMeta {
-    /// Reads the OpenAI debug and rate-limit headers. Header values are shared, not copied.
+    /// Reads the OpenAI debug and rate-limit headers in one pass over the response headers.
+    /// Header values are shared, not copied.
     pub fn from_headers(headers: &HeaderMap) -> Self {
-        let value = |name: &str| {
-            headers
-                .get(name)
-                .filter(|v| !v.is_empty() && v.to_str().is_ok())
-                .cloned()
-        };
-        let number = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(parse_count);
-        let reset = |name: &str| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .and_then(parse_reset_duration)
-        };
-        ProviderMeta {
-            request_id: value(semconv::HEADER_REQUEST_ID),
-            organization: value(semconv::HEADER_OPENAI_ORGANIZATION),
-            api_version: value(semconv::HEADER_OPENAI_VERSION),
-            processing: headers
-                .get(semconv::HEADER_OPENAI_PROCESSING_MS)
-                .and_then(|v| v.to_str().ok())
-                .and_then(parse_millis),
-            requests: RateLimit {
-                limit: number(semconv::HEADER_RATELIMIT_LIMIT_REQUESTS),
-                remaining: number(semconv::HEADER_RATELIMIT_REMAINING_REQUESTS),
-                reset: reset(semconv::HEADER_RATELIMIT_RESET_REQUESTS),
-            },
-            tokens: RateLimit {
-                limit: number(semconv::HEADER_RATELIMIT_LIMIT_TOKENS),
-                remaining: number(semconv::HEADER_RATELIMIT_REMAINING_TOKENS),
-                reset: reset(semconv::HEADER_RATELIMIT_RESET_TOKENS),
-            },
+        let mut meta = ProviderMeta::default();
+        for (name, value) in headers {
+            let name = name.as_str();
+            // Every header we read starts with `x-r` or `openai-`: skip the rest cheaply.
+            if !(name.starts_with("x-r") || name.starts_with("openai-")) {
+                continue;
+            }
+            let Ok(text) = value.to_str() else { continue };
+            let slot = match name {
+                semconv::HEADER_REQUEST_ID => &mut meta.request_id,
+                semconv::HEADER_OPENAI_ORGANIZATION => &mut meta.organization,
+                semconv::HEADER_OPENAI_VERSION => &mut meta.api_version,
+                semconv::HEADER_OPENAI_PROCESSING_MS => {
+                    meta.processing = parse_millis(text);
+                    continue;
+                }
+                semconv::HEADER_RATELIMIT_LIMIT_REQUESTS => {
+                    meta.requests.limit = parse_count(text);
+                    continue;
+                }
+                semconv::HEADER_RATELIMIT_REMAINING_REQUESTS => {
+                    meta.requests.remaining = parse_count(text);
+                    continue;
+                }
+                semconv::HEADER_RATELIMIT_RESET_REQUESTS => {
+                    meta.requests.reset = parse_reset_duration(text);
+                    continue;
+                }
+                semconv::HEADER_RATELIMIT_LIMIT_TOKENS => {
+                    meta.tokens.limit = parse_count(text);
+                    continue;
+                }
+                semconv::HEADER_RATELIMIT_REMAINING_TOKENS => {
+                    meta.tokens.remaining = parse_count(text);
+                    continue;
+                }
+                semconv::HEADER_RATELIMIT_RESET_TOKENS => {
+                    meta.tokens.reset = parse_reset_duration(text);
+                    continue;
+                }
+                _ => continue,
+            };
+            if !text.is_empty() {
+                *slot = Some(value.clone());
+            }
         }
+        meta
     }
 
     /// `x-request-id`.
@@ -300,25 +316,55 @@ pub struct ChatCompletion {
     pub usage: Option<Usage>,
 }
 
+/// A JSON string borrowed from the body when it has no escapes, owned otherwise. (serde's own
+/// `Cow<str>` only borrows as a direct `#[serde(borrow)]` field, never inside an `Option`.)
+#[derive(Debug)]
+pub(crate) struct Str<'a>(pub(crate) Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = Str<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Str(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
+    }
+}
+
+impl<'a> Str<'a> {
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Wire shape shared by completions and stream chunks. Strings borrow from the body.
 #[derive(Deserialize)]
 struct BodyWire<'a> {
     #[serde(borrow, default)]
-    id: Option<Cow<'a, str>>,
+    id: Option<Str<'a>>,
     #[serde(borrow, default)]
-    object: Option<Cow<'a, str>>,
+    object: Option<Str<'a>>,
     #[serde(default)]
     created: Option<i64>,
     #[serde(borrow, default)]
-    model: Option<Cow<'a, str>>,
+    model: Option<Str<'a>>,
     #[serde(borrow, default)]
     choices: Choices<'a>,
     #[serde(default)]
     usage: Option<Usage>,
     #[serde(borrow, default)]
-    service_tier: Option<Cow<'a, str>>,
+    service_tier: Option<Str<'a>>,
     #[serde(borrow, default)]
-    system_fingerprint: Option<Cow<'a, str>>,
+    system_fingerprint: Option<Str<'a>>,
     #[serde(default)]
     error: Option<serde::de::IgnoredAny>,
 }
@@ -326,14 +372,14 @@ struct BodyWire<'a> {
 /// Only the choices that carry a finish reason are kept (so a stream chunk allocates nothing),
 /// with the count of all choices seen.
 #[derive(Default)]
-struct Choices<'a>(Vec<(u32, Cow<'a, str>)>, usize);
+struct Choices<'a>(Vec<(u32, Str<'a>)>, usize);
 
 #[derive(Deserialize)]
 struct ChoiceWire<'a> {
     #[serde(default)]
     index: u32,
     #[serde(borrow, default)]
-    finish_reason: Option<Cow<'a, str>>,
+    finish_reason: Option<Str<'a>>,
 }
 
 impl<'de: 'a, 'a> Deserialize<'de> for Choices<'a> {
@@ -367,8 +413,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for Choices<'a> {
 #[error("unreadable chat completion body: {0}")]
 pub struct BodyError(#[from] serde_json::Error);
 
-fn owned(s: Option<Cow<'_, str>>) -> Option<String> {
-    s.map(Cow::into_owned)
+fn owned(s: Option<Str<'_>>) -> Option<String> {
+    s.map(|s| s.0.into_owned())
 }
 
 impl ChatCompletion {
@@ -383,7 +429,7 @@ impl ChatCompletion {
                 object: owned(w.object),
                 created: w.created,
                 model: owned(w.model),
-                finish_reasons: choices.iter().map(|(_, r)| FinishReason::parse(r)).collect(),
+                finish_reasons: choices.iter().map(|(_, r)| FinishReason::parse(r.as_str())).collect(),
                 service_tier: owned(w.service_tier),
                 system_fingerprint: owned(w.system_fingerprint),
             },
@@ -409,7 +455,7 @@ pub fn apply_chunk(data: &[u8], facts: &mut ResponseFacts, usage: &mut Option<Us
     if w.error.is_some() {
         return Ok(ChunkKind::Error);
     }
-    fn first(slot: &mut Option<String>, v: Option<Cow<'_, str>>) {
+    fn first(slot: &mut Option<String>, v: Option<Str<'_>>) {
         if slot.is_none() {
             *slot = owned(v);
         }
@@ -431,7 +477,7 @@ pub fn apply_chunk(data: &[u8], facts: &mut ResponseFacts, usage: &mut Option<Us
                 .resize(index + 1, FinishReason::Other(String::new()));
         }
         if let Some(slot) = facts.finish_reasons.get_mut(index) {
-            *slot = FinishReason::parse(&reason);
+            *slot = FinishReason::parse(reason.as_str());
         }
     }
     if w.usage.is_some() {

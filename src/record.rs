@@ -1,14 +1,13 @@
 //! [`CallRecord`]: everything observed about one call, handed to every sink once the call ends,
 //! and the [`CallHook`] trait through which applications add their own sinks.
 
-use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
 use crate::annotations::Annotations;
-use crate::provider::{ProviderMeta, ResponseFacts, Usage};
+use crate::provider::{ProviderMeta, ResponseFacts, Str, Usage};
 
 /// Low-cardinality class of a failed call, recorded as `error.type`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -113,7 +112,7 @@ pub struct RequestFacts {
 #[derive(Deserialize)]
 struct RequestWire<'a> {
     #[serde(borrow, default)]
-    model: Option<Cow<'a, str>>,
+    model: Option<Str<'a>>,
     #[serde(default)]
     stream: Option<bool>,
     #[serde(default)]
@@ -137,7 +136,7 @@ struct RequestWire<'a> {
     #[serde(default)]
     stop: Option<Stop>,
     #[serde(borrow, default)]
-    service_tier: Option<Cow<'a, str>>,
+    service_tier: Option<Str<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -176,7 +175,7 @@ impl RequestFacts {
             },
         };
         let facts = RequestFacts {
-            model: w.model.map(Cow::into_owned).unwrap_or_default(),
+            model: w.model.map(|m| m.0.into_owned()).unwrap_or_default(),
             stream: w.stream == Some(true),
             include_usage: matches!(options, StreamOptions::Present { include_usage: true }),
             max_tokens: w.max_completion_tokens.or(w.max_tokens),
@@ -191,7 +190,7 @@ impl RequestFacts {
                 Some(Stop::One(s)) => vec![s],
                 Some(Stop::Many(v)) => v,
             },
-            service_tier: w.service_tier.map(Cow::into_owned),
+            service_tier: w.service_tier.map(|t| t.0.into_owned()),
         };
         Ok((facts, options))
     }

@@ -13,17 +13,33 @@ use crate::provider::{apply_chunk, ChunkKind, ResponseFacts, Usage};
 use crate::record::ErrorType;
 
 /// Incremental SSE framer (WHATWG `text/event-stream` rules for `data:` fields).
+///
+/// An event whose single `data:` line lies within one chunk is handed out as a slice of that
+/// chunk; only events split across chunks, or with several data lines, are copied into a reused
+/// buffer.
 #[derive(Debug, Default)]
 pub struct SseParser {
     /// Start of a line that continues in the next chunk.
     line: Vec<u8>,
-    /// `data` of the event being built (lines joined with `\n`).
+    /// `data` of the event being built (lines joined with `\n`), when it is not in the chunk.
     data: Vec<u8>,
-    has_data: bool,
+    pending: Pending,
     /// The previous chunk ended in CR: a leading LF in the next one belongs to it.
     skip_lf: bool,
     /// ... and that CR ended an event, so the LF is the tail of that event.
     skip_lf_ends_event: bool,
+}
+
+/// Where the data of the event being built is.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    /// No data line yet.
+    #[default]
+    None,
+    /// One data line, at this range of the current chunk.
+    InChunk(usize, usize),
+    /// In `SseParser::data`.
+    Buffered,
 }
 
 /// What [`SseParser::feed`] reports.
@@ -34,6 +50,13 @@ pub enum SseEvent<'a> {
     /// The chunk began with the LF of a CRLF whose CR, at the end of the previous chunk, ended
     /// an event: bytes up to `end` still belong to that event.
     Tail,
+}
+
+/// A line being handled: in the chunk at a range, or carried over from earlier chunks.
+#[derive(Clone, Copy)]
+enum Line {
+    Chunk(usize, usize),
+    Carried,
 }
 
 impl SseParser {
@@ -51,68 +74,126 @@ impl SseParser {
             }
         }
         while pos < chunk.len() {
-            let rest = &chunk[pos..];
-            let Some(eol) = rest.iter().position(|&b| b == b'\n' || b == b'\r') else {
-                self.line.extend_from_slice(rest);
-                return;
+            let Some(eol) = memchr::memchr2(b'\n', b'\r', &chunk[pos..]).map(|i| pos + i) else {
+                self.line.extend_from_slice(&chunk[pos..]);
+                break;
             };
-            let mut next = pos + eol + 1;
-            if rest[eol] == b'\r' {
-                match rest.get(eol + 1) {
+            let mut next = eol + 1;
+            if chunk[eol] == b'\r' {
+                match chunk.get(eol + 1) {
                     Some(b'\n') => next += 1,
                     Some(_) => {}
                     None => self.skip_lf = true,
                 }
             }
             let dispatch = if self.line.is_empty() {
-                self.take_line(&rest[..eol])
+                self.take_line(chunk, Line::Chunk(pos, eol))
             } else {
-                let mut line = std::mem::take(&mut self.line);
-                line.extend_from_slice(&rest[..eol]);
-                let d = self.take_line(&line);
-                line.clear();
-                self.line = line;
+                self.line.extend_from_slice(&chunk[pos..eol]);
+                let d = self.take_line(chunk, Line::Carried);
+                self.line.clear();
                 d
             };
             self.skip_lf_ends_event = dispatch;
             if dispatch {
-                on_event(SseEvent::Data(&self.data), next);
+                let data = match self.pending {
+                    Pending::InChunk(a, b) => &chunk[a..b],
+                    _ => &self.data[..],
+                };
+                on_event(SseEvent::Data(data), next);
                 self.data.clear();
-                self.has_data = false;
+                self.pending = Pending::None;
             }
             pos = next;
+        }
+        // The chunk is about to go: keep a data line that still waits for its blank line.
+        if let Pending::InChunk(a, b) = self.pending {
+            self.data.extend_from_slice(&chunk[a..b]);
+            self.pending = Pending::Buffered;
         }
     }
 
     /// Handles one complete line; returns true when it ends an event that has data.
-    fn take_line(&mut self, line: &[u8]) -> bool {
-        if line.is_empty() {
-            return self.has_data;
+    fn take_line(&mut self, chunk: &[u8], line: Line) -> bool {
+        let (base, text) = match line {
+            Line::Chunk(a, b) => (a, &chunk[a..b]),
+            Line::Carried => (0, &self.line[..]),
+        };
+        if text.is_empty() {
+            return self.pending != Pending::None;
         }
-        if line[0] == b':' {
+        if text[0] == b':' {
             return false;
         }
-        let (field, value) = match line.iter().position(|&b| b == b':') {
-            Some(i) => {
-                let v = &line[i + 1..];
-                (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
-            }
-            None => (line, &b""[..]),
+        let (field, value_start) = match memchr::memchr(b':', text) {
+            Some(i) => (&text[..i], i + 1 + usize::from(text.get(i + 1) == Some(&b' '))),
+            None => (text, text.len()),
         };
-        if field == b"data" {
-            if self.has_data {
-                self.data.push(b'\n');
+        if field != b"data" {
+            return false;
+        }
+        match (self.pending, line) {
+            (Pending::None, Line::Chunk(_, end)) => self.pending = Pending::InChunk(base + value_start, end),
+            (Pending::None, Line::Carried) => {
+                self.data.extend_from_slice(&self.line[value_start..]);
+                self.pending = Pending::Buffered;
             }
-            self.data.extend_from_slice(value);
-            self.has_data = true;
+            (Pending::InChunk(a, b), _) => {
+                self.data.extend_from_slice(&chunk[a..b]);
+                self.data.push(b'\n');
+                self.push_value(chunk, line, value_start);
+                self.pending = Pending::Buffered;
+            }
+            (Pending::Buffered, _) => {
+                self.data.push(b'\n');
+                self.push_value(chunk, line, value_start);
+            }
         }
         false
     }
 
+    fn push_value(&mut self, chunk: &[u8], line: Line, value_start: usize) {
+        match line {
+            Line::Chunk(a, b) => self.data.extend_from_slice(&chunk[a + value_start..b]),
+            Line::Carried => self.data.extend_from_slice(&self.line[value_start..]),
+        }
+    }
+
     /// True when bytes of an unfinished event are pending (the stream was cut mid-event).
     pub fn has_partial_event(&self) -> bool {
-        self.has_data || !self.line.is_empty()
+        self.pending != Pending::None || !self.line.is_empty()
     }
+}
+
+/// Whether a chunk is a plain delta that cannot change the record: shaped like a JSON object
+/// (else the full parse reports it as `decode`), not an `{"error": …}` event, and with no
+/// non-null `finish_reason` or `usage`. Keys are found as raw `"key"` bytes, which cannot occur
+/// inside a JSON string (quotes are escaped there); a false alarm only costs a full parse.
+fn is_plain_delta(data: &[u8]) -> bool {
+    use std::sync::LazyLock;
+    static KEYS: LazyLock<[memchr::memmem::Finder<'static>; 2]> =
+        LazyLock::new(|| [b"\"finish_reason\"".as_slice(), b"\"usage\""].map(memchr::memmem::Finder::new));
+    let trimmed = data.trim_ascii();
+    if trimmed.first() != Some(&b'{') || trimmed.last() != Some(&b'}') {
+        return false;
+    }
+    if trimmed[1..].trim_ascii_start().starts_with(b"\"error\"") {
+        return false;
+    }
+    !KEYS.iter().any(|key| {
+        let mut rest = trimmed;
+        while let Some(at) = key.find(rest) {
+            rest = &rest[at + key.needle().len()..];
+            let value = rest
+                .iter()
+                .copied()
+                .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b':'));
+            if value.is_some_and(|b| b != b'n') {
+                return true;
+            }
+        }
+        false
+    })
 }
 
 /// Where a stream stands once it has ended, for the record.
@@ -178,8 +259,11 @@ impl StreamObserver {
     }
 
     /// Observes one network chunk; `on_event(outcome, end)` is told about every complete event.
+    ///
+    /// The clock is read for the first chunk and for chunks that carry more than content (the
+    /// finish, usage and `[DONE]` events), not for every content delta: the last output chunk
+    /// time is that of the finish chunk, which follows the last delta.
     pub fn observe(&mut self, chunk: &[u8], mut on_event: impl FnMut(EventOutcome, usize)) {
-        let now = Instant::now();
         let Self {
             parser,
             first_chunk,
@@ -202,6 +286,12 @@ impl StreamObserver {
                 EventOutcome::Done
             } else {
                 *chunks += 1;
+                if first_chunk.is_some() && facts.model.is_some() && is_plain_delta(data) {
+                    // A plain content delta: nothing in it changes the record.
+                    *last_outcome = EventOutcome::Chunk;
+                    return on_event(EventOutcome::Chunk, end);
+                }
+                let now = Instant::now();
                 first_chunk.get_or_insert(now);
                 *last_chunk = Some(now);
                 match apply_chunk(data, facts, usage) {

@@ -166,6 +166,15 @@ proptest! {
 }
 
 #[test]
+fn unreadable_chunk_mid_stream_is_a_decode_error_and_still_passes() {
+    let stream = FIXTURE_STREAM.replacen("data: {\"id\"", "data: {not json at all\n\ndata: {\"id\"", 3);
+    let o = observe(&[stream.as_bytes()], false);
+    assert!(o.decode_error);
+    assert!(o.done);
+    assert_eq!(o.passed, stream.as_bytes());
+}
+
+#[test]
 fn stream_cut_mid_event_is_not_done_and_passes_the_partial_bytes() {
     let cut = &FIXTURE_STREAM.as_bytes()[..FIXTURE_STREAM.len() / 2];
     let o = observe(&[cut], true);

@@ -6,7 +6,9 @@
 //! are set through [`OpenTelemetrySpanExt::set_attribute`], since `tracing` fields cannot hold
 //! arrays. Spans are recorded under the `llm_meter` target at `INFO` level.
 
-use opentelemetry::{Array, StringValue, Value};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry::{Array, KeyValue, StringValue, Value};
 use tracing::field::Empty;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -32,110 +34,172 @@ pub fn start_chat_span(model: &str, provider: &str, server_address: &str, annota
     )
 }
 
-/// Writes everything the record holds onto the span, in one pass. A disabled span costs nothing.
-pub fn record_on_span(span: &Span, r: &CallRecord) {
+/// Writes W3C `traceparent` (and `tracestate`, when not empty) for the span in `cx`: the same
+/// header `TraceContextPropagator` writes, formatted directly into the header value.
+pub fn write_trace_context(cx: &opentelemetry::Context, headers: &mut HeaderMap) {
+    use std::fmt::Write as _;
+    let span = cx.span();
+    let sc = span.span_context();
+    if !sc.is_valid() {
+        return;
+    }
+    let mut value = String::with_capacity(55);
+    let _ = write!(
+        value,
+        "00-{}-{}-{:02x}",
+        sc.trace_id(),
+        sc.span_id(),
+        sc.trace_flags().to_u8()
+    );
+    if let Ok(v) = HeaderValue::try_from(value) {
+        headers.insert(HeaderName::from_static("traceparent"), v);
+    }
+    let state = sc.trace_state().header();
+    if !state.is_empty() {
+        if let Ok(v) = HeaderValue::try_from(state) {
+            headers.insert(HeaderName::from_static("tracestate"), v);
+        }
+    }
+}
+
+/// Writes everything the record holds onto the span, in one pass: the attributes are collected
+/// into one list and handed to the OpenTelemetry span at once (one lock), rather than one
+/// `set_attribute` call (one subscriber lookup) per attribute. A disabled span costs nothing.
+/// `cx` is the span's OpenTelemetry context when the caller already has it.
+pub fn record_on_span(span: &Span, cx: Option<opentelemetry::Context>, r: &CallRecord) {
     if span.is_disabled() {
         return;
     }
-    let set = |key: &'static str, value: Value| span.set_attribute(key, value);
-    let set_u64 = |key: &'static str, v: Option<u64>| {
-        if let Some(v) = v {
-            set(key, Value::I64(i64::try_from(v).unwrap_or(i64::MAX)));
-        }
-    };
-    let set_f64 = |key: &'static str, v: Option<f64>| {
-        if let Some(v) = v {
-            set(key, Value::F64(v));
-        }
-    };
-    let set_str = |key: &'static str, v: Option<&str>| {
-        if let Some(v) = v {
-            set(key, Value::String(v.to_owned().into()));
-        }
-    };
-    let set_array = |key: &'static str, items: &mut dyn Iterator<Item = &str>| {
+    let cx = cx.unwrap_or_else(|| span.context());
+    let otel = cx.span();
+    if otel.span_context().is_valid() && otel.is_recording() {
+        otel.set_attributes(attributes(r));
+    }
+    if let Some(e) = r.error {
+        span.record(ERROR_TYPE, e.as_str());
+        span.record("otel.status_code", "error");
+    }
+}
+
+/// Every attribute of the record beyond the ones the span was opened with.
+pub fn attributes(r: &CallRecord) -> Vec<KeyValue> {
+    let mut out: Vec<KeyValue> = Vec::with_capacity(48);
+    let mut put = |key: &'static str, value: Value| out.push(KeyValue::new(key, value));
+    fn int(v: u64) -> Value {
+        Value::I64(i64::try_from(v).unwrap_or(i64::MAX))
+    }
+    fn text(v: &str) -> Value {
+        Value::String(v.to_owned().into())
+    }
+    fn array<'a>(items: impl Iterator<Item = &'a str>) -> Option<Value> {
         let values: Vec<StringValue> = items.map(|s| StringValue::from(s.to_owned())).collect();
-        if !values.is_empty() {
-            set(key, Value::Array(Array::String(values)));
-        }
-    };
+        (!values.is_empty()).then_some(Value::Array(Array::String(values)))
+    }
 
     if let Some(port) = r.server_port {
-        set(SERVER_PORT, Value::I64(port.into()));
+        put(SERVER_PORT, Value::I64(port.into()));
     }
     let q = &r.request;
-    set_u64(GEN_AI_REQUEST_MAX_TOKENS, q.max_tokens);
-    set_f64(GEN_AI_REQUEST_TEMPERATURE, q.temperature);
-    set_f64(GEN_AI_REQUEST_TOP_P, q.top_p);
-    set_f64(GEN_AI_REQUEST_FREQUENCY_PENALTY, q.frequency_penalty);
-    set_f64(GEN_AI_REQUEST_PRESENCE_PENALTY, q.presence_penalty);
-    if let Some(seed) = q.seed {
-        set(GEN_AI_REQUEST_SEED, Value::I64(seed));
-    }
-    set_u64(GEN_AI_REQUEST_CHOICE_COUNT, q.choice_count.filter(|n| *n != 1));
-    set_array(
-        GEN_AI_REQUEST_STOP_SEQUENCES,
-        &mut q.stop_sequences.iter().map(String::as_str),
-    );
-    set(GEN_AI_REQUEST_STREAM, Value::Bool(q.stream));
-    set_str(OPENAI_REQUEST_SERVICE_TIER, q.service_tier.as_deref());
-
+    let params = [
+        (GEN_AI_REQUEST_MAX_TOKENS, q.max_tokens.map(int)),
+        (GEN_AI_REQUEST_TEMPERATURE, q.temperature.map(Value::F64)),
+        (GEN_AI_REQUEST_TOP_P, q.top_p.map(Value::F64)),
+        (GEN_AI_REQUEST_FREQUENCY_PENALTY, q.frequency_penalty.map(Value::F64)),
+        (GEN_AI_REQUEST_PRESENCE_PENALTY, q.presence_penalty.map(Value::F64)),
+        (GEN_AI_REQUEST_SEED, q.seed.map(Value::I64)),
+        (GEN_AI_REQUEST_CHOICE_COUNT, q.choice_count.filter(|n| *n != 1).map(int)),
+        (
+            GEN_AI_REQUEST_STOP_SEQUENCES,
+            array(q.stop_sequences.iter().map(String::as_str)),
+        ),
+        (GEN_AI_REQUEST_STREAM, Some(Value::Bool(q.stream))),
+        (OPENAI_REQUEST_SERVICE_TIER, q.service_tier.as_deref().map(text)),
+    ];
     let p = &r.response;
-    set_str(GEN_AI_RESPONSE_ID, p.id.as_deref());
-    set_str(GEN_AI_RESPONSE_MODEL, p.model.as_deref());
-    set_array(
-        GEN_AI_RESPONSE_FINISH_REASONS,
-        &mut p.finish_reasons.iter().map(|f| f.as_str()),
-    );
-    set_str(OPENAI_RESPONSE_SERVICE_TIER, p.service_tier.as_deref());
-    set_str(OPENAI_RESPONSE_SYSTEM_FINGERPRINT, p.system_fingerprint.as_deref());
-    if let Some(u) = &r.usage {
-        set_u64(GEN_AI_USAGE_INPUT_TOKENS, Some(u.input_tokens));
-        set_u64(GEN_AI_USAGE_OUTPUT_TOKENS, Some(u.output_tokens));
-        set_u64(GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, u.cached_input_tokens);
-        set_u64(GEN_AI_USAGE_REASONING_OUTPUT_TOKENS, u.reasoning_tokens);
-    }
-    set_u64(HTTP_RESPONSE_STATUS_CODE, r.status.map(u64::from));
-
+    let response = [
+        (GEN_AI_RESPONSE_ID, p.id.as_deref().map(text)),
+        (GEN_AI_RESPONSE_MODEL, p.model.as_deref().map(text)),
+        (
+            GEN_AI_RESPONSE_FINISH_REASONS,
+            array(p.finish_reasons.iter().map(|f| f.as_str())),
+        ),
+        (OPENAI_RESPONSE_SERVICE_TIER, p.service_tier.as_deref().map(text)),
+        (
+            OPENAI_RESPONSE_SYSTEM_FINGERPRINT,
+            p.system_fingerprint.as_deref().map(text),
+        ),
+        (GEN_AI_USAGE_INPUT_TOKENS, r.usage.map(|u| int(u.input_tokens))),
+        (GEN_AI_USAGE_OUTPUT_TOKENS, r.usage.map(|u| int(u.output_tokens))),
+        (
+            GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS,
+            r.usage.and_then(|u| u.cached_input_tokens).map(int),
+        ),
+        (
+            GEN_AI_USAGE_REASONING_OUTPUT_TOKENS,
+            r.usage.and_then(|u| u.reasoning_tokens).map(int),
+        ),
+        (HTTP_RESPONSE_STATUS_CODE, r.status.map(|s| int(s.into()))),
+    ];
     let m = &r.meta;
-    set_str(OPENAI_REQUEST_ID, m.request_id());
-    set_str(OPENAI_ORGANIZATION, m.organization());
-    set_str(OPENAI_API_VERSION, m.api_version());
-    set_f64(OPENAI_PROCESSING_MS, m.processing.map(|d| d.as_secs_f64() * 1000.0));
-    set_u64(RATELIMIT_LIMIT_REQUESTS, m.requests.limit);
-    set_u64(RATELIMIT_REMAINING_REQUESTS, m.requests.remaining);
-    set_f64(RATELIMIT_RESET_REQUESTS, m.requests.reset.map(|d| d.as_secs_f64()));
-    set_u64(RATELIMIT_LIMIT_TOKENS, m.tokens.limit);
-    set_u64(RATELIMIT_REMAINING_TOKENS, m.tokens.remaining);
-    set_f64(RATELIMIT_RESET_TOKENS, m.tokens.reset.map(|d| d.as_secs_f64()));
-
-    if q.stream {
-        set_f64(
+    let meta = [
+        (OPENAI_REQUEST_ID, m.request_id().map(text)),
+        (OPENAI_ORGANIZATION, m.organization().map(text)),
+        (OPENAI_API_VERSION, m.api_version().map(text)),
+        (
+            OPENAI_PROCESSING_MS,
+            m.processing.map(|d| Value::F64(d.as_secs_f64() * 1000.0)),
+        ),
+        (RATELIMIT_LIMIT_REQUESTS, m.requests.limit.map(int)),
+        (RATELIMIT_REMAINING_REQUESTS, m.requests.remaining.map(int)),
+        (
+            RATELIMIT_RESET_REQUESTS,
+            m.requests.reset.map(|d| Value::F64(d.as_secs_f64())),
+        ),
+        (RATELIMIT_LIMIT_TOKENS, m.tokens.limit.map(int)),
+        (RATELIMIT_REMAINING_TOKENS, m.tokens.remaining.map(int)),
+        (
+            RATELIMIT_RESET_TOKENS,
+            m.tokens.reset.map(|d| Value::F64(d.as_secs_f64())),
+        ),
+    ];
+    let t = &r.timings;
+    let stream = [
+        (
             LLM_METER_TIME_TO_FIRST_CHUNK,
-            r.timings.time_to_first_chunk.map(|d| d.as_secs_f64()),
-        );
-        set_u64(LLM_METER_CHUNK_COUNT, Some(r.timings.chunks.into()));
-    }
-
+            t.time_to_first_chunk
+                .filter(|_| q.stream)
+                .map(|d| Value::F64(d.as_secs_f64())),
+        ),
+        (LLM_METER_CHUNK_COUNT, q.stream.then(|| int(t.chunks.into()))),
+    ];
     let a = &r.annotations;
-    set_str(USE_CASE_ID, a.use_case_id());
-    set_str(USE_CASE_VERSION, a.use_case_version());
-    set_str(USE_CASE_STEP, a.use_case_step());
-    set_str(USER_ID, a.user_id());
-    set_str(ACCOUNT_NAME, a.account_name());
-    set_array(LIMIT_IDS, &mut a.limit_ids().iter().map(String::as_str));
-    set_array(REQUEST_TAGS, &mut a.request_tags().iter().map(String::as_str));
+    let annotations = [
+        (USE_CASE_ID, a.use_case_id().map(text)),
+        (USE_CASE_VERSION, a.use_case_version().map(text)),
+        (USE_CASE_STEP, a.use_case_step().map(text)),
+        (USER_ID, a.user_id().map(text)),
+        (ACCOUNT_NAME, a.account_name().map(text)),
+        (LIMIT_IDS, array(a.limit_ids().iter().map(String::as_str))),
+        (REQUEST_TAGS, array(a.request_tags().iter().map(String::as_str))),
+    ];
+    for (key, value) in params
+        .into_iter()
+        .chain(response)
+        .chain(meta)
+        .chain(stream)
+        .chain(annotations)
+    {
+        if let Some(value) = value {
+            put(key, value);
+        }
+    }
     for (prefix, props) in [
         (USE_CASE_PROPERTIES_PREFIX, a.use_case_properties()),
         (REQUEST_PROPERTIES_PREFIX, a.request_properties()),
     ] {
         for (k, v) in props {
-            span.set_attribute(format!("{prefix}{k}"), v.clone());
+            out.push(KeyValue::new(format!("{prefix}{k}"), v.clone()));
         }
     }
-
-    if let Some(e) = r.error {
-        span.record(ERROR_TYPE, e.as_str());
-        span.record("otel.status_code", "error");
-    }
+    out
 }

@@ -1,0 +1,254 @@
+//! CPU and allocations the observation pipeline adds to a chat call, without the network.
+//!
+//! Arms, interleaved in every round (DESIGN §8 method): the same work a bare caller does
+//! (serialize the request, parse the response into `serde_json::Value`), then that work plus
+//! llm-meter's pipeline (prepare, span, headers, body, record, hooks) with spans disabled (no
+//! subscriber), with a tracing-opentelemetry subscriber exporting to a null exporter, and the
+//! per-chunk cost of the SSE observer. A second bare arm is the noise floor. Reports medians of
+//! per-round differences (ns per call) and allocation counts.
+//!
+//! Run: `cargo bench --bench pipeline` (results go to bench/RESULTS.md by hand).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::hint::black_box;
+use std::time::Instant;
+
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use llm_meter::meter::{Meter, Server};
+use llm_meter::opentelemetry::trace::TracerProvider as _;
+use llm_meter::opentelemetry_sdk::error::OTelSdkResult;
+use llm_meter::opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+use llm_meter::stream::StreamObserver;
+use llm_meter::Annotations;
+use tracing_subscriber::layer::SubscriberExt;
+
+struct Counting;
+
+thread_local! {
+    /// Allocations made by this thread (exporter threads do not count against the caller).
+    static THREAD_ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn count_alloc() {
+    let _ = THREAD_ALLOCS.try_with(|c| c.set(c.get() + 1));
+}
+
+fn allocs() -> u64 {
+    THREAD_ALLOCS.with(Cell::get)
+}
+
+// SAFETY: forwards to the system allocator unchanged; only counts calls.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count_alloc();
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count_alloc();
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[derive(Debug)]
+struct NullExporter;
+
+impl SpanExporter for NullExporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        black_box(batch);
+        Ok(())
+    }
+}
+
+const BODY: &str = include_str!("../tests/fixtures/openai-chat-completion.json");
+const HEADERS: &str = include_str!("../tests/fixtures/openai-chat-completion.headers");
+const STREAM: &str = include_str!("../tests/fixtures/openai-chat-completion-stream.sse");
+
+fn headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for line in HEADERS.lines().filter(|l| !l.is_empty()) {
+        let (k, v) = line.split_once(':').unwrap();
+        h.insert(
+            HeaderName::from_bytes(k.trim().as_bytes()).unwrap(),
+            HeaderValue::from_str(v.trim()).unwrap(),
+        );
+    }
+    h
+}
+
+fn request() -> serde_json::Value {
+    serde_json::json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello!"}], "max_completion_tokens": 100})
+}
+
+/// What a caller does without llm-meter: serialize, parse the answer.
+fn bare(req: &serde_json::Value, body: &[u8]) {
+    let bytes = serde_json::to_vec(req).unwrap();
+    black_box(bytes);
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+    black_box(v);
+}
+
+/// The same, through llm-meter's pipeline.
+fn metered(
+    meter: &Meter,
+    server: &Server,
+    annotations: &Annotations,
+    headers: &HeaderMap,
+    req: &serde_json::Value,
+    body: &[u8],
+) {
+    let bytes = serde_json::to_vec(req).unwrap();
+    let prepared = meter.prepare(bytes, Some(false)).unwrap();
+    let mut call = meter.start(server.clone(), annotations, prepared.facts);
+    let mut out = HeaderMap::new();
+    call.inject_trace_context(&mut out);
+    black_box((&prepared.body, out));
+    let record = call.finish_body(StatusCode::OK, headers, body);
+    black_box(record);
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+    black_box(v);
+}
+
+fn per_call(iters: u32, mut f: impl FnMut()) -> (f64, f64) {
+    let a0 = allocs();
+    let t0 = Instant::now();
+    for _ in 0..iters {
+        f();
+    }
+    let ns = t0.elapsed().as_nanos() as f64 / f64::from(iters);
+    let allocs = (allocs() - a0) as f64 / f64::from(iters);
+    (ns, allocs)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(31);
+    let iters: u32 = std::env::var("BENCH_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let req = request();
+    let body = BODY.as_bytes();
+    let h = headers();
+    let server = Server::of(&"https://api.openai.com/v1/chat/completions".parse().unwrap());
+    let annotations = Annotations::builder()
+        .use_case_name("bench")
+        .user_id("u-1")
+        .limit_ids(["daily"])
+        .build()
+        .unwrap();
+    let meter = Meter::default();
+    let quiet = Meter::builder()
+        .spans(false)
+        .propagate_trace_context(false)
+        .build()
+        .unwrap();
+
+    let provider = SdkTracerProvider::builder().with_batch_exporter(NullExporter).build();
+    let otel =
+        tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(provider.tracer("bench")));
+    let otel = tracing::Dispatch::new(otel);
+
+    tracing::dispatcher::with_default(&otel, || {
+        let facts = meter.prepare(serde_json::to_vec(&req).unwrap(), None).unwrap().facts;
+        let call = meter.start(server.clone(), &annotations, facts);
+        assert!(!call.span().is_disabled(), "the OTel arm must record real spans");
+    });
+    let chunks: Vec<&[u8]> = STREAM.split_inclusive("\n\n").map(str::as_bytes).collect();
+    let stream_bytes: usize = chunks.iter().map(|c| c.len()).sum();
+
+    let (mut noise, mut off, mut quiet_d, mut on, mut per_chunk) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut allocs_bare, mut allocs_off, mut allocs_quiet, mut allocs_on, mut allocs_chunk) =
+        (0.0, 0.0, 0.0, 0.0, 0.0);
+    let mut bare_ns = vec![];
+    for _ in 0..rounds {
+        let (b1, ab) = per_call(iters, || bare(&req, body));
+        let (m_off, a_off) = per_call(iters, || metered(&meter, &server, &annotations, &h, &req, body));
+        let (m_quiet, a_quiet) = per_call(iters, || metered(&quiet, &server, &annotations, &h, &req, body));
+        let (m_on, a_on) = tracing::dispatcher::with_default(&otel, || {
+            per_call(iters, || metered(&meter, &server, &annotations, &h, &req, body))
+        });
+        let (b2, _) = per_call(iters, || bare(&req, body));
+        let (stream_ns, a_stream) = per_call(iters / 4, || {
+            let mut o = StreamObserver::new(Instant::now());
+            for c in &chunks {
+                o.observe_all(c);
+            }
+            black_box(&o);
+        });
+        let base = (b1 + b2) / 2.0;
+        bare_ns.push(base);
+        noise.push(b2 - b1);
+        off.push(m_off - base);
+        quiet_d.push(m_quiet - base);
+        on.push(m_on - base);
+        per_chunk.push(stream_ns / chunks.len() as f64);
+        (allocs_bare, allocs_off, allocs_quiet, allocs_on, allocs_chunk) =
+            (ab, a_off - ab, a_quiet - ab, a_on - ab, a_stream / chunks.len() as f64);
+    }
+    // Allocation cost per chunk once warm: feed a long stream through one observer.
+    let mut o = StreamObserver::new(Instant::now());
+    for c in &chunks[..3] {
+        o.observe_all(c);
+    }
+    let middle = chunks[3];
+    let a0 = allocs();
+    for _ in 0..10_000 {
+        o.observe_all(middle);
+    }
+    let warm_chunk_allocs = (allocs() - a0) as f64 / 10_000.0;
+    let mut warm = vec![];
+    for _ in 0..rounds {
+        let t0 = Instant::now();
+        for _ in 0..10_000 {
+            o.observe_all(black_box(middle));
+        }
+        warm.push(t0.elapsed().as_nanos() as f64 / 10_000.0);
+    }
+
+    println!("pipeline benchmark: {rounds} rounds x {iters} calls, medians of per-round differences");
+    println!(
+        "  bare caller work (serialize + parse into Value):     {:>8.0} ns/call, {allocs_bare:.0} allocs",
+        median(bare_ns)
+    );
+    println!(
+        "  noise floor (bare vs bare):                          {:>+8.0} ns/call",
+        median(noise)
+    );
+    println!(
+        "  added, spans + trace context, no subscriber:         {:>+8.0} ns/call, {allocs_off:+.0} allocs",
+        median(off)
+    );
+    println!(
+        "  added, spans and propagation off (telemetry off):    {:>+8.0} ns/call, {allocs_quiet:+.0} allocs",
+        median(quiet_d)
+    );
+    println!(
+        "  added, tracing-opentelemetry subscriber (sampled):   {:>+8.0} ns/call, {allocs_on:+.0} allocs",
+        median(on)
+    );
+    println!(
+        "  SSE observer: {:.0} ns/chunk ({} chunks, {stream_bytes} bytes per stream), {allocs_chunk:.2} allocs/chunk incl. first-chunk fields, {warm_chunk_allocs:.3} allocs/chunk warm",
+        median(per_chunk),
+        chunks.len()
+    );
+    println!(
+        "  SSE observer, a warm content chunk ({} bytes): {:.0} ns/chunk",
+        middle.len(),
+        median(warm)
+    );
+    let _ = provider.shutdown();
+}
