@@ -23,6 +23,7 @@ use crate::provider::{ChatCompletion, ProviderMeta, ResponseFacts};
 use crate::record::{CallHook, CallRecord, ErrorType, RequestFacts, StreamOptions, Timings};
 use crate::semconv;
 use crate::stream::{EventCutter, EventOutcome, StreamObserver};
+use crate::telemetry::metrics::Metrics;
 use crate::telemetry::span::{record_on_span, start_chat_span, write_trace_context};
 
 /// What the client does about usage on streams whose request did not ask for it.
@@ -50,6 +51,7 @@ struct MeterInner {
     stream_usage: StreamUsage,
     spans: bool,
     defaults: HashMap<String, Map<String, Value>>,
+    metrics: Option<Metrics>,
     hooks: Vec<Arc<dyn CallHook>>,
 }
 
@@ -78,6 +80,7 @@ pub struct MeterBuilder {
     stream_usage: StreamUsage,
     spans: bool,
     defaults: HashMap<String, Value>,
+    metrics: Option<Metrics>,
     hooks: Vec<Arc<dyn CallHook>>,
 }
 
@@ -89,6 +92,7 @@ impl Default for MeterBuilder {
             stream_usage: StreamUsage::default(),
             spans: true,
             defaults: HashMap::new(),
+            metrics: None,
             hooks: Vec::new(),
         }
     }
@@ -126,6 +130,11 @@ impl MeterBuilder {
         self.hooks.push(Arc::new(hook));
         self
     }
+    /// Records every call on these metric instruments (see [`Telemetry::metrics`](crate::telemetry::Telemetry::metrics)).
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
 
     /// Builds the meter; fails when model defaults are not JSON objects.
     pub fn build(self) -> Result<Meter, Error> {
@@ -149,6 +158,7 @@ impl MeterBuilder {
                 stream_usage: self.stream_usage,
                 spans: self.spans,
                 defaults,
+                metrics: self.metrics,
                 hooks: self.hooks,
             }),
         })
@@ -414,6 +424,9 @@ impl Call {
             error,
         };
         record_on_span(&self.span, self.otel.take(), &record);
+        if let Some(metrics) = &self.meter.inner.metrics {
+            metrics.record(&record);
+        }
         for hook in &self.meter.inner.hooks {
             if std::panic::catch_unwind(AssertUnwindSafe(|| hook.on_call(&record))).is_err() {
                 tracing::warn!(target: "llm_meter", "a call hook panicked; the call result is unaffected");

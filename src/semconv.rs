@@ -167,3 +167,48 @@ pub const HEADER_RATELIMIT_REMAINING_TOKENS: &str = "x-ratelimit-remaining-token
 pub const HEADER_RATELIMIT_RESET_REQUESTS: &str = "x-ratelimit-reset-requests";
 /// `x-ratelimit-reset-tokens` header.
 pub const HEADER_RATELIMIT_RESET_TOKENS: &str = "x-ratelimit-reset-tokens";
+
+// ---- Metrics ---------------------------------------------------------------------------------
+//
+// Prometheus names (ours on /metrics and an OTel Collector's Prometheus exporter alike): dots
+// become `_`, unit `s` adds `_seconds`, `{...}` units add nothing, counters add `_total`.
+
+/// Histogram, `s`: whole call, stream included (GenAI semconv).
+pub const METRIC_OPERATION_DURATION: &str = "gen_ai.client.operation.duration";
+/// Histogram, `{token}`, by `gen_ai.token.type` (GenAI semconv).
+pub const METRIC_TOKEN_USAGE: &str = "gen_ai.client.token.usage";
+/// Histogram, `s`: streams only (GenAI semconv).
+pub const METRIC_TIME_TO_FIRST_CHUNK: &str = "gen_ai.client.operation.time_to_first_chunk";
+/// Histogram, `s`: streams only, mean gap between output chunks after the first (GenAI semconv).
+pub const METRIC_TIME_PER_OUTPUT_CHUNK: &str = "gen_ai.client.operation.time_per_output_chunk";
+/// Counter, `{token}`: input tokens (cached ones included), for cheap `rate()`.
+pub const METRIC_INPUT_TOKENS: &str = "gen_ai.client.inference.usage.input_tokens";
+/// Counter, `{token}`: output tokens (reasoning ones included).
+pub const METRIC_OUTPUT_TOKENS: &str = "gen_ai.client.inference.usage.output_tokens";
+/// Counter, `{token}`: cached input tokens.
+pub const METRIC_CACHED_INPUT_TOKENS: &str = "gen_ai.client.inference.usage.cache_read.input_tokens";
+/// Counter, `{token}`: reasoning output tokens.
+pub const METRIC_REASONING_TOKENS: &str = "gen_ai.client.inference.usage.reasoning.output_tokens";
+/// Histogram, `s`: the provider's own processing time (`openai-processing-ms`).
+pub const METRIC_PROVIDER_PROCESSING: &str = "llm_meter.provider.processing.duration";
+/// Gauge, `{request}` or `{token}` by kind: rate-limit budget left in the window, as last reported.
+pub const METRIC_RATELIMIT_REMAINING: &str = "llm_meter.ratelimit.remaining";
+/// Gauge: rate-limit budget per window, as last reported.
+pub const METRIC_RATELIMIT_LIMIT: &str = "llm_meter.ratelimit.limit";
+/// Gauge, `s`: time until the window resets, as last reported.
+pub const METRIC_RATELIMIT_RESET: &str = "llm_meter.ratelimit.reset";
+/// Counter: a label value folded into `other` because its label reached its cap.
+pub const METRIC_LABEL_OVERFLOW: &str = "llm_meter.label.overflow";
+/// Counter: spans handed to the exporter pipeline, by `outcome` (exported, failed, dropped).
+pub const METRIC_EXPORT_SPANS: &str = "llm_meter.export.spans";
+
+/// Metric label: which token count (`input` / `output`).
+pub const GEN_AI_TOKEN_TYPE: &str = "gen_ai.token.type";
+/// Metric label: which rate limit (`requests` / `tokens`).
+pub const RATELIMIT_KIND: &str = "llm_meter.ratelimit.kind";
+/// Metric label: the label that overflowed.
+pub const LABEL_NAME: &str = "llm_meter.label";
+/// Metric label: export outcome.
+pub const EXPORT_OUTCOME: &str = "outcome";
+/// Value of a capped label past its cap.
+pub const OTHER: &str = "other";

@@ -1,4 +1,11 @@
-//! Sinks that turn a [`CallRecord`](crate::CallRecord) into telemetry: the `tracing` span (exported
-//! by tracing-opentelemetry) today; metrics and exporters build on the same record.
+//! Sinks that turn a [`CallRecord`](crate::CallRecord) into telemetry, and the exporters that
+//! ship it: the `tracing` span ([`span`]), metric instruments ([`metrics`]), the Prometheus
+//! `/metrics` endpoint ([`prometheus`]) and the OTLP/provider set-up ([`export`]).
 
+pub mod export;
+pub mod metrics;
+pub mod prometheus;
 pub mod span;
+
+pub use export::{init, InitError, Protocol, Telemetry, TelemetryBuilder, TelemetryGuard};
+pub use metrics::{LabelPolicy, Metrics};

@@ -1,0 +1,609 @@
+//! Exporters, configured once at start-up by the application: one `SdkMeterProvider` feeding
+//! both the Prometheus registry (`/metrics`) and OTLP, one `SdkTracerProvider` exporting spans
+//! over OTLP, and a guard that flushes and shuts both down.
+//!
+//! Nothing is global until you say so: [`Telemetry::builder`] builds providers and instruments
+//! and hands them to you; [`Telemetry::install`] (or the one-call [`init`]) also installs the
+//! `tracing` subscriber as the global default.
+//!
+//! OTLP follows the standard variables: it is on when `OTEL_EXPORTER_OTLP_ENDPOINT` (or a
+//! per-signal `OTEL_EXPORTER_OTLP_{TRACES,METRICS}_ENDPOINT`) is set, the transport comes from
+//! `OTEL_EXPORTER_OTLP[_{TRACES,METRICS}]_PROTOCOL` (`grpc` or `http/protobuf`, the default),
+//! headers from `OTEL_EXPORTER_OTLP[_…]_HEADERS`, timeouts from `OTEL_EXPORTER_OTLP[_…]_TIMEOUT`,
+//! and the resource from `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES`.
+//! `OTEL_TRACES_EXPORTER=none` / `OTEL_METRICS_EXPORTER=none` turn a signal off. The builder
+//! overrides any of it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry::metrics::MeterProvider as _;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::KeyValue;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::metrics::{Instrument, PeriodicReader, SdkMeterProvider, Stream};
+use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider, SpanData, SpanExporter};
+use opentelemetry_sdk::Resource;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
+
+use crate::meter::{Meter, MeterBuilder};
+use crate::semconv;
+use crate::telemetry::metrics::{LabelPolicy, Metrics};
+
+/// Instrumentation scope of llm-meter's spans and metrics.
+pub const SCOPE: &str = "llm-meter";
+
+/// OTLP transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// OTLP/gRPC (default port 4317).
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (default port 4318).
+    HttpProtobuf,
+}
+
+impl Protocol {
+    /// Parses `grpc` or `http/protobuf`.
+    pub fn parse(s: &str) -> Result<Self, InitError> {
+        match s.trim() {
+            "grpc" => Ok(Protocol::Grpc),
+            "http/protobuf" => Ok(Protocol::HttpProtobuf),
+            other => Err(InitError(format!(
+                "unsupported OTLP protocol {other:?}: use \"grpc\" or \"http/protobuf\" (http/json is not built in)"
+            ))),
+        }
+    }
+}
+
+/// A telemetry set-up that could not be built; says what to fix.
+#[derive(Debug, thiserror::Error)]
+#[error("telemetry set-up failed: {0}")]
+pub struct InitError(pub String);
+
+/// Where and how OTLP goes, for one signal.
+#[derive(Clone, Debug)]
+struct Otlp {
+    protocol: Protocol,
+    /// Base endpoint (`http://host:4318`); the HTTP signal path is appended. `None`: the crate's
+    /// own env handling and defaults.
+    endpoint: Option<String>,
+    headers: HashMap<String, String>,
+}
+
+/// Builder for [`Telemetry`].
+#[derive(Debug)]
+pub struct TelemetryBuilder {
+    service_name: Option<String>,
+    otlp_traces: Option<Otlp>,
+    otlp_metrics: Option<Otlp>,
+    prometheus: bool,
+    labels: LabelPolicy,
+    cardinality_limit: usize,
+    span_queue: usize,
+    metric_interval: Duration,
+    export_timeout: Duration,
+    env_error: Option<InitError>,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// The OTLP settings the environment asks for, for `signal` (`TRACES` or `METRICS`).
+fn otlp_from_env(signal: &str) -> Result<Option<Otlp>, InitError> {
+    let exporter_var = format!("OTEL_{signal}_EXPORTER");
+    if env(&exporter_var).is_some_and(|v| v == "none") {
+        return Ok(None);
+    }
+    let signal_endpoint = env(&format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"));
+    if signal_endpoint.is_none() && env("OTEL_EXPORTER_OTLP_ENDPOINT").is_none() {
+        return Ok(None);
+    }
+    let protocol =
+        match env(&format!("OTEL_EXPORTER_OTLP_{signal}_PROTOCOL")).or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL")) {
+            Some(p) => Protocol::parse(&p)?,
+            None => Protocol::HttpProtobuf,
+        };
+    // Endpoints and headers are read by opentelemetry-otlp itself, with the spec's rules
+    // (signal paths appended to the generic HTTP endpoint only).
+    Ok(Some(Otlp {
+        protocol,
+        endpoint: None,
+        headers: HashMap::new(),
+    }))
+}
+
+impl Default for TelemetryBuilder {
+    fn default() -> Self {
+        let (traces, metrics) = match (otlp_from_env("TRACES"), otlp_from_env("METRICS")) {
+            (Ok(t), Ok(m)) => (t, m),
+            (Err(e), _) | (_, Err(e)) => {
+                return TelemetryBuilder {
+                    env_error: Some(e),
+                    ..Self::bare()
+                };
+            }
+        };
+        TelemetryBuilder {
+            otlp_traces: traces,
+            otlp_metrics: metrics,
+            ..Self::bare()
+        }
+    }
+}
+
+impl TelemetryBuilder {
+    fn bare() -> Self {
+        TelemetryBuilder {
+            service_name: None,
+            otlp_traces: None,
+            otlp_metrics: None,
+            prometheus: true,
+            labels: LabelPolicy::default(),
+            cardinality_limit: 2000,
+            span_queue: 2048,
+            metric_interval: Duration::from_secs(10),
+            export_timeout: Duration::from_secs(10),
+            env_error: None,
+        }
+    }
+
+    /// `service.name` (else `OTEL_SERVICE_NAME`, else the SDK's `unknown_service`).
+    pub fn service_name(mut self, name: impl Into<String>) -> Self {
+        self.service_name = Some(name.into());
+        self
+    }
+
+    /// Exports traces and metrics over OTLP to `endpoint` (a base such as
+    /// `http://127.0.0.1:4317` for gRPC or `http://127.0.0.1:4318` for HTTP, where `/v1/traces`
+    /// and `/v1/metrics` are appended), whatever the environment says.
+    pub fn otlp(mut self, protocol: Protocol, endpoint: impl Into<String>) -> Self {
+        let otlp = Otlp {
+            protocol,
+            endpoint: Some(endpoint.into()),
+            headers: HashMap::new(),
+        };
+        self.otlp_traces = Some(otlp.clone());
+        self.otlp_metrics = Some(otlp);
+        self.env_error = None;
+        self
+    }
+
+    /// Adds a header (e.g. an API key of the collector) to OTLP exports set with [`Self::otlp`].
+    pub fn otlp_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        let (name, value) = (name.into(), value.into());
+        for o in [&mut self.otlp_traces, &mut self.otlp_metrics].into_iter().flatten() {
+            o.headers.insert(name.clone(), value.clone());
+        }
+        self
+    }
+
+    /// No OTLP, whatever the environment says.
+    pub fn without_otlp(mut self) -> Self {
+        self.otlp_traces = None;
+        self.otlp_metrics = None;
+        self.env_error = None;
+        self
+    }
+
+    /// Serve metrics to a Prometheus registry (default on).
+    pub fn prometheus(mut self, on: bool) -> Self {
+        self.prometheus = on;
+        self
+    }
+
+    /// Which labels metrics carry (default [`LabelPolicy::default`]).
+    pub fn labels(mut self, policy: LabelPolicy) -> Self {
+        self.labels = policy;
+        self
+    }
+
+    /// The SDK's limit of series per llm-meter metric (default 2000); past it, points go to one
+    /// overflow series (`otel.metric.overflow="true"`). Our own label caps keep us well under it
+    /// by default; it is the last guard when labels are opted in.
+    pub fn cardinality_limit(mut self, limit: usize) -> Self {
+        self.cardinality_limit = limit.max(1);
+        self
+    }
+
+    /// Spans queued for export at most (default 2048); past it, spans are dropped and counted.
+    pub fn span_queue(mut self, size: usize) -> Self {
+        self.span_queue = size.max(1);
+        self
+    }
+
+    /// OTLP metric export interval (default 10 s).
+    pub fn metric_interval(mut self, interval: Duration) -> Self {
+        self.metric_interval = interval;
+        self
+    }
+
+    /// Longest wait for one OTLP export (default 10 s).
+    pub fn export_timeout(mut self, timeout: Duration) -> Self {
+        self.export_timeout = timeout;
+        self
+    }
+
+    /// Builds the providers, exporters and instruments. Installs nothing global. Must run inside
+    /// a Tokio runtime when OTLP/gRPC is on.
+    pub fn build(self) -> Result<Telemetry, InitError> {
+        if let Some(e) = self.env_error {
+            return Err(e);
+        }
+        let mut resource = Resource::builder();
+        if let Some(name) = &self.service_name {
+            resource = resource.with_service_name(name.clone());
+        }
+        let resource = resource.build();
+        let stats = Arc::new(ExportStats::default());
+
+        let mut tracer = SdkTracerProvider::builder().with_resource(resource.clone());
+        if let Some(otlp) = &self.otlp_traces {
+            let exporter = CountingExporter {
+                inner: span_exporter(otlp, self.export_timeout)?,
+                stats: stats.clone(),
+            };
+            let batch = BatchConfigBuilder::default()
+                .with_max_queue_size(self.span_queue)
+                .build();
+            let processor = BatchSpanProcessor::builder(exporter).with_batch_config(batch).build();
+            tracer = tracer.with_span_processor(CountingProcessor {
+                inner: processor,
+                stats: stats.clone(),
+            });
+        }
+        let tracer_provider = tracer.build();
+
+        let limit = self.cardinality_limit;
+        let mut meters = SdkMeterProvider::builder()
+            .with_resource(resource)
+            .with_view(move |i: &Instrument| {
+                (i.scope().name() == SCOPE)
+                    .then(|| Stream::builder().with_cardinality_limit(limit).build().ok())
+                    .flatten()
+            });
+        let registry = if self.prometheus {
+            let registry = prometheus::Registry::new();
+            let exporter = opentelemetry_prometheus::exporter()
+                .with_registry(registry.clone())
+                .scope_info_enabled(false)
+                .build()
+                .map_err(|e| InitError(format!("prometheus exporter: {e}")))?;
+            meters = meters.with_reader(exporter);
+            Some(registry)
+        } else {
+            None
+        };
+        if let Some(otlp) = &self.otlp_metrics {
+            let exporter = metric_exporter(otlp, self.export_timeout)?;
+            meters = meters.with_reader(
+                PeriodicReader::builder(exporter)
+                    .with_interval(self.metric_interval)
+                    .build(),
+            );
+        }
+        let meter_provider = meters.build();
+        let otel_meter = meter_provider.meter(SCOPE);
+        let metrics = Metrics::new(&otel_meter, self.labels);
+        let observed = stats.clone();
+        let export_counter = otel_meter
+            .u64_observable_counter(semconv::METRIC_EXPORT_SPANS)
+            .with_description("Spans ended, exported, failed to export, or dropped (queue full or shut down).")
+            .with_callback(move |o| {
+                for (outcome, n) in observed.outcomes() {
+                    o.observe(n, &[KeyValue::new(semconv::EXPORT_OUTCOME, outcome)]);
+                }
+            })
+            .build();
+        Ok(Telemetry {
+            inner: Arc::new(TelemetryInner {
+                tracer_provider,
+                meter_provider,
+                registry,
+                metrics,
+                stats,
+                otlp: self.otlp_traces.is_some() || self.otlp_metrics.is_some(),
+                _export_counter: export_counter,
+            }),
+        })
+    }
+}
+
+fn http_endpoint(base: &str, path: &str) -> String {
+    format!("{}/{path}", base.trim_end_matches('/'))
+}
+
+fn span_exporter(otlp: &Otlp, timeout: Duration) -> Result<opentelemetry_otlp::SpanExporter, InitError> {
+    use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
+    let built = match (otlp.protocol, &otlp.endpoint) {
+        (Protocol::Grpc, endpoint) => {
+            let mut b = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_timeout(timeout);
+            if let Some(e) = endpoint {
+                b = b.with_endpoint(e.clone());
+            }
+            if !otlp.headers.is_empty() {
+                b = b.with_metadata(metadata(&otlp.headers)?);
+            }
+            b.build()
+        }
+        (Protocol::HttpProtobuf, endpoint) => {
+            let mut b = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_timeout(timeout);
+            if let Some(e) = endpoint {
+                b = b.with_endpoint(http_endpoint(e, "v1/traces"));
+            }
+            b.with_headers(otlp.headers.clone()).build()
+        }
+    };
+    built.map_err(|e| InitError(format!("OTLP span exporter: {e}")))
+}
+
+fn metric_exporter(otlp: &Otlp, timeout: Duration) -> Result<opentelemetry_otlp::MetricExporter, InitError> {
+    use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
+    let built = match (otlp.protocol, &otlp.endpoint) {
+        (Protocol::Grpc, endpoint) => {
+            let mut b = opentelemetry_otlp::MetricExporter::builder()
+                .with_tonic()
+                .with_timeout(timeout);
+            if let Some(e) = endpoint {
+                b = b.with_endpoint(e.clone());
+            }
+            if !otlp.headers.is_empty() {
+                b = b.with_metadata(metadata(&otlp.headers)?);
+            }
+            b.build()
+        }
+        (Protocol::HttpProtobuf, endpoint) => {
+            let mut b = opentelemetry_otlp::MetricExporter::builder()
+                .with_http()
+                .with_timeout(timeout);
+            if let Some(e) = endpoint {
+                b = b.with_endpoint(http_endpoint(e, "v1/metrics"));
+            }
+            b.with_headers(otlp.headers.clone()).build()
+        }
+    };
+    built.map_err(|e| InitError(format!("OTLP metric exporter: {e}")))
+}
+
+fn metadata(
+    headers: &HashMap<String, String>,
+) -> Result<opentelemetry_otlp::tonic_types::metadata::MetadataMap, InitError> {
+    let mut map = http::HeaderMap::new();
+    for (k, v) in headers {
+        let name =
+            http::HeaderName::from_bytes(k.as_bytes()).map_err(|_| InitError(format!("bad OTLP header name {k:?}")))?;
+        let value =
+            http::HeaderValue::from_str(v).map_err(|_| InitError(format!("bad OTLP header value for {k:?}")))?;
+        map.insert(name, value);
+    }
+    Ok(opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(
+        map,
+    ))
+}
+
+/// Counts of spans through the export pipeline.
+#[derive(Debug, Default)]
+pub struct ExportStats {
+    ended: AtomicU64,
+    exported: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl ExportStats {
+    /// Spans that ended and were handed to the batch queue.
+    pub fn ended(&self) -> u64 {
+        self.ended.load(Ordering::Relaxed)
+    }
+    /// Spans the receiver accepted.
+    pub fn exported(&self) -> u64 {
+        self.exported.load(Ordering::Relaxed)
+    }
+    /// Spans in exports that failed (receiver down, refusing or too slow).
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+    /// Spans dropped before export (queue full, or after shutdown), as far as known: those
+    /// ended and neither exported nor failed. Exact once the pipeline is flushed; before, it
+    /// also counts spans still queued.
+    pub fn dropped_or_queued(&self) -> u64 {
+        self.ended().saturating_sub(self.exported() + self.failed())
+    }
+
+    fn outcomes(&self) -> [(&'static str, u64); 3] {
+        [
+            ("exported", self.exported()),
+            ("failed", self.failed()),
+            ("dropped_or_queued", self.dropped_or_queued()),
+        ]
+    }
+}
+
+#[derive(Debug)]
+struct CountingExporter<E> {
+    inner: E,
+    stats: Arc<ExportStats>,
+}
+
+impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let n = batch.len() as u64;
+        let result = self.inner.export(batch).await;
+        let counter = if result.is_ok() {
+            &self.stats.exported
+        } else {
+            &self.stats.failed
+        };
+        counter.fetch_add(n, Ordering::Relaxed);
+        result
+    }
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource)
+    }
+}
+
+#[derive(Debug)]
+struct CountingProcessor<P> {
+    inner: P,
+    stats: Arc<ExportStats>,
+}
+
+impl<P: opentelemetry_sdk::trace::SpanProcessor> opentelemetry_sdk::trace::SpanProcessor for CountingProcessor<P> {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &opentelemetry::Context) {
+        self.inner.on_start(span, cx)
+    }
+    fn on_end(&self, span: SpanData) {
+        if span.span_context.is_sampled() {
+            self.stats.ended.fetch_add(1, Ordering::Relaxed);
+        }
+        self.inner.on_end(span)
+    }
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource)
+    }
+}
+
+/// The providers, the Prometheus registry and llm-meter's instruments. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Telemetry {
+    inner: Arc<TelemetryInner>,
+}
+
+#[derive(Debug)]
+struct TelemetryInner {
+    tracer_provider: SdkTracerProvider,
+    meter_provider: SdkMeterProvider,
+    registry: Option<prometheus::Registry>,
+    metrics: Metrics,
+    stats: Arc<ExportStats>,
+    otlp: bool,
+    _export_counter: opentelemetry::metrics::ObservableCounter<u64>,
+}
+
+impl Telemetry {
+    /// Starts a builder (reads the OTLP environment variables).
+    pub fn builder() -> TelemetryBuilder {
+        TelemetryBuilder::default()
+    }
+
+    /// llm-meter's metric instruments, for [`MeterBuilder::metrics`].
+    pub fn metrics(&self) -> Metrics {
+        self.inner.metrics.clone()
+    }
+
+    /// A meter builder already wired to these metrics.
+    pub fn meter_builder(&self) -> MeterBuilder {
+        Meter::builder().metrics(self.metrics())
+    }
+
+    /// The tracer provider (spans go to OTLP when configured).
+    pub fn tracer_provider(&self) -> &SdkTracerProvider {
+        &self.inner.tracer_provider
+    }
+
+    /// The meter provider (Prometheus and OTLP readers).
+    pub fn meter_provider(&self) -> &SdkMeterProvider {
+        &self.inner.meter_provider
+    }
+
+    /// The Prometheus registry behind `/metrics`, when Prometheus is on.
+    pub fn registry(&self) -> Option<&prometheus::Registry> {
+        self.inner.registry.as_ref()
+    }
+
+    /// Whether OTLP export is on.
+    pub fn otlp_enabled(&self) -> bool {
+        self.inner.otlp
+    }
+
+    /// Span export counts (drops included).
+    pub fn export_stats(&self) -> &ExportStats {
+        &self.inner.stats
+    }
+
+    /// The tracing-opentelemetry layer, for your own subscriber.
+    pub fn tracing_layer<S>(&self) -> impl Layer<S>
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    {
+        tracing_opentelemetry::layer().with_tracer(self.inner.tracer_provider.tracer(SCOPE))
+    }
+
+    /// Installs the global `tracing` subscriber: this OpenTelemetry layer plus a `fmt` layer
+    /// filtered by `RUST_LOG` (default `warn`). Fails when a global subscriber is already set.
+    pub fn install(self) -> Result<TelemetryGuard, InitError> {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        tracing_subscriber::registry()
+            .with(self.tracing_layer())
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_filter(filter),
+            )
+            .try_init()
+            .map_err(|e| InitError(format!("a global tracing subscriber is already set: {e}")))?;
+        Ok(TelemetryGuard { telemetry: self })
+    }
+
+    /// Flushes spans and metrics to their exporters (bounded by the export timeout).
+    pub fn flush(&self) {
+        if let Err(e) = self.inner.tracer_provider.force_flush() {
+            tracing::warn!(target: "llm_meter", "span flush failed: {e}");
+        }
+        if let Err(e) = self.inner.meter_provider.force_flush() {
+            tracing::warn!(target: "llm_meter", "metric flush failed: {e}");
+        }
+    }
+
+    /// Flushes and shuts both providers down.
+    pub fn shutdown(&self) {
+        self.flush();
+        let _ = self.inner.tracer_provider.shutdown();
+        let _ = self.inner.meter_provider.shutdown();
+    }
+}
+
+/// Keeps telemetry running; flushes and shuts it down when dropped.
+#[derive(Debug)]
+#[must_use = "telemetry shuts down when the guard is dropped"]
+pub struct TelemetryGuard {
+    telemetry: Telemetry,
+}
+
+impl std::ops::Deref for TelemetryGuard {
+    type Target = Telemetry;
+    fn deref(&self) -> &Telemetry {
+        &self.telemetry
+    }
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        self.telemetry.shutdown();
+    }
+}
+
+/// One call: builds telemetry from the environment and installs the global subscriber.
+pub fn init() -> Result<TelemetryGuard, InitError> {
+    Telemetry::builder().build()?.install()
+}

@@ -1,0 +1,334 @@
+//! Metric instruments, built once, and one pass per finished call that records them.
+//!
+//! | instrument | kind, unit | labels |
+//! |---|---|---|
+//! | `gen_ai.client.operation.duration` | histogram, `s` | default labels |
+//! | `gen_ai.client.token.usage` | histogram, `{token}` | default + `gen_ai.token.type` |
+//! | `gen_ai.client.operation.time_to_first_chunk` | histogram, `s`, streams | default labels |
+//! | `gen_ai.client.operation.time_per_output_chunk` | histogram, `s`, streams | default labels |
+//! | `gen_ai.client.inference.usage.{input_tokens, output_tokens, cache_read.input_tokens, reasoning.output_tokens}` | counters, `{token}` | default labels |
+//! | `llm_meter.provider.processing.duration` | histogram, `s` (`openai-processing-ms`) | default labels |
+//! | `llm_meter.ratelimit.{remaining, limit}` | gauges | provider, `server.address`, model, `llm_meter.ratelimit.kind` |
+//! | `llm_meter.ratelimit.reset` | gauge, `s` | same |
+//! | `llm_meter.label.overflow` | counter | `llm_meter.label` |
+//!
+//! Default labels: `gen_ai.operation.name`, `gen_ai.provider.name`, `gen_ai.request.model`,
+//! `gen_ai.response.model`, `use_case.name`, `error.type` (each only when known). Models and use
+//! case names come from callers (through the proxy, from anyone), so they are capped like the
+//! opt-in labels (`user.id`, `account.name`, `request.tags`): past its cap a label's new values
+//! fold into `other`, and `llm_meter.label.overflow` counts each fold.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter as OtelMeter};
+use opentelemetry::{Key, KeyValue, StringValue, Value};
+
+use crate::record::CallRecord;
+use crate::semconv::*;
+
+/// Bucket boundaries of the duration histograms (GenAI semconv): 0.01 s doubling to 81.92 s.
+pub const DURATION_BUCKETS: [f64; 14] = [
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+];
+
+/// Bucket boundaries of the token histogram (GenAI semconv): 1, 4, 16, … 67108864.
+pub const TOKEN_BUCKETS: [f64; 14] = [
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
+    67108864.0,
+];
+
+/// Which labels metrics carry, and how many distinct values each may take.
+#[derive(Clone, Debug)]
+pub struct LabelPolicy {
+    /// Distinct request (and response) models before folding (default 200).
+    pub models: usize,
+    /// Distinct use case names before folding (default 500).
+    pub use_cases: usize,
+    /// `user.id` as a label, with this cap (default off: users are unbounded).
+    pub user_id: Option<usize>,
+    /// `account.name` as a label, with this cap (default off).
+    pub account_name: Option<usize>,
+    /// `request.tags` (sorted, comma-joined) as a label, with this cap (default off).
+    pub request_tags: Option<usize>,
+}
+
+impl Default for LabelPolicy {
+    fn default() -> Self {
+        LabelPolicy {
+            models: 200,
+            use_cases: 500,
+            user_id: None,
+            account_name: None,
+            request_tags: None,
+        }
+    }
+}
+
+/// A label whose values are interned (no allocation per call once seen) and capped.
+#[derive(Debug)]
+struct CappedLabel {
+    key: &'static str,
+    cap: usize,
+    values: RwLock<HashMap<Box<str>, StringValue>>,
+    other: StringValue,
+}
+
+impl CappedLabel {
+    fn new(key: &'static str, cap: usize) -> Self {
+        CappedLabel {
+            key,
+            cap,
+            values: RwLock::new(HashMap::new()),
+            other: StringValue::from(OTHER),
+        }
+    }
+
+    /// The interned value, or `other` past the cap (then `overflow` is told).
+    fn value(&self, v: &str, overflow: &Counter<u64>, overflow_label: &[KeyValue]) -> StringValue {
+        if let Some(found) = self.values.read().ok().and_then(|m| m.get(v).cloned()) {
+            return found;
+        }
+        let Ok(mut map) = self.values.write() else {
+            return self.other.clone();
+        };
+        if let Some(found) = map.get(v) {
+            return found.clone();
+        }
+        if map.len() >= self.cap {
+            overflow.add(1, overflow_label);
+            return self.other.clone();
+        }
+        let interned = StringValue::from(Arc::<str>::from(v));
+        map.insert(v.into(), interned.clone());
+        interned
+    }
+}
+
+/// Every instrument, built once; records one [`CallRecord`] per call. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    inner: Arc<Instruments>,
+}
+
+#[derive(Debug)]
+struct Instruments {
+    duration: Histogram<f64>,
+    token_usage: Histogram<u64>,
+    time_to_first_chunk: Histogram<f64>,
+    time_per_output_chunk: Histogram<f64>,
+    input_tokens: Counter<u64>,
+    output_tokens: Counter<u64>,
+    cached_input_tokens: Counter<u64>,
+    reasoning_tokens: Counter<u64>,
+    processing: Histogram<f64>,
+    ratelimit_remaining: Gauge<u64>,
+    ratelimit_limit: Gauge<u64>,
+    ratelimit_reset: Gauge<f64>,
+    overflow: Counter<u64>,
+    request_model: CappedLabel,
+    response_model: CappedLabel,
+    use_case: CappedLabel,
+    user_id: Option<CappedLabel>,
+    account_name: Option<CappedLabel>,
+    request_tags: Option<CappedLabel>,
+    overflow_labels: HashMap<&'static str, [KeyValue; 1]>,
+}
+
+impl Metrics {
+    /// Builds every instrument on `meter` (from your `SdkMeterProvider`) with `policy`.
+    pub fn new(meter: &OtelMeter, policy: LabelPolicy) -> Self {
+        let seconds = |name: &'static str, description: &'static str| {
+            meter
+                .f64_histogram(name)
+                .with_unit("s")
+                .with_description(description)
+                .with_boundaries(DURATION_BUCKETS.to_vec())
+                .build()
+        };
+        let tokens = |name: &'static str, description: &'static str| {
+            meter
+                .u64_counter(name)
+                .with_unit("{token}")
+                .with_description(description)
+                .build()
+        };
+        let keys = [
+            GEN_AI_REQUEST_MODEL,
+            GEN_AI_RESPONSE_MODEL,
+            USE_CASE_NAME,
+            USER_ID,
+            ACCOUNT_NAME,
+            REQUEST_TAGS,
+        ];
+        Metrics {
+            inner: Arc::new(Instruments {
+                duration: seconds(METRIC_OPERATION_DURATION, "GenAI operation duration."),
+                token_usage: meter
+                    .u64_histogram(METRIC_TOKEN_USAGE)
+                    .with_unit("{token}")
+                    .with_description("Number of input and output tokens used.")
+                    .with_boundaries(TOKEN_BUCKETS.to_vec())
+                    .build(),
+                time_to_first_chunk: seconds(
+                    METRIC_TIME_TO_FIRST_CHUNK,
+                    "Time to receive the first chunk of a streaming response.",
+                ),
+                time_per_output_chunk: seconds(
+                    METRIC_TIME_PER_OUTPUT_CHUNK,
+                    "Mean time between output chunks after the first, per streaming response.",
+                ),
+                input_tokens: tokens(METRIC_INPUT_TOKENS, "Input tokens, cached ones included."),
+                output_tokens: tokens(METRIC_OUTPUT_TOKENS, "Output tokens, reasoning ones included."),
+                cached_input_tokens: tokens(
+                    METRIC_CACHED_INPUT_TOKENS,
+                    "Input tokens read from the provider's cache.",
+                ),
+                reasoning_tokens: tokens(METRIC_REASONING_TOKENS, "Output tokens spent on reasoning."),
+                processing: seconds(
+                    METRIC_PROVIDER_PROCESSING,
+                    "The provider's own processing time (openai-processing-ms).",
+                ),
+                ratelimit_remaining: meter
+                    .u64_gauge(METRIC_RATELIMIT_REMAINING)
+                    .with_description("Rate-limit budget left in the current window, as last reported by the provider.")
+                    .build(),
+                ratelimit_limit: meter
+                    .u64_gauge(METRIC_RATELIMIT_LIMIT)
+                    .with_description("Rate-limit budget per window, as last reported by the provider.")
+                    .build(),
+                ratelimit_reset: meter
+                    .f64_gauge(METRIC_RATELIMIT_RESET)
+                    .with_unit("s")
+                    .with_description("Time until the rate-limit window resets, as last reported by the provider.")
+                    .build(),
+                overflow: meter
+                    .u64_counter(METRIC_LABEL_OVERFLOW)
+                    .with_description("Label values folded into 'other' because the label reached its cap.")
+                    .build(),
+                request_model: CappedLabel::new(GEN_AI_REQUEST_MODEL, policy.models),
+                response_model: CappedLabel::new(GEN_AI_RESPONSE_MODEL, policy.models),
+                use_case: CappedLabel::new(USE_CASE_NAME, policy.use_cases),
+                user_id: policy.user_id.map(|cap| CappedLabel::new(USER_ID, cap)),
+                account_name: policy.account_name.map(|cap| CappedLabel::new(ACCOUNT_NAME, cap)),
+                request_tags: policy.request_tags.map(|cap| CappedLabel::new(REQUEST_TAGS, cap)),
+                overflow_labels: keys.into_iter().map(|k| (k, [KeyValue::new(LABEL_NAME, k)])).collect(),
+            }),
+        }
+    }
+
+    fn capped(&self, label: &CappedLabel, value: &str) -> KeyValue {
+        let i = &self.inner;
+        let overflow_label = i.overflow_labels.get(label.key).map_or(&[][..], |l| &l[..]);
+        KeyValue::new(
+            Key::from_static_str(label.key),
+            Value::String(label.value(value, &i.overflow, overflow_label)),
+        )
+    }
+
+    /// The default (and opted-in) labels of a record.
+    pub fn labels(&self, r: &CallRecord) -> Vec<KeyValue> {
+        let i = &self.inner;
+        let mut labels = Vec::with_capacity(10);
+        labels.push(KeyValue::new(GEN_AI_OPERATION_NAME, r.operation));
+        labels.push(KeyValue::new(
+            GEN_AI_PROVIDER_NAME,
+            Value::String(StringValue::from(r.provider.clone())),
+        ));
+        labels.push(self.capped(&i.request_model, &r.request.model));
+        if let Some(model) = &r.response.model {
+            labels.push(self.capped(&i.response_model, model));
+        }
+        let a = &r.annotations;
+        if let Some(use_case) = a.use_case_name() {
+            labels.push(self.capped(&i.use_case, use_case));
+        }
+        if let Some(e) = r.error {
+            labels.push(KeyValue::new(ERROR_TYPE, e.as_str()));
+        }
+        if let (Some(label), Some(user)) = (&i.user_id, a.user_id()) {
+            labels.push(self.capped(label, user));
+        }
+        if let (Some(label), Some(account)) = (&i.account_name, a.account_name()) {
+            labels.push(self.capped(label, account));
+        }
+        if let Some(label) = &i.request_tags {
+            if !a.request_tags().is_empty() {
+                let mut tags: Vec<&str> = a.request_tags().iter().map(String::as_str).collect();
+                tags.sort_unstable();
+                tags.dedup();
+                labels.push(self.capped(label, &tags.join(",")));
+            }
+        }
+        labels
+    }
+
+    /// Records one finished call on every instrument it concerns.
+    pub fn record(&self, r: &CallRecord) {
+        let i = &self.inner;
+        let mut labels = self.labels(r);
+        i.duration.record(r.timings.duration.as_secs_f64(), &labels);
+        if let Some(d) = r.timings.time_to_first_chunk {
+            i.time_to_first_chunk.record(d.as_secs_f64(), &labels);
+        }
+        if let Some(d) = r.timings.time_per_output_chunk {
+            i.time_per_output_chunk.record(d.as_secs_f64(), &labels);
+        }
+        if let Some(d) = r.meta.processing {
+            i.processing.record(d.as_secs_f64(), &labels);
+        }
+        if let Some(u) = r.usage {
+            i.input_tokens.add(u.input_tokens, &labels);
+            i.output_tokens.add(u.output_tokens, &labels);
+            if let Some(n) = u.cached_input_tokens {
+                i.cached_input_tokens.add(n, &labels);
+            }
+            if let Some(n) = u.reasoning_tokens {
+                i.reasoning_tokens.add(n, &labels);
+            }
+            labels.push(KeyValue::new(GEN_AI_TOKEN_TYPE, "input"));
+            i.token_usage.record(u.input_tokens, &labels);
+            if let Some(last) = labels.last_mut() {
+                *last = KeyValue::new(GEN_AI_TOKEN_TYPE, "output");
+            }
+            i.token_usage.record(u.output_tokens, &labels);
+        }
+        self.record_rate_limits(r);
+    }
+
+    fn record_rate_limits(&self, r: &CallRecord) {
+        let i = &self.inner;
+        let m = &r.meta;
+        if m.requests.is_empty() && m.tokens.is_empty() {
+            return;
+        }
+        let model = match &r.response.model {
+            Some(model) => self.capped(&i.response_model, model),
+            None => self.capped(&i.request_model, &r.request.model),
+        };
+        let mut labels = [
+            KeyValue::new(
+                GEN_AI_PROVIDER_NAME,
+                Value::String(StringValue::from(r.provider.clone())),
+            ),
+            KeyValue::new(
+                SERVER_ADDRESS,
+                Value::String(StringValue::from(r.server_address.clone())),
+            ),
+            KeyValue::new(GEN_AI_REQUEST_MODEL, model.value),
+            KeyValue::new(RATELIMIT_KIND, "requests"),
+        ];
+        for (kind, limit) in [("requests", &m.requests), ("tokens", &m.tokens)] {
+            labels[3] = KeyValue::new(RATELIMIT_KIND, kind);
+            if let Some(v) = limit.remaining {
+                i.ratelimit_remaining.record(v, &labels);
+            }
+            if let Some(v) = limit.limit {
+                i.ratelimit_limit.record(v, &labels);
+            }
+            if let Some(d) = limit.reset {
+                i.ratelimit_reset.record(d.as_secs_f64(), &labels);
+            }
+        }
+    }
+}

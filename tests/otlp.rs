@@ -1,0 +1,265 @@
+//! OTLP export of spans and metrics, over gRPC and HTTP/protobuf, to a real receiver built on
+//! `opentelemetry-proto`; and the faults: receiver down, hanging, and back again.
+
+mod common;
+#[path = "common/receiver.rs"]
+mod receiver;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use llm_meter::mock::{MockConfig, MockServer};
+use llm_meter::semconv;
+use llm_meter::telemetry::metrics::{DURATION_BUCKETS, TOKEN_BUCKETS};
+use llm_meter::telemetry::{Protocol, Telemetry};
+use llm_meter::{Annotations, CallRecord, Client};
+use opentelemetry_proto::tonic::common::v1::any_value;
+use opentelemetry_proto::tonic::metrics::v1::metric;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use receiver::*;
+use serde_json::json;
+use tracing_subscriber::layer::SubscriberExt;
+
+fn telemetry(protocol: Protocol, addr: std::net::SocketAddr) -> Telemetry {
+    Telemetry::builder()
+        .otlp(protocol, format!("http://{addr}"))
+        .service_name("otlp-test")
+        .prometheus(false)
+        .metric_interval(Duration::from_secs(3600))
+        .export_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap()
+}
+
+fn annotations() -> Annotations {
+    Annotations::builder()
+        .use_case_name("otlp.test")
+        .user_id("u-1")
+        .limit_ids(["daily"])
+        .build()
+        .unwrap()
+}
+
+fn body(stream: bool) -> serde_json::Value {
+    json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello there"}], "stream": stream})
+}
+
+async fn flush(t: &Telemetry) {
+    let t = t.clone();
+    tokio::task::spawn_blocking(move || t.flush()).await.unwrap();
+}
+
+async fn call(client: &Client) -> CallRecord {
+    client
+        .chat(&body(false), &annotations())
+        .await
+        .unwrap()
+        .record()
+        .clone()
+}
+
+fn client(mock: &MockServer, t: &Telemetry) -> Client {
+    Client::builder()
+        .base_url(mock.base_url())
+        .meter(t.meter_builder().build().unwrap())
+        .build()
+        .unwrap()
+}
+
+async fn exports_spans_and_metrics(protocol: Protocol) {
+    let (addr, rx) = match protocol {
+        Protocol::Grpc => grpc(any()).await,
+        Protocol::HttpProtobuf => http(any()).await,
+    };
+    let t = telemetry(protocol, addr);
+    let _subscriber = tracing::subscriber::set_default(tracing_subscriber::registry().with(t.tracing_layer()));
+    let mock = MockServer::start(MockConfig {
+        cached_fraction: 0.5,
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    let record = call(&client(&mock, &t)).await;
+    flush(&t).await;
+    assert!(eventually(|| !rx.spans().is_empty() && rx.latest_metric(semconv::METRIC_TOKEN_USAGE).is_some()).await);
+
+    let spans = rx.spans();
+    assert_eq!(spans.len(), 1);
+    let span = &spans[0];
+    assert_eq!(span.name, "chat gpt-4o");
+    assert_eq!(span.kind, SpanKind::Client as i32);
+    let usage = record.usage.unwrap();
+    assert_eq!(
+        int_attr(&span.attributes, "gen_ai.usage.input_tokens"),
+        Some(usage.input_tokens as i64)
+    );
+    assert_eq!(
+        int_attr(&span.attributes, "gen_ai.usage.output_tokens"),
+        Some(usage.output_tokens as i64)
+    );
+    assert_eq!(str_attr(&span.attributes, "gen_ai.response.id"), record.response.id);
+    assert_eq!(
+        str_attr(&span.attributes, "use_case.name").as_deref(),
+        Some("otlp.test")
+    );
+    assert_eq!(
+        str_attr(&span.attributes, "openai.request.id").as_deref(),
+        record.meta.request_id()
+    );
+    match attr(&span.attributes, "limit.ids") {
+        Some(any_value::Value::ArrayValue(a)) => assert_eq!(a.values.len(), 1),
+        other => panic!("limit.ids is not an array: {other:?}"),
+    }
+
+    let tokens = rx.latest_metric(semconv::METRIC_TOKEN_USAGE).unwrap();
+    assert_eq!(tokens.unit, "{token}");
+    let Some(metric::Data::Histogram(h)) = &tokens.data else {
+        panic!("token usage is a histogram")
+    };
+    assert_eq!(h.data_points.len(), 2);
+    for p in &h.data_points {
+        assert_eq!(p.explicit_bounds, TOKEN_BUCKETS);
+        let kind = str_attr(&p.attributes, "gen_ai.token.type").unwrap();
+        let want = if kind == "input" {
+            usage.input_tokens
+        } else {
+            usage.output_tokens
+        };
+        assert_eq!((p.count, p.sum), (1, Some(want as f64)), "{kind}");
+        assert_eq!(
+            str_attr(&p.attributes, "gen_ai.request.model").as_deref(),
+            Some("gpt-4o")
+        );
+        assert_eq!(
+            str_attr(&p.attributes, "gen_ai.response.model").as_deref(),
+            Some("gpt-4o-2024-08-06")
+        );
+        assert_eq!(str_attr(&p.attributes, "use_case.name").as_deref(), Some("otlp.test"));
+        assert_eq!(
+            str_attr(&p.attributes, "gen_ai.provider.name").as_deref(),
+            Some("openai")
+        );
+        assert_eq!(
+            str_attr(&p.attributes, "user.id"),
+            None,
+            "user.id is not a label by default"
+        );
+    }
+    let duration = rx.latest_metric(semconv::METRIC_OPERATION_DURATION).unwrap();
+    assert_eq!(duration.unit, "s");
+    let Some(metric::Data::Histogram(h)) = &duration.data else {
+        panic!("duration is a histogram")
+    };
+    assert_eq!(h.data_points[0].explicit_bounds, DURATION_BUCKETS);
+    assert_eq!(
+        counter_total(&rx.latest_metric(semconv::METRIC_INPUT_TOKENS).unwrap()),
+        usage.input_tokens
+    );
+    assert_eq!(
+        counter_total(&rx.latest_metric(semconv::METRIC_CACHED_INPUT_TOKENS).unwrap()),
+        usage.cached_input_tokens.unwrap()
+    );
+    let remaining = rx.latest_metric(semconv::METRIC_RATELIMIT_REMAINING).unwrap();
+    let Some(metric::Data::Gauge(g)) = &remaining.data else {
+        panic!("remaining is a gauge")
+    };
+    let requests = g
+        .data_points
+        .iter()
+        .find(|p| str_attr(&p.attributes, "llm_meter.ratelimit.kind").as_deref() == Some("requests"))
+        .unwrap();
+    assert_eq!(
+        requests.value,
+        Some(
+            opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsInt(
+                record.meta.requests.remaining.unwrap() as i64
+            )
+        )
+    );
+    assert_eq!(str_attr(&rx.resource(), "service.name").as_deref(), Some("otlp-test"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_spans_and_metrics_over_grpc() {
+    exports_spans_and_metrics(Protocol::Grpc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_spans_and_metrics_over_http() {
+    exports_spans_and_metrics(Protocol::HttpProtobuf).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_complete_while_the_receiver_hangs_and_the_bounded_queue_drops() {
+    let (addr, rx) = grpc(any()).await;
+    rx.hang.store(true, Ordering::Relaxed);
+    let t = Telemetry::builder()
+        .otlp(Protocol::Grpc, format!("http://{addr}"))
+        .prometheus(false)
+        .span_queue(16)
+        .export_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let _subscriber = tracing::subscriber::set_default(tracing_subscriber::registry().with(t.tracing_layer()));
+    let mock = MockServer::start(MockConfig::default()).await.unwrap();
+    let c = client(&mock, &t);
+    let started = Instant::now();
+    for _ in 0..200 {
+        let r = tokio::time::timeout(Duration::from_secs(5), call(&c))
+            .await
+            .expect("a call never waits on the exporter");
+        assert_eq!(r.error, None);
+    }
+    let calls = started.elapsed();
+    flush(&t).await;
+    let stats = t.export_stats();
+    assert_eq!(stats.ended(), 200);
+    assert_eq!(stats.exported(), 0, "the receiver never answered");
+    assert!(
+        stats.dropped_or_queued() >= 100,
+        "queue of 16 must drop most of 200 spans: {stats:?}"
+    );
+    assert!(calls < Duration::from_secs(20), "{calls:?}");
+    rx.hang.store(false, Ordering::Relaxed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiver_down_then_back_gets_right_cumulative_metrics() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let t = telemetry(Protocol::Grpc, port);
+    let _subscriber = tracing::subscriber::set_default(tracing_subscriber::registry().with(t.tracing_layer()));
+    let mock = MockServer::start(MockConfig::default()).await.unwrap();
+    let c = client(&mock, &t);
+    let mut input_tokens = 0;
+    for _ in 0..3 {
+        input_tokens += call(&c).await.usage.unwrap().input_tokens;
+    }
+    flush(&t).await;
+    assert!(
+        t.export_stats().failed() >= 3,
+        "refused exports are counted: {:?}",
+        t.export_stats()
+    );
+
+    let (_, rx) = grpc(port).await;
+    for _ in 0..2 {
+        input_tokens += call(&c).await.usage.unwrap().input_tokens;
+    }
+    flush(&t).await;
+    assert!(eventually(|| rx.latest_metric(semconv::METRIC_INPUT_TOKENS).is_some()).await);
+    assert_eq!(
+        counter_total(&rx.latest_metric(semconv::METRIC_INPUT_TOKENS).unwrap()),
+        input_tokens
+    );
+    let Some(metric::Data::Histogram(h)) = rx.latest_metric(semconv::METRIC_OPERATION_DURATION).unwrap().data else {
+        panic!("duration is a histogram")
+    };
+    assert_eq!(
+        h.data_points.iter().map(|p| p.count).sum::<u64>(),
+        5,
+        "all five calls, across the outage"
+    );
+}
