@@ -12,6 +12,7 @@ use crate::annotations::Annotations;
 use crate::client::Client;
 use crate::mock::{MockConfig, MockServer};
 use crate::record::CallRecord;
+use crate::telemetry::{prometheus, Telemetry};
 
 /// Demo settings.
 #[derive(Clone, Debug)]
@@ -26,6 +27,10 @@ pub struct DemoConfig {
     pub chunk_delay: Duration,
     /// Fraction of calls the mock fails (429 and 500).
     pub error_rate: f64,
+    /// Where `/metrics` and `/healthz` are served (`None`: not served).
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Keep sending traffic until interrupted.
+    pub forever: bool,
 }
 
 impl Default for DemoConfig {
@@ -36,6 +41,12 @@ impl Default for DemoConfig {
             latency: Duration::from_millis(20),
             chunk_delay: Duration::from_millis(5),
             error_rate: 0.05,
+            metrics_listen: Some(
+                crate::telemetry::prometheus::DEFAULT_METRICS_ADDR
+                    .parse()
+                    .expect("valid default"),
+            ),
+            forever: false,
         }
     }
 }
@@ -81,8 +92,9 @@ const USE_CASES: [(&str, &str, bool); 4] = [
     ("docs.summarize", "gpt-4o", true),
 ];
 
-/// Runs the demo and prints a summary to stdout.
-pub async fn run(config: DemoConfig) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// Runs the demo with `telemetry` (its metrics, and its spans when its layer is installed) and
+/// prints a summary to stdout.
+pub async fn run(config: DemoConfig, telemetry: &Telemetry) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mock = MockServer::start(MockConfig {
         latency: config.latency,
         chunk_delay: config.chunk_delay,
@@ -94,19 +106,51 @@ pub async fn run(config: DemoConfig) -> Result<(), Box<dyn std::error::Error + S
     })
     .await?;
     println!("llm-meter demo: mock provider at {}", mock.base_url());
+    if let (Some(addr), Some(registry)) = (config.metrics_listen, telemetry.registry()) {
+        let bound = prometheus::serve(addr, registry.clone())
+            .await
+            .map_err(|e| format!("cannot serve /metrics on {addr}: {e} (choose another with --metrics-listen)"))?;
+        println!("metrics: http://{bound}/metrics");
+    }
+    if telemetry.otlp_enabled() {
+        println!("OTLP export: on (from OTEL_EXPORTER_OTLP_* variables)");
+    }
     let tally = Arc::new(Mutex::new(Tally::default()));
     let sink = tally.clone();
-    let client = Client::builder()
-        .base_url(mock.base_url())
-        .api_key("sk-demo-not-a-real-key")
+    let meter = telemetry
+        .meter_builder()
         .hook(move |r: &CallRecord| {
             if let Ok(mut t) = sink.lock() {
                 t.add(r);
             }
         })
         .build()?;
+    let client = Client::builder()
+        .base_url(mock.base_url())
+        .api_key("sk-demo-not-a-real-key")
+        .meter(meter)
+        .build()?;
 
     let started = Instant::now();
+    let mut round = 0usize;
+    loop {
+        drive(&client, &config, round).await;
+        round += 1;
+        if !config.forever {
+            break;
+        }
+        let t = tally.lock().map_err(|_| "tally poisoned")?;
+        println!(
+            "  round {round}: {} calls so far, {} tokens",
+            t.calls,
+            t.input_tokens + t.output_tokens
+        );
+    }
+    summarize(&tally, started)
+}
+
+/// One batch of `config.calls` annotated calls, `config.concurrency` at a time.
+async fn drive(client: &Client, config: &DemoConfig, round: usize) {
     let calls = futures_util::stream::iter(0..config.calls)
         .map(|i| {
             let client = client.clone();
@@ -143,11 +187,13 @@ pub async fn run(config: DemoConfig) -> Result<(), Box<dyn std::error::Error + S
     let mut calls = std::pin::pin!(calls);
     while calls.next().await.is_some() {
         done += 1;
-        if done % 20 == 0 || done == config.calls {
+        if round == 0 && (done % 20 == 0 || done == config.calls) {
             println!("  {done}/{} calls", config.calls);
         }
     }
+}
 
+fn summarize(tally: &Mutex<Tally>, started: Instant) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let t = tally.lock().map_err(|_| "tally poisoned")?;
     println!(
         "\n{} calls ({} streamed) in {:.2}s",

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use llm_meter::demo::{self, DemoConfig};
 use llm_meter::mock::{self, MockConfig};
+use llm_meter::telemetry::Telemetry;
 
 #[derive(Parser)]
 #[command(name = "llm-meter", version, about = "Observability for LLM chat-completion calls")]
@@ -19,12 +20,18 @@ struct Cli {
 enum Command {
     /// Run the embedded mock provider and a mix of annotated calls, then print a summary.
     Demo {
-        /// Number of calls.
+        /// Number of calls (per round with --forever).
         #[arg(long, default_value_t = 120)]
         calls: usize,
         /// Calls in flight at once.
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
+        /// Address for /metrics and /healthz.
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        metrics_listen: SocketAddr,
+        /// Keep sending traffic until interrupted.
+        #[arg(long)]
+        forever: bool,
     },
     /// Run the mock OpenAI provider alone.
     Mock {
@@ -66,13 +73,24 @@ fn main() -> ExitCode {
     };
     let result: Result<(), Box<dyn std::error::Error + Send + Sync>> = runtime.block_on(async {
         match cli.command {
-            Command::Demo { calls, concurrency } => {
-                demo::run(DemoConfig {
+            Command::Demo {
+                calls,
+                concurrency,
+                metrics_listen,
+                forever,
+            } => {
+                let telemetry = Telemetry::builder().service_name("llm-meter-demo").build()?.install()?;
+                let config = DemoConfig {
                     calls,
                     concurrency,
+                    metrics_listen: Some(metrics_listen),
+                    forever,
                     ..DemoConfig::default()
-                })
-                .await
+                };
+                tokio::select! {
+                    result = demo::run(config, &telemetry) => result,
+                    _ = tokio::signal::ctrl_c() => Ok(()),
+                }
             }
             Command::Mock {
                 listen,

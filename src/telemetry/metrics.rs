@@ -302,10 +302,8 @@ impl Metrics {
         if m.requests.is_empty() && m.tokens.is_empty() {
             return;
         }
-        let model = match &r.response.model {
-            Some(model) => self.capped(&i.response_model, model),
-            None => self.capped(&i.request_model, &r.request.model),
-        };
+        // Rate limits are per model as the caller names it, whatever snapshot answered.
+        let model = self.capped(&i.request_model, &r.request.model);
         let mut labels = [
             KeyValue::new(
                 GEN_AI_PROVIDER_NAME,

@@ -1,0 +1,29 @@
+//! `llm-meter demo`: the mix of annotated calls lands in the metrics served on /metrics.
+
+use llm_meter::demo::{run, DemoConfig};
+use llm_meter::telemetry::Telemetry;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_traffic_shows_on_metrics() {
+    let telemetry = Telemetry::builder().without_otlp().build().unwrap();
+    let config = DemoConfig {
+        calls: 24,
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..DemoConfig::default()
+    };
+    run(config, &telemetry).await.unwrap();
+    let text = llm_meter::telemetry::prometheus::encode(telemetry.registry().unwrap()).unwrap();
+    for use_case in ["support.triage", "support.reply", "search.rerank", "docs.summarize"] {
+        assert!(
+            text.contains(&format!("use_case_name=\"{use_case}\"")),
+            "{use_case} missing"
+        );
+    }
+    let count: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("gen_ai_client_operation_duration_seconds_count"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(count, 24.0, "every call is counted once");
+    assert!(text.contains("gen_ai_client_operation_time_to_first_chunk_seconds_count"));
+}

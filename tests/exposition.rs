@@ -1,0 +1,185 @@
+//! The Prometheus exposition: golden text for a scripted set of calls, `promtool check metrics`
+//! on it, the Prometheus names DESIGN promises, and the `/metrics` and `/healthz` routes.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use llm_meter::provider::{FinishReason, ProviderMeta, RateLimit, ResponseFacts, Usage};
+use llm_meter::record::{RequestFacts, Timings};
+use llm_meter::semconv::OPERATION_CHAT;
+use llm_meter::telemetry::prometheus::{encode, serve};
+use llm_meter::telemetry::Telemetry;
+use llm_meter::{Annotations, CallRecord, ErrorType};
+
+const GOLDEN: &str = "tests/data/exposition.prom";
+
+fn scripted_record(i: u64) -> CallRecord {
+    let (use_case, model, stream) = [
+        ("support.triage", "gpt-4o-mini", false),
+        ("docs.summarize", "gpt-4o", true),
+    ][i as usize % 2];
+    CallRecord {
+        operation: OPERATION_CHAT,
+        provider: Arc::from("openai"),
+        server_address: Arc::from("api.openai.com"),
+        server_port: Some(443),
+        annotations: Annotations::builder()
+            .use_case_name(use_case)
+            .user_id(format!("user-{i}"))
+            .build()
+            .unwrap(),
+        request: RequestFacts {
+            model: model.into(),
+            stream,
+            ..RequestFacts::default()
+        },
+        status: Some(if i == 5 { 429 } else { 200 }),
+        meta: {
+            let mut m = ProviderMeta::default();
+            m.processing = Some(Duration::from_millis(100 * i));
+            m.requests = RateLimit {
+                limit: Some(500),
+                remaining: Some(500 - i),
+                reset: Some(Duration::from_millis(120)),
+            };
+            m.tokens = RateLimit {
+                limit: Some(30000),
+                remaining: Some(30000 - 100 * i),
+                reset: Some(Duration::from_secs(6)),
+            };
+            m
+        },
+        response: if i == 5 {
+            ResponseFacts::default()
+        } else {
+            ResponseFacts {
+                model: Some(format!("{model}-2024-08-06")),
+                finish_reasons: vec![FinishReason::Stop],
+                ..ResponseFacts::default()
+            }
+        },
+        usage: (i != 5).then_some(Usage {
+            input_tokens: 20 * i + 7,
+            output_tokens: 40 * i + 3,
+            cached_input_tokens: Some(i),
+            reasoning_tokens: Some(0),
+            ..Usage::default()
+        }),
+        timings: Timings {
+            started_at: SystemTime::UNIX_EPOCH,
+            duration: Duration::from_millis(30 * (i + 1)),
+            time_to_first_chunk: stream.then(|| Duration::from_millis(15 * (i + 1))),
+            time_per_output_chunk: stream.then(|| Duration::from_millis(5)),
+            chunks: if stream { 10 } else { 0 },
+        },
+        error: (i == 5).then_some(ErrorType::Status(429)),
+    }
+}
+
+fn scripted_exposition() -> String {
+    let t = Telemetry::builder()
+        .without_otlp()
+        .service_name("golden")
+        .build()
+        .unwrap();
+    for i in 0..8 {
+        t.metrics().record(&scripted_record(i));
+    }
+    encode(t.registry().unwrap()).unwrap()
+}
+
+#[test]
+fn exposition_matches_the_golden_file() {
+    let text = scripted_exposition();
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(GOLDEN, &text).unwrap();
+    }
+    let golden = std::fs::read_to_string(GOLDEN).expect("golden file (regenerate with UPDATE_GOLDEN=1)");
+    assert_eq!(
+        text, golden,
+        "exposition changed; if intended, regenerate with UPDATE_GOLDEN=1 and review the diff"
+    );
+}
+
+#[test]
+fn prometheus_names_are_the_ones_dashboards_use() {
+    let text = scripted_exposition();
+    for name in [
+        "gen_ai_client_operation_duration_seconds_bucket",
+        "gen_ai_client_operation_duration_seconds_count",
+        "gen_ai_client_token_usage_bucket",
+        "gen_ai_client_token_usage_sum",
+        "gen_ai_client_operation_time_to_first_chunk_seconds_bucket",
+        "gen_ai_client_operation_time_per_output_chunk_seconds_bucket",
+        "gen_ai_client_inference_usage_input_tokens_total",
+        "gen_ai_client_inference_usage_output_tokens_total",
+        "gen_ai_client_inference_usage_cache_read_input_tokens_total",
+        "gen_ai_client_inference_usage_reasoning_output_tokens_total",
+        "llm_meter_provider_processing_duration_seconds_bucket",
+        "llm_meter_ratelimit_remaining",
+        "llm_meter_ratelimit_limit",
+        "llm_meter_ratelimit_reset_seconds",
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(name)),
+            "{name} missing from /metrics"
+        );
+    }
+    assert!(text.contains(r#"error_type="429""#));
+    assert!(
+        !text.contains(r#"use_case_name="support_triage""#),
+        "label values are not mangled"
+    );
+    assert!(text.contains(r#"use_case_name="support.triage""#));
+    assert!(!text.contains("user_id"), "user.id is not a label by default");
+}
+
+#[test]
+fn promtool_accepts_the_exposition() {
+    let Ok(mut child) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        panic!("promtool not found: install Prometheus's tools (Debian: `apt-get install prometheus`), then rerun");
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(scripted_exposition().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool check metrics failed:\n{report}");
+}
+
+#[tokio::test]
+async fn metrics_and_healthz_are_served() {
+    let t = Telemetry::builder().without_otlp().build().unwrap();
+    t.metrics().record(&scripted_record(1));
+    let addr = serve("127.0.0.1:0".parse().unwrap(), t.registry().unwrap().clone())
+        .await
+        .unwrap();
+    let resp = reqwest::get(format!("http://{addr}/metrics")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let body = resp.text().await.unwrap();
+    assert!(body.contains("gen_ai_client_inference_usage_input_tokens_total{"));
+    let health = reqwest::get(format!("http://{addr}/healthz")).await.unwrap();
+    assert_eq!(
+        (health.status().as_u16(), health.text().await.unwrap()),
+        (200, "ok\n".to_owned())
+    );
+}

@@ -1,0 +1,330 @@
+//! Metric instruments: names, units, buckets, labels and values, through the SDK's in-memory
+//! exporter; label caps under 10,000 distinct users.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_util::StreamExt;
+use llm_meter::mock::{MockConfig, MockServer};
+use llm_meter::opentelemetry::metrics::MeterProvider as _;
+use llm_meter::opentelemetry::{KeyValue, Value};
+use llm_meter::opentelemetry_sdk::metrics::data::{AggregatedMetrics, Metric, MetricData, ResourceMetrics};
+use llm_meter::opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+use llm_meter::provider::{ProviderMeta, ResponseFacts, Usage};
+use llm_meter::record::{RequestFacts, Timings};
+use llm_meter::semconv::*;
+use llm_meter::telemetry::metrics::{DURATION_BUCKETS, TOKEN_BUCKETS};
+use llm_meter::telemetry::{LabelPolicy, Metrics};
+use llm_meter::{Annotations, CallRecord, Client, ErrorType, Meter};
+use serde_json::json;
+
+struct Harness {
+    provider: SdkMeterProvider,
+    exporter: InMemoryMetricExporter,
+    metrics: Metrics,
+}
+
+fn harness(policy: LabelPolicy) -> Harness {
+    let exporter = InMemoryMetricExporter::default();
+    let provider = SdkMeterProvider::builder()
+        .with_reader(PeriodicReader::builder(exporter.clone()).build())
+        .build();
+    let metrics = Metrics::new(&provider.meter("llm-meter"), policy);
+    Harness {
+        provider,
+        exporter,
+        metrics,
+    }
+}
+
+impl Harness {
+    fn collect(&self) -> ResourceMetrics {
+        self.provider.force_flush().unwrap();
+        self.exporter.get_finished_metrics().unwrap().pop().expect("an export")
+    }
+}
+
+fn find<'a>(rm: &'a ResourceMetrics, name: &str) -> &'a Metric {
+    rm.scope_metrics()
+        .flat_map(|s| s.metrics())
+        .find(|m| m.name() == name)
+        .unwrap_or_else(|| panic!("no metric {name}"))
+}
+
+fn label<'a>(attrs: impl Iterator<Item = &'a KeyValue>, key: &str) -> Option<String> {
+    attrs
+        .into_iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| kv.value.to_string())
+}
+
+fn sum_u64(m: &Metric) -> u64 {
+    match m.data() {
+        AggregatedMetrics::U64(MetricData::Sum(s)) => s.data_points().map(|p| p.value()).sum(),
+        other => panic!("{} is not a u64 sum: {other:?}", m.name()),
+    }
+}
+
+fn record(user: &str, input: u64) -> CallRecord {
+    CallRecord {
+        operation: OPERATION_CHAT,
+        provider: Arc::from("openai"),
+        server_address: Arc::from("api.openai.com"),
+        server_port: Some(443),
+        annotations: Annotations::builder()
+            .use_case_name("support")
+            .user_id(user)
+            .build()
+            .unwrap(),
+        request: RequestFacts {
+            model: "gpt-4o".into(),
+            ..RequestFacts::default()
+        },
+        status: Some(200),
+        meta: ProviderMeta::default(),
+        response: ResponseFacts {
+            model: Some("gpt-4o-2024-08-06".into()),
+            ..ResponseFacts::default()
+        },
+        usage: Some(Usage {
+            input_tokens: input,
+            output_tokens: 5,
+            ..Usage::default()
+        }),
+        timings: Timings {
+            started_at: SystemTime::now(),
+            duration: Duration::from_millis(250),
+            time_to_first_chunk: None,
+            time_per_output_chunk: None,
+            chunks: 0,
+        },
+        error: None,
+    }
+}
+
+#[tokio::test]
+async fn calls_through_the_client_record_every_instrument_with_exact_names_units_and_buckets() {
+    let h = harness(LabelPolicy::default());
+    let mock = MockServer::start(MockConfig {
+        cached_fraction: 0.5,
+        reasoning_tokens: 7,
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    let meter = Meter::builder().metrics(h.metrics.clone()).build().unwrap();
+    let client = Client::builder()
+        .base_url(mock.base_url())
+        .meter(meter)
+        .build()
+        .unwrap();
+    let a = Annotations::builder()
+        .use_case_name("triage")
+        .user_id("u-1")
+        .build()
+        .unwrap();
+    let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi there, friend"}]});
+    let r1 = client.chat(&body, &a).await.unwrap().record().clone();
+    let mut stream_body = body.clone();
+    stream_body["stream"] = json!(true);
+    let mut s = client.chat_stream(&stream_body, &a).await.unwrap();
+    while s.next().await.is_some() {}
+    let r2 = s.record().unwrap().clone();
+    let failing = Client::builder()
+        .base_url(mock.base_url())
+        .meter(Meter::builder().metrics(h.metrics.clone()).build().unwrap())
+        .default_header("x-mock-error".parse().unwrap(), "429".parse().unwrap())
+        .build()
+        .unwrap();
+    failing.chat(&body, &a).await.unwrap();
+    let rm = h.collect();
+
+    let (u1, u2) = (r1.usage.unwrap(), r2.usage.unwrap());
+    let duration = find(&rm, METRIC_OPERATION_DURATION);
+    assert_eq!(duration.unit(), "s");
+    let AggregatedMetrics::F64(MetricData::Histogram(hist)) = duration.data() else {
+        panic!()
+    };
+    let points: Vec<_> = hist.data_points().collect();
+    assert_eq!(points.len(), 2, "one series for successes, one for error.type=429");
+    for p in &points {
+        assert_eq!(p.bounds().collect::<Vec<_>>(), DURATION_BUCKETS);
+        assert_eq!(label(p.attributes(), GEN_AI_OPERATION_NAME).as_deref(), Some("chat"));
+        assert_eq!(
+            label(p.attributes(), GEN_AI_REQUEST_MODEL).as_deref(),
+            Some("gpt-4o-mini")
+        );
+        assert_eq!(label(p.attributes(), USE_CASE_NAME).as_deref(), Some("triage"));
+        assert_eq!(label(p.attributes(), USER_ID), None);
+        match label(p.attributes(), ERROR_TYPE) {
+            Some(e) => assert_eq!((e.as_str(), p.count()), ("429", 1)),
+            None => {
+                assert_eq!(p.count(), 2);
+                assert_eq!(
+                    label(p.attributes(), GEN_AI_RESPONSE_MODEL).as_deref(),
+                    Some("gpt-4o-mini-2024-07-18")
+                );
+            }
+        }
+    }
+
+    let tokens = find(&rm, METRIC_TOKEN_USAGE);
+    assert_eq!(tokens.unit(), "{token}");
+    let AggregatedMetrics::U64(MetricData::Histogram(hist)) = tokens.data() else {
+        panic!()
+    };
+    for p in hist.data_points() {
+        assert_eq!(p.bounds().collect::<Vec<_>>(), TOKEN_BUCKETS);
+        let want = match label(p.attributes(), GEN_AI_TOKEN_TYPE).as_deref() {
+            Some("input") => u1.input_tokens + u2.input_tokens,
+            Some("output") => u1.output_tokens + u2.output_tokens,
+            other => panic!("token type {other:?}"),
+        };
+        assert_eq!((p.count(), p.sum()), (2, want));
+    }
+
+    assert_eq!(
+        sum_u64(find(&rm, METRIC_INPUT_TOKENS)),
+        u1.input_tokens + u2.input_tokens
+    );
+    assert_eq!(
+        sum_u64(find(&rm, METRIC_OUTPUT_TOKENS)),
+        u1.output_tokens + u2.output_tokens
+    );
+    assert_eq!(sum_u64(find(&rm, METRIC_REASONING_TOKENS)), 14);
+    assert_eq!(
+        sum_u64(find(&rm, METRIC_CACHED_INPUT_TOKENS)),
+        u1.cached_input_tokens.unwrap() + u2.cached_input_tokens.unwrap()
+    );
+
+    for name in [METRIC_TIME_TO_FIRST_CHUNK, METRIC_TIME_PER_OUTPUT_CHUNK] {
+        let m = find(&rm, name);
+        assert_eq!(m.unit(), "s");
+        let AggregatedMetrics::F64(MetricData::Histogram(hist)) = m.data() else {
+            panic!()
+        };
+        assert_eq!(
+            hist.data_points().map(|p| p.count()).sum::<u64>(),
+            1,
+            "{name}: streams only"
+        );
+    }
+    let processing = find(&rm, METRIC_PROVIDER_PROCESSING);
+    assert_eq!(processing.unit(), "s");
+
+    let remaining = find(&rm, METRIC_RATELIMIT_REMAINING);
+    let AggregatedMetrics::U64(MetricData::Gauge(g)) = remaining.data() else {
+        panic!()
+    };
+    let kinds: Vec<_> = g
+        .data_points()
+        .map(|p| label(p.attributes(), RATELIMIT_KIND).unwrap())
+        .collect();
+    assert_eq!(kinds.len(), 2, "{kinds:?}");
+    for p in g.data_points() {
+        assert_eq!(label(p.attributes(), SERVER_ADDRESS).as_deref(), Some("127.0.0.1"));
+        assert_eq!(
+            label(p.attributes(), GEN_AI_REQUEST_MODEL).as_deref(),
+            Some("gpt-4o-mini")
+        );
+    }
+    let reset = find(&rm, METRIC_RATELIMIT_RESET);
+    assert_eq!(reset.unit(), "s");
+}
+
+#[test]
+fn absent_rate_limit_headers_report_nothing() {
+    let h = harness(LabelPolicy::default());
+    h.metrics.record(&record("u", 3));
+    let rm = h.collect();
+    let names: Vec<_> = rm
+        .scope_metrics()
+        .flat_map(|s| s.metrics())
+        .map(|m| m.name().to_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.starts_with("llm_meter.ratelimit")), "{names:?}");
+    assert!(!names.iter().any(|n| n == METRIC_TIME_TO_FIRST_CHUNK));
+}
+
+#[test]
+fn ten_thousand_users_stay_bounded_when_user_id_is_opted_in() {
+    let h = harness(LabelPolicy {
+        user_id: Some(100),
+        ..LabelPolicy::default()
+    });
+    let mut total = 0;
+    for i in 0..10_000 {
+        h.metrics.record(&record(&format!("user-{i}"), i % 50 + 1));
+        total += i % 50 + 1;
+    }
+    let rm = h.collect();
+    let input = find(&rm, METRIC_INPUT_TOKENS);
+    let AggregatedMetrics::U64(MetricData::Sum(sum)) = input.data() else {
+        panic!()
+    };
+    let series: Vec<_> = sum.data_points().collect();
+    assert_eq!(series.len(), 101, "100 users plus 'other'");
+    let other = series
+        .iter()
+        .find(|p| label(p.attributes(), USER_ID).as_deref() == Some("other"))
+        .unwrap();
+    assert_eq!(other.value(), (100..10_000u64).map(|i| i % 50 + 1).sum::<u64>());
+    assert_eq!(
+        series.iter().map(|p| p.value()).sum::<u64>(),
+        total,
+        "nothing lost in the fold"
+    );
+    let overflow = find(&rm, METRIC_LABEL_OVERFLOW);
+    let AggregatedMetrics::U64(MetricData::Sum(sum)) = overflow.data() else {
+        panic!()
+    };
+    let folds: Vec<_> = sum
+        .data_points()
+        .map(|p| (label(p.attributes(), LABEL_NAME).unwrap(), p.value()))
+        .collect();
+    assert_eq!(folds, [(USER_ID.to_owned(), 9_900)]);
+}
+
+#[test]
+fn ten_thousand_users_add_no_series_by_default() {
+    let h = harness(LabelPolicy::default());
+    for i in 0..10_000 {
+        h.metrics.record(&record(&format!("user-{i}"), 1));
+    }
+    let rm = h.collect();
+    let AggregatedMetrics::U64(MetricData::Sum(sum)) = find(&rm, METRIC_INPUT_TOKENS).data() else {
+        panic!()
+    };
+    assert_eq!(sum.data_points().count(), 1);
+}
+
+#[test]
+fn use_case_and_model_names_from_callers_are_capped_too() {
+    let h = harness(LabelPolicy {
+        use_cases: 3,
+        models: 2,
+        ..LabelPolicy::default()
+    });
+    for i in 0..50 {
+        let mut r = record("u", 1);
+        r.annotations = Annotations::builder().use_case_name(format!("uc-{i}")).build().unwrap();
+        r.request.model = format!("model-{i}");
+        r.response.model = None;
+        r.error = Some(ErrorType::Status(400));
+        h.metrics.record(&r);
+    }
+    let rm = h.collect();
+    let AggregatedMetrics::U64(MetricData::Sum(sum)) = find(&rm, METRIC_INPUT_TOKENS).data() else {
+        panic!()
+    };
+    assert!(sum.data_points().count() <= 4 * 3, "bounded by the caps");
+    let values: Vec<Value> = sum
+        .data_points()
+        .flat_map(|p| {
+            p.attributes()
+                .filter(|kv| kv.key.as_str() == USE_CASE_NAME)
+                .map(|kv| kv.value.clone())
+        })
+        .collect();
+    assert!(values.contains(&Value::from("other")));
+}
