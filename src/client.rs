@@ -22,6 +22,7 @@ use crate::meter::{Call, Meter, MeterBuilder, Server};
 pub use crate::meter::{ChatStream, StreamUsage};
 use crate::provider::{ChatCompletion, ProviderMeta, Usage};
 use crate::record::{CallHook, CallRecord, ErrorType};
+use crate::xproxy::XProxyResult;
 
 /// OpenAI's API base.
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
@@ -46,6 +47,14 @@ pub enum Error {
     /// Building the client failed.
     #[error("invalid client configuration: {0}")]
     Config(String),
+    /// A block limit refused the call; the provider was not called.
+    #[error("limit reached: refused by {}", blocked_limit_ids.join(", "))]
+    LimitReached {
+        /// The limits that refused the call.
+        blocked_limit_ids: Vec<String>,
+        /// The record of the refused call.
+        record: Box<CallRecord>,
+    },
 }
 
 impl Error {
@@ -54,6 +63,7 @@ impl Error {
         match self {
             Error::InvalidRequest(_) | Error::Config(_) => ErrorType::InvalidRequest,
             Error::Http { kind, .. } => *kind,
+            Error::LimitReached { .. } => ErrorType::LimitReached,
         }
     }
 
@@ -175,6 +185,22 @@ impl ClientBuilder {
     /// Adds a sink that sees every finished [`CallRecord`].
     pub fn hook(mut self, hook: impl CallHook) -> Self {
         self.meter = self.meter.hook(hook);
+        self
+    }
+
+    /// Prices for cost (default: the embedded table).
+    pub fn prices(mut self, prices: crate::pricing::PriceTable) -> Self {
+        self.meter = self.meter.prices(prices);
+        self
+    }
+    /// Tracks spend per limit id in `ledger`.
+    pub fn ledger(mut self, ledger: crate::limits::SharedLedger) -> Self {
+        self.meter = self.meter.ledger(ledger);
+        self
+    }
+    /// Refuse, before calling the provider, calls that a block limit refuses (default off).
+    pub fn enforce_limits(mut self, on: bool) -> Self {
+        self.meter = self.meter.enforce_limits(on);
         self
     }
 
@@ -306,6 +332,10 @@ impl ChatResponse {
     pub fn record(&self) -> &CallRecord {
         &self.record
     }
+    /// The call's outcome in Pay-i's `xproxy_result` shape (cost, limit states).
+    pub fn xproxy_result(&self) -> XProxyResult {
+        XProxyResult::from_record(&self.record)
+    }
     /// Splits into status, headers and body.
     pub fn into_parts(self) -> (StatusCode, HeaderMap, Bytes) {
         (self.status, self.headers, self.body)
@@ -340,6 +370,15 @@ impl Client {
             .inner
             .meter
             .start(self.inner.server.clone(), annotations, prepared.facts);
+        if self.inner.meter.enforces_limits() {
+            if let Err(blocked) = call.admit(prepared.body.len()) {
+                let record = call.finish_blocked(blocked.clone());
+                return Err(Error::LimitReached {
+                    blocked_limit_ids: blocked,
+                    record: Box::new(record),
+                });
+            }
+        }
         let mut headers = self.inner.headers.clone();
         call.inject_trace_context(&mut headers);
         if self.inner.send_annotation_headers {

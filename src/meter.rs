@@ -19,8 +19,10 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::annotations::Annotations;
 use crate::client::Error;
+use crate::limits::{LimitState, SharedLedger};
+use crate::pricing::{Cost, PriceTable};
 use crate::provider::{ChatCompletion, ProviderMeta, ResponseFacts};
-use crate::record::{CallHook, CallRecord, ErrorType, RequestFacts, StreamOptions, Timings};
+use crate::record::{CallHook, CallId, CallRecord, ErrorType, RequestFacts, StreamOptions, Timings};
 use crate::semconv;
 use crate::stream::{EventCutter, EventOutcome, StreamObserver};
 use crate::telemetry::metrics::Metrics;
@@ -53,6 +55,10 @@ struct MeterInner {
     defaults: HashMap<String, Map<String, Value>>,
     metrics: Option<Metrics>,
     hooks: Vec<Arc<dyn CallHook>>,
+    prices: PriceTable,
+    ledger: Option<SharedLedger>,
+    enforce_limits: bool,
+    reserve_max_tokens: u64,
 }
 
 impl fmt::Debug for Meter {
@@ -82,6 +88,10 @@ pub struct MeterBuilder {
     defaults: HashMap<String, Value>,
     metrics: Option<Metrics>,
     hooks: Vec<Arc<dyn CallHook>>,
+    prices: PriceTable,
+    ledger: Option<SharedLedger>,
+    enforce_limits: bool,
+    reserve_max_tokens: u64,
 }
 
 impl Default for MeterBuilder {
@@ -94,6 +104,10 @@ impl Default for MeterBuilder {
             defaults: HashMap::new(),
             metrics: None,
             hooks: Vec::new(),
+            prices: PriceTable::embedded(),
+            ledger: None,
+            enforce_limits: false,
+            reserve_max_tokens: 4096,
         }
     }
 }
@@ -136,6 +150,29 @@ impl MeterBuilder {
         self
     }
 
+    /// Prices for cost (default: the embedded table).
+    pub fn prices(mut self, prices: PriceTable) -> Self {
+        self.prices = prices;
+        self
+    }
+    /// Tracks spend per limit id in `ledger` (every call settles its cost there).
+    pub fn ledger(mut self, ledger: SharedLedger) -> Self {
+        self.ledger = Some(ledger);
+        self
+    }
+    /// Refuse calls that a block limit would refuse, before calling the provider (the proxy
+    /// always does; for the library client it is opt-in, default off).
+    pub fn enforce_limits(mut self, on: bool) -> Self {
+        self.enforce_limits = on;
+        self
+    }
+    /// Output tokens assumed for a call's worst-case cost when it sets no `max_completion_tokens`
+    /// (default 4096).
+    pub fn reserve_max_tokens(mut self, tokens: u64) -> Self {
+        self.reserve_max_tokens = tokens;
+        self
+    }
+
     /// Builds the meter; fails when model defaults are not JSON objects.
     pub fn build(self) -> Result<Meter, Error> {
         let mut defaults = HashMap::with_capacity(self.defaults.len());
@@ -158,9 +195,18 @@ impl MeterBuilder {
                 stream_usage: self.stream_usage,
                 spans: self.spans,
                 defaults,
-                metrics: self.metrics,
+                metrics: self.metrics.clone(),
                 hooks: self.hooks,
+                prices: self.prices,
+                ledger: self.ledger.clone(),
+                enforce_limits: self.enforce_limits,
+                reserve_max_tokens: self.reserve_max_tokens,
             }),
+        })
+        .inspect(|_| {
+            if let (Some(metrics), Some(ledger)) = (&self.metrics, &self.ledger) {
+                metrics.watch_ledger(ledger.clone());
+            }
         })
     }
 }
@@ -206,6 +252,8 @@ pub struct Call {
     request: RequestFacts,
     started_at: SystemTime,
     started: Instant,
+    /// USD reserved on the call's limits at admission.
+    reservation: f64,
 }
 
 impl fmt::Debug for Call {
@@ -311,11 +359,87 @@ impl Meter {
             request,
             started_at: SystemTime::now(),
             started: Instant::now(),
+            reservation: 0.0,
         }
+    }
+
+    /// Whether calls are checked against block limits before they are sent.
+    pub fn enforces_limits(&self) -> bool {
+        self.inner.enforce_limits && self.inner.ledger.is_some()
+    }
+
+    /// The price table.
+    pub fn prices(&self) -> &PriceTable {
+        &self.inner.prices
+    }
+
+    /// The ledger, when limits are tracked.
+    pub fn ledger(&self) -> Option<&SharedLedger> {
+        self.inner.ledger.as_ref()
+    }
+
+    /// Worst-case cost of a request: about a token per 4 bytes of body for input, and
+    /// `max_completion_tokens` (else the configured default) per choice for output. Unpriced
+    /// models reserve nothing.
+    pub fn worst_case_cost(&self, request: &RequestFacts, body_len: usize) -> f64 {
+        let Some(price) = self.inner.prices.price(&request.model) else {
+            return 0.0;
+        };
+        let input = (body_len as f64 / 4.0).ceil();
+        let output = request.max_tokens.unwrap_or(self.inner.reserve_max_tokens) as f64
+            * request.choice_count.unwrap_or(1).max(1) as f64;
+        (input * price.input + output * price.output) / 1_000_000.0
     }
 }
 
 impl Call {
+    /// Pre-flight check against block limits: reserves the call's worst-case cost on every
+    /// limit it names, or returns the ids of the limits that refuse it.
+    pub fn admit(&mut self, body_len: usize) -> Result<(), Vec<String>> {
+        let Some(ledger) = self.meter.inner.ledger.clone() else {
+            return Ok(());
+        };
+        let ids = self.annotations.limit_ids();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let reservation = self.meter.worst_case_cost(&self.request, body_len);
+        let admission = ledger.admit(ids, reservation);
+        if admission.blocked.is_empty() {
+            self.reservation = reservation;
+            Ok(())
+        } else {
+            Err(admission.blocked)
+        }
+    }
+
+    /// Finishes a call that a block limit refused: the provider was not called.
+    pub fn finish_blocked(self, blocked: Vec<String>) -> CallRecord {
+        let mut limits = Vec::new();
+        if let Some(ledger) = &self.meter.inner.ledger {
+            limits = ledger.settle(self.annotations.limit_ids(), 0.0, 0.0);
+            for (id, state) in &mut limits {
+                if blocked.contains(id) {
+                    *state = LimitState::Blocked;
+                }
+            }
+        }
+        if let Some(metrics) = &self.meter.inner.metrics {
+            metrics.record_blocked(&blocked);
+        }
+        self.finish_with(
+            None,
+            ProviderMeta::default(),
+            ResponseFacts::default(),
+            None,
+            None,
+            Some(ErrorType::LimitReached),
+            None,
+            limits,
+            blocked,
+        )
+    }
+
     /// The call's span (disabled when spans are off).
     pub fn span(&self) -> &Span {
         &self.span
@@ -383,6 +507,29 @@ impl Call {
     }
 
     fn finish(
+        self,
+        status: Option<StatusCode>,
+        meta: ProviderMeta,
+        response: ResponseFacts,
+        usage: Option<crate::provider::Usage>,
+        stream: Option<&StreamObserver>,
+        error: Option<ErrorType>,
+    ) -> CallRecord {
+        let model = response.model.as_deref().unwrap_or(&self.request.model);
+        let cost = usage.and_then(|u| self.meter.inner.prices.cost(model, &u));
+        let limits = match &self.meter.inner.ledger {
+            Some(ledger) if !self.annotations.limit_ids().is_empty() => ledger.settle(
+                self.annotations.limit_ids(),
+                self.reservation,
+                cost.map_or(0.0, |c| c.total),
+            ),
+            _ => Vec::new(),
+        };
+        self.finish_with(status, meta, response, usage, stream, error, cost, limits, Vec::new())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish_with(
         mut self,
         status: Option<StatusCode>,
         meta: ProviderMeta,
@@ -390,6 +537,9 @@ impl Call {
         usage: Option<crate::provider::Usage>,
         stream: Option<&StreamObserver>,
         error: Option<ErrorType>,
+        cost: Option<Cost>,
+        limits: Vec<(String, LimitState)>,
+        blocked_limit_ids: Vec<String>,
     ) -> CallRecord {
         let duration = self.started.elapsed();
         let (ttfc, tpoc, chunks) = match stream {
@@ -404,6 +554,7 @@ impl Call {
             None => (None, None, 0),
         };
         let record = CallRecord {
+            id: CallId::new(),
             operation: semconv::OPERATION_CHAT,
             provider: self.meter.inner.provider.clone(),
             server_address: self.server.address,
@@ -422,6 +573,9 @@ impl Call {
                 chunks,
             },
             error,
+            cost,
+            limits,
+            blocked_limit_ids,
         };
         record_on_span(&self.span, self.otel.take(), &record);
         if let Some(metrics) = &self.meter.inner.metrics {
@@ -474,6 +628,10 @@ impl ChatStream {
     /// The record, once the stream has ended.
     pub fn record(&self) -> Option<&CallRecord> {
         self.record.as_ref()
+    }
+    /// The call's outcome in Pay-i's `xproxy_result` shape, once the stream has ended.
+    pub fn xproxy_result(&self) -> Option<crate::xproxy::XProxyResult> {
+        self.record.as_ref().map(crate::xproxy::XProxyResult::from_record)
     }
 
     fn finish(&mut self, error: Option<ErrorType>) {

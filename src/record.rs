@@ -1,12 +1,15 @@
 //! [`CallRecord`]: everything observed about one call, handed to every sink once the call ends,
 //! and the [`CallHook`] trait through which applications add their own sinks.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
 use crate::annotations::Annotations;
+use crate::limits::LimitState;
+use crate::pricing::Cost;
 use crate::provider::{ProviderMeta, ResponseFacts, Str, Usage};
 
 /// Low-cardinality class of a failed call, recorded as `error.type`.
@@ -30,6 +33,8 @@ pub enum ErrorType {
     Transport,
     /// The request could not be built (unserializable body, bad URL).
     InvalidRequest,
+    /// A block limit refused the call; the provider was not called.
+    LimitReached,
 }
 
 impl ErrorType {
@@ -45,6 +50,7 @@ impl ErrorType {
             ErrorType::StreamError => "stream_error",
             ErrorType::Transport => "transport",
             ErrorType::InvalidRequest => "invalid_request",
+            ErrorType::LimitReached => "limit_reached",
         }
     }
 
@@ -211,9 +217,52 @@ pub struct Timings {
     pub chunks: u32,
 }
 
+/// llm-meter's id of a call: 128 random bits, shown as 32 hex digits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CallId(pub u128);
+
+impl CallId {
+    /// A fresh id (unique within the process, unpredictable across processes).
+    pub fn new() -> Self {
+        static SEED: OnceLock<u64> = OnceLock::new();
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let seed = *SEED.get_or_init(|| {
+            let t = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            splitmix(t ^ u64::from(std::process::id()).rotate_left(32))
+        });
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let hi = splitmix(seed ^ n);
+        let lo = splitmix(hi ^ n.rotate_left(17));
+        CallId((u128::from(hi) << 64) | u128::from(lo))
+    }
+}
+
+impl Default for CallId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl std::fmt::Display for CallId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
 /// Everything observed about one call. Sinks (span, metrics, limits, hooks) read it once.
 #[derive(Clone, Debug)]
 pub struct CallRecord {
+    /// llm-meter's id of the call (`xproxy_result.request_id`).
+    pub id: CallId,
     /// `gen_ai.operation.name` (`chat`).
     pub operation: &'static str,
     /// `gen_ai.provider.name`.
@@ -238,12 +287,23 @@ pub struct CallRecord {
     pub timings: Timings,
     /// Why the call failed, if it did.
     pub error: Option<ErrorType>,
+    /// Cost in USD, when usage is known and the model priced.
+    pub cost: Option<Cost>,
+    /// State of every limit the call named, after it.
+    pub limits: Vec<(String, LimitState)>,
+    /// Limits that refused the call.
+    pub blocked_limit_ids: Vec<String>,
 }
 
 impl CallRecord {
     /// The model to label the call with: the response's, else the request's.
     pub fn model(&self) -> &str {
         self.response.model.as_deref().unwrap_or(&self.request.model)
+    }
+
+    /// True when the provider reported usage but the model has no price.
+    pub fn unpriced(&self) -> bool {
+        self.usage.is_some() && self.cost.is_none()
     }
 }
 

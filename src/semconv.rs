@@ -212,3 +212,32 @@ pub const LABEL_NAME: &str = "llm_meter.label";
 pub const EXPORT_OUTCOME: &str = "outcome";
 /// Value of a capped label past its cap.
 pub const OTHER: &str = "other";
+
+// ---- Cost and limits -------------------------------------------------------------------------
+
+/// Span: input cost in USD.
+pub const COST_INPUT_USD: &str = "llm_meter.cost.input_usd";
+/// Span: output cost in USD.
+pub const COST_OUTPUT_USD: &str = "llm_meter.cost.output_usd";
+/// Span: total cost in USD.
+pub const COST_TOTAL_USD: &str = "llm_meter.cost.total_usd";
+/// Span: `true` when usage is known but the model has no price.
+pub const COST_UNPRICED: &str = "llm_meter.cost.unpriced";
+/// Span: limit ids that refused the call (array).
+pub const LIMITS_BLOCKED: &str = "llm_meter.limits.blocked";
+/// Counter, USD: cost of calls, default labels.
+pub const METRIC_COST: &str = "llm_meter.cost.usd";
+/// Counter: calls with usage on a model with no price, default labels.
+pub const METRIC_UNPRICED: &str = "llm_meter.calls.unpriced";
+/// Gauge, USD: spend in the current window, by `limit.id`.
+pub const METRIC_LIMIT_SPEND: &str = "llm_meter.limit.spend.usd";
+/// Gauge, USD: configured max, by `limit.id`.
+pub const METRIC_LIMIT_MAX: &str = "llm_meter.limit.max.usd";
+/// Gauge: state code (0 ok, 1 exceeded, 2 overrun, 3 blocked), by `limit.id`.
+pub const METRIC_LIMIT_STATE: &str = "llm_meter.limit.state";
+/// Counter: calls refused by a block limit, by `limit.id`.
+pub const METRIC_LIMIT_BLOCKED: &str = "llm_meter.limit.blocked";
+/// Metric label: a limit id.
+pub const LIMIT_ID: &str = "limit.id";
+/// Metric label: a limit's kind (`allow` / `block`).
+pub const LIMIT_KIND: &str = "limit.kind";

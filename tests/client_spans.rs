@@ -52,6 +52,20 @@ fn annotation_attrs() -> Vec<(&'static str, Value)> {
     ]
 }
 
+/// gpt-4o at $2.50 in / $10 out per million tokens, 27 in (none cached) and 44 out.
+fn fixture_cost_attrs() -> Vec<(&'static str, Value)> {
+    let (input, output): (f64, f64) = (
+        27.0 * (2.50 / 1_000_000.0) + 0.0 * (1.25 / 1_000_000.0),
+        44.0 * (10.0 / 1_000_000.0),
+    );
+    assert!((input + output - 0.0005075).abs() < 1e-15);
+    vec![
+        ("llm_meter.cost.input_usd", Value::F64(input)),
+        ("llm_meter.cost.output_usd", Value::F64(output)),
+        ("llm_meter.cost.total_usd", Value::F64(input + output)),
+    ]
+}
+
 fn assert_attrs(span: &llm_meter::opentelemetry_sdk::trace::SpanData, expected: Vec<(&str, Value)>) {
     let got = attrs(span);
     let want: std::collections::BTreeMap<String, Value> =
@@ -107,6 +121,7 @@ async fn non_streaming_fixture_call_has_the_exact_attribute_set() {
         ("openai.ratelimit.tokens.remaining", i(29981)),
         ("openai.ratelimit.tokens.reset_s", Value::F64(0.038)),
     ];
+    want.extend(fixture_cost_attrs());
     want.extend(annotation_attrs());
     assert_attrs(&span, want);
 }
@@ -171,6 +186,7 @@ async fn streaming_call_span_covers_the_stream_with_usage_and_chunk_timings() {
         ("llm_meter.stream.time_to_first_chunk_s", Value::F64(ttfc)),
         ("llm_meter.stream.chunk_count", i(10)),
     ];
+    want.extend(fixture_cost_attrs());
     want.extend(annotation_attrs());
     assert_attrs(&span, want);
 

@@ -21,6 +21,10 @@ fn scripted_record(i: u64) -> CallRecord {
         ("docs.summarize", "gpt-4o", true),
     ][i as usize % 2];
     CallRecord {
+        id: llm_meter::record::CallId(7),
+        cost: None,
+        limits: Vec::new(),
+        blocked_limit_ids: Vec::new(),
         operation: OPERATION_CHAT,
         provider: Arc::from("openai"),
         server_address: Arc::from("api.openai.com"),
@@ -84,8 +88,11 @@ fn scripted_exposition() -> String {
         .service_name("golden")
         .build()
         .unwrap();
+    let prices = llm_meter::pricing::PriceTable::embedded();
     for i in 0..8 {
-        t.metrics().record(&scripted_record(i));
+        let mut r = scripted_record(i);
+        r.cost = r.usage.and_then(|u| prices.cost(&r.request.model, &u));
+        t.metrics().record(&r);
     }
     encode(t.registry().unwrap()).unwrap()
 }

@@ -67,6 +67,10 @@ fn sum_u64(m: &Metric) -> u64 {
 
 fn record(user: &str, input: u64) -> CallRecord {
     CallRecord {
+        id: llm_meter::record::CallId(7),
+        cost: None,
+        limits: Vec::new(),
+        blocked_limit_ids: Vec::new(),
         operation: OPERATION_CHAT,
         provider: Arc::from("openai"),
         server_address: Arc::from("api.openai.com"),

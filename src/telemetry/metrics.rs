@@ -11,6 +11,10 @@
 //! | `llm_meter.ratelimit.{remaining, limit}` | gauges | provider, `server.address`, model, `llm_meter.ratelimit.kind` |
 //! | `llm_meter.ratelimit.reset` | gauge, `s` | same |
 //! | `llm_meter.label.overflow` | counter | `llm_meter.label` |
+//! | `llm_meter.cost.usd` | counter, USD | default labels |
+//! | `llm_meter.calls.unpriced` | counter | default labels |
+//! | `llm_meter.limit.{spend.usd, max.usd, state}` | gauges (state: 0 ok, 1 exceeded, 2 overrun, 3 blocked) | `limit.id`, `limit.kind` |
+//! | `llm_meter.limit.blocked` | counter | `limit.id` |
 //!
 //! Default labels: `gen_ai.operation.name`, `gen_ai.provider.name`, `gen_ai.request.model`,
 //! `gen_ai.response.model`, `use_case.name`, `error.type` (each only when known). Models and use
@@ -19,11 +23,12 @@
 //! fold into `other`, and `llm_meter.label.overflow` counts each fold.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter as OtelMeter};
 use opentelemetry::{Key, KeyValue, StringValue, Value};
 
+use crate::limits::{LimitKind, LimitStatus, SharedLedger};
 use crate::record::CallRecord;
 use crate::semconv::*;
 
@@ -51,6 +56,9 @@ pub struct LabelPolicy {
     pub account_name: Option<usize>,
     /// `request.tags` (sorted, comma-joined) as a label, with this cap (default off).
     pub request_tags: Option<usize>,
+    /// Distinct limit ids on the blocked-calls counter (default 1000; limit gauges follow the
+    /// ledger's own bound).
+    pub limit_ids: usize,
 }
 
 impl Default for LabelPolicy {
@@ -61,6 +69,7 @@ impl Default for LabelPolicy {
             user_id: None,
             account_name: None,
             request_tags: None,
+            limit_ids: 1000,
         }
     }
 }
@@ -126,6 +135,12 @@ struct Instruments {
     ratelimit_limit: Gauge<u64>,
     ratelimit_reset: Gauge<f64>,
     overflow: Counter<u64>,
+    cost: Counter<f64>,
+    unpriced: Counter<u64>,
+    blocked: Counter<u64>,
+    limit_ids: CappedLabel,
+    otel_meter: OtelMeter,
+    watched: Mutex<Vec<Box<dyn std::any::Any + Send + Sync>>>,
     request_model: CappedLabel,
     response_model: CappedLabel,
     use_case: CappedLabel,
@@ -206,6 +221,22 @@ impl Metrics {
                     .u64_counter(METRIC_LABEL_OVERFLOW)
                     .with_description("Label values folded into 'other' because the label reached its cap.")
                     .build(),
+                cost: meter
+                    .f64_counter(METRIC_COST)
+                    .with_unit("{USD}")
+                    .with_description("Cost of calls in USD, from the price table.")
+                    .build(),
+                unpriced: meter
+                    .u64_counter(METRIC_UNPRICED)
+                    .with_description("Calls whose usage is known but whose model has no price (no cost invented).")
+                    .build(),
+                blocked: meter
+                    .u64_counter(METRIC_LIMIT_BLOCKED)
+                    .with_description("Calls refused by a block limit before the provider was called.")
+                    .build(),
+                limit_ids: CappedLabel::new(LIMIT_ID, policy.limit_ids),
+                otel_meter: meter.clone(),
+                watched: Mutex::new(Vec::new()),
                 request_model: CappedLabel::new(GEN_AI_REQUEST_MODEL, policy.models),
                 response_model: CappedLabel::new(GEN_AI_RESPONSE_MODEL, policy.models),
                 use_case: CappedLabel::new(USE_CASE_NAME, policy.use_cases),
@@ -277,6 +308,11 @@ impl Metrics {
         if let Some(d) = r.meta.processing {
             i.processing.record(d.as_secs_f64(), &labels);
         }
+        if let Some(c) = r.cost {
+            i.cost.add(c.total, &labels);
+        } else if r.usage.is_some() {
+            i.unpriced.add(1, &labels);
+        }
         if let Some(u) = r.usage {
             i.input_tokens.add(u.input_tokens, &labels);
             i.output_tokens.add(u.output_tokens, &labels);
@@ -294,6 +330,56 @@ impl Metrics {
             i.token_usage.record(u.output_tokens, &labels);
         }
         self.record_rate_limits(r);
+    }
+
+    /// Counts a call refused by `blocked` limits.
+    pub fn record_blocked(&self, blocked: &[String]) {
+        for id in blocked {
+            let label = self.capped(&self.inner.limit_ids, id);
+            self.inner.blocked.add(1, &[label]);
+        }
+    }
+
+    /// Reports spend, max and state of every limit in `ledger` as gauges, read at collection.
+    pub fn watch_ledger(&self, ledger: SharedLedger) {
+        let m = &self.inner.otel_meter;
+        let labels = |s: &LimitStatus| {
+            let mut l = vec![KeyValue::new(LIMIT_ID, s.id.clone())];
+            if let Some(c) = &s.config {
+                l.push(KeyValue::new(
+                    LIMIT_KIND,
+                    if c.kind == LimitKind::Block { "block" } else { "allow" },
+                ));
+            }
+            l
+        };
+        let (l1, l2, l3) = (ledger.clone(), ledger.clone(), ledger);
+        let spend = m
+            .f64_observable_gauge(METRIC_LIMIT_SPEND)
+            .with_unit("{USD}")
+            .with_description("Spend in USD in the limit's current window.")
+            .with_callback(move |o| l1.statuses().iter().for_each(|s| o.observe(s.spend, &labels(s))))
+            .build();
+        let max = m
+            .f64_observable_gauge(METRIC_LIMIT_MAX)
+            .with_unit("{USD}")
+            .with_description("Configured max of the limit in USD.")
+            .with_callback(move |o| {
+                l2.statuses().iter().for_each(|s| {
+                    if let Some(c) = &s.config {
+                        o.observe(c.max, &labels(s))
+                    }
+                })
+            })
+            .build();
+        let state = m
+            .u64_observable_gauge(METRIC_LIMIT_STATE)
+            .with_description("Limit state: 0 ok, 1 exceeded, 2 overrun, 3 blocked.")
+            .with_callback(move |o| l3.statuses().iter().for_each(|s| o.observe(s.state.code(), &labels(s))))
+            .build();
+        if let Ok(mut w) = self.inner.watched.lock() {
+            w.push(Box::new((spend, max, state)));
+        }
     }
 
     fn record_rate_limits(&self, r: &CallRecord) {

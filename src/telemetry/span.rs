@@ -172,6 +172,13 @@ pub fn attributes(r: &CallRecord) -> Vec<KeyValue> {
         ),
         (LLM_METER_CHUNK_COUNT, q.stream.then(|| int(t.chunks.into()))),
     ];
+    let cost = [
+        (COST_INPUT_USD, r.cost.map(|c| Value::F64(c.input))),
+        (COST_OUTPUT_USD, r.cost.map(|c| Value::F64(c.output))),
+        (COST_TOTAL_USD, r.cost.map(|c| Value::F64(c.total))),
+        (COST_UNPRICED, r.unpriced().then_some(Value::Bool(true))),
+        (LIMITS_BLOCKED, array(r.blocked_limit_ids.iter().map(String::as_str))),
+    ];
     let a = &r.annotations;
     let annotations = [
         (USE_CASE_ID, a.use_case_id().map(text)),
@@ -187,6 +194,7 @@ pub fn attributes(r: &CallRecord) -> Vec<KeyValue> {
         .chain(response)
         .chain(meta)
         .chain(stream)
+        .chain(cost)
         .chain(annotations)
     {
         if let Some(value) = value {

@@ -1,0 +1,215 @@
+//! The configuration file (TOML): price overrides, limits and where their ledger is saved,
+//! metric label policy, and per-model request defaults. Unknown keys are errors, so a typo is
+//! reported instead of ignored.
+//!
+//! ```toml
+//! [prices."my-finetune"]          # USD per million tokens; overrides and extends the table
+//! input = 3.0
+//! cached_input = 1.5
+//! output = 12.0
+//!
+//! [[limits]]
+//! id = "team-support-daily"
+//! max = 25.0                      # USD
+//! threshold = 0.8                 # state "exceeded" from 80 %
+//! kind = "block"                  # or "allow" (default)
+//! reset = "1d"                    # s, m, h, d, w
+//!
+//! [ledger]
+//! snapshot = "ledger.json"        # restored at start, saved periodically and at exit
+//!
+//! [labels]                        # opt-in metric labels, each with its cap
+//! user_id = 200
+//!
+//! [model_defaults."gpt-4o"]       # merged into requests that leave these fields unset
+//! max_completion_tokens = 1024
+//! ```
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::limits::{LimitConfig, LimitError, MemoryLedger};
+use crate::pricing::{Price, PriceTable};
+use crate::telemetry::LabelPolicy;
+
+/// A configuration file that could not be used; says which file and what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("config {path}: {message}")]
+pub struct ConfigError {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// `[ledger]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// Snapshot file, relative to the config file's directory when relative.
+    pub snapshot: Option<PathBuf>,
+}
+
+/// `[labels]`: caps of opt-in labels (absent: label off), and of the default ones.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelsConfig {
+    /// `user.id` as a metric label, with this cap.
+    pub user_id: Option<usize>,
+    /// `account.name` as a metric label, with this cap.
+    pub account_name: Option<usize>,
+    /// `request.tags` as a metric label, with this cap.
+    pub request_tags: Option<usize>,
+    /// Cap of distinct models (default 200).
+    pub models: Option<usize>,
+    /// Cap of distinct use case names (default 500).
+    pub use_cases: Option<usize>,
+}
+
+/// The configuration file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Price overrides and additions.
+    #[serde(default)]
+    pub prices: HashMap<String, Price>,
+    /// Limits.
+    #[serde(default)]
+    pub limits: Vec<LimitConfig>,
+    /// Ledger persistence.
+    #[serde(default)]
+    pub ledger: LedgerConfig,
+    /// Metric labels.
+    #[serde(default)]
+    pub labels: LabelsConfig,
+    /// Per-model request defaults.
+    #[serde(default)]
+    pub model_defaults: HashMap<String, toml::Table>,
+    #[serde(skip)]
+    dir: PathBuf,
+}
+
+impl Config {
+    /// Reads and checks `path`.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let err = |message: String| ConfigError {
+            path: path.to_owned(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let mut config = Self::parse(&text).map_err(|e| err(e.message))?;
+        config.dir = path.parent().map(Path::to_owned).unwrap_or_default();
+        Ok(config)
+    }
+
+    /// Parses and checks TOML text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let err = |message: String| ConfigError {
+            path: PathBuf::from("<text>"),
+            message,
+        };
+        let config: Config = toml::from_str(text).map_err(|e| err(e.to_string()))?;
+        config.prices().map_err(|e| err(e.to_string()))?;
+        for limit in &config.limits {
+            limit.validate().map_err(|e| err(e.to_string()))?;
+        }
+        Ok(config)
+    }
+
+    /// The embedded price table with this file's overrides.
+    pub fn prices(&self) -> Result<PriceTable, crate::pricing::PricingError> {
+        PriceTable::embedded().with_overrides(self.prices.clone())
+    }
+
+    /// Where the ledger snapshot lives, resolved against the config file's directory.
+    pub fn snapshot_path(&self) -> Option<PathBuf> {
+        self.ledger
+            .snapshot
+            .as_ref()
+            .map(|p| if p.is_relative() { self.dir.join(p) } else { p.clone() })
+    }
+
+    /// The ledger for these limits, restored from the snapshot when one is configured.
+    pub fn ledger(&self) -> Result<MemoryLedger, LimitError> {
+        match self.snapshot_path() {
+            Some(path) => MemoryLedger::restore(self.limits.clone(), &path),
+            None => MemoryLedger::new(self.limits.clone()),
+        }
+    }
+
+    /// The metric label policy.
+    pub fn label_policy(&self) -> LabelPolicy {
+        let d = LabelPolicy::default();
+        LabelPolicy {
+            models: self.labels.models.unwrap_or(d.models),
+            use_cases: self.labels.use_cases.unwrap_or(d.use_cases),
+            user_id: self.labels.user_id,
+            account_name: self.labels.account_name,
+            request_tags: self.labels.request_tags,
+            limit_ids: d.limit_ids,
+        }
+    }
+
+    /// Model defaults as JSON objects, for [`MeterBuilder::model_defaults`](crate::MeterBuilder::model_defaults).
+    pub fn model_defaults_json(&self) -> Vec<(String, serde_json::Value)> {
+        self.model_defaults
+            .iter()
+            .map(|(model, table)| {
+                (
+                    model.clone(),
+                    serde_json::to_value(table).unwrap_or(serde_json::Value::Null),
+                )
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_config_parses() {
+        let c = Config::parse(
+            r#"
+            [prices."my-model"]
+            input = 1.0
+            output = 2.0
+            [[limits]]
+            id = "daily"
+            max = 5.0
+            threshold = 0.8
+            kind = "block"
+            reset = "1d"
+            [labels]
+            user_id = 50
+            [model_defaults."gpt-4o"]
+            max_completion_tokens = 256
+            temperature = 0.2
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.limits[0].reset, Some(std::time::Duration::from_secs(86_400)));
+        assert_eq!(c.prices().unwrap().price("my-model").unwrap().output, 2.0);
+        assert_eq!(c.label_policy().user_id, Some(50));
+        let defaults = c.model_defaults_json();
+        assert_eq!(defaults[0].1["max_completion_tokens"], 256);
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        for (text, words) in [
+            ("[[limits]]\nid = \"a\"\nmax = 1\nkind = \"stop\"", "unknown variant"),
+            ("[[limits]]\nid = \"a\"\nmax = -1", "positive"),
+            ("[[limits]]\nid = \"a\"\nmax = 1\nreset = \"1 month\"", "reset"),
+            ("[prices.x]\ninput = 1\noutput = -2", "\"x\""),
+            ("[pricess.x]\ninput = 1", "unknown field"),
+            ("limits = 3", "invalid type"),
+        ] {
+            let e = Config::parse(text).unwrap_err().to_string();
+            assert!(e.contains(words), "{text:?}: {e}");
+        }
+    }
+}

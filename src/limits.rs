@@ -1,0 +1,613 @@
+//! Limits (budgets) in USD, as Pay-i's: a ledger of spend per limit id, states, admission with
+//! reservations so that concurrent calls cannot overspend a block limit, and snapshots so that
+//! a restarted proxy keeps its budgets.
+//!
+//! States: `ok`; `exceeded` (spend reached `threshold × max`); `overrun` (spend passed `max` on
+//! an `allow` limit: observed and reported, never refused); `blocked` (a `block` limit whose
+//! spend reached `max`, or that a call's worst-case cost would take past `max`: the call is
+//! refused before the provider is called).
+//!
+//! Admission reserves each call's worst-case cost on every limit it names and settles the real
+//! cost when the call ends. A block limit admits a call only while `spend + reserved +
+//! reservation <= max`, so as long as real costs stay within their reservations, spend never
+//! passes `max`; by construction it can pass it by at most what was reserved in flight.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// What a limit does at its max.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitKind {
+    /// Observe and report (`exceeded`, `overrun`); never refuse.
+    #[default]
+    Allow,
+    /// Refuse calls that would pass `max`.
+    Block,
+}
+
+/// State of a limit, as Pay-i reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitState {
+    /// Under the threshold.
+    Ok,
+    /// Threshold reached.
+    Exceeded,
+    /// Max passed on an `allow` limit.
+    Overrun,
+    /// A `block` limit refused, or would refuse, calls.
+    Blocked,
+}
+
+impl LimitState {
+    /// The wire value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitState::Ok => "ok",
+            LimitState::Exceeded => "exceeded",
+            LimitState::Overrun => "overrun",
+            LimitState::Blocked => "blocked",
+        }
+    }
+    /// Numeric code for gauges: 0 ok, 1 exceeded, 2 overrun, 3 blocked.
+    pub fn code(self) -> u64 {
+        self as u64
+    }
+}
+
+/// One configured limit.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitConfig {
+    /// Limit id, as named in `xProxy-Limit-IDs`.
+    pub id: String,
+    /// Budget in USD.
+    pub max: f64,
+    /// Fraction of `max` at which the state becomes `exceeded` (0 < threshold <= 1).
+    #[serde(default)]
+    pub threshold: Option<f64>,
+    /// `allow` (default) or `block`.
+    #[serde(default)]
+    pub kind: LimitKind,
+    /// Reset period: `30m`, `12h`, `1d`, `7d`, `30d`, or seconds (`3600s`). None: never resets.
+    #[serde(default, with = "period")]
+    pub reset: Option<Duration>,
+}
+
+mod period {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(d) => s.serialize_str(&format!("{}s", d.as_secs())),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text: Option<String> = Option::deserialize(d)?;
+        text.map(|t| super::parse_period(&t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// Parses a reset period: a positive whole number and one of `s`, `m`, `h`, `d`, `w`.
+pub fn parse_period(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("reset {text:?}: expected a number and a unit, like \"1d\""))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 604_800,
+        _ => return Err(format!("reset {text:?}: unit must be one of s, m, h, d, w")),
+    };
+    if n == 0 {
+        return Err(format!("reset {text:?}: must be longer than zero"));
+    }
+    n.checked_mul(secs)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("reset {text:?}: too long"))
+}
+
+impl LimitConfig {
+    /// Checks the rules: non-empty id, finite `max > 0`, `0 < threshold <= 1`.
+    pub fn validate(&self) -> Result<(), LimitError> {
+        let bad = |why: String| Err(LimitError::Config(format!("limit {:?}: {why}", self.id)));
+        if self.id.trim().is_empty() || self.id.contains(',') || self.id.trim() != self.id {
+            return bad("id must be non-empty, without commas or surrounding spaces".into());
+        }
+        if !(self.max.is_finite() && self.max > 0.0) {
+            return bad(format!("max must be a positive number of USD, got {}", self.max));
+        }
+        if let Some(t) = self.threshold {
+            if !(t > 0.0 && t <= 1.0) {
+                return bad(format!("threshold must be a fraction in (0, 1], got {t}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn state(&self, spend: f64) -> LimitState {
+        match self.kind {
+            LimitKind::Block if spend >= self.max => LimitState::Blocked,
+            LimitKind::Allow if spend > self.max => LimitState::Overrun,
+            _ if self.threshold.is_some_and(|t| spend >= t * self.max) => LimitState::Exceeded,
+            _ => LimitState::Ok,
+        }
+    }
+}
+
+/// Errors of limits and ledgers.
+#[derive(Debug, thiserror::Error)]
+pub enum LimitError {
+    /// A limit in the configuration breaks a rule.
+    #[error("invalid limit configuration: {0}")]
+    Config(String),
+    /// The snapshot file exists but cannot be read as a snapshot: it is not silently reset.
+    #[error("ledger snapshot {path} is unreadable ({reason}); fix or move it away to start from zero")]
+    CorruptSnapshot {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Reading or writing the snapshot failed.
+    #[error("ledger snapshot {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where one limit stands.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LimitStatus {
+    /// Limit id.
+    pub id: String,
+    /// Its configuration, when configured.
+    pub config: Option<LimitConfig>,
+    /// USD spent in the current window.
+    pub spend: f64,
+    /// USD reserved by calls in flight.
+    pub reserved: f64,
+    /// State.
+    pub state: LimitState,
+}
+
+/// The answer to a pre-flight check.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Admission {
+    /// Block limits that refuse the call; empty when it is admitted (and its reservation held).
+    pub blocked: Vec<String>,
+}
+
+/// Spend per limit id. Behind a trait so that deployments can keep it elsewhere.
+pub trait Ledger: Send + Sync + fmt::Debug + 'static {
+    /// Pre-flight: reserves `reservation` USD on every id, unless a block limit among them would
+    /// pass its max (then nothing is reserved and the blocking ids are returned).
+    fn admit(&self, ids: &[String], reservation: f64) -> Admission;
+    /// Completion: releases `reservation` and adds `cost` on every id; returns each id's state.
+    fn settle(&self, ids: &[String], reservation: f64, cost: f64) -> Vec<(String, LimitState)>;
+    /// Every tracked limit.
+    fn statuses(&self) -> Vec<LimitStatus>;
+}
+
+#[derive(Debug)]
+struct Entry {
+    config: Option<LimitConfig>,
+    spend: f64,
+    reserved: f64,
+    window_start: SystemTime,
+}
+
+impl Entry {
+    fn new(config: Option<LimitConfig>, now: SystemTime) -> Self {
+        Entry {
+            config,
+            spend: 0.0,
+            reserved: 0.0,
+            window_start: now,
+        }
+    }
+
+    /// Starts a new window when the reset period has passed.
+    fn roll(&mut self, now: SystemTime) {
+        let Some(period) = self.config.as_ref().and_then(|c| c.reset) else {
+            return;
+        };
+        let Ok(elapsed) = now.duration_since(self.window_start) else {
+            return;
+        };
+        if elapsed >= period {
+            let periods = (elapsed.as_secs_f64() / period.as_secs_f64()).floor();
+            self.window_start += period.mul_f64(periods);
+            self.spend = 0.0;
+        }
+    }
+
+    fn state(&self) -> LimitState {
+        self.config.as_ref().map_or(LimitState::Ok, |c| c.state(self.spend))
+    }
+}
+
+/// The default ledger: in memory, with snapshots to a file.
+#[derive(Debug)]
+pub struct MemoryLedger {
+    entries: Mutex<HashMap<String, Entry>>,
+    max_unconfigured: usize,
+    untracked: AtomicU64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Snapshot {
+    version: u32,
+    saved_at_unix: u64,
+    limits: HashMap<String, SnapshotEntry>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotEntry {
+    spend: f64,
+    window_start_unix: f64,
+}
+
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl MemoryLedger {
+    /// Unconfigured limit ids tracked at most, by default.
+    pub const DEFAULT_MAX_UNCONFIGURED: usize = 1000;
+
+    /// A ledger for `limits` (validated; ids must be unique).
+    pub fn new(limits: Vec<LimitConfig>) -> Result<Self, LimitError> {
+        let now = SystemTime::now();
+        let mut entries = HashMap::new();
+        for limit in limits {
+            limit.validate()?;
+            if entries.contains_key(&limit.id) {
+                return Err(LimitError::Config(format!("limit {:?} is configured twice", limit.id)));
+            }
+            entries.insert(limit.id.clone(), Entry::new(Some(limit), now));
+        }
+        Ok(MemoryLedger {
+            entries: Mutex::new(entries),
+            max_unconfigured: Self::DEFAULT_MAX_UNCONFIGURED,
+            untracked: AtomicU64::new(0),
+        })
+    }
+
+    /// Tracks at most `n` limit ids that calls name but the configuration does not.
+    pub fn with_max_unconfigured(mut self, n: usize) -> Self {
+        self.max_unconfigured = n;
+        self
+    }
+
+    /// Calls that named an unconfigured id past the bound (that id was not tracked for them).
+    pub fn untracked(&self) -> u64 {
+        self.untracked.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the entry of each id (creating unconfigured ones within the bound).
+    fn with_entries<R>(&self, ids: &[String], mut f: impl FnMut(&str, &mut Entry) -> R) -> Vec<R> {
+        let now = SystemTime::now();
+        let mut entries = self.lock();
+        let mut unconfigured = entries.values().filter(|e| e.config.is_none()).count();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if !entries.contains_key(id) {
+                if unconfigured >= self.max_unconfigured {
+                    self.untracked.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                unconfigured += 1;
+                entries.insert(id.clone(), Entry::new(None, now));
+            }
+            if let Some(entry) = entries.get_mut(id) {
+                entry.roll(now);
+                out.push(f(id, entry));
+            }
+        }
+        out
+    }
+
+    /// Writes every limit's spend and window to `path` (atomically: temp file, then rename).
+    pub fn snapshot(&self, path: &Path) -> Result<(), LimitError> {
+        let snapshot = {
+            let entries = self.lock();
+            Snapshot {
+                version: 1,
+                saved_at_unix: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+                limits: entries
+                    .iter()
+                    .map(|(id, e)| {
+                        (
+                            id.clone(),
+                            SnapshotEntry {
+                                spend: e.spend,
+                                window_start_unix: unix(e.window_start),
+                            },
+                        )
+                    })
+                    .collect(),
+            }
+        };
+        let io = |source| LimitError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let text = serde_json::to_vec_pretty(&snapshot).map_err(|e| io(std::io::Error::other(e)))?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)
+    }
+
+    /// A ledger for `limits` restored from the snapshot at `path`. A missing file starts from
+    /// zero; an unreadable one is an error (budgets are never silently reset).
+    pub fn restore(limits: Vec<LimitConfig>, path: &Path) -> Result<Self, LimitError> {
+        let ledger = Self::new(limits)?;
+        let text = match std::fs::read(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ledger),
+            Err(source) => {
+                return Err(LimitError::Io {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        };
+        let corrupt = |reason: String| LimitError::CorruptSnapshot {
+            path: path.to_owned(),
+            reason,
+        };
+        let snapshot: Snapshot = serde_json::from_slice(&text).map_err(|e| corrupt(e.to_string()))?;
+        if snapshot.version != 1 {
+            return Err(corrupt(format!("unknown version {}", snapshot.version)));
+        }
+        {
+            let mut entries = ledger.lock();
+            for (id, saved) in snapshot.limits {
+                if !(saved.spend.is_finite()
+                    && saved.spend >= 0.0
+                    && saved.window_start_unix.is_finite()
+                    && saved.window_start_unix >= 0.0)
+                {
+                    return Err(corrupt(format!("limit {id:?} has an impossible spend or window")));
+                }
+                let entry = entries.entry(id).or_insert_with(|| Entry::new(None, SystemTime::now()));
+                entry.spend = saved.spend;
+                entry.window_start = UNIX_EPOCH + Duration::from_secs_f64(saved.window_start_unix);
+            }
+        }
+        Ok(ledger)
+    }
+}
+
+impl Ledger for MemoryLedger {
+    fn admit(&self, ids: &[String], reservation: f64) -> Admission {
+        let reservation = reservation.max(0.0);
+        let now = SystemTime::now();
+        let mut entries = self.lock();
+        let mut blocked = Vec::new();
+        for id in ids {
+            if let Some(e) = entries.get_mut(id) {
+                e.roll(now);
+                if let Some(c) = e.config.as_ref().filter(|c| c.kind == LimitKind::Block) {
+                    if e.spend >= c.max || e.spend + e.reserved + reservation > c.max {
+                        blocked.push(id.clone());
+                    }
+                }
+            }
+        }
+        if blocked.is_empty() {
+            for id in ids {
+                if let Some(e) = entries.get_mut(id) {
+                    e.reserved += reservation;
+                }
+            }
+        }
+        Admission { blocked }
+    }
+
+    fn settle(&self, ids: &[String], reservation: f64, cost: f64) -> Vec<(String, LimitState)> {
+        let cost = if cost.is_finite() { cost.max(0.0) } else { 0.0 };
+        self.with_entries(ids, |id, e| {
+            e.reserved = (e.reserved - reservation.max(0.0)).max(0.0);
+            if e.reserved < 1e-12 {
+                e.reserved = 0.0; // float residue once every reservation is back
+            }
+            e.spend += cost;
+            (id.to_owned(), e.state())
+        })
+    }
+
+    fn statuses(&self) -> Vec<LimitStatus> {
+        let now = SystemTime::now();
+        let mut entries = self.lock();
+        let mut out: Vec<LimitStatus> = entries
+            .iter_mut()
+            .map(|(id, e)| {
+                e.roll(now);
+                LimitStatus {
+                    id: id.clone(),
+                    config: e.config.clone(),
+                    spend: e.spend,
+                    reserved: e.reserved,
+                    state: e.state(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+}
+
+/// A shared ledger.
+pub type SharedLedger = Arc<dyn Ledger>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(id: &str, max: f64, threshold: Option<f64>, kind: LimitKind) -> LimitConfig {
+        LimitConfig {
+            id: id.into(),
+            max,
+            threshold,
+            kind,
+            reset: None,
+        }
+    }
+
+    fn ids(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn states_follow_threshold_max_and_kind() {
+        let l = MemoryLedger::new(vec![
+            limit("a", 1.0, Some(0.8), LimitKind::Allow),
+            limit("b", 1.0, Some(0.5), LimitKind::Block),
+        ])
+        .unwrap();
+        let both = ids(&["a", "b"]);
+        assert_eq!(
+            l.settle(&both, 0.0, 0.4),
+            [("a".into(), LimitState::Ok), ("b".into(), LimitState::Ok)]
+        );
+        assert_eq!(
+            l.settle(&both, 0.0, 0.4),
+            [("a".into(), LimitState::Exceeded), ("b".into(), LimitState::Exceeded)]
+        );
+        assert_eq!(l.settle(&ids(&["a"]), 0.0, 0.4), [("a".into(), LimitState::Overrun)]);
+        assert_eq!(l.settle(&ids(&["b"]), 0.0, 0.2), [("b".into(), LimitState::Blocked)]);
+        assert_eq!(l.admit(&both, 0.0).blocked, ["b"]);
+        assert!(
+            l.admit(&ids(&["a"]), 5.0).blocked.is_empty(),
+            "allow limits never refuse"
+        );
+    }
+
+    #[test]
+    fn admission_counts_reservations_in_flight() {
+        let l = MemoryLedger::new(vec![limit("b", 1.0, None, LimitKind::Block)]).unwrap();
+        let b = ids(&["b"]);
+        assert!(l.admit(&b, 0.4).blocked.is_empty());
+        assert!(l.admit(&b, 0.4).blocked.is_empty());
+        assert_eq!(l.admit(&b, 0.4).blocked, ["b"], "0.8 reserved + 0.4 would pass 1.0");
+        l.settle(&b, 0.4, 0.1);
+        assert!(l.admit(&b, 0.4).blocked.is_empty(), "settling released the reservation");
+        let s = &l.statuses()[0];
+        assert!((s.spend - 0.1).abs() < 1e-12 && (s.reserved - 0.8).abs() < 1e-12);
+    }
+
+    #[test]
+    fn unconfigured_ids_are_tracked_up_to_a_bound() {
+        let l = MemoryLedger::new(vec![]).unwrap().with_max_unconfigured(2);
+        l.settle(&ids(&["x", "y", "z"]), 0.0, 0.5);
+        assert_eq!(
+            l.statuses().iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+            ["x", "y"]
+        );
+        assert_eq!(l.untracked(), 1);
+        assert_eq!(l.statuses()[0].state, LimitState::Ok);
+    }
+
+    #[test]
+    fn windows_reset_on_schedule() {
+        let mut cfg = limit("d", 1.0, None, LimitKind::Block);
+        cfg.reset = Some(Duration::from_secs(60));
+        let l = MemoryLedger::new(vec![cfg]).unwrap();
+        l.settle(&ids(&["d"]), 0.0, 1.0);
+        assert_eq!(l.admit(&ids(&["d"]), 0.0).blocked, ["d"]);
+        l.lock().get_mut("d").unwrap().window_start -= Duration::from_secs(61);
+        assert!(l.admit(&ids(&["d"]), 0.0).blocked.is_empty());
+        assert_eq!(l.statuses()[0].spend, 0.0);
+    }
+
+    #[test]
+    fn config_rules_are_enforced_with_clear_messages() {
+        for (cfg, word) in [
+            (limit("", 1.0, None, LimitKind::Allow), "id"),
+            (limit("a,b", 1.0, None, LimitKind::Allow), "commas"),
+            (limit("a", 0.0, None, LimitKind::Allow), "positive"),
+            (limit("a", f64::NAN, None, LimitKind::Allow), "positive"),
+            (limit("a", 1.0, Some(1.5), LimitKind::Allow), "threshold"),
+        ] {
+            let e = MemoryLedger::new(vec![cfg]).unwrap_err().to_string();
+            assert!(e.contains(word), "{e}");
+        }
+        let dup = MemoryLedger::new(vec![
+            limit("a", 1.0, None, LimitKind::Allow),
+            limit("a", 2.0, None, LimitKind::Allow),
+        ]);
+        assert!(dup.unwrap_err().to_string().contains("twice"));
+        assert_eq!(parse_period("1d"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_period("90m"), Ok(Duration::from_secs(5400)));
+        assert!(parse_period("1 month").is_err() && parse_period("0h").is_err() && parse_period("d").is_err());
+    }
+
+    #[test]
+    fn snapshots_restore_budgets_and_corrupt_files_are_reported() {
+        let dir = std::env::temp_dir().join(format!("llm-meter-ledger-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ledger.json");
+        let _ = std::fs::remove_file(&path);
+        let limits = vec![limit("b", 1.0, None, LimitKind::Block)];
+        let l = MemoryLedger::restore(limits.clone(), &path).unwrap();
+        l.settle(&ids(&["b", "extra"]), 0.0, 0.75);
+        l.snapshot(&path).unwrap();
+        let back = MemoryLedger::restore(limits.clone(), &path).unwrap();
+        let statuses = back.statuses();
+        assert_eq!(statuses.len(), 2);
+        assert!((statuses[0].spend - 0.75).abs() < 1e-12);
+        assert_eq!(
+            back.admit(&ids(&["b"]), 0.5).blocked,
+            ["b"],
+            "restored spend still counts"
+        );
+
+        std::fs::write(
+            &path,
+            b"{\"version\":1,\"saved_at_unix\":1,\"limits\":{\"b\":{\"spend\":\"lots\"",
+        )
+        .unwrap();
+        let e = MemoryLedger::restore(limits.clone(), &path).unwrap_err();
+        assert!(matches!(e, LimitError::CorruptSnapshot { .. }), "{e}");
+        assert!(e.to_string().contains("ledger.json"));
+        std::fs::write(
+            &path,
+            b"{\"version\":1,\"saved_at_unix\":1,\"limits\":{\"b\":{\"spend\":-5,\"window_start_unix\":0}}}",
+        )
+        .unwrap();
+        assert!(matches!(
+            MemoryLedger::restore(limits, &path).unwrap_err(),
+            LimitError::CorruptSnapshot { .. }
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
