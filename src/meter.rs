@@ -503,6 +503,8 @@ impl Call {
             pending: Some((self, meta)),
             record: None,
             body_done: false,
+            done_at: None,
+            final_event: None,
         }
     }
 
@@ -605,7 +607,13 @@ pub struct ChatStream {
     pending: Option<(Call, ProviderMeta)>,
     record: Option<CallRecord>,
     body_done: bool,
+    /// Index in `events` of the `[DONE]` event of the current chunk.
+    done_at: Option<usize>,
+    /// Bytes to send just before `[DONE]`, made from the finished record.
+    final_event: Option<FinalEvent>,
 }
+
+type FinalEvent = Box<dyn FnOnce(&CallRecord) -> Bytes + Send>;
 
 impl fmt::Debug for ChatStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -629,9 +637,27 @@ impl ChatStream {
     pub fn record(&self) -> Option<&CallRecord> {
         self.record.as_ref()
     }
+    /// Sends the bytes `event` makes from the finished record just before `data: [DONE]` (the
+    /// proxy's `xproxy_result` chunk). Events are then passed on whole.
+    pub fn with_final_event(mut self, event: impl FnOnce(&CallRecord) -> Bytes + Send + 'static) -> Self {
+        if self.status.is_success() {
+            self.cutter.get_or_insert_with(EventCutter::default);
+            self.final_event = Some(Box::new(event));
+        }
+        self
+    }
+
     /// The call's outcome in Pay-i's `xproxy_result` shape, once the stream has ended.
     pub fn xproxy_result(&self) -> Option<crate::xproxy::XProxyResult> {
         self.record.as_ref().map(crate::xproxy::XProxyResult::from_record)
+    }
+
+    /// The call is complete at `[DONE]`: end the span now, not when the caller gets round to
+    /// polling the end of the body.
+    fn finish_if_done(&mut self) {
+        if self.observer.done {
+            self.finish(None);
+        }
     }
 
     fn finish(&mut self, error: Option<ErrorType>) {
@@ -661,25 +687,29 @@ impl Stream for ChatStream {
             match this.body.poll_next_unpin(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(chunk))) => {
-                    let out = match &mut this.cutter {
-                        None => {
-                            this.observer.observe_all(&chunk);
-                            Some(chunk)
-                        }
-                        Some(cutter) => {
-                            let events = &mut this.events;
-                            events.clear();
-                            this.observer.observe(&chunk, |outcome, end| {
-                                events.push((end, outcome != EventOutcome::UsageOnly))
-                            });
-                            cutter.cut(chunk, events)
-                        }
+                    let out = if this.cutter.is_none() {
+                        this.observer.observe_all(&chunk);
+                        this.finish_if_done();
+                        Some(chunk)
+                    } else {
+                        let (events, done_at) = (&mut this.events, &mut this.done_at);
+                        events.clear();
+                        *done_at = None;
+                        this.observer.observe(&chunk, |outcome, end| {
+                            if outcome == EventOutcome::Done {
+                                done_at.get_or_insert(events.len());
+                            }
+                            events.push((end, outcome != EventOutcome::UsageOnly))
+                        });
+                        this.finish_if_done();
+                        let insert = match (this.done_at, &this.record) {
+                            (Some(at), Some(record)) => this.final_event.take().map(|event| (at, event(record))),
+                            _ => None,
+                        };
+                        this.cutter
+                            .as_mut()
+                            .and_then(|c| c.cut_inserting(chunk, &this.events, insert))
                     };
-                    if this.observer.done {
-                        // The call is complete at `[DONE]`: end the span now, not when the
-                        // caller gets round to polling the end of the body.
-                        this.finish(None);
-                    }
                     if let Some(out) = out {
                         return Poll::Ready(Some(Ok(out)));
                     }

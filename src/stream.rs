@@ -340,11 +340,22 @@ impl EventCutter {
     /// Splits `chunk` at event ends: `events` lists `(end, keep)` for each event completed in
     /// it, in order. Returns the bytes to pass on now.
     pub fn cut(&mut self, chunk: bytes::Bytes, events: &[(usize, bool)]) -> Option<bytes::Bytes> {
+        self.cut_inserting(chunk, events, None)
+    }
+
+    /// Like [`Self::cut`], and passes `insert.1` on just before the event at index `insert.0`.
+    pub fn cut_inserting(
+        &mut self,
+        chunk: bytes::Bytes,
+        events: &[(usize, bool)],
+        insert: Option<(usize, bytes::Bytes)>,
+    ) -> Option<bytes::Bytes> {
         if events.is_empty() {
             self.pending.push(chunk);
             return None;
         }
-        if events.iter().all(|(_, keep)| *keep)
+        if insert.is_none()
+            && events.iter().all(|(_, keep)| *keep)
             && self.pending.is_empty()
             && events.last().is_some_and(|(end, _)| *end == chunk.len())
         {
@@ -352,7 +363,10 @@ impl EventCutter {
         }
         let mut out = Vec::new();
         let mut start = 0;
-        for &(end, keep) in events {
+        for (index, &(end, keep)) in events.iter().enumerate() {
+            if let Some((_, extra)) = insert.as_ref().filter(|(at, _)| *at == index) {
+                out.extend_from_slice(extra);
+            }
             if keep {
                 for p in self.pending.drain(..) {
                     out.extend_from_slice(&p);
@@ -449,6 +463,19 @@ mod tests {
         let chunk = bytes::Bytes::from_static(b"data: a\n\n");
         let out = c.cut(chunk.clone(), &[(9, true)]).unwrap();
         assert_eq!(out.as_ptr(), chunk.as_ptr());
+    }
+
+    #[test]
+    fn cutter_inserts_before_an_event() {
+        let mut c = EventCutter::default();
+        let out = c
+            .cut_inserting(
+                bytes::Bytes::from_static(b"data: a\n\ndata: [DONE]\n\n"),
+                &[(9, true), (23, true)],
+                Some((1, bytes::Bytes::from_static(b"data: x\n\n"))),
+            )
+            .unwrap();
+        assert_eq!(out, &b"data: a\n\ndata: x\n\ndata: [DONE]\n\n"[..]);
     }
 
     #[test]
