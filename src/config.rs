@@ -31,7 +31,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::limits::{LimitConfig, LimitError, MemoryLedger};
+use std::time::Duration;
+
 use crate::pricing::{Price, PriceTable};
+use crate::proxy::ProxySettings;
 use crate::telemetry::LabelPolicy;
 
 /// A configuration file that could not be used; says which file and what is wrong.
@@ -68,10 +71,40 @@ pub struct LabelsConfig {
     pub use_cases: Option<usize>,
 }
 
+/// `[proxy]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyFileConfig {
+    /// Keys accepted in `xProxy-Api-Key` (empty: no proxy auth).
+    #[serde(default)]
+    pub keys: Vec<String>,
+    /// Environment variable holding the key sent upstream instead of the client's
+    /// `Authorization` (keeps the secret out of the file).
+    pub upstream_api_key_env: Option<String>,
+    /// Other API bases a request may choose with `xProxy-Provider-BaseUri`.
+    #[serde(default)]
+    pub allowed_upstreams: Vec<String>,
+    /// Largest request body, in bytes (default 8 MiB).
+    pub body_limit_bytes: Option<usize>,
+    /// Longest wait for a whole non-streaming answer (`600s`, `10m`).
+    pub timeout: Option<String>,
+    /// Longest wait for the next bytes of an answer (`120s`).
+    pub read_timeout: Option<String>,
+}
+
 /// The configuration file.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Upstream API base of the proxy (default `https://api.openai.com/v1`).
+    pub upstream: Option<String>,
+    /// Proxy listen address (default `127.0.0.1:8787`).
+    pub listen: Option<String>,
+    /// Admin listen address for `/metrics` and `/healthz` (default `127.0.0.1:9464`).
+    pub metrics_listen: Option<String>,
+    /// Proxy settings.
+    #[serde(default)]
+    pub proxy: ProxyFileConfig,
     /// Price overrides and additions.
     #[serde(default)]
     pub prices: HashMap<String, Price>,
@@ -115,6 +148,7 @@ impl Config {
         for limit in &config.limits {
             limit.validate().map_err(|e| err(e.to_string()))?;
         }
+        config.proxy_settings(None).map_err(|e| err(e.message))?;
         Ok(config)
     }
 
@@ -137,6 +171,39 @@ impl Config {
             Some(path) => MemoryLedger::restore(self.limits.clone(), &path),
             None => MemoryLedger::new(self.limits.clone()),
         }
+    }
+
+    /// Proxy settings from this file, with `upstream` overriding the file's when given.
+    pub fn proxy_settings(&self, upstream: Option<&str>) -> Result<ProxySettings, ConfigError> {
+        let err = |message: String| ConfigError { path: self.dir.join("<config>"), message };
+        let url = |what: &str, text: &str| {
+            reqwest::Url::parse(text.trim_end_matches('/'))
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https"))
+                .ok_or_else(|| err(format!("{what} {text:?} is not an http(s) URL")))
+        };
+        let duration = |what: &str, text: &Option<String>, default: Duration| match text {
+            None => Ok(default),
+            Some(t) => crate::limits::parse_period(t).map_err(|e| err(format!("{what}: {e}"))),
+        };
+        let mut s = ProxySettings::default();
+        if let Some(u) = upstream.or(self.upstream.as_deref()) {
+            s.upstream = url("upstream", u)?;
+        }
+        s.allowed_upstreams = self.proxy.allowed_upstreams.iter().map(|u| url("allowed upstream", u)).collect::<Result<_, _>>()?;
+        if self.proxy.keys.iter().any(|k| k.len() < 16) {
+            return Err(err("proxy keys must be at least 16 characters".into()));
+        }
+        s.keys = self.proxy.keys.clone();
+        if let Some(var) = &self.proxy.upstream_api_key_env {
+            s.upstream_api_key = Some(std::env::var(var).map_err(|_| err(format!("upstream_api_key_env: variable {var} is not set")))?);
+        }
+        if let Some(limit) = self.proxy.body_limit_bytes {
+            s.body_limit = limit;
+        }
+        s.timeout = duration("timeout", &self.proxy.timeout, s.timeout)?;
+        s.read_timeout = duration("read_timeout", &self.proxy.read_timeout, s.read_timeout)?;
+        Ok(s)
     }
 
     /// The metric label policy.
@@ -207,6 +274,9 @@ mod tests {
             ("[prices.x]\ninput = 1\noutput = -2", "\"x\""),
             ("[pricess.x]\ninput = 1", "unknown field"),
             ("limits = 3", "invalid type"),
+            ("upstream = \"ftp://x\"", "http(s)"),
+            ("[proxy]\nkeys = [\"short\"]", "16 characters"),
+            ("[proxy]\ntimeout = \"soon\"", "timeout"),
         ] {
             let e = Config::parse(text).unwrap_err().to_string();
             assert!(e.contains(words), "{text:?}: {e}");

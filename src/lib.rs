@@ -13,6 +13,7 @@ pub mod mock;
 pub mod openai_layer;
 pub mod pricing;
 pub mod provider;
+pub mod proxy;
 pub mod record;
 pub mod semconv;
 pub mod stream;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use llm_meter::demo::{self, DemoConfig};
 use llm_meter::mock::{self, MockConfig};
+use llm_meter::config::Config;
 use llm_meter::telemetry::Telemetry;
 
 #[derive(Parser)]
@@ -32,6 +33,21 @@ enum Command {
         /// Keep sending traffic until interrupted.
         #[arg(long)]
         forever: bool,
+    },
+    /// Run the observing proxy (OpenAI-compatible, Pay-i-compatible routes).
+    Proxy {
+        /// Address to listen on [default: 127.0.0.1:8787, or the config's `listen`].
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Upstream API base [default: https://api.openai.com/v1, or the config's `upstream`].
+        #[arg(long)]
+        upstream: Option<String>,
+        /// Admin address for /metrics and /healthz [default: 127.0.0.1:9464].
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
+        /// Configuration file (TOML): upstream, prices, limits, labels, proxy keys, model defaults.
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
     },
     /// Run the mock OpenAI provider alone.
     Mock {
@@ -60,6 +76,57 @@ enum Command {
         #[arg(long, default_value_t = 30_000)]
         limit_tokens: u64,
     },
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn address(flag: Option<SocketAddr>, file: Option<&str>, what: &str, default: &str) -> Result<SocketAddr, BoxError> {
+    match (flag, file) {
+        (Some(a), _) => Ok(a),
+        (None, Some(text)) => text.parse().map_err(|_| format!("config {what} {text:?} is not an address like 127.0.0.1:8787").into()),
+        (None, None) => Ok(default.parse()?),
+    }
+}
+
+async fn run_proxy(
+    listen: Option<SocketAddr>,
+    upstream: Option<String>,
+    metrics_listen: Option<SocketAddr>,
+    config_path: Option<std::path::PathBuf>,
+) -> Result<(), BoxError> {
+    let config = match &config_path {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    let listen = address(listen, config.listen.as_deref(), "listen", "127.0.0.1:8787")?;
+    let metrics_listen = address(metrics_listen, config.metrics_listen.as_deref(), "metrics_listen", "127.0.0.1:9464")?;
+    let telemetry =
+        Telemetry::builder().service_name("llm-meter-proxy").labels(config.label_policy()).build()?.install()?;
+    let (proxy, ledger) = llm_meter::proxy::from_config(&config, upstream.as_deref(), &telemetry)?;
+    let upstream = config.proxy_settings(upstream.as_deref())?.upstream;
+    let bound = proxy.spawn(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let registry = telemetry.registry().cloned().unwrap_or_default();
+    let admin = llm_meter::telemetry::prometheus::serve(metrics_listen, registry)
+        .await
+        .map_err(|e| format!("cannot serve /metrics on {metrics_listen}: {e}"))?;
+    eprintln!("llm-meter proxy: http://{bound}/v1 -> {upstream}  (metrics: http://{admin}/metrics)");
+    let snapshot = config.snapshot_path();
+    let save = |path: &std::path::Path| {
+        if let Err(e) = ledger.snapshot(path) {
+            tracing::warn!(target: "llm_meter", "saving the ledger failed: {e}");
+        }
+    };
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => if let Some(path) = &snapshot { save(path) },
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    if let Some(path) = &snapshot {
+        save(path);
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -91,6 +158,9 @@ fn main() -> ExitCode {
                     result = demo::run(config, &telemetry) => result,
                     _ = tokio::signal::ctrl_c() => Ok(()),
                 }
+            }
+            Command::Proxy { listen, upstream, metrics_listen, config } => {
+                run_proxy(listen, upstream, metrics_listen, config).await
             }
             Command::Mock {
                 listen,

@@ -190,7 +190,17 @@ fn router(state: Arc<MockState>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/chat/completions", post(chat))
+        .route("/v1/models", axum::routing::get(models))
         .with_state(state)
+}
+
+/// `GET /v1/models`: the models the mock answers for.
+async fn models() -> Response {
+    let data: Vec<Value> = ["gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "o4-mini", "gpt-5"]
+        .iter()
+        .map(|id| json!({"id": id, "object": "model", "created": 1715367049, "owned_by": "system"}))
+        .collect();
+    respond(StatusCode::OK, HeaderMap::new(), Bytes::from(json!({"object": "list", "data": data}).to_string()))
 }
 
 /// Runs a mock on `addr` until the process ends (`llm-meter mock`).

@@ -62,6 +62,23 @@ pub fn write_trace_context(cx: &opentelemetry::Context, headers: &mut HeaderMap)
     }
 }
 
+/// The caller's trace context from W3C `traceparent`/`tracestate` headers, when it sent one.
+pub fn extract_trace_context(headers: &HeaderMap) -> Option<opentelemetry::Context> {
+    use opentelemetry::propagation::{Extractor, TextMapPropagator};
+    struct Headers<'a>(&'a HeaderMap);
+    impl Extractor for Headers<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).and_then(|v| v.to_str().ok())
+        }
+        fn keys(&self) -> Vec<&str> {
+            self.0.keys().map(HeaderName::as_str).collect()
+        }
+    }
+    headers.get("traceparent")?;
+    let cx = opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&Headers(headers));
+    cx.span().span_context().is_valid().then_some(cx)
+}
+
 /// Writes everything the record holds onto the span, in one pass: the attributes are collected
 /// into one list and handed to the OpenTelemetry span at once (one lock), rather than one
 /// `set_attribute` call (one subscriber lookup) per attribute. A disabled span costs nothing.
