@@ -175,7 +175,10 @@ impl Config {
 
     /// Proxy settings from this file, with `upstream` overriding the file's when given.
     pub fn proxy_settings(&self, upstream: Option<&str>) -> Result<ProxySettings, ConfigError> {
-        let err = |message: String| ConfigError { path: self.dir.join("<config>"), message };
+        let err = |message: String| ConfigError {
+            path: self.dir.join("<config>"),
+            message,
+        };
         let url = |what: &str, text: &str| {
             reqwest::Url::parse(text.trim_end_matches('/'))
                 .ok()
@@ -190,13 +193,19 @@ impl Config {
         if let Some(u) = upstream.or(self.upstream.as_deref()) {
             s.upstream = url("upstream", u)?;
         }
-        s.allowed_upstreams = self.proxy.allowed_upstreams.iter().map(|u| url("allowed upstream", u)).collect::<Result<_, _>>()?;
+        s.allowed_upstreams = self
+            .proxy
+            .allowed_upstreams
+            .iter()
+            .map(|u| url("allowed upstream", u))
+            .collect::<Result<_, _>>()?;
         if self.proxy.keys.iter().any(|k| k.len() < 16) {
             return Err(err("proxy keys must be at least 16 characters".into()));
         }
         s.keys = self.proxy.keys.clone();
         if let Some(var) = &self.proxy.upstream_api_key_env {
-            s.upstream_api_key = Some(std::env::var(var).map_err(|_| err(format!("upstream_api_key_env: variable {var} is not set")))?);
+            s.upstream_api_key =
+                Some(std::env::var(var).map_err(|_| err(format!("upstream_api_key_env: variable {var} is not set")))?);
         }
         if let Some(limit) = self.proxy.body_limit_bytes {
             s.body_limit = limit;

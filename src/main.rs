@@ -5,9 +5,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use llm_meter::config::Config;
 use llm_meter::demo::{self, DemoConfig};
 use llm_meter::mock::{self, MockConfig};
-use llm_meter::config::Config;
 use llm_meter::telemetry::Telemetry;
 
 #[derive(Parser)]
@@ -83,7 +83,9 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 fn address(flag: Option<SocketAddr>, file: Option<&str>, what: &str, default: &str) -> Result<SocketAddr, BoxError> {
     match (flag, file) {
         (Some(a), _) => Ok(a),
-        (None, Some(text)) => text.parse().map_err(|_| format!("config {what} {text:?} is not an address like 127.0.0.1:8787").into()),
+        (None, Some(text)) => text
+            .parse()
+            .map_err(|_| format!("config {what} {text:?} is not an address like 127.0.0.1:8787").into()),
         (None, None) => Ok(default.parse()?),
     }
 }
@@ -99,12 +101,23 @@ async fn run_proxy(
         None => Config::default(),
     };
     let listen = address(listen, config.listen.as_deref(), "listen", "127.0.0.1:8787")?;
-    let metrics_listen = address(metrics_listen, config.metrics_listen.as_deref(), "metrics_listen", "127.0.0.1:9464")?;
-    let telemetry =
-        Telemetry::builder().service_name("llm-meter-proxy").labels(config.label_policy()).build()?.install()?;
+    let metrics_listen = address(
+        metrics_listen,
+        config.metrics_listen.as_deref(),
+        "metrics_listen",
+        "127.0.0.1:9464",
+    )?;
+    let telemetry = Telemetry::builder()
+        .service_name("llm-meter-proxy")
+        .labels(config.label_policy())
+        .build()?
+        .install()?;
     let (proxy, ledger) = llm_meter::proxy::from_config(&config, upstream.as_deref(), &telemetry)?;
     let upstream = config.proxy_settings(upstream.as_deref())?.upstream;
-    let bound = proxy.spawn(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let bound = proxy
+        .spawn(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let registry = telemetry.registry().cloned().unwrap_or_default();
     let admin = llm_meter::telemetry::prometheus::serve(metrics_listen, registry)
         .await
@@ -159,9 +172,12 @@ fn main() -> ExitCode {
                     _ = tokio::signal::ctrl_c() => Ok(()),
                 }
             }
-            Command::Proxy { listen, upstream, metrics_listen, config } => {
-                run_proxy(listen, upstream, metrics_listen, config).await
-            }
+            Command::Proxy {
+                listen,
+                upstream,
+                metrics_listen,
+                config,
+            } => run_proxy(listen, upstream, metrics_listen, config).await,
             Command::Mock {
                 listen,
                 latency_ms,

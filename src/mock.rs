@@ -200,7 +200,11 @@ async fn models() -> Response {
         .iter()
         .map(|id| json!({"id": id, "object": "model", "created": 1715367049, "owned_by": "system"}))
         .collect();
-    respond(StatusCode::OK, HeaderMap::new(), Bytes::from(json!({"object": "list", "data": data}).to_string()))
+    respond(
+        StatusCode::OK,
+        HeaderMap::new(),
+        Bytes::from(json!({"object": "list", "data": data}).to_string()),
+    )
 }
 
 /// Runs a mock on `addr` until the process ends (`llm-meter mock`).

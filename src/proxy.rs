@@ -90,7 +90,9 @@ struct ProxyInner {
 
 impl std::fmt::Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Proxy").field("upstream", &self.inner.settings.upstream.as_str()).finish_non_exhaustive()
+        f.debug_struct("Proxy")
+            .field("upstream", &self.inner.settings.upstream.as_str())
+            .finish_non_exhaustive()
     }
 }
 
@@ -103,7 +105,10 @@ impl Proxy {
     /// A proxy with `settings`, observing through `meter` (block limits are always enforced).
     pub fn new(settings: ProxySettings, meter: Meter) -> Result<Self, ProxyError> {
         if !matches!(settings.upstream.scheme(), "http" | "https") {
-            return Err(ProxyError(format!("upstream {}: scheme must be http or https", settings.upstream)));
+            return Err(ProxyError(format!(
+                "upstream {}: scheme must be http or https",
+                settings.upstream
+            )));
         }
         let http = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
@@ -120,7 +125,14 @@ impl Proxy {
             }
             None => None,
         };
-        Ok(Proxy { inner: Arc::new(ProxyInner { settings, meter, http, upstream_auth }) })
+        Ok(Proxy {
+            inner: Arc::new(ProxyInner {
+                settings,
+                meter,
+                http,
+                upstream_auth,
+            }),
+        })
     }
 
     /// The meter calls are observed with.
@@ -164,7 +176,10 @@ pub fn from_config(
     telemetry: &crate::telemetry::Telemetry,
 ) -> Result<(Proxy, Arc<crate::limits::MemoryLedger>), Box<dyn std::error::Error + Send + Sync>> {
     let ledger = Arc::new(config.ledger()?);
-    let mut meter = telemetry.meter_builder().prices(config.prices()?).ledger(ledger.clone());
+    let mut meter = telemetry
+        .meter_builder()
+        .prices(config.prices()?)
+        .ledger(ledger.clone());
     for (model, defaults) in config.model_defaults_json() {
         meter = meter.model_defaults(model, defaults);
     }
@@ -174,13 +189,17 @@ pub fn from_config(
 
 /// An OpenAI-shaped error response.
 fn error_response(status: StatusCode, message: &str, kind: &str, param: Option<&str>, code: &str) -> Response {
-    json_response(status, &json!({"error": {"message": message, "type": kind, "param": param, "code": code}}))
+    json_response(
+        status,
+        &json!({"error": {"message": message, "type": kind, "param": param, "code": code}}),
+    )
 }
 
 fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
     let mut resp = Response::new(Body::from(body.to_string()));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
@@ -202,7 +221,10 @@ fn authorize(settings: &ProxySettings, headers: &HeaderMap) -> Result<(), Respon
     if settings.keys.is_empty() {
         return Ok(());
     }
-    let presented = headers.get("xproxy-api-key").map(HeaderValue::as_bytes).unwrap_or_default();
+    let presented = headers
+        .get("xproxy-api-key")
+        .map(HeaderValue::as_bytes)
+        .unwrap_or_default();
     if key_matches(presented, &settings.keys) {
         Ok(())
     } else {
@@ -218,9 +240,17 @@ fn authorize(settings: &ProxySettings, headers: &HeaderMap) -> Result<(), Respon
 
 /// The API base this request goes to: the configured one, or an allowed one it chose.
 fn upstream_base(settings: &ProxySettings, headers: &HeaderMap) -> Result<reqwest::Url, Response> {
-    let Some(chosen) = headers.get(HEADER_PROVIDER_BASE_URI) else { return Ok(settings.upstream.clone()) };
+    let Some(chosen) = headers.get(HEADER_PROVIDER_BASE_URI) else {
+        return Ok(settings.upstream.clone());
+    };
     let bad = |why: &str| {
-        error_response(StatusCode::BAD_REQUEST, &format!("xProxy-Provider-BaseUri: {why}"), "invalid_request_error", Some("xProxy-Provider-BaseUri"), "invalid_header")
+        error_response(
+            StatusCode::BAD_REQUEST,
+            &format!("xProxy-Provider-BaseUri: {why}"),
+            "invalid_request_error",
+            Some("xProxy-Provider-BaseUri"),
+            "invalid_header",
+        )
     };
     let text = chosen.to_str().map_err(|_| bad("not valid text"))?;
     let url = reqwest::Url::parse(text.trim_end_matches('/')).map_err(|_| bad("not a URL"))?;
@@ -233,19 +263,39 @@ fn upstream_base(settings: &ProxySettings, headers: &HeaderMap) -> Result<reqwes
 }
 
 fn join(base: &reqwest::Url, rest: &str, query: Option<&str>) -> Result<reqwest::Url, Response> {
-    let mut url = format!("{}/{}", base.as_str().trim_end_matches('/'), rest.trim_start_matches('/'));
+    let mut url = format!(
+        "{}/{}",
+        base.as_str().trim_end_matches('/'),
+        rest.trim_start_matches('/')
+    );
     if let Some(q) = query {
         url.push('?');
         url.push_str(q);
     }
-    reqwest::Url::parse(&url).map_err(|_| error_response(StatusCode::BAD_REQUEST, "bad request path", "invalid_request_error", None, "invalid_path"))
+    reqwest::Url::parse(&url).map_err(|_| {
+        error_response(
+            StatusCode::BAD_REQUEST,
+            "bad request path",
+            "invalid_request_error",
+            None,
+            "invalid_path",
+        )
+    })
 }
 
 /// Headers that are per connection (RFC 9110 §7.6.1), plus those a `Connection` header names.
 fn is_hop_by_hop(name: &HeaderName, connection: &[String]) -> bool {
     matches!(
         name.as_str(),
-        "connection" | "proxy-connection" | "keep-alive" | "te" | "trailer" | "transfer-encoding" | "upgrade" | "host" | "content-length"
+        "connection"
+            | "proxy-connection"
+            | "keep-alive"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+            | "content-length"
     ) || connection.iter().any(|c| c.eq_ignore_ascii_case(name.as_str()))
 }
 
@@ -294,9 +344,27 @@ fn downstream_headers(upstream: &HeaderMap) -> HeaderMap {
 
 fn upstream_failure(kind: ErrorType) -> Response {
     match kind {
-        ErrorType::Timeout => error_response(StatusCode::GATEWAY_TIMEOUT, "the upstream provider did not answer in time", "upstream_error", None, "upstream_timeout"),
-        ErrorType::Connect => error_response(StatusCode::BAD_GATEWAY, "cannot connect to the upstream provider", "upstream_error", None, "upstream_unreachable"),
-        _ => error_response(StatusCode::BAD_GATEWAY, "the upstream provider's answer failed", "upstream_error", None, "upstream_failed"),
+        ErrorType::Timeout => error_response(
+            StatusCode::GATEWAY_TIMEOUT,
+            "the upstream provider did not answer in time",
+            "upstream_error",
+            None,
+            "upstream_timeout",
+        ),
+        ErrorType::Connect => error_response(
+            StatusCode::BAD_GATEWAY,
+            "cannot connect to the upstream provider",
+            "upstream_error",
+            None,
+            "upstream_unreachable",
+        ),
+        _ => error_response(
+            StatusCode::BAD_GATEWAY,
+            "the upstream provider's answer failed",
+            "upstream_error",
+            None,
+            "upstream_failed",
+        ),
     }
 }
 
@@ -365,7 +433,13 @@ async fn chat_inner(proxy: Proxy, request: Request) -> Response {
     let annotations = match Annotations::from_headers(&parts.headers) {
         Ok(a) => a,
         Err(e) => {
-            return error_response(StatusCode::BAD_REQUEST, &e.to_string(), "invalid_request_error", Some(e.field.header()), "invalid_header");
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                &e.to_string(),
+                "invalid_request_error",
+                Some(e.field.header()),
+                "invalid_header",
+            );
         }
     };
     let base = match upstream_base(settings, &parts.headers) {
@@ -428,7 +502,13 @@ async fn chat_inner(proxy: Proxy, request: Request) -> Response {
     let mut out_headers = downstream_headers(&upstream_headers);
     if stream && status.is_success() {
         let observed = call
-            .observe_stream(status, upstream_headers, response.bytes_stream(), sent, prepared.hide_usage_chunk)
+            .observe_stream(
+                status,
+                upstream_headers,
+                response.bytes_stream(),
+                sent,
+                prepared.hide_usage_chunk,
+            )
             .with_final_event(xproxy_chunk);
         let mut resp = Response::new(Body::from_stream(observed));
         *resp.status_mut() = status;
@@ -460,7 +540,15 @@ async fn chat_inner(proxy: Proxy, request: Request) -> Response {
 }
 
 async fn send_unobserved(inner: &ProxyInner, url: reqwest::Url, headers: HeaderMap, body: Bytes) -> Response {
-    match inner.http.post(url).headers(headers).body(body).timeout(inner.settings.timeout).send().await {
+    match inner
+        .http
+        .post(url)
+        .headers(headers)
+        .body(body)
+        .timeout(inner.settings.timeout)
+        .send()
+        .await
+    {
         Ok(r) => relay(r),
         Err(e) => upstream_failure(ErrorType::from_reqwest(&e)),
     }
@@ -495,7 +583,14 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
     };
     let headers = upstream_request_headers(inner, &parts.headers, false);
     let body = reqwest::Body::wrap_stream(body.into_data_stream().map_err(std::io::Error::other));
-    match inner.http.request(parts.method, url).headers(headers).body(body).send().await {
+    match inner
+        .http
+        .request(parts.method, url)
+        .headers(headers)
+        .body(body)
+        .send()
+        .await
+    {
         Ok(r) => relay(r),
         Err(e) => upstream_failure(ErrorType::from_reqwest(&e)),
     }

@@ -1,0 +1,397 @@
+//! The proxy end to end with the mock provider: pass-through, xproxy_result, streaming without
+//! buffering, annotations, auth, limits, upstream failures and disconnects.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use llm_meter::limits::{LimitConfig, LimitKind, MemoryLedger};
+use llm_meter::mock::{MockConfig, MockServer};
+use llm_meter::proxy::{Proxy, ProxySettings};
+use llm_meter::{CallRecord, ErrorType, Meter};
+use serde_json::{json, Value};
+
+struct Setup {
+    mock: MockServer,
+    base: String,
+    records: Arc<Mutex<Vec<CallRecord>>>,
+    http: reqwest::Client,
+}
+
+async fn setup_with(
+    mock: MockConfig,
+    settings: impl FnOnce(&mut ProxySettings),
+    meter: impl FnOnce(llm_meter::MeterBuilder) -> llm_meter::MeterBuilder,
+) -> Setup {
+    let mock = MockServer::start(mock).await.unwrap();
+    let records: Arc<Mutex<Vec<CallRecord>>> = Arc::default();
+    let sink = records.clone();
+    let meter = meter(Meter::builder().hook(move |r: &CallRecord| sink.lock().unwrap().push(r.clone())))
+        .build()
+        .unwrap();
+    let mut s = ProxySettings {
+        upstream: mock.base_url().parse().unwrap(),
+        ..ProxySettings::default()
+    };
+    settings(&mut s);
+    let addr = Proxy::new(s, meter)
+        .unwrap()
+        .spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    Setup {
+        mock,
+        base: format!("http://{addr}"),
+        records,
+        http: reqwest::Client::new(),
+    }
+}
+
+async fn setup() -> Setup {
+    let ledger = Arc::new(MemoryLedger::new(vec![]).unwrap());
+    setup_with(MockConfig::default(), |_| {}, |m| m.ledger(ledger)).await
+}
+
+fn chat(stream: bool) -> Value {
+    json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello proxy"}], "stream": stream})
+}
+
+impl Setup {
+    fn post(&self, path: &str, body: &Value) -> reqwest::RequestBuilder {
+        self.http
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .header("authorization", "Bearer sk-client-key")
+    }
+    fn last_record(&self) -> CallRecord {
+        self.records.lock().unwrap().last().cloned().expect("a record")
+    }
+}
+
+#[tokio::test]
+async fn json_answers_pass_through_with_a_sibling_xproxy_result() {
+    let s = setup().await;
+    let resp = s
+        .post("/v1/chat/completions", &chat(false))
+        .header("xProxy-UseCase-Name", "support")
+        .header("xProxy-User-ID", "u-42")
+        .header("xProxy-Limit-IDs", "daily, team")
+        .header("xProxy-Request-Tags", "beta")
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    for h in [
+        "x-request-id",
+        "openai-processing-ms",
+        "openai-version",
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-reset-tokens",
+    ] {
+        assert!(resp.headers().contains_key(h), "{h} passes through");
+    }
+    let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let body: Value = resp.json().await.unwrap();
+    let x = &body["xproxy_result"];
+    assert_eq!(x["use_case_name"], "support");
+    assert_eq!(x["user_id"], "u-42");
+    assert_eq!(x["request_tags"], json!(["beta"]));
+    assert_eq!(x["limits"], json!({"daily": {"state": "ok"}, "team": {"state": "ok"}}));
+    assert_eq!(x["cost"]["currency"], "usd");
+    assert!(body["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .starts_with("Hello"));
+    let keys: Vec<_> = body.as_object().unwrap().keys().cloned().collect();
+    assert_eq!(
+        keys.first().map(String::as_str),
+        Some("id"),
+        "the provider's body is kept as it was: {keys:?}"
+    );
+
+    let r = s.last_record();
+    assert_eq!(r.meta.request_id(), Some(request_id.as_str()));
+    assert_eq!(x["request_id"], r.id.to_string());
+    let sent = s.mock.received().pop().unwrap();
+    assert_eq!(sent.headers["authorization"], "Bearer sk-client-key");
+    assert!(
+        sent.headers.keys().all(|k| !k.as_str().starts_with("xproxy-")),
+        "annotations are not forwarded"
+    );
+    assert!(
+        !sent.headers.contains_key("accept-encoding"),
+        "observed calls ask for an uncompressed answer"
+    );
+}
+
+#[tokio::test]
+async fn payi_route_and_upstream_key_replacement() {
+    let s = setup_with(
+        MockConfig::default(),
+        |p| p.upstream_api_key = Some("sk-upstream-secret".into()),
+        |m| m,
+    )
+    .await;
+    let resp = s
+        .post("/api/v1/proxy/openai/v1/chat/completions", &chat(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.json::<Value>().await.unwrap().get("xproxy_result").is_some());
+    assert_eq!(
+        s.mock.received().pop().unwrap().headers["authorization"],
+        "Bearer sk-upstream-secret"
+    );
+}
+
+#[tokio::test]
+async fn streams_are_forwarded_chunk_by_chunk_with_xproxy_result_last() {
+    let s = setup().await;
+    let resp = s
+        .post("/v1/chat/completions", &chat(true))
+        .header("x-mock-gate", "1")
+        .header("xProxy-UseCase-Name", "stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let mut body = resp.bytes_stream();
+    // The mock holds every chunk after the first until released: a buffering proxy would hang.
+    let first = tokio::time::timeout(Duration::from_secs(10), body.next())
+        .await
+        .expect("first chunk unbuffered")
+        .unwrap()
+        .unwrap();
+    assert!(first.starts_with(b"data: {"));
+    s.mock.release(1000);
+    let mut text = String::from_utf8(first.to_vec()).unwrap();
+    while let Some(chunk) = body.next().await {
+        text.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+    }
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert_eq!(*events.last().unwrap(), "data: [DONE]");
+    let last: Value = serde_json::from_str(&events[events.len() - 2][6..]).unwrap();
+    assert_eq!(last["choices"], json!([]));
+    assert_eq!(last["xproxy_result"]["use_case_name"], "stream");
+    assert!(last["xproxy_result"]["cost"]["total"]["base"].as_f64().unwrap() > 0.0);
+    assert!(
+        !text.contains("\"usage\":{"),
+        "the usage chunk the proxy asked for is hidden"
+    );
+    let sent: Value = serde_json::from_slice(&s.mock.received().pop().unwrap().body).unwrap();
+    assert_eq!(sent["stream_options"]["include_usage"], true);
+    let r = s.last_record();
+    assert_eq!((r.error, r.usage.map(|u| u.output_tokens)), (None, Some(44)));
+}
+
+#[tokio::test]
+async fn invalid_annotations_get_a_400_naming_the_header_and_nothing_is_forwarded() {
+    let s = setup().await;
+    let resp = s
+        .post("/v1/chat/completions", &chat(false))
+        .header("xProxy-Request-Tags", "ok,not ok")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"]["param"], "xProxy-Request-Tags");
+    assert!(err["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("xProxy-Request-Tags"));
+    assert!(s.mock.received().is_empty());
+}
+
+#[tokio::test]
+async fn proxy_keys_are_required_when_configured() {
+    let key = "proxy-key-0123456789";
+    let s = setup_with(MockConfig::default(), |p| p.keys = vec![key.into()], |m| m).await;
+    let missing = s.post("/v1/chat/completions", &chat(false)).send().await.unwrap();
+    assert_eq!(missing.status(), 401);
+    let wrong = s
+        .post("/v1/chat/completions", &chat(false))
+        .header("xProxy-Api-Key", "proxy-key-0123456788")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    assert!(s.mock.received().is_empty());
+    let models = s.http.get(format!("{}/v1/models", s.base)).send().await.unwrap();
+    assert_eq!(models.status(), 401, "forwarded routes need the key too");
+    let ok = s
+        .post("/v1/chat/completions", &chat(false))
+        .header("xProxy-Api-Key", key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert!(
+        !s.mock.received()[0].headers.contains_key("xproxy-api-key"),
+        "the proxy key is never forwarded"
+    );
+}
+
+#[tokio::test]
+async fn block_limits_refuse_before_the_provider_is_called() {
+    let chat = |_| {
+        let mut c = chat(false);
+        c["max_completion_tokens"] = json!(50);
+        c
+    };
+    let ledger = Arc::new(
+        MemoryLedger::new(vec![LimitConfig {
+            id: "cap".into(),
+            max: 0.0006,
+            threshold: None,
+            kind: LimitKind::Block,
+            reset: None,
+        }])
+        .unwrap(),
+    );
+    let s = setup_with(MockConfig::default(), |_| {}, |m| m.ledger(ledger.clone())).await;
+    let first = s
+        .post("/v1/chat/completions", &chat(()))
+        .header("xProxy-Limit-IDs", "cap")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    let refused = s
+        .post("/v1/chat/completions", &chat(()))
+        .header("xProxy-Limit-IDs", "cap")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["xproxy_error"]["code"], "limit_reached");
+    assert_eq!(body["xproxy_result"]["blocked_limit_ids"], json!(["cap"]));
+    assert_eq!(body["xproxy_result"]["limits"]["cap"]["state"], "blocked");
+    assert_eq!(s.mock.received().len(), 1);
+    assert_eq!(s.last_record().error, Some(ErrorType::LimitReached));
+}
+
+#[tokio::test]
+async fn upstream_errors_pass_through_as_the_provider_sent_them() {
+    let s = setup().await;
+    let resp = s
+        .post("/v1/chat/completions", &chat(false))
+        .header("x-mock-error", "429")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().contains_key("retry-after"));
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    assert!(body.get("xproxy_result").is_none());
+    assert_eq!(s.last_record().error, Some(ErrorType::Status(429)));
+    let resp = s
+        .post("/v1/chat/completions", &chat(true))
+        .header("x-mock-error", "500")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 500);
+    assert_eq!(resp.json::<Value>().await.unwrap()["error"]["type"], "server_error");
+}
+
+#[tokio::test]
+async fn timeouts_and_unreachable_upstreams_get_openai_shaped_504_and_502() {
+    let s = setup_with(MockConfig::default(), |p| p.timeout = Duration::from_millis(300), |m| m).await;
+    let resp = s
+        .post("/v1/chat/completions", &chat(false))
+        .header("x-mock-error", "stall")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 504);
+    assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], "upstream_timeout");
+    assert_eq!(s.last_record().error, Some(ErrorType::Timeout));
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let down = setup_with(
+        MockConfig::default(),
+        |p| p.upstream = format!("http://127.0.0.1:{port}/v1").parse().unwrap(),
+        |m| m,
+    )
+    .await;
+    let resp = down.post("/v1/chat/completions", &chat(false)).send().await.unwrap();
+    assert_eq!(resp.status(), 502);
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["error"]["code"],
+        "upstream_unreachable"
+    );
+    assert_eq!(down.last_record().error, Some(ErrorType::Connect));
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_mid_stream_cancels_the_call() {
+    let s = setup_with(
+        MockConfig {
+            chunk_delay: Duration::from_millis(50),
+            chunks: 40,
+            ..MockConfig::default()
+        },
+        |_| {},
+        |m| m,
+    )
+    .await;
+    let resp = s.post("/v1/chat/completions", &chat(true)).send().await.unwrap();
+    let mut body = resp.bytes_stream();
+    body.next().await.unwrap().unwrap();
+    drop(body);
+    let mut record = None;
+    for _ in 0..100 {
+        if let Some(r) = s.records.lock().unwrap().last().cloned() {
+            record = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(record.expect("the call ended").error, Some(ErrorType::Cancelled));
+}
+
+#[tokio::test]
+async fn other_v1_requests_are_forwarded_untouched() {
+    let s = setup().await;
+    let resp = s
+        .http
+        .get(format!("{}/v1/models", s.base))
+        .header("connection", "x-hop")
+        .header("x-hop", "1")
+        .header("xProxy-UseCase-Name", "x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.json::<Value>().await.unwrap()["object"], "list");
+    let via_payi = s
+        .http
+        .get(format!("{}/api/v1/proxy/openai/v1/models", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(via_payi.status(), 200);
+    assert!(s.records.lock().unwrap().is_empty(), "not a chat call: not observed");
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_are_refused() {
+    let s = setup_with(MockConfig::default(), |p| p.body_limit = 1024, |m| m).await;
+    let big = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x".repeat(4096)}]});
+    let resp = s.post("/v1/chat/completions", &big).send().await.unwrap();
+    assert_eq!(resp.status(), 413);
+    assert!(s.mock.received().is_empty());
+}
