@@ -187,6 +187,9 @@ pub fn from_config(
     Ok((proxy, ledger))
 }
 
+/// A request the proxy answers itself, with an error (boxed: responses are large).
+type Rejection = Box<Response>;
+
 /// An OpenAI-shaped error response.
 fn error_response(status: StatusCode, message: &str, kind: &str, param: Option<&str>, code: &str) -> Response {
     json_response(
@@ -209,15 +212,15 @@ fn key_matches(presented: &[u8], keys: &[String]) -> bool {
     for key in keys {
         let key = key.as_bytes();
         let mut diff = u8::from(key.len() != presented.len());
-        for i in 0..key.len() {
-            diff |= key[i] ^ presented.get(i).copied().unwrap_or(0);
+        for (i, k) in key.iter().enumerate() {
+            diff |= k ^ presented.get(i).copied().unwrap_or(0);
         }
         found |= u8::from(diff == 0);
     }
     found == 1
 }
 
-fn authorize(settings: &ProxySettings, headers: &HeaderMap) -> Result<(), Response> {
+fn authorize(settings: &ProxySettings, headers: &HeaderMap) -> Result<(), Rejection> {
     if settings.keys.is_empty() {
         return Ok(());
     }
@@ -228,29 +231,29 @@ fn authorize(settings: &ProxySettings, headers: &HeaderMap) -> Result<(), Respon
     if key_matches(presented, &settings.keys) {
         Ok(())
     } else {
-        Err(error_response(
+        Err(Box::new(error_response(
             StatusCode::UNAUTHORIZED,
             "missing or wrong xProxy-Api-Key",
             "authentication_error",
             Some(semconv::HEADER_API_KEY),
             "invalid_proxy_key",
-        ))
+        )))
     }
 }
 
 /// The API base this request goes to: the configured one, or an allowed one it chose.
-fn upstream_base(settings: &ProxySettings, headers: &HeaderMap) -> Result<reqwest::Url, Response> {
+fn upstream_base(settings: &ProxySettings, headers: &HeaderMap) -> Result<reqwest::Url, Rejection> {
     let Some(chosen) = headers.get(HEADER_PROVIDER_BASE_URI) else {
         return Ok(settings.upstream.clone());
     };
     let bad = |why: &str| {
-        error_response(
+        Box::new(error_response(
             StatusCode::BAD_REQUEST,
             &format!("xProxy-Provider-BaseUri: {why}"),
             "invalid_request_error",
             Some("xProxy-Provider-BaseUri"),
             "invalid_header",
-        )
+        ))
     };
     let text = chosen.to_str().map_err(|_| bad("not valid text"))?;
     let url = reqwest::Url::parse(text.trim_end_matches('/')).map_err(|_| bad("not a URL"))?;
@@ -262,7 +265,7 @@ fn upstream_base(settings: &ProxySettings, headers: &HeaderMap) -> Result<reqwes
     }
 }
 
-fn join(base: &reqwest::Url, rest: &str, query: Option<&str>) -> Result<reqwest::Url, Response> {
+fn join(base: &reqwest::Url, rest: &str, query: Option<&str>) -> Result<reqwest::Url, Rejection> {
     let mut url = format!(
         "{}/{}",
         base.as_str().trim_end_matches('/'),
@@ -273,13 +276,13 @@ fn join(base: &reqwest::Url, rest: &str, query: Option<&str>) -> Result<reqwest:
         url.push_str(q);
     }
     reqwest::Url::parse(&url).map_err(|_| {
-        error_response(
+        Box::new(error_response(
             StatusCode::BAD_REQUEST,
             "bad request path",
             "invalid_request_error",
             None,
             "invalid_path",
-        )
+        ))
     })
 }
 
@@ -428,7 +431,7 @@ async fn chat_inner(proxy: Proxy, request: Request) -> Response {
     let settings = &inner.settings;
     let (parts, body) = request.into_parts();
     if let Err(resp) = authorize(settings, &parts.headers) {
-        return resp;
+        return *resp;
     }
     let annotations = match Annotations::from_headers(&parts.headers) {
         Ok(a) => a,
@@ -444,11 +447,11 @@ async fn chat_inner(proxy: Proxy, request: Request) -> Response {
     };
     let base = match upstream_base(settings, &parts.headers) {
         Ok(b) => b,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let url = match join(&base, "chat/completions", parts.uri.query()) {
         Ok(u) => u,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let body = match axum::body::to_bytes(body, settings.body_limit).await {
         Ok(b) => b,
@@ -568,18 +571,18 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
     let inner = &proxy.inner;
     let (parts, body) = request.into_parts();
     if let Err(resp) = authorize(&inner.settings, &parts.headers) {
-        return resp;
+        return *resp;
     }
     let base = match upstream_base(&inner.settings, &parts.headers) {
         Ok(b) => b,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let path = parts.uri.path();
     let rest = path.strip_prefix(PAYI_OPENAI_PREFIX).unwrap_or(path);
     let rest = rest.strip_prefix("/v1").unwrap_or(rest);
     let url = match join(&base, rest, parts.uri.query()) {
         Ok(u) => u,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let headers = upstream_request_headers(inner, &parts.headers, false);
     let body = reqwest::Body::wrap_stream(body.into_data_stream().map_err(std::io::Error::other));
