@@ -504,6 +504,7 @@ impl Call {
             record: None,
             body_done: false,
             done_at: None,
+            hide_usage_chunk: hide_usage_chunk && status.is_success(),
             final_event: None,
         }
     }
@@ -609,6 +610,8 @@ pub struct ChatStream {
     body_done: bool,
     /// Index in `events` of the `[DONE]` event of the current chunk.
     done_at: Option<usize>,
+    /// The usage-only chunk was requested by us, not the caller: drop it.
+    hide_usage_chunk: bool,
     /// Bytes to send just before `[DONE]`, made from the finished record.
     final_event: Option<FinalEvent>,
 }
@@ -692,14 +695,14 @@ impl Stream for ChatStream {
                         this.finish_if_done();
                         Some(chunk)
                     } else {
-                        let (events, done_at) = (&mut this.events, &mut this.done_at);
+                        let (events, done_at, hide) = (&mut this.events, &mut this.done_at, this.hide_usage_chunk);
                         events.clear();
                         *done_at = None;
                         this.observer.observe(&chunk, |outcome, end| {
                             if outcome == EventOutcome::Done {
                                 done_at.get_or_insert(events.len());
                             }
-                            events.push((end, outcome != EventOutcome::UsageOnly))
+                            events.push((end, !(hide && outcome == EventOutcome::UsageOnly)))
                         });
                         this.finish_if_done();
                         let insert = match (this.done_at, &this.record) {

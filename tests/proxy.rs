@@ -191,6 +191,28 @@ async fn streams_are_forwarded_chunk_by_chunk_with_xproxy_result_last() {
 }
 
 #[tokio::test]
+async fn streams_keep_the_usage_chunk_the_caller_asked_for() {
+    let s = setup().await;
+    let mut body = chat(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let text = s
+        .post("/v1/chat/completions", &body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(text.matches("\"usage\":{").count(), 1, "{text}");
+    assert!(text.contains("xproxy_result"));
+    assert_eq!(
+        s.mock.received()[0].body,
+        serde_json::to_vec(&body).unwrap(),
+        "sent upstream unchanged"
+    );
+}
+
+#[tokio::test]
 async fn invalid_annotations_get_a_400_naming_the_header_and_nothing_is_forwarded() {
     let s = setup().await;
     let resp = s
