@@ -1,5 +1,8 @@
-//! `llm-meter demo`: the embedded mock provider, a realistic mix of annotated calls through the
-//! library client, and a summary of what was observed. Needs no API key and no network.
+//! `llm-meter demo`: the embedded mock provider, the proxy in front of it, and the library client,
+//! driven with a realistic mix of annotated traffic — several use cases and users, streaming and
+//! not, a budget that passes its threshold, a block limit that refuses calls, and some 429s —
+//! with `/metrics` served, OTLP exported when the environment asks, and a live summary. Needs no
+//! API key and no network.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -9,15 +12,17 @@ use futures_util::StreamExt;
 use serde_json::json;
 
 use crate::annotations::Annotations;
-use crate::client::Client;
+use crate::client::{Client, Error};
+use crate::limits::{Ledger, LimitConfig, LimitKind, MemoryLedger};
 use crate::mock::{MockConfig, MockServer};
-use crate::record::CallRecord;
+use crate::proxy::{Proxy, ProxySettings};
+use crate::record::{CallRecord, ErrorType};
 use crate::telemetry::{prometheus, Telemetry};
 
 /// Demo settings.
 #[derive(Clone, Debug)]
 pub struct DemoConfig {
-    /// Calls to make.
+    /// Calls to make (per round with `forever`).
     pub calls: usize,
     /// Calls in flight at once.
     pub concurrency: usize,
@@ -41,14 +46,37 @@ impl Default for DemoConfig {
             latency: Duration::from_millis(20),
             chunk_delay: Duration::from_millis(5),
             error_rate: 0.05,
-            metrics_listen: Some(
-                crate::telemetry::prometheus::DEFAULT_METRICS_ADDR
-                    .parse()
-                    .expect("valid default"),
-            ),
+            metrics_listen: Some(prometheus::DEFAULT_METRICS_ADDR.parse().expect("valid default")),
             forever: false,
         }
     }
+}
+
+/// The demo's budgets: one passes its threshold, one blocks, one stays ok.
+pub fn demo_limits() -> Vec<LimitConfig> {
+    vec![
+        LimitConfig {
+            id: "team-support-daily".into(),
+            max: 0.02,
+            threshold: Some(0.25),
+            kind: LimitKind::Allow,
+            reset: Some(Duration::from_secs(86_400)),
+        },
+        LimitConfig {
+            id: "trial-org".into(),
+            max: 0.003,
+            threshold: Some(0.8),
+            kind: LimitKind::Block,
+            reset: None,
+        },
+        LimitConfig {
+            id: "org-monthly".into(),
+            max: 50.0,
+            threshold: Some(0.8),
+            kind: LimitKind::Allow,
+            reset: Some(Duration::from_secs(30 * 86_400)),
+        },
+    ]
 }
 
 #[derive(Default)]
@@ -57,8 +85,9 @@ struct Tally {
     streams: u64,
     input_tokens: u64,
     output_tokens: u64,
+    cost: f64,
     errors: BTreeMap<&'static str, u64>,
-    by_use_case: BTreeMap<String, (u64, u64)>,
+    by_use_case: BTreeMap<String, (u64, u64, f64)>,
     last_remaining: Option<(u64, u64)>,
 }
 
@@ -66,10 +95,13 @@ impl Tally {
     fn add(&mut self, r: &CallRecord) {
         self.calls += 1;
         self.streams += u64::from(r.request.stream);
+        let tokens = r.usage.map_or(0, |u| u.input_tokens + u.output_tokens);
         if let Some(u) = r.usage {
             self.input_tokens += u.input_tokens;
             self.output_tokens += u.output_tokens;
         }
+        let cost = r.cost.map_or(0.0, |c| c.total);
+        self.cost += cost;
         if let Some(e) = r.error {
             *self.errors.entry(e.as_str()).or_default() += 1;
         }
@@ -78,10 +110,22 @@ impl Tally {
             .entry(r.annotations.use_case_name().unwrap_or("(none)").to_owned())
             .or_default();
         uc.0 += 1;
-        uc.1 += r.usage.map_or(0, |u| u.input_tokens + u.output_tokens);
+        uc.1 += tokens;
+        uc.2 += cost;
         if let (Some(a), Some(b)) = (r.meta.requests.remaining, r.meta.tokens.remaining) {
             self.last_remaining = Some((a, b));
         }
+    }
+
+    fn progress_line(&self) -> String {
+        let blocked = self.errors.get(ErrorType::LimitReached.as_str()).copied().unwrap_or(0);
+        let limited = self.errors.get("429").copied().unwrap_or(0);
+        format!(
+            "{} calls · {} tokens · ${:.4} · {blocked} blocked by limits · {limited} rate-limited (429)",
+            self.calls,
+            self.input_tokens + self.output_tokens,
+            self.cost
+        )
     }
 }
 
@@ -92,8 +136,16 @@ const USE_CASES: [(&str, &str, bool); 4] = [
     ("docs.summarize", "gpt-4o", true),
 ];
 
+/// How one demo call goes out.
+#[derive(Clone)]
+struct Doors {
+    client: Client,
+    proxy_url: String,
+    http: reqwest::Client,
+}
+
 /// Runs the demo with `telemetry` (its metrics, and its spans when its layer is installed) and
-/// prints a summary to stdout.
+/// prints progress and a summary to stdout.
 pub async fn run(config: DemoConfig, telemetry: &Telemetry) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mock = MockServer::start(MockConfig {
         latency: config.latency,
@@ -105,61 +157,76 @@ pub async fn run(config: DemoConfig, telemetry: &Telemetry) -> Result<(), Box<dy
         ..MockConfig::default()
     })
     .await?;
-    println!("llm-meter demo: mock provider at {}", mock.base_url());
     if let (Some(addr), Some(registry)) = (config.metrics_listen, telemetry.registry()) {
         let bound = prometheus::serve(addr, registry.clone())
             .await
             .map_err(|e| format!("cannot serve /metrics on {addr}: {e} (choose another with --metrics-listen)"))?;
-        println!("metrics: http://{bound}/metrics");
+        println!("metrics:        http://{bound}/metrics");
     }
     if telemetry.otlp_enabled() {
-        println!("OTLP export: on (from OTEL_EXPORTER_OTLP_* variables)");
+        println!("OTLP export:    on (from OTEL_EXPORTER_OTLP_* variables)");
     }
     let tally = Arc::new(Mutex::new(Tally::default()));
     let sink = tally.clone();
+    let ledger = Arc::new(MemoryLedger::new(demo_limits())?);
     let meter = telemetry
         .meter_builder()
+        .ledger(ledger.clone())
+        .enforce_limits(true)
         .hook(move |r: &CallRecord| {
             if let Ok(mut t) = sink.lock() {
                 t.add(r);
             }
         })
         .build()?;
-    let client = Client::builder()
-        .base_url(mock.base_url())
-        .api_key("sk-demo-not-a-real-key")
-        .meter(meter)
-        .build()?;
+    let settings = ProxySettings {
+        upstream: mock.base_url().parse()?,
+        ..ProxySettings::default()
+    };
+    let proxy_addr = Proxy::new(settings, meter.clone())?
+        .spawn("127.0.0.1:0".parse()?)
+        .await?;
+    println!("mock provider:  {}", mock.base_url());
+    println!("proxy:          http://{proxy_addr}/v1 (Pay-i route: /api/v1/proxy/openai/v1)");
+    let doors = Doors {
+        client: Client::builder()
+            .base_url(mock.base_url())
+            .api_key("sk-demo-not-a-real-key")
+            .meter(meter)
+            .build()?,
+        proxy_url: format!("http://{proxy_addr}/v1/chat/completions"),
+        http: reqwest::Client::new(),
+    };
 
     let started = Instant::now();
     let mut round = 0usize;
     loop {
-        drive(&client, &config, round).await;
+        drive(&doors, &config, round, &tally).await;
         round += 1;
         if !config.forever {
             break;
         }
-        let t = tally.lock().map_err(|_| "tally poisoned")?;
-        println!(
-            "  round {round}: {} calls so far, {} tokens",
-            t.calls,
-            t.input_tokens + t.output_tokens
-        );
     }
-    summarize(&tally, started)
+    summarize(&tally, ledger.as_ref(), started)
 }
 
-/// One batch of `config.calls` annotated calls, `config.concurrency` at a time.
-async fn drive(client: &Client, config: &DemoConfig, round: usize) {
+/// One batch of `config.calls` annotated calls, `config.concurrency` at a time, alternating
+/// between the library client and the proxy.
+async fn drive(doors: &Doors, config: &DemoConfig, round: usize, tally: &Mutex<Tally>) {
     let calls = futures_util::stream::iter(0..config.calls)
         .map(|i| {
-            let client = client.clone();
+            let doors = doors.clone();
             async move {
                 let (use_case, model, stream) = USE_CASES[i % USE_CASES.len()];
+                let limits: &[&str] = match i % 3 {
+                    0 => &["team-support-daily", "org-monthly"],
+                    1 => &["trial-org"],
+                    _ => &["org-monthly"],
+                };
                 let annotations = Annotations::builder()
                     .use_case_name(use_case)
                     .user_id(format!("user-{}", i % 7))
-                    .limit_ids([if i % 2 == 0 { "team-support-daily" } else { "org-monthly" }])
+                    .limit_ids(limits.iter().copied())
                     .request_tags(["demo"])
                     .build()
                     .expect("demo annotations are valid");
@@ -169,16 +236,10 @@ async fn drive(client: &Client, config: &DemoConfig, round: usize) {
                     "max_completion_tokens": 64,
                     "stream": stream,
                 });
-                if stream {
-                    if let Ok(mut s) = client.chat_stream(&body, &annotations).await {
-                        while let Some(chunk) = s.next().await {
-                            if chunk.is_err() {
-                                break;
-                            }
-                        }
-                    }
+                if i % 2 == 0 {
+                    through_client(&doors.client, &body, &annotations, stream).await;
                 } else {
-                    let _ = client.chat(&body, &annotations).await;
+                    through_proxy(&doors, &body, &annotations).await;
                 }
             }
         })
@@ -187,13 +248,46 @@ async fn drive(client: &Client, config: &DemoConfig, round: usize) {
     let mut calls = std::pin::pin!(calls);
     while calls.next().await.is_some() {
         done += 1;
-        if round == 0 && (done % 20 == 0 || done == config.calls) {
-            println!("  {done}/{} calls", config.calls);
+        if done % 20 == 0 || done == config.calls {
+            let line = tally.lock().map(|t| t.progress_line()).unwrap_or_default();
+            println!("  round {} · {done}/{} · {line}", round + 1, config.calls);
         }
     }
 }
 
-fn summarize(tally: &Mutex<Tally>, started: Instant) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+async fn through_client(client: &Client, body: &serde_json::Value, annotations: &Annotations, stream: bool) {
+    if stream {
+        if let Ok(mut s) = client.chat_stream(body, annotations).await {
+            while let Some(Ok(_)) = s.next().await {}
+        }
+    } else {
+        match client.chat(body, annotations).await {
+            Ok(_) | Err(Error::LimitReached { .. }) => {}
+            Err(e) => tracing::debug!(target: "llm_meter", "demo call failed: {e}"),
+        }
+    }
+}
+
+/// An OpenAI-compatible HTTP client using the proxy, with annotations as `xProxy-*` headers.
+async fn through_proxy(doors: &Doors, body: &serde_json::Value, annotations: &Annotations) {
+    let request = doors
+        .http
+        .post(&doors.proxy_url)
+        .headers(annotations.to_headers())
+        .bearer_auth("sk-demo-not-a-real-key")
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(body.to_string());
+    if let Ok(resp) = request.send().await {
+        let mut bytes = resp.bytes_stream();
+        while let Some(Ok(_)) = bytes.next().await {}
+    }
+}
+
+fn summarize(
+    tally: &Mutex<Tally>,
+    ledger: &dyn Ledger,
+    started: Instant,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let t = tally.lock().map_err(|_| "tally poisoned")?;
     println!(
         "\n{} calls ({} streamed) in {:.2}s",
@@ -201,7 +295,10 @@ fn summarize(tally: &Mutex<Tally>, started: Instant) -> Result<(), Box<dyn std::
         t.streams,
         started.elapsed().as_secs_f64()
     );
-    println!("tokens: {} input, {} output", t.input_tokens, t.output_tokens);
+    println!(
+        "tokens: {} input, {} output · cost ${:.4}",
+        t.input_tokens, t.output_tokens, t.cost
+    );
     println!(
         "errors: {}",
         if t.errors.is_empty() {
@@ -211,11 +308,16 @@ fn summarize(tally: &Mutex<Tally>, started: Instant) -> Result<(), Box<dyn std::
         }
     );
     if let Some((req, tok)) = t.last_remaining {
-        println!("rate limit headroom (last seen): {req} requests, {tok} tokens");
+        println!("rate-limit headroom (last seen): {req} requests, {tok} tokens");
     }
-    println!("by use case (calls, tokens):");
-    for (uc, (n, tokens)) in &t.by_use_case {
-        println!("  {uc:<16} {n:>5} {tokens:>8}");
+    println!("by use case          calls   tokens      cost");
+    for (uc, (n, tokens, cost)) in &t.by_use_case {
+        println!("  {uc:<18} {n:>5} {tokens:>8} {cost:>9.4}");
+    }
+    println!("limits               spend / max        state");
+    for s in ledger.statuses() {
+        let max = s.config.as_ref().map_or("-".to_owned(), |c| format!("{:.4}", c.max));
+        println!("  {:<18} {:>7.4} / {max:<9} {}", s.id, s.spend, s.state.as_str());
     }
     Ok(())
 }
