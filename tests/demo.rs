@@ -24,6 +24,15 @@ async fn demo_traffic_shows_on_metrics() {
         .filter(|l| l.starts_with("gen_ai_client_operation_duration_seconds_count"))
         .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
         .sum();
-    assert_eq!(count, 24.0, "every call is counted once");
+    assert_eq!(count, 120.0, "every call is counted once");
     assert!(text.contains("gen_ai_client_operation_time_to_first_chunk_seconds_count"));
+    assert!(
+        text.contains(r#"llm_meter_limit_state{limit_id="team-support-daily",limit_kind="allow"} 1"#),
+        "threshold passed"
+    );
+    assert!(
+        text.contains(r#"llm_meter_limit_blocked_total{limit_id="trial-org"}"#),
+        "the block limit refused calls"
+    );
+    assert!(text.lines().any(|l| l.starts_with("llm_meter_cost_usd_total{")));
 }

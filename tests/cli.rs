@@ -1,0 +1,135 @@
+//! The `llm-meter` binary: bad flags and bad configuration files fail clearly, with a non-zero
+//! exit; `mock` and `proxy` serve.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_llm-meter"))
+}
+
+#[test]
+fn bad_flags_are_refused_with_usage() {
+    let out = bin().args(["proxy", "--listen", "not-an-address"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--listen") && err.contains("not-an-address"), "{err}");
+}
+
+#[test]
+fn bad_config_files_name_the_file_and_the_problem() {
+    let dir = std::env::temp_dir().join(format!("llm-meter-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, text, words) in [
+        ("typo.toml", "[[limit]]\nid = \"a\"\nmax = 1\n", "unknown field"),
+        (
+            "kind.toml",
+            "[[limits]]\nid = \"a\"\nmax = 1\nkind = \"deny\"\n",
+            "unknown variant",
+        ),
+        ("upstream.toml", "upstream = \"not a url\"\n", "upstream"),
+    ] {
+        let path = dir.join(name);
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = bin()
+            .args([
+                "proxy",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--config",
+            ])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(name) && err.contains(words), "{name}: {err}");
+    }
+    let missing = bin()
+        .args(["proxy", "--config", "/nonexistent/llm-meter.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/llm-meter.toml"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn mock_and_proxy_serve_from_the_command_line() {
+    let port = |_: ()| {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (mock_port, proxy_port, admin_port) = (port(()), port(()), port(()));
+    let mut mock = bin()
+        .args(["mock", "--listen", &format!("127.0.0.1:{mock_port}")])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut proxy = bin()
+        .args([
+            "proxy",
+            "--listen",
+            &format!("127.0.0.1:{proxy_port}"),
+            "--metrics-listen",
+            &format!("127.0.0.1:{admin_port}"),
+        ])
+        .args(["--upstream", &format!("http://127.0.0.1:{mock_port}/v1")])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let result = rt.block_on(async {
+        let client = reqwest::Client::new();
+        let body = serde_json::json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]});
+        for _ in 0..100 {
+            if let Ok(r) = client
+                .post(format!("http://127.0.0.1:{proxy_port}/v1/chat/completions"))
+                .json(&body)
+                .send()
+                .await
+            {
+                let health = client
+                    .get(format!("http://127.0.0.1:{admin_port}/healthz"))
+                    .send()
+                    .await
+                    .map(|h| h.status().as_u16());
+                let metrics = client
+                    .get(format!("http://127.0.0.1:{admin_port}/metrics"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap();
+                return Some((
+                    r.status().as_u16(),
+                    r.json::<serde_json::Value>().await.unwrap(),
+                    health.ok(),
+                    metrics,
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    });
+    let _ = proxy.kill();
+    let _ = mock.kill();
+    let (status, body, health, metrics) = result.expect("the proxy answered");
+    assert_eq!(status, 200);
+    assert!(body.get("xproxy_result").is_some());
+    assert_eq!(health, Some(200));
+    assert!(metrics.contains("gen_ai_client_operation_duration_seconds_count"));
+}
