@@ -125,8 +125,10 @@ fn mock_and_proxy_serve_from_the_command_line() {
         }
         None
     });
-    let _ = proxy.kill();
-    let _ = mock.kill();
+    for child in [&mut proxy, &mut mock] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     let (status, body, health, metrics) = result.expect("the proxy answered");
     assert_eq!(status, 200);
     assert!(body.get("xproxy_result").is_some());

@@ -7,7 +7,7 @@ use llm_meter::telemetry::Telemetry;
 async fn demo_traffic_shows_on_metrics() {
     let telemetry = Telemetry::builder().without_otlp().build().unwrap();
     let config = DemoConfig {
-        calls: 24,
+        calls: 120,
         metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
         ..DemoConfig::default()
     };
