@@ -363,6 +363,11 @@ impl Meter {
         }
     }
 
+    /// Whether calls open spans.
+    pub fn spans_enabled(&self) -> bool {
+        self.inner.spans
+    }
+
     /// Whether calls are checked against block limits before they are sent.
     pub fn enforces_limits(&self) -> bool {
         self.inner.enforce_limits && self.inner.ledger.is_some()

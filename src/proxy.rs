@@ -421,8 +421,10 @@ fn server_span(method: &Method, route: &str, headers: &HeaderMap) -> tracing::Sp
 }
 
 async fn chat(State(proxy): State<Proxy>, request: Request) -> Response {
-    let route = request.uri().path().to_owned();
-    let span = server_span(request.method(), &route, request.headers());
+    if !proxy.inner.meter.spans_enabled() {
+        return chat_inner(proxy, request).await;
+    }
+    let span = server_span(request.method(), request.uri().path(), request.headers());
     chat_inner(proxy, request).instrument(span).await
 }
 
