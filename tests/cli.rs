@@ -135,3 +135,43 @@ fn mock_and_proxy_serve_from_the_command_line() {
     assert_eq!(health, Some(200));
     assert!(metrics.contains("gen_ai_client_operation_duration_seconds_count"));
 }
+
+#[test]
+fn the_proxy_saves_its_ledger_when_interrupted() {
+    let dir = std::env::temp_dir().join(format!("llm-meter-cli-ledger-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("proxy.toml");
+    std::fs::write(
+        &config,
+        "[[limits]]\nid = \"daily\"\nmax = 5.0\n[ledger]\nsnapshot = \"ledger.json\"\n",
+    )
+    .unwrap();
+    let mut proxy = bin()
+        .args([
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(&config)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until it is up (it prints its address), then interrupt it.
+    let mut stderr = std::io::BufReader::new(proxy.stderr.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+    assert!(line.contains("llm-meter proxy"), "{line}");
+    let status = Command::new("kill")
+        .args(["-INT", &proxy.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = proxy.wait().unwrap();
+    assert!(exit.success(), "a clean exit on interrupt: {exit:?}");
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("ledger.json")).unwrap()).unwrap();
+    assert_eq!(saved["limits"]["daily"]["spend"], 0.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use llm_meter::limits::{LimitConfig, LimitKind, MemoryLedger};
+use llm_meter::limits::{Ledger, LimitConfig, LimitKind, MemoryLedger};
 use llm_meter::mock::{MockConfig, MockServer};
 use llm_meter::proxy::{Proxy, ProxySettings};
 use llm_meter::{CallRecord, ErrorType, Meter};
@@ -416,4 +416,43 @@ async fn bodies_over_the_limit_are_refused() {
     let resp = s.post("/v1/chat/completions", &big).send().await.unwrap();
     assert_eq!(resp.status(), 413);
     assert!(s.mock.received().is_empty());
+}
+
+#[tokio::test]
+async fn a_config_file_sets_prices_limits_and_model_defaults() {
+    let mock = MockServer::start(MockConfig::default()).await.unwrap();
+    let config = llm_meter::config::Config::parse(&format!(
+        "upstream = \"{}\"\n[prices.\"house-model\"]\ninput = 1000.0\noutput = 2000.0\n\
+         [[limits]]\nid = \"house\"\nmax = 1000.0\nthreshold = 0.5\n\
+         [model_defaults.\"house-model\"]\nmax_completion_tokens = 7\ntemperature = 0.1\n",
+        mock.base_url()
+    ))
+    .unwrap();
+    let telemetry = llm_meter::telemetry::Telemetry::builder()
+        .without_otlp()
+        .build()
+        .unwrap();
+    let (proxy, ledger) = llm_meter::proxy::from_config(&config, None, &telemetry).unwrap();
+    let addr = proxy.spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let body = json!({"model": "house-model", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.9});
+    let resp: Value = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/chat/completions"))
+        .header("xProxy-Limit-IDs", "house")
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sent: Value = serde_json::from_slice(&mock.received()[0].body).unwrap();
+    assert_eq!(sent["max_completion_tokens"], 7, "default merged into the unset field");
+    assert_eq!(sent["temperature"], 0.9, "the request's own value wins");
+    let usage = &resp["usage"];
+    let want = usage["prompt_tokens"].as_f64().unwrap() * 1000.0 / 1e6
+        + usage["completion_tokens"].as_f64().unwrap() * 2000.0 / 1e6;
+    assert!((resp["xproxy_result"]["cost"]["total"]["base"].as_f64().unwrap() - want).abs() < 1e-12);
+    assert_eq!(usage["completion_tokens"], 7);
+    assert_eq!(resp["xproxy_result"]["limits"]["house"]["state"], "ok");
+    assert!((ledger.statuses()[0].spend - want).abs() < 1e-12);
 }
