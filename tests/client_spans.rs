@@ -52,6 +52,43 @@ fn annotation_attrs() -> Vec<(&'static str, Value)> {
     ]
 }
 
+/// Every attribute of a call answered with the recorded fixture (body and headers).
+fn fixture_call_attrs(port: u16, stream: bool) -> Vec<(&'static str, Value)> {
+    let mut want = vec![
+        ("gen_ai.operation.name", s("chat")),
+        ("gen_ai.provider.name", s("openai")),
+        ("gen_ai.request.model", s("gpt-4o")),
+        ("gen_ai.request.max_tokens", i(100)),
+        ("gen_ai.request.temperature", Value::F64(0.7)),
+        ("gen_ai.request.stream", Value::Bool(stream)),
+        ("server.address", s("127.0.0.1")),
+        ("server.port", i(port.into())),
+        ("gen_ai.response.id", s("chatcmpl-BDXMEvOKQnSYFATQSDa0BbxRSDUrN")),
+        ("gen_ai.response.model", s("gpt-4o-2024-08-06")),
+        ("gen_ai.response.finish_reasons", arr(&["stop"])),
+        ("openai.response.service_tier", s("default")),
+        ("openai.response.system_fingerprint", s("fp_6ec83003ad")),
+        ("gen_ai.usage.input_tokens", i(27)),
+        ("gen_ai.usage.output_tokens", i(44)),
+        ("gen_ai.usage.cache_read.input_tokens", i(0)),
+        ("gen_ai.usage.reasoning.output_tokens", i(0)),
+        ("http.response.status_code", i(200)),
+        ("openai.request.id", s("req_4d55e0b8ecd8e46447c0701e1f8b6051")),
+        ("openai.organization", s("user-ue08pmd83ul7gjg1su5tgani")),
+        ("openai.api.version", s("2020-10-01")),
+        ("openai.processing_ms", Value::F64(861.0)),
+        ("openai.ratelimit.requests.limit", i(500)),
+        ("openai.ratelimit.requests.remaining", i(499)),
+        ("openai.ratelimit.requests.reset_s", Value::F64(0.12)),
+        ("openai.ratelimit.tokens.limit", i(30000)),
+        ("openai.ratelimit.tokens.remaining", i(29981)),
+        ("openai.ratelimit.tokens.reset_s", Value::F64(0.038)),
+    ];
+    want.extend(fixture_cost_attrs());
+    want.extend(annotation_attrs());
+    want
+}
+
 /// gpt-4o at $2.50 in / $10 out per million tokens, 27 in (none cached) and 44 out.
 fn fixture_cost_attrs() -> Vec<(&'static str, Value)> {
     let (input, output): (f64, f64) = (
@@ -91,38 +128,7 @@ async fn non_streaming_fixture_call_has_the_exact_attribute_set() {
     assert_eq!(span.name, "chat gpt-4o");
     assert_eq!(span.span_kind, SpanKind::Client);
     assert_eq!(span.status, Status::Unset);
-    let mut want = vec![
-        ("gen_ai.operation.name", s("chat")),
-        ("gen_ai.provider.name", s("openai")),
-        ("gen_ai.request.model", s("gpt-4o")),
-        ("gen_ai.request.max_tokens", i(100)),
-        ("gen_ai.request.temperature", Value::F64(0.7)),
-        ("gen_ai.request.stream", Value::Bool(false)),
-        ("server.address", s("127.0.0.1")),
-        ("server.port", i(server.addr.port().into())),
-        ("gen_ai.response.id", s("chatcmpl-BDXMEvOKQnSYFATQSDa0BbxRSDUrN")),
-        ("gen_ai.response.model", s("gpt-4o-2024-08-06")),
-        ("gen_ai.response.finish_reasons", arr(&["stop"])),
-        ("openai.response.service_tier", s("default")),
-        ("openai.response.system_fingerprint", s("fp_6ec83003ad")),
-        ("gen_ai.usage.input_tokens", i(27)),
-        ("gen_ai.usage.output_tokens", i(44)),
-        ("gen_ai.usage.cache_read.input_tokens", i(0)),
-        ("gen_ai.usage.reasoning.output_tokens", i(0)),
-        ("http.response.status_code", i(200)),
-        ("openai.request.id", s("req_4d55e0b8ecd8e46447c0701e1f8b6051")),
-        ("openai.organization", s("user-ue08pmd83ul7gjg1su5tgani")),
-        ("openai.api.version", s("2020-10-01")),
-        ("openai.processing_ms", Value::F64(861.0)),
-        ("openai.ratelimit.requests.limit", i(500)),
-        ("openai.ratelimit.requests.remaining", i(499)),
-        ("openai.ratelimit.requests.reset_s", Value::F64(0.12)),
-        ("openai.ratelimit.tokens.limit", i(30000)),
-        ("openai.ratelimit.tokens.remaining", i(29981)),
-        ("openai.ratelimit.tokens.reset_s", Value::F64(0.038)),
-    ];
-    want.extend(fixture_cost_attrs());
-    want.extend(annotation_attrs());
+    let want = fixture_call_attrs(server.addr.port(), false);
     assert_attrs(&span, want);
 }
 
@@ -154,40 +160,11 @@ async fn streaming_call_span_covers_the_stream_with_usage_and_chunk_timings() {
     };
     assert!(ttfc > 0.0 && ttfc < 5.0);
     assert_eq!(Some(Duration::from_secs_f64(ttfc)), record.timings.time_to_first_chunk);
-    let mut want = vec![
-        ("gen_ai.operation.name", s("chat")),
-        ("gen_ai.provider.name", s("openai")),
-        ("gen_ai.request.model", s("gpt-4o")),
-        ("gen_ai.request.max_tokens", i(100)),
-        ("gen_ai.request.temperature", Value::F64(0.7)),
-        ("gen_ai.request.stream", Value::Bool(true)),
-        ("server.address", s("127.0.0.1")),
-        ("server.port", i(server.addr.port().into())),
-        ("gen_ai.response.id", s("chatcmpl-BDXMEvOKQnSYFATQSDa0BbxRSDUrN")),
-        ("gen_ai.response.model", s("gpt-4o-2024-08-06")),
-        ("gen_ai.response.finish_reasons", arr(&["stop"])),
-        ("openai.response.service_tier", s("default")),
-        ("openai.response.system_fingerprint", s("fp_6ec83003ad")),
-        ("gen_ai.usage.input_tokens", i(27)),
-        ("gen_ai.usage.output_tokens", i(44)),
-        ("gen_ai.usage.cache_read.input_tokens", i(0)),
-        ("gen_ai.usage.reasoning.output_tokens", i(0)),
-        ("http.response.status_code", i(200)),
-        ("openai.request.id", s("req_4d55e0b8ecd8e46447c0701e1f8b6051")),
-        ("openai.organization", s("user-ue08pmd83ul7gjg1su5tgani")),
-        ("openai.api.version", s("2020-10-01")),
-        ("openai.processing_ms", Value::F64(861.0)),
-        ("openai.ratelimit.requests.limit", i(500)),
-        ("openai.ratelimit.requests.remaining", i(499)),
-        ("openai.ratelimit.requests.reset_s", Value::F64(0.12)),
-        ("openai.ratelimit.tokens.limit", i(30000)),
-        ("openai.ratelimit.tokens.remaining", i(29981)),
-        ("openai.ratelimit.tokens.reset_s", Value::F64(0.038)),
+    let mut want = fixture_call_attrs(server.addr.port(), true);
+    want.extend([
         ("llm_meter.stream.time_to_first_chunk_s", Value::F64(ttfc)),
         ("llm_meter.stream.chunk_count", i(10)),
-    ];
-    want.extend(fixture_cost_attrs());
-    want.extend(annotation_attrs());
+    ]);
     assert_attrs(&span, want);
 
     // The caller did not ask for usage: the client asked for it and hid the usage-only chunk.

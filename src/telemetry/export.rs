@@ -317,58 +317,55 @@ fn http_endpoint(base: &str, path: &str) -> String {
     format!("{}/{path}", base.trim_end_matches('/'))
 }
 
+/// The settings both transports share; the signal's HTTP path is appended to a base endpoint.
+fn configure<B: opentelemetry_otlp::WithExportConfig>(
+    b: B,
+    otlp: &Otlp,
+    timeout: Duration,
+    http_path: Option<&str>,
+) -> B {
+    let b = b.with_timeout(timeout);
+    match (&otlp.endpoint, http_path) {
+        (Some(e), Some(path)) => b.with_endpoint(http_endpoint(e, path)),
+        (Some(e), None) => b.with_endpoint(e.clone()),
+        (None, _) => b,
+    }
+}
+
+fn with_tonic_headers<B: opentelemetry_otlp::WithTonicConfig>(b: B, otlp: &Otlp) -> Result<B, InitError> {
+    Ok(if otlp.headers.is_empty() {
+        b
+    } else {
+        b.with_metadata(metadata(&otlp.headers)?)
+    })
+}
+
 fn span_exporter(otlp: &Otlp, timeout: Duration) -> Result<opentelemetry_otlp::SpanExporter, InitError> {
-    use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
-    let built = match (otlp.protocol, &otlp.endpoint) {
-        (Protocol::Grpc, endpoint) => {
-            let mut b = opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_timeout(timeout);
-            if let Some(e) = endpoint {
-                b = b.with_endpoint(e.clone());
-            }
-            if !otlp.headers.is_empty() {
-                b = b.with_metadata(metadata(&otlp.headers)?);
-            }
-            b.build()
-        }
-        (Protocol::HttpProtobuf, endpoint) => {
-            let mut b = opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_timeout(timeout);
-            if let Some(e) = endpoint {
-                b = b.with_endpoint(http_endpoint(e, "v1/traces"));
-            }
-            b.with_headers(otlp.headers.clone()).build()
-        }
+    use opentelemetry_otlp::{SpanExporter, WithHttpConfig};
+    let built = match otlp.protocol {
+        Protocol::Grpc => with_tonic_headers(
+            configure(SpanExporter::builder().with_tonic(), otlp, timeout, None),
+            otlp,
+        )?
+        .build(),
+        Protocol::HttpProtobuf => configure(SpanExporter::builder().with_http(), otlp, timeout, Some("v1/traces"))
+            .with_headers(otlp.headers.clone())
+            .build(),
     };
     built.map_err(|e| InitError(format!("OTLP span exporter: {e}")))
 }
 
 fn metric_exporter(otlp: &Otlp, timeout: Duration) -> Result<opentelemetry_otlp::MetricExporter, InitError> {
-    use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
-    let built = match (otlp.protocol, &otlp.endpoint) {
-        (Protocol::Grpc, endpoint) => {
-            let mut b = opentelemetry_otlp::MetricExporter::builder()
-                .with_tonic()
-                .with_timeout(timeout);
-            if let Some(e) = endpoint {
-                b = b.with_endpoint(e.clone());
-            }
-            if !otlp.headers.is_empty() {
-                b = b.with_metadata(metadata(&otlp.headers)?);
-            }
-            b.build()
-        }
-        (Protocol::HttpProtobuf, endpoint) => {
-            let mut b = opentelemetry_otlp::MetricExporter::builder()
-                .with_http()
-                .with_timeout(timeout);
-            if let Some(e) = endpoint {
-                b = b.with_endpoint(http_endpoint(e, "v1/metrics"));
-            }
-            b.with_headers(otlp.headers.clone()).build()
-        }
+    use opentelemetry_otlp::{MetricExporter, WithHttpConfig};
+    let built = match otlp.protocol {
+        Protocol::Grpc => with_tonic_headers(
+            configure(MetricExporter::builder().with_tonic(), otlp, timeout, None),
+            otlp,
+        )?
+        .build(),
+        Protocol::HttpProtobuf => configure(MetricExporter::builder().with_http(), otlp, timeout, Some("v1/metrics"))
+            .with_headers(otlp.headers.clone())
+            .build(),
     };
     built.map_err(|e| InitError(format!("OTLP metric exporter: {e}")))
 }
