@@ -228,7 +228,13 @@ fn main() {
 
         let telemetry = Telemetry::builder().without_otlp().build().unwrap();
         let tracer = SdkTracerProvider::builder().with_batch_exporter(NullExporter).build();
-        let subscriber = tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(tracer.tracer("bench")));
+        // The layer as `Telemetry::tracing_layer` configures it, on a tracer with a null sink.
+        let layer = tracing_opentelemetry::layer()
+            .with_tracer(tracer.tracer("bench"))
+            .with_tracked_inactivity(false)
+            .with_threads(false)
+            .with_location(false);
+        let subscriber = tracing_subscriber::registry().with(layer);
         tracing::subscriber::set_global_default(subscriber).unwrap();
         let proxy = spawn_proxy(&direct, telemetry.meter_builder().build().unwrap()).await;
         let quiet = spawn_proxy(&direct, Meter::builder().spans(false).propagate_trace_context(false).build().unwrap()).await;

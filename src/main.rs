@@ -130,16 +130,37 @@ async fn run_proxy(
         }
     };
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+    tick.tick().await;
     loop {
         tokio::select! {
             _ = tick.tick() => if let Some(path) = &snapshot { save(path) },
-            _ = tokio::signal::ctrl_c() => break,
+            _ = stop.wait() => break,
         }
     }
     if let Some(path) = &snapshot {
         save(path);
     }
     Ok(())
+}
+
+/// SIGINT (Ctrl-C) and SIGTERM (`docker stop`), registered once.
+struct Stop {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Stop { interrupt: signal(SignalKind::interrupt())?, terminate: signal(SignalKind::terminate())? })
+    }
+
+    async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
 }
 
 fn main() -> ExitCode {

@@ -169,7 +169,19 @@ fn the_proxy_saves_its_ledger_when_interrupted() {
         .status()
         .unwrap();
     assert!(status.success());
-    let exit = proxy.wait().unwrap();
+    let mut exit = None;
+    for _ in 0..200 {
+        if let Some(status) = proxy.try_wait().unwrap() {
+            exit = Some(status);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let Some(exit) = exit else {
+        let _ = proxy.kill();
+        let _ = proxy.wait();
+        panic!("the proxy did not stop within 5 s of SIGINT");
+    };
     assert!(exit.success(), "a clean exit on interrupt: {exit:?}");
     let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("ledger.json")).unwrap()).unwrap();
     assert_eq!(saved["limits"]["daily"]["spend"], 0.0);

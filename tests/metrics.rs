@@ -332,3 +332,19 @@ fn use_case_and_model_names_from_callers_are_capped_too() {
         .collect();
     assert!(values.contains(&Value::from("other")));
 }
+
+#[test]
+fn label_sets_past_the_bound_cache_are_still_recorded_exactly() {
+    let h = harness(LabelPolicy {
+        user_id: Some(10_000),
+        ..LabelPolicy::default()
+    });
+    let n = llm_meter::telemetry::metrics::MAX_BOUND_SERIES as u64 + 500;
+    for i in 0..n {
+        h.metrics.record(&record(&format!("user-{i}"), 2));
+    }
+    let rm = h.collect();
+    // The SDK's own cardinality limit (2000 here) folds the excess into its overflow series;
+    // what matters is that nothing is lost on either path.
+    assert_eq!(sum_u64(find(&rm, METRIC_INPUT_TOKENS)), 2 * n);
+}

@@ -537,12 +537,18 @@ impl Telemetry {
         &self.inner.stats
     }
 
-    /// The tracing-opentelemetry layer, for your own subscriber.
+    /// The tracing-opentelemetry layer, for your own subscriber. It leaves out what costs time
+    /// on every poll and says nothing about a call: busy/idle times, thread ids and source
+    /// locations (`code.*`).
     pub fn tracing_layer<S>(&self) -> impl Layer<S>
     where
         S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
     {
-        tracing_opentelemetry::layer().with_tracer(self.inner.tracer_provider.tracer(SCOPE))
+        tracing_opentelemetry::layer()
+            .with_tracer(self.inner.tracer_provider.tracer(SCOPE))
+            .with_tracked_inactivity(false)
+            .with_threads(false)
+            .with_location(false)
     }
 
     /// Installs the global `tracing` subscriber: this OpenTelemetry layer plus a `fmt` layer

@@ -23,9 +23,9 @@
 //! fold into `other`, and `llm_meter.label.overflow` counts each fold.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
-use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter as OtelMeter};
+use opentelemetry::metrics::{BoundCounter, BoundGauge, BoundHistogram, Counter, Gauge, Histogram, Meter as OtelMeter};
 use opentelemetry::{Key, KeyValue, StringValue, Value};
 
 use crate::limits::{LimitKind, LimitStatus, SharedLedger};
@@ -114,6 +114,89 @@ impl CappedLabel {
     }
 }
 
+/// Label sets whose instruments are kept bound, at most; past it, calls are recorded unbound
+/// (correct, only slower).
+pub const MAX_BOUND_SERIES: usize = 4096;
+
+/// A label set, as the key of its bound instruments.
+type SeriesKey = Vec<(Key, StringValue)>;
+
+/// One label set's instruments, each bound the first time it is used (binding creates the
+/// series, and a series nobody recorded on must not show up, e.g. a zero cost for an unpriced
+/// model).
+#[derive(Debug, Default)]
+struct Series {
+    duration: OnceLock<BoundHistogram<f64>>,
+    time_to_first_chunk: OnceLock<BoundHistogram<f64>>,
+    time_per_output_chunk: OnceLock<BoundHistogram<f64>>,
+    processing: OnceLock<BoundHistogram<f64>>,
+    cost: OnceLock<BoundCounter<f64>>,
+    unpriced: OnceLock<BoundCounter<u64>>,
+    input_tokens: OnceLock<BoundCounter<u64>>,
+    output_tokens: OnceLock<BoundCounter<u64>>,
+    cached_input_tokens: OnceLock<BoundCounter<u64>>,
+    reasoning_tokens: OnceLock<BoundCounter<u64>>,
+    input_token_usage: OnceLock<BoundHistogram<u64>>,
+    output_token_usage: OnceLock<BoundHistogram<u64>>,
+}
+
+impl Series {
+    fn record(&self, i: &Instruments, r: &CallRecord, labels: &[KeyValue]) {
+        let hist = |slot: &OnceLock<BoundHistogram<f64>>, inst: &Histogram<f64>, v: f64| {
+            slot.get_or_init(|| inst.bind(labels)).record(v)
+        };
+        let count = |slot: &OnceLock<BoundCounter<u64>>, inst: &Counter<u64>, v: u64| {
+            slot.get_or_init(|| inst.bind(labels)).add(v)
+        };
+        hist(&self.duration, &i.duration, r.timings.duration.as_secs_f64());
+        if let Some(d) = r.timings.time_to_first_chunk {
+            hist(&self.time_to_first_chunk, &i.time_to_first_chunk, d.as_secs_f64());
+        }
+        if let Some(d) = r.timings.time_per_output_chunk {
+            hist(&self.time_per_output_chunk, &i.time_per_output_chunk, d.as_secs_f64());
+        }
+        if let Some(d) = r.meta.processing {
+            hist(&self.processing, &i.processing, d.as_secs_f64());
+        }
+        if let Some(c) = r.cost {
+            self.cost.get_or_init(|| i.cost.bind(labels)).add(c.total);
+        } else if r.usage.is_some() {
+            count(&self.unpriced, &i.unpriced, 1);
+        }
+        if let Some(u) = r.usage {
+            count(&self.input_tokens, &i.input_tokens, u.input_tokens);
+            count(&self.output_tokens, &i.output_tokens, u.output_tokens);
+            if let Some(n) = u.cached_input_tokens {
+                count(&self.cached_input_tokens, &i.cached_input_tokens, n);
+            }
+            if let Some(n) = u.reasoning_tokens {
+                count(&self.reasoning_tokens, &i.reasoning_tokens, n);
+            }
+            let typed = |slot: &OnceLock<BoundHistogram<u64>>, kind: &'static str, v: u64| {
+                let bound = slot.get_or_init(|| {
+                    let mut l = labels.to_vec();
+                    l.push(KeyValue::new(GEN_AI_TOKEN_TYPE, kind));
+                    i.token_usage.bind(&l)
+                });
+                bound.record(v)
+            };
+            typed(&self.input_token_usage, "input", u.input_tokens);
+            typed(&self.output_token_usage, "output", u.output_tokens);
+        }
+    }
+}
+
+/// Provider, server and model of a rate-limit series.
+type RateKey = (Arc<str>, Arc<str>, StringValue);
+
+/// Bound rate-limit gauges of one provider, server and model, by kind (requests, tokens).
+#[derive(Debug, Default)]
+struct RateSeries {
+    remaining: [OnceLock<BoundGauge<u64>>; 2],
+    limit: [OnceLock<BoundGauge<u64>>; 2],
+    reset: [OnceLock<BoundGauge<f64>>; 2],
+}
+
 /// Every instrument, built once; records one [`CallRecord`] per call. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -141,6 +224,8 @@ struct Instruments {
     limit_ids: CappedLabel,
     otel_meter: OtelMeter,
     watched: Mutex<Vec<Box<dyn std::any::Any + Send + Sync>>>,
+    series: RwLock<HashMap<SeriesKey, Arc<Series>>>,
+    rate_series: RwLock<HashMap<RateKey, Arc<RateSeries>>>,
     request_model: CappedLabel,
     response_model: CappedLabel,
     use_case: CappedLabel,
@@ -237,6 +322,8 @@ impl Metrics {
                 limit_ids: CappedLabel::new(LIMIT_ID, policy.limit_ids),
                 otel_meter: meter.clone(),
                 watched: Mutex::new(Vec::new()),
+                series: RwLock::new(HashMap::new()),
+                rate_series: RwLock::new(HashMap::new()),
                 request_model: CappedLabel::new(GEN_AI_REQUEST_MODEL, policy.models),
                 response_model: CappedLabel::new(GEN_AI_RESPONSE_MODEL, policy.models),
                 use_case: CappedLabel::new(USE_CASE_NAME, policy.use_cases),
@@ -294,10 +381,44 @@ impl Metrics {
         labels
     }
 
-    /// Records one finished call on every instrument it concerns.
+    /// Records one finished call on every instrument it concerns. The instruments of each
+    /// label set are bound once and kept (up to [`MAX_BOUND_SERIES`] label sets), so a call
+    /// costs atomic updates, not the SDK's per-update sorting and hashing of attributes.
     pub fn record(&self, r: &CallRecord) {
+        let labels = self.labels(r);
+        match self.series(&labels) {
+            Some(series) => series.record(&self.inner, r, &labels),
+            None => self.record_unbound(r, labels),
+        }
+        self.record_rate_limits(r);
+    }
+
+    /// The bound instruments of `labels`, binding them the first time.
+    fn series(&self, labels: &[KeyValue]) -> Option<Arc<Series>> {
+        let key: SeriesKey = labels
+            .iter()
+            .map(|kv| match &kv.value {
+                Value::String(v) => Some((kv.key.clone(), v.clone())),
+                _ => None,
+            })
+            .collect::<Option<_>>()?;
+        if let Some(found) = self.inner.series.read().ok()?.get(&key) {
+            return Some(found.clone());
+        }
+        let mut map = self.inner.series.write().ok()?;
+        if let Some(found) = map.get(&key) {
+            return Some(found.clone());
+        }
+        if map.len() >= MAX_BOUND_SERIES {
+            return None;
+        }
+        let series = Arc::new(Series::default());
+        map.insert(key, series.clone());
+        Some(series)
+    }
+
+    fn record_unbound(&self, r: &CallRecord, mut labels: Vec<KeyValue>) {
         let i = &self.inner;
-        let mut labels = self.labels(r);
         i.duration.record(r.timings.duration.as_secs_f64(), &labels);
         if let Some(d) = r.timings.time_to_first_chunk {
             i.time_to_first_chunk.record(d.as_secs_f64(), &labels);
@@ -329,7 +450,6 @@ impl Metrics {
             }
             i.token_usage.record(u.output_tokens, &labels);
         }
-        self.record_rate_limits(r);
     }
 
     /// Counts a call refused by `blocked` limits.
@@ -389,30 +509,71 @@ impl Metrics {
             return;
         }
         // Rate limits are per model as the caller names it, whatever snapshot answered.
-        let model = self.capped(&i.request_model, &r.request.model);
-        let mut labels = [
-            KeyValue::new(
-                GEN_AI_PROVIDER_NAME,
-                Value::String(StringValue::from(r.provider.clone())),
-            ),
-            KeyValue::new(
-                SERVER_ADDRESS,
-                Value::String(StringValue::from(r.server_address.clone())),
-            ),
-            KeyValue::new(GEN_AI_REQUEST_MODEL, model.value),
-            KeyValue::new(RATELIMIT_KIND, "requests"),
-        ];
-        for (kind, limit) in [("requests", &m.requests), ("tokens", &m.tokens)] {
-            labels[3] = KeyValue::new(RATELIMIT_KIND, kind);
-            if let Some(v) = limit.remaining {
-                i.ratelimit_remaining.record(v, &labels);
-            }
-            if let Some(v) = limit.limit {
-                i.ratelimit_limit.record(v, &labels);
-            }
-            if let Some(d) = limit.reset {
-                i.ratelimit_reset.record(d.as_secs_f64(), &labels);
+        let Value::String(model) = self.capped(&i.request_model, &r.request.model).value else {
+            return;
+        };
+        let key = (r.provider.clone(), r.server_address.clone(), model.clone());
+        let labels = |kind: &'static str| {
+            [
+                KeyValue::new(
+                    GEN_AI_PROVIDER_NAME,
+                    Value::String(StringValue::from(r.provider.clone())),
+                ),
+                KeyValue::new(
+                    SERVER_ADDRESS,
+                    Value::String(StringValue::from(r.server_address.clone())),
+                ),
+                KeyValue::new(GEN_AI_REQUEST_MODEL, Value::String(model.clone())),
+                KeyValue::new(RATELIMIT_KIND, kind),
+            ]
+        };
+        let series = self.rate_series(key);
+        for (k, (kind, limit)) in [("requests", &m.requests), ("tokens", &m.tokens)]
+            .into_iter()
+            .enumerate()
+        {
+            match &series {
+                Some(s) => {
+                    if let Some(v) = limit.remaining {
+                        s.remaining[k]
+                            .get_or_init(|| i.ratelimit_remaining.bind(&labels(kind)))
+                            .record(v);
+                    }
+                    if let Some(v) = limit.limit {
+                        s.limit[k]
+                            .get_or_init(|| i.ratelimit_limit.bind(&labels(kind)))
+                            .record(v);
+                    }
+                    if let Some(d) = limit.reset {
+                        s.reset[k]
+                            .get_or_init(|| i.ratelimit_reset.bind(&labels(kind)))
+                            .record(d.as_secs_f64());
+                    }
+                }
+                None => {
+                    let l = labels(kind);
+                    if let Some(v) = limit.remaining {
+                        i.ratelimit_remaining.record(v, &l);
+                    }
+                    if let Some(v) = limit.limit {
+                        i.ratelimit_limit.record(v, &l);
+                    }
+                    if let Some(d) = limit.reset {
+                        i.ratelimit_reset.record(d.as_secs_f64(), &l);
+                    }
+                }
             }
         }
+    }
+
+    fn rate_series(&self, key: RateKey) -> Option<Arc<RateSeries>> {
+        if let Some(found) = self.inner.rate_series.read().ok()?.get(&key) {
+            return Some(found.clone());
+        }
+        let mut map = self.inner.rate_series.write().ok()?;
+        if map.len() >= MAX_BOUND_SERIES && !map.contains_key(&key) {
+            return None;
+        }
+        Some(map.entry(key).or_default().clone())
     }
 }
