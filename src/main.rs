@@ -114,6 +114,8 @@ async fn run_proxy(
         .install()?;
     let (proxy, ledger) = llm_meter::proxy::from_config(&config, upstream.as_deref(), &telemetry)?;
     let upstream = config.proxy_settings(upstream.as_deref())?.upstream;
+    // Listen for SIGINT and SIGTERM before announcing the address, so no signal is missed.
+    let mut stop = Stop::new()?;
     let bound = proxy
         .spawn(listen)
         .await
@@ -152,7 +154,10 @@ struct Stop {
 impl Stop {
     fn new() -> std::io::Result<Self> {
         use tokio::signal::unix::{signal, SignalKind};
-        Ok(Stop { interrupt: signal(SignalKind::interrupt())?, terminate: signal(SignalKind::terminate())? })
+        Ok(Stop {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
     }
 
     async fn wait(&mut self) {
@@ -188,9 +193,10 @@ fn main() -> ExitCode {
                     forever,
                     ..DemoConfig::default()
                 };
+                let mut stop = Stop::new()?;
                 tokio::select! {
                     result = demo::run(config, &telemetry) => result,
-                    _ = tokio::signal::ctrl_c() => Ok(()),
+                    _ = stop.wait() => Ok(()),
                 }
             }
             Command::Proxy {
