@@ -20,9 +20,112 @@ use axum::routing::post;
 use axum::Router;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
+use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Semaphore};
+
+// ---- Wire shapes, in the key order OpenAI sends -------------------------------------------
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    param: Option<&'a str>,
+    code: Option<&'a str>,
+}
+
+#[derive(Serialize, Clone, Copy)]
+struct UsageBody {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: u64,
+    prompt_tokens_details: PromptDetails,
+    completion_tokens_details: CompletionDetails,
+}
+
+#[derive(Serialize, Clone, Copy)]
+struct PromptDetails {
+    cached_tokens: u64,
+    audio_tokens: u64,
+}
+
+#[derive(Serialize, Clone, Copy)]
+struct CompletionDetails {
+    reasoning_tokens: u64,
+    audio_tokens: u64,
+    accepted_prediction_tokens: u64,
+    rejected_prediction_tokens: u64,
+}
+
+#[derive(Serialize)]
+struct Completion<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: Vec<CompletionChoice>,
+    usage: UsageBody,
+    service_tier: &'static str,
+    system_fingerprint: &'a str,
+}
+
+#[derive(Serialize)]
+struct CompletionChoice {
+    index: u64,
+    message: Message,
+    logprobs: Option<()>,
+    finish_reason: &'static str,
+}
+
+#[derive(Serialize)]
+struct Message {
+    role: &'static str,
+    content: String,
+    refusal: Option<()>,
+    annotations: [(); 0],
+}
+
+#[derive(Serialize)]
+struct Chunk<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    service_tier: &'static str,
+    system_fingerprint: &'a str,
+    choices: Vec<ChunkChoice>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<Option<UsageBody>>,
+}
+
+#[derive(Serialize)]
+struct ChunkChoice {
+    index: u64,
+    delta: Delta,
+    logprobs: Option<()>,
+    finish_reason: Option<&'static str>,
+}
+
+#[derive(Serialize, Default)]
+struct Delta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refusal: Option<Option<()>>,
+}
+
+fn to_bytes(body: &impl Serialize) -> Bytes {
+    Bytes::from(serde_json::to_vec(body).unwrap_or_default())
+}
 
 /// Behaviour of the mock.
 #[derive(Clone, Debug)]
@@ -300,7 +403,14 @@ fn estimate_prompt_tokens(req: &Value) -> u64 {
 }
 
 fn error_body(message: &str, kind: &str, param: Option<&str>, code: Option<&str>) -> Bytes {
-    Bytes::from(json!({"error": {"message": message, "type": kind, "param": param, "code": code}}).to_string())
+    to_bytes(&ErrorBody {
+        error: ErrorDetail {
+            message,
+            kind,
+            param,
+            code,
+        },
+    })
 }
 
 struct Plan {
@@ -545,7 +655,7 @@ async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, uri: http
     let id = random_id(&state.counter, "chatcmpl-", 29, ALNUM);
     let fingerprint = random_id(&state.counter, "fp_", 10, HEX);
     let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let usage = usage_json(&plan, cfg);
+    let usage = usage_body(&plan, cfg);
     let processing = started.elapsed() + cfg.chunk_delay * plan.chunks;
     put(
         &mut head,
@@ -554,25 +664,33 @@ async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, uri: http
     );
 
     if !plan.stream {
-        let choices: Vec<Value> = (0..plan.choices)
-            .map(|i| {
-                json!({
-                    "index": i,
-                    "message": {"role": "assistant", "content": lorem(plan.completion_tokens), "refusal": null, "annotations": []},
-                    "logprobs": null,
-                    "finish_reason": plan.finish_reason,
+        let body = Completion {
+            id: &id,
+            object: "chat.completion",
+            created,
+            model: &plan.model,
+            choices: (0..plan.choices)
+                .map(|index| CompletionChoice {
+                    index,
+                    message: Message {
+                        role: "assistant",
+                        content: lorem(plan.completion_tokens),
+                        refusal: None,
+                        annotations: [],
+                    },
+                    logprobs: None,
+                    finish_reason: plan.finish_reason,
                 })
-            })
-            .collect();
-        let body = json!({
-            "id": id, "object": "chat.completion", "created": created, "model": plan.model,
-            "choices": choices, "usage": usage, "service_tier": "default", "system_fingerprint": fingerprint,
-        });
-        return respond(StatusCode::OK, head, Bytes::from(body.to_string()));
+                .collect(),
+            usage,
+            service_tier: "default",
+            system_fingerprint: &fingerprint,
+        };
+        return respond(StatusCode::OK, head, to_bytes(&body));
     }
 
     let gated = header_str(&headers, "x-mock-gate") == Some("1");
-    let events = stream_events(&plan, &id, created, &fingerprint, &usage);
+    let events = stream_events(&plan, &id, created, &fingerprint, usage);
     let fault = forced;
     let state2 = state.clone();
     let chunk_delay = cfg.chunk_delay;
@@ -606,32 +724,57 @@ async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, uri: http
     resp
 }
 
-fn usage_json(plan: &Plan, cfg: &MockConfig) -> Value {
-    let completion = plan.completion_tokens * plan.choices;
+fn usage_body(plan: &Plan, cfg: &MockConfig) -> UsageBody {
+    let completion = plan.completion_tokens * plan.choices + cfg.reasoning_tokens;
     let cached = ((plan.prompt_tokens as f64) * cfg.cached_fraction).floor() as u64;
-    json!({
-        "prompt_tokens": plan.prompt_tokens,
-        "completion_tokens": completion + cfg.reasoning_tokens,
-        "total_tokens": plan.prompt_tokens + completion + cfg.reasoning_tokens,
-        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
-        "completion_tokens_details": {"reasoning_tokens": cfg.reasoning_tokens, "audio_tokens": 0, "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
-    })
+    UsageBody {
+        prompt_tokens: plan.prompt_tokens,
+        completion_tokens: completion,
+        total_tokens: plan.prompt_tokens + completion,
+        prompt_tokens_details: PromptDetails {
+            cached_tokens: cached,
+            audio_tokens: 0,
+        },
+        completion_tokens_details: CompletionDetails {
+            reasoning_tokens: cfg.reasoning_tokens,
+            audio_tokens: 0,
+            accepted_prediction_tokens: 0,
+            rejected_prediction_tokens: 0,
+        },
+    }
 }
 
-fn stream_events(plan: &Plan, id: &str, created: u64, fingerprint: &str, usage: &Value) -> Vec<Bytes> {
-    let chunk = |choices: Value, usage_field: Option<Value>| {
-        let mut c = json!({
-            "id": id, "object": "chat.completion.chunk", "created": created, "model": plan.model,
-            "service_tier": "default", "system_fingerprint": fingerprint, "choices": choices,
-        });
-        if plan.include_usage {
-            c["usage"] = usage_field.unwrap_or(Value::Null);
-        }
-        Bytes::from(format!("data: {c}\n\n"))
+fn stream_events(plan: &Plan, id: &str, created: u64, fingerprint: &str, usage: UsageBody) -> Vec<Bytes> {
+    // With include_usage every chunk carries `"usage": null`, and the last one the usage.
+    let chunk = |choices: Vec<ChunkChoice>, usage_field: Option<UsageBody>| {
+        let c = Chunk {
+            id,
+            object: "chat.completion.chunk",
+            created,
+            model: &plan.model,
+            service_tier: "default",
+            system_fingerprint: fingerprint,
+            choices,
+            usage: plan.include_usage.then_some(usage_field),
+        };
+        Bytes::from(format!("data: {}\n\n", serde_json::to_string(&c).unwrap_or_default()))
+    };
+    let choice = |index, delta, finish_reason| {
+        vec![ChunkChoice {
+            index,
+            delta,
+            logprobs: None,
+            finish_reason,
+        }]
     };
     let mut out = Vec::new();
     for i in 0..plan.choices {
-        out.push(chunk(json!([{"index": i, "delta": {"role": "assistant", "content": "", "refusal": null}, "logprobs": null, "finish_reason": null}]), None));
+        let role = Delta {
+            role: Some("assistant"),
+            content: Some(String::new()),
+            refusal: Some(None),
+        };
+        out.push(chunk(choice(i, role, None), None));
     }
     let per_chunk = plan.completion_tokens.div_ceil(u64::from(plan.chunks)).max(1);
     let mut left = plan.completion_tokens;
@@ -643,20 +786,18 @@ fn stream_events(plan: &Plan, id: &str, created: u64, fingerprint: &str, usage: 
         let from = plan.completion_tokens - left;
         left -= n;
         for i in 0..plan.choices {
-            out.push(chunk(
-                json!([{"index": i, "delta": {"content": lorem_range(from, n)}, "logprobs": null, "finish_reason": null}]),
-                None,
-            ));
+            let text = Delta {
+                content: Some(lorem_range(from, n)),
+                ..Delta::default()
+            };
+            out.push(chunk(choice(i, text, None), None));
         }
     }
     for i in 0..plan.choices {
-        out.push(chunk(
-            json!([{"index": i, "delta": {}, "logprobs": null, "finish_reason": plan.finish_reason}]),
-            None,
-        ));
+        out.push(chunk(choice(i, Delta::default(), Some(plan.finish_reason)), None));
     }
     if plan.include_usage {
-        out.push(chunk(json!([]), Some(usage.clone())));
+        out.push(chunk(Vec::new(), Some(usage)));
     }
     out.push(Bytes::from_static(b"data: [DONE]\n\n"));
     out

@@ -92,7 +92,12 @@ async fn json_answers_pass_through_with_a_sibling_xproxy_result() {
         assert!(resp.headers().contains_key(h), "{h} passes through");
     }
     let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
-    let body: Value = resp.json().await.unwrap();
+    let raw = resp.text().await.unwrap();
+    assert!(
+        raw.starts_with("{\"id\":\"chatcmpl-"),
+        "the provider's body is kept as it was: {raw}"
+    );
+    let body: Value = serde_json::from_str(&raw).unwrap();
     let x = &body["xproxy_result"];
     assert_eq!(x["use_case_name"], "support");
     assert_eq!(x["user_id"], "u-42");
@@ -103,12 +108,6 @@ async fn json_answers_pass_through_with_a_sibling_xproxy_result() {
         .as_str()
         .unwrap()
         .starts_with("Hello"));
-    let keys: Vec<_> = body.as_object().unwrap().keys().cloned().collect();
-    assert_eq!(
-        keys.first().map(String::as_str),
-        Some("id"),
-        "the provider's body is kept as it was: {keys:?}"
-    );
 
     let r = s.last_record();
     assert_eq!(r.meta.request_id(), Some(request_id.as_str()));
