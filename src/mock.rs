@@ -291,10 +291,16 @@ impl Drop for MockServer {
 /// The mock's routes: `POST /v1/chat/completions` and `POST /chat/completions`.
 fn router(state: Arc<MockState>) -> Router {
     Router::new()
-        .route("/v1/chat/completions", post(chat))
+        .route("/v1/chat/completions", post(chat).get(stored_completions))
         .route("/chat/completions", post(chat))
         .route("/v1/models", axum::routing::get(models))
         .with_state(state)
+}
+
+/// `GET /v1/chat/completions`: OpenAI's list of stored completions (the mock stores none).
+async fn stored_completions() -> Response {
+    let body = json!({"object": "list", "data": [], "first_id": null, "last_id": null, "has_more": false});
+    respond(StatusCode::OK, HeaderMap::new(), Bytes::from(body.to_string()))
 }
 
 /// `GET /v1/models`: the models the mock answers for.

@@ -143,8 +143,12 @@ impl Proxy {
     /// The proxy's routes.
     pub fn router(self) -> Router {
         Router::new()
-            .route("/v1/chat/completions", post(chat))
-            .route(&format!("{PAYI_OPENAI_PREFIX}/v1/chat/completions"), post(chat))
+            // Other methods on the chat path (OpenAI's stored completions: GET, DELETE) are forwarded.
+            .route("/v1/chat/completions", post(chat).fallback(forward))
+            .route(
+                &format!("{PAYI_OPENAI_PREFIX}/v1/chat/completions"),
+                post(chat).fallback(forward),
+            )
             .route("/v1/{*rest}", any(forward))
             .route(&format!("{PAYI_OPENAI_PREFIX}/v1/{{*rest}}"), any(forward))
             .with_state(self)
