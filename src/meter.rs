@@ -345,8 +345,26 @@ impl Meter {
 
     /// Opens the call's span (under the current span) and starts its clock.
     pub fn start(&self, server: Server, annotations: &Annotations, request: RequestFacts) -> Call {
+        self.start_under(None, server, annotations, request)
+    }
+
+    /// Like [`Self::start`], with the call's span under `parent` rather than the current span
+    /// (saves entering a span on every poll of the caller's future).
+    pub fn start_under(
+        &self,
+        parent: Option<&Span>,
+        server: Server,
+        annotations: &Annotations,
+        request: RequestFacts,
+    ) -> Call {
         let span = if self.inner.spans {
-            start_chat_span(&request.model, &self.inner.provider, &server.address, annotations)
+            start_chat_span(
+                &request.model,
+                &self.inner.provider,
+                &server.address,
+                annotations,
+                parent,
+            )
         } else {
             Span::none()
         };

@@ -24,7 +24,6 @@ use futures_util::TryStreamExt;
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use serde_json::json;
-use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::annotations::Annotations;
@@ -425,14 +424,16 @@ fn server_span(method: &Method, route: &str, headers: &HeaderMap) -> tracing::Sp
 }
 
 async fn chat(State(proxy): State<Proxy>, request: Request) -> Response {
-    if !proxy.inner.meter.spans_enabled() {
-        return chat_inner(proxy, request).await;
-    }
-    let span = server_span(request.method(), request.uri().path(), request.headers());
-    chat_inner(proxy, request).instrument(span).await
+    // The server span is the chat span's explicit parent: no span is entered on every poll.
+    let span = proxy
+        .inner
+        .meter
+        .spans_enabled()
+        .then(|| server_span(request.method(), request.uri().path(), request.headers()));
+    chat_inner(proxy, request, span.as_ref()).await
 }
 
-async fn chat_inner(proxy: Proxy, request: Request) -> Response {
+async fn chat_inner(proxy: Proxy, request: Request, server_span: Option<&tracing::Span>) -> Response {
     let inner = &proxy.inner;
     let settings = &inner.settings;
     let (parts, body) = request.into_parts();
@@ -478,7 +479,9 @@ async fn chat_inner(proxy: Proxy, request: Request) -> Response {
         Err(_) => return send_unobserved(inner, url, headers, body).await,
     };
     let stream = prepared.facts.stream;
-    let mut call = inner.meter.start(Server::of(&base), &annotations, prepared.facts);
+    let mut call = inner
+        .meter
+        .start_under(server_span, Server::of(&base), &annotations, prepared.facts);
     if let Err(blocked) = call.admit(prepared.body.len()) {
         let record = call.finish_blocked(blocked.clone());
         let message = format!("refused by limit {}: the call would pass its max", blocked.join(", "));
@@ -498,7 +501,7 @@ async fn chat_inner(proxy: Proxy, request: Request) -> Response {
         upstream = upstream.timeout(settings.timeout);
     }
     let sent = Instant::now();
-    let response = match upstream.send().instrument(call.span().clone()).await {
+    let response = match upstream.send().await {
         Ok(r) => r,
         Err(e) => {
             let kind = ErrorType::from_reqwest(&e);
@@ -524,7 +527,7 @@ async fn chat_inner(proxy: Proxy, request: Request) -> Response {
         *resp.headers_mut() = out_headers;
         return resp;
     }
-    let body = match response.bytes().instrument(call.span().clone()).await {
+    let body = match response.bytes().await {
         Ok(b) => b,
         Err(e) => {
             let kind = ErrorType::from_reqwest(&e);

@@ -17,21 +17,37 @@ use crate::annotations::Annotations;
 use crate::record::CallRecord;
 use crate::semconv::*;
 
-/// Opens the client span of a chat call under the caller's current span.
-pub fn start_chat_span(model: &str, provider: &str, server_address: &str, annotations: &Annotations) -> Span {
-    tracing::info_span!(
-        target: "llm_meter",
-        "chat",
-        otel.name = %format_args!("{OPERATION_CHAT} {model}"),
-        otel.kind = "client",
-        otel.status_code = Empty,
-        { GEN_AI_OPERATION_NAME } = OPERATION_CHAT,
-        { GEN_AI_PROVIDER_NAME } = provider,
-        { GEN_AI_REQUEST_MODEL } = model,
-        { SERVER_ADDRESS } = server_address,
-        { USE_CASE_NAME } = annotations.use_case_name(),
-        { ERROR_TYPE } = Empty,
-    )
+macro_rules! chat_span {
+    ($model:expr, $provider:expr, $server:expr, $annotations:expr $(, parent: $parent:expr)?) => {
+        tracing::info_span!(
+            target: "llm_meter",
+            $(parent: $parent,)?
+            "chat",
+            otel.name = %format_args!("{OPERATION_CHAT} {}", $model),
+            otel.kind = "client",
+            otel.status_code = Empty,
+            { GEN_AI_OPERATION_NAME } = OPERATION_CHAT,
+            { GEN_AI_PROVIDER_NAME } = $provider,
+            { GEN_AI_REQUEST_MODEL } = $model,
+            { SERVER_ADDRESS } = $server,
+            { USE_CASE_NAME } = $annotations.use_case_name(),
+            { ERROR_TYPE } = Empty,
+        )
+    };
+}
+
+/// Opens the client span of a chat call under `parent`, or else under the caller's current span.
+pub fn start_chat_span(
+    model: &str,
+    provider: &str,
+    server_address: &str,
+    annotations: &Annotations,
+    parent: Option<&Span>,
+) -> Span {
+    match parent {
+        Some(parent) => chat_span!(model, provider, server_address, annotations, parent: parent),
+        None => chat_span!(model, provider, server_address, annotations),
+    }
 }
 
 /// Writes W3C `traceparent` (and `tracestate`, when not empty) for the span in `cx`: the same
