@@ -13,16 +13,14 @@ use async_openai::types::chat::{
 use common::*;
 use futures_util::StreamExt;
 use llm_meter::mock::{MockConfig, MockServer};
-use llm_meter::openai_layer::{with_annotations, MeterLayer};
+use llm_meter::openai_layer::{with_annotations, MeterLayer, MeterService};
 use llm_meter::{Annotations, CallRecord, ErrorType, Meter};
 use tower::ServiceExt;
 
 type Records = Arc<Mutex<Vec<CallRecord>>>;
 
-fn setup(
-    mock: &MockServer,
-    extra_header: Option<(&'static str, &'static str)>,
-) -> (async_openai::Client<OpenAIConfig>, Records) {
+/// async-openai's reqwest service under `MeterLayer`, with every record kept.
+fn recording_service() -> (MeterService<ReqwestService>, Records) {
     let records: Records = Arc::default();
     let sink = records.clone();
     let meter = Meter::builder()
@@ -32,6 +30,14 @@ fn setup(
     let service = tower::ServiceBuilder::new()
         .layer(MeterLayer::new(meter))
         .service(ReqwestService::new(reqwest::Client::new()));
+    (service, records)
+}
+
+fn setup(
+    mock: &MockServer,
+    extra_header: Option<(&'static str, &'static str)>,
+) -> (async_openai::Client<OpenAIConfig>, Records) {
+    let (service, records) = recording_service();
     let mut config = OpenAIConfig::new()
         .with_api_base(mock.base_url())
         .with_api_key("sk-layer-secret");
@@ -135,15 +141,7 @@ async fn provider_errors_reach_async_openai_unchanged_and_are_recorded() {
 #[tokio::test]
 async fn other_requests_pass_through_unobserved() {
     let mock = MockServer::start(MockConfig::default()).await.unwrap();
-    let records: Records = Arc::default();
-    let sink = records.clone();
-    let meter = Meter::builder()
-        .hook(move |r: &CallRecord| sink.lock().unwrap().push(r.clone()))
-        .build()
-        .unwrap();
-    let service = tower::ServiceBuilder::new()
-        .layer(MeterLayer::new(meter))
-        .service(ReqwestService::new(reqwest::Client::new()));
+    let (service, records) = recording_service();
     let url = format!("{}/models", mock.base_url());
     let factory = HttpRequestFactory::new(move || {
         let url = url.clone();
