@@ -100,6 +100,8 @@ async fn async_openai_calls_become_observed_calls_with_annotations_and_spans() {
 
 #[tokio::test]
 async fn async_openai_streams_get_usage_without_seeing_the_usage_chunk() {
+    // Every test here holds a span capture: see common::capture_spans.
+    let _capture = capture_spans();
     let mock = MockServer::start(MockConfig::default()).await.unwrap();
     let (client, records) = setup(&mock, None);
     let mut stream = with_annotations(annotations(), client.chat().create_stream(request(true)))
@@ -122,6 +124,8 @@ async fn async_openai_streams_get_usage_without_seeing_the_usage_chunk() {
 
 #[tokio::test]
 async fn provider_errors_reach_async_openai_unchanged_and_are_recorded() {
+    // Every test here holds a span capture: see common::capture_spans.
+    let _capture = capture_spans();
     let mock = MockServer::start(MockConfig::default()).await.unwrap();
     let (client, records) = setup(&mock, Some(("x-mock-error", "400")));
     let err = client.chat().create(request(false)).await.unwrap_err();
@@ -140,6 +144,8 @@ async fn provider_errors_reach_async_openai_unchanged_and_are_recorded() {
 
 #[tokio::test]
 async fn other_requests_pass_through_unobserved() {
+    // Every test here holds a span capture: see common::capture_spans.
+    let _capture = capture_spans();
     let mock = MockServer::start(MockConfig::default()).await.unwrap();
     let (service, records) = recording_service();
     let url = format!("{}/models", mock.base_url());

@@ -114,6 +114,8 @@ async fn unpriced_models_get_no_invented_cost() {
 
 #[tokio::test]
 async fn xproxy_result_has_payis_exact_shape() {
+    // Every test here holds a span capture: see common::capture_spans.
+    let _capture = capture_spans();
     let mock = MockServer::start(MockConfig::default()).await.unwrap();
     let ledger = Arc::new(
         MemoryLedger::new(vec![LimitConfig {
@@ -159,6 +161,8 @@ fn ledger_with(limits: Vec<LimitConfig>) -> Arc<MemoryLedger> {
 
 #[tokio::test]
 async fn limit_states_reach_records_and_gauges() {
+    // Every test here holds a span capture: see common::capture_spans.
+    let _capture = capture_spans();
     let mock = MockServer::start(MockConfig::default()).await.unwrap();
     let ledger = ledger_with(vec![
         LimitConfig {
@@ -210,6 +214,8 @@ async fn limit_states_reach_records_and_gauges() {
 
 #[tokio::test]
 async fn the_library_client_can_refuse_before_calling_the_provider() {
+    // Every test here holds a span capture: see common::capture_spans.
+    let _capture = capture_spans();
     let mock = MockServer::start(MockConfig::default()).await.unwrap();
     let ledger = ledger_with(vec![LimitConfig {
         id: "cap".into(),
@@ -254,6 +260,8 @@ async fn the_library_client_can_refuse_before_calling_the_provider() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_calls_never_overspend_a_block_limit() {
+    // Every test here holds a span capture: see common::capture_spans.
+    let _capture = capture_spans();
     let mock = MockServer::start(MockConfig {
         latency: Duration::from_millis(30),
         ..MockConfig::default()
@@ -340,6 +348,8 @@ async fn two_hundred_concurrent_calls_never_overspend_a_block_limit() {
 
 #[tokio::test]
 async fn budgets_survive_a_restart_through_the_config_snapshot() {
+    // Every test here holds a span capture: see common::capture_spans.
+    let _capture = capture_spans();
     let dir = std::env::temp_dir().join(format!("llm-meter-restart-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config_path = dir.join("llm-meter.toml");
