@@ -196,15 +196,6 @@ fn is_plain_delta(data: &[u8]) -> bool {
     })
 }
 
-/// Where a stream stands once it has ended, for the record.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StreamEnd {
-    /// `data: [DONE]` arrived.
-    Done,
-    /// The body ended without `[DONE]`.
-    Truncated,
-}
-
 /// What the observer made of one event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventOutcome {
@@ -315,15 +306,6 @@ impl StreamObserver {
     /// Observes a chunk without acting on events.
     pub fn observe_all(&mut self, chunk: &[u8]) {
         self.observe(chunk, |_, _| {});
-    }
-
-    /// How the stream ended, once the body is over.
-    pub fn end(&self) -> StreamEnd {
-        if self.done {
-            StreamEnd::Done
-        } else {
-            StreamEnd::Truncated
-        }
     }
 }
 
