@@ -99,12 +99,13 @@ fn base_model(name: &str) -> Option<&str> {
 }
 
 impl PriceTable {
-    /// The embedded table.
+    /// The embedded table, parsed once per process and shared by every meter.
     pub fn embedded() -> Self {
-        let file: TableFile = toml::from_str(EMBEDDED).expect("the embedded price table is valid (tested)");
-        PriceTable {
-            prices: Arc::new(file.models),
-        }
+        static TABLE: std::sync::LazyLock<Arc<HashMap<String, Price>>> = std::sync::LazyLock::new(|| {
+            let file: TableFile = toml::from_str(EMBEDDED).expect("the embedded price table is valid (tested)");
+            Arc::new(file.models)
+        });
+        PriceTable { prices: TABLE.clone() }
     }
 
     /// An empty table (every model unpriced).
