@@ -4,10 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The OpenAI Python SDK for the proxy's end-to-end test, in a venv of our own.
-if [ -z "${LLM_METER_PYTHON:-}" ] && ! .venv/bin/python -c "import openai" >/dev/null 2>&1; then
-  echo "== making .venv with the OpenAI Python SDK"
-  python3 -m venv .venv && .venv/bin/pip install -q --disable-pip-version-check "openai>=1.40" ||
+# The OpenAI Python SDK and Pay-i's `payi` (its XproxyResult model) for the proxy's end-to-end test.
+if [ -z "${LLM_METER_PYTHON:-}" ] && ! .venv/bin/python -c "import openai, payi" >/dev/null 2>&1; then
+  echo "== making .venv with the OpenAI Python SDK and payi"
+  python3 -m venv .venv && .venv/bin/pip install -q --disable-pip-version-check "openai>=1.40" payi ||
     echo "could not install the OpenAI Python SDK; tests/openai_sdk.rs will fail and say how to install it"
 fi
 

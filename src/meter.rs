@@ -523,12 +523,15 @@ impl Call {
             observer: StreamObserver::new(sent),
             cutter: (hide_usage_chunk && status.is_success()).then(EventCutter::default),
             events: Vec::new(),
+            inserts: Vec::new(),
             pending: Some((self, meta)),
             record: None,
             body_done: false,
             done_at: None,
             hide_usage_chunk: hide_usage_chunk && status.is_success(),
-            final_event: None,
+            outcome: None,
+            held: None,
+            deferred_error: None,
         }
     }
 
@@ -627,7 +630,10 @@ pub struct ChatStream {
     body: ByteStream,
     observer: StreamObserver,
     cutter: Option<EventCutter>,
+    /// `(end, keep)` of each event of the current chunk (reused: no allocation per chunk).
     events: Vec<(usize, bool)>,
+    /// Bytes to pass on before the event at an index of `events` (reused).
+    inserts: Vec<(usize, Bytes)>,
     pending: Option<(Call, ProviderMeta)>,
     record: Option<CallRecord>,
     body_done: bool,
@@ -635,11 +641,36 @@ pub struct ChatStream {
     done_at: Option<usize>,
     /// The usage-only chunk was requested by us, not the caller: drop it.
     hide_usage_chunk: bool,
-    /// Bytes to send just before `[DONE]`, made from the finished record.
-    final_event: Option<FinalEvent>,
+    /// A field to add, from the finished record, to the chunk that ends the caller's stream.
+    outcome: Option<OutcomeField>,
+    /// The `data` of the chunk that will carry `outcome`, held back until the record is done.
+    held: Option<Vec<u8>>,
+    /// An upstream error to report once the held chunk has been passed on.
+    deferred_error: Option<Error>,
 }
 
-type FinalEvent = Box<dyn FnOnce(&CallRecord) -> Bytes + Send>;
+/// Makes a field's JSON value from the finished record.
+type OutcomeValue = Box<dyn FnOnce(&CallRecord) -> Vec<u8> + Send>;
+
+/// See [`ChatStream::with_outcome_field`].
+struct OutcomeField {
+    key: &'static str,
+    value: OutcomeValue,
+    /// Which chunk carries it: the usage chunk when the caller sees one, else the finish chunk.
+    carrier: EventOutcome,
+}
+
+/// One SSE event carrying `data` (each of its lines a `data:` line).
+fn sse_event(data: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(data.len() + 16);
+    for line in data.split(|&b| b == b'\n') {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line);
+        out.push(b'\n');
+    }
+    out.push(b'\n');
+    Bytes::from(out)
+}
 
 impl fmt::Debug for ChatStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -663,12 +694,34 @@ impl ChatStream {
     pub fn record(&self) -> Option<&CallRecord> {
         self.record.as_ref()
     }
-    /// Sends the bytes `event` makes from the finished record just before `data: [DONE]` (the
-    /// proxy's `xproxy_result` chunk). Events are then passed on whole.
-    pub fn with_final_event(mut self, event: impl FnOnce(&CallRecord) -> Bytes + Send + 'static) -> Self {
+
+    /// Adds `"key": value` (JSON made from the finished record) to the chunk that ends the
+    /// caller's stream, the way Pay-i's proxy carries `xproxy_result`: the usage chunk when the
+    /// caller asked for usage, otherwise the last chunk with a finish reason, so that every chunk
+    /// the caller gets still has `choices`. That one chunk is held back until the record is
+    /// finished (it is followed at once by the usage chunk and `[DONE]`); content deltas are
+    /// never held. A stream with no such chunk gets no field. Events are then passed on whole.
+    pub fn with_outcome_field(
+        mut self,
+        key: &'static str,
+        value: impl FnOnce(&CallRecord) -> Vec<u8> + Send + 'static,
+    ) -> Self {
         if self.status.is_success() {
+            let caller_sees_usage = !self.hide_usage_chunk
+                && self
+                    .pending
+                    .as_ref()
+                    .is_some_and(|(call, _)| call.request.include_usage);
             self.cutter.get_or_insert_with(EventCutter::default);
-            self.final_event = Some(Box::new(event));
+            self.outcome = Some(OutcomeField {
+                key,
+                value: Box::new(value),
+                carrier: if caller_sees_usage {
+                    EventOutcome::UsageOnly
+                } else {
+                    EventOutcome::Finish
+                },
+            });
         }
         self
     }
@@ -699,6 +752,64 @@ impl ChatStream {
             self.record = Some(call.finish(Some(self.status), meta, facts, o.usage, Some(o), error));
         }
     }
+
+    /// The held chunk with the outcome field added, once the record is finished.
+    fn release_held(&mut self) -> Option<Bytes> {
+        let record = self.record.as_ref()?;
+        let data = self.held.take()?;
+        let Some(outcome) = self.outcome.take() else {
+            return Some(sse_event(&data));
+        };
+        let value = (outcome.value)(record);
+        Some(sse_event(
+            &crate::xproxy::add_json_field(&data, outcome.key, &value).unwrap_or(data),
+        ))
+    }
+
+    /// Observes one network chunk and returns the bytes to pass on now.
+    fn pass_on(&mut self, chunk: Bytes) -> Option<Bytes> {
+        if self.cutter.is_none() {
+            self.observer.observe_all(&chunk);
+            self.finish_if_done();
+            return Some(chunk);
+        }
+        let (events, inserts, held, done_at) = (&mut self.events, &mut self.inserts, &mut self.held, &mut self.done_at);
+        events.clear();
+        inserts.clear();
+        *done_at = None;
+        let hide = self.hide_usage_chunk;
+        let carrier = self.outcome.as_ref().map(|o| o.carrier);
+        self.observer.observe_events(&chunk, |outcome, end, data| {
+            let index = events.len();
+            let keep = match outcome {
+                EventOutcome::Done => {
+                    done_at.get_or_insert(index);
+                    true
+                }
+                EventOutcome::UsageOnly if hide => false,
+                // The carrier is held (its tail, `data` None, goes with it). An earlier one
+                // (another choice's finish chunk) is passed on unchanged in its place.
+                o if Some(o) == carrier => {
+                    if let Some(data) = data {
+                        if let Some(earlier) = held.replace(data.to_vec()) {
+                            inserts.push((index, sse_event(&earlier)));
+                        }
+                    }
+                    false
+                }
+                _ => true,
+            };
+            events.push((end, keep));
+        });
+        self.finish_if_done();
+        if let Some(at) = self.done_at {
+            if let Some(carrier) = self.release_held() {
+                self.inserts.push((at, carrier));
+            }
+        }
+        let cutter = self.cutter.as_mut()?;
+        cutter.cut_inserting(chunk, &self.events, &self.inserts)
+    }
 }
 
 impl Stream for ChatStream {
@@ -707,36 +818,16 @@ impl Stream for ChatStream {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         loop {
+            if let Some(e) = this.deferred_error.take() {
+                return Poll::Ready(Some(Err(e)));
+            }
             if this.body_done {
                 return Poll::Ready(None);
             }
             match this.body.poll_next_unpin(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(chunk))) => {
-                    let out = if this.cutter.is_none() {
-                        this.observer.observe_all(&chunk);
-                        this.finish_if_done();
-                        Some(chunk)
-                    } else {
-                        let (events, done_at, hide) = (&mut this.events, &mut this.done_at, this.hide_usage_chunk);
-                        events.clear();
-                        *done_at = None;
-                        this.observer.observe(&chunk, |outcome, end| {
-                            if outcome == EventOutcome::Done {
-                                done_at.get_or_insert(events.len());
-                            }
-                            events.push((end, !(hide && outcome == EventOutcome::UsageOnly)))
-                        });
-                        this.finish_if_done();
-                        let insert = match (this.done_at, &this.record) {
-                            (Some(at), Some(record)) => this.final_event.take().map(|event| (at, event(record))),
-                            _ => None,
-                        };
-                        this.cutter
-                            .as_mut()
-                            .and_then(|c| c.cut_inserting(chunk, &this.events, insert))
-                    };
-                    if let Some(out) = out {
+                    if let Some(out) = this.pass_on(chunk) {
                         return Poll::Ready(Some(Ok(out)));
                     }
                 }
@@ -744,13 +835,22 @@ impl Stream for ChatStream {
                     this.body_done = true;
                     let err = Error::http(e);
                     this.finish(Some(err.error_type()));
+                    // The held chunk is the caller's: pass it on before the error.
+                    if let Some(held) = this.release_held() {
+                        this.deferred_error = Some(err);
+                        return Poll::Ready(Some(Ok(held)));
+                    }
                     return Poll::Ready(Some(Err(err)));
                 }
                 Poll::Ready(None) => {
                     this.body_done = true;
                     let rest = this.cutter.as_mut().and_then(EventCutter::finish);
                     this.finish(None);
-                    return Poll::Ready(rest.map(Ok));
+                    let out = match (this.release_held(), rest) {
+                        (Some(held), Some(rest)) => Some([held, rest].concat().into()),
+                        (held, rest) => held.or(rest),
+                    };
+                    return Poll::Ready(out.map(Ok));
                 }
             }
         }

@@ -413,8 +413,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for Choices<'a> {
 #[error("unreadable chat completion body: {0}")]
 pub struct BodyError(#[from] serde_json::Error);
 
+/// An owned copy of a string field; an empty string counts as absent (Azure OpenAI's first
+/// stream chunk has `"id": ""` and `"model": ""`: never recorded as an id or a model).
 fn owned(s: Option<Str<'_>>) -> Option<String> {
-    s.map(|s| s.0.into_owned())
+    s.filter(|s| !s.0.is_empty()).map(|s| s.0.into_owned())
 }
 
 impl ChatCompletion {
@@ -427,7 +429,7 @@ impl ChatCompletion {
             facts: ResponseFacts {
                 id: owned(w.id),
                 object: owned(w.object),
-                created: w.created,
+                created: w.created.filter(|&c| c != 0),
                 model: owned(w.model),
                 finish_reasons: choices.iter().map(|(_, r)| FinishReason::parse(r.as_str())).collect(),
                 service_tier: owned(w.service_tier),
@@ -443,6 +445,8 @@ impl ChatCompletion {
 pub enum ChunkKind {
     /// A chunk with choices (content, role, tool calls or a finish reason).
     Delta,
+    /// A chunk with choices, at least one of which carries a finish reason.
+    Finish,
     /// The usage-only chunk (`choices: []` with `usage`) sent when `include_usage` is set.
     UsageOnly,
     /// An `{"error": ...}` event in the stream.
@@ -466,9 +470,10 @@ pub fn apply_chunk(data: &[u8], facts: &mut ResponseFacts, usage: &mut Option<Us
     first(&mut facts.service_tier, w.service_tier);
     first(&mut facts.system_fingerprint, w.system_fingerprint);
     if facts.created.is_none() {
-        facts.created = w.created;
+        facts.created = w.created.filter(|&c| c != 0);
     }
     let usage_only = w.usage.is_some() && w.choices.1 == 0;
+    let finish = !w.choices.0.is_empty();
     for (index, reason) in w.choices.0 {
         let index = index as usize;
         if facts.finish_reasons.len() <= index && index < 128 {
@@ -485,6 +490,8 @@ pub fn apply_chunk(data: &[u8], facts: &mut ResponseFacts, usage: &mut Option<Us
     }
     Ok(if usage_only {
         ChunkKind::UsageOnly
+    } else if finish {
+        ChunkKind::Finish
     } else {
         ChunkKind::Delta
     })
@@ -561,7 +568,7 @@ mod tests {
         let first = br#"{"id":"c1","object":"chat.completion.chunk","created":7,"model":"m","system_fingerprint":"fp","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}],"usage":null}"#;
         assert_eq!(apply_chunk(first, &mut facts, &mut usage).unwrap(), ChunkKind::Delta);
         let last = br#"{"id":"c1","choices":[{"index":1,"delta":{},"finish_reason":"length"},{"index":0,"delta":{},"finish_reason":"stop"}]}"#;
-        assert_eq!(apply_chunk(last, &mut facts, &mut usage).unwrap(), ChunkKind::Delta);
+        assert_eq!(apply_chunk(last, &mut facts, &mut usage).unwrap(), ChunkKind::Finish);
         let usage_chunk =
             br#"{"id":"c1","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#;
         assert_eq!(

@@ -4,7 +4,9 @@
 //! observed calls: `xProxy-*` headers become the call's annotations (invalid ones get a 400 that
 //! names the header, and nothing is forwarded), the request goes to the upstream without them,
 //! and the provider's status, headers and body come back, a JSON body with a sibling
-//! `xproxy_result`, a stream chunk by chunk with a last chunk carrying `xproxy_result`. Block
+//! `xproxy_result`, a stream chunk by chunk with `xproxy_result` on the usage chunk when the
+//! caller asked for usage, else on the chunk with the finish reason (every chunk the caller
+//! gets keeps its `choices`). Block
 //! limits refuse calls before the provider sees them. Every other `/v1/*` request is forwarded
 //! untouched.
 //!
@@ -30,7 +32,7 @@ use crate::annotations::Annotations;
 use crate::meter::{Meter, Server};
 use crate::record::ErrorType;
 use crate::semconv;
-use crate::xproxy::XProxyResult;
+use crate::xproxy::{add_json_field, XProxyResult};
 
 /// Pay-i's proxy route prefix for OpenAI (`payi_openai_url(payi_base_url=…)`).
 pub const PAYI_OPENAI_PREFIX: &str = "/api/v1/proxy/openai";
@@ -376,35 +378,7 @@ fn upstream_failure(kind: ErrorType) -> Response {
 
 /// Adds `"xproxy_result": {…}` to a JSON object body, just before its closing brace.
 fn with_xproxy_result(body: &[u8], result: &XProxyResult) -> Option<Vec<u8>> {
-    let end = body.iter().rposition(|b| !b.is_ascii_whitespace())?;
-    let start = body.iter().position(|b| !b.is_ascii_whitespace())?;
-    if body[start] != b'{' || body[end] != b'}' {
-        return None;
-    }
-    let empty = body[start + 1..end].iter().all(u8::is_ascii_whitespace);
-    let extra = serde_json::to_vec(result).ok()?;
-    let mut out = Vec::with_capacity(body.len() + extra.len() + 20);
-    out.extend_from_slice(&body[..end]);
-    if !empty {
-        out.push(b',');
-    }
-    out.extend_from_slice(b"\"xproxy_result\":");
-    out.extend_from_slice(&extra);
-    out.extend_from_slice(&body[end..]);
-    Some(out)
-}
-
-/// The stream chunk that carries `xproxy_result`, sent just before `data: [DONE]`.
-fn xproxy_chunk(record: &crate::record::CallRecord) -> Bytes {
-    let chunk = json!({
-        "id": record.response.id,
-        "object": "chat.completion.chunk",
-        "created": record.response.created,
-        "model": record.model(),
-        "choices": [],
-        "xproxy_result": XProxyResult::from_record(record),
-    });
-    Bytes::from(format!("data: {chunk}\n\n"))
+    add_json_field(body, semconv::XPROXY_RESULT, &result.to_json_bytes())
 }
 
 /// The server span of one proxied request, continuing the caller's trace when it sent one.
@@ -521,7 +495,9 @@ async fn chat_inner(proxy: Proxy, request: Request, server_span: Option<&tracing
                 sent,
                 prepared.hide_usage_chunk,
             )
-            .with_final_event(xproxy_chunk);
+            .with_outcome_field(semconv::XPROXY_RESULT, |record| {
+                XProxyResult::from_record(record).to_json_bytes()
+            });
         let mut resp = Response::new(Body::from_stream(observed));
         *resp.status_mut() = status;
         *resp.headers_mut() = out_headers;
@@ -627,7 +603,10 @@ mod tests {
         let r = XProxyResult {
             request_id: "r".into(),
             use_case_name: None,
+            use_case_id: None,
+            use_case_step: None,
             user_id: None,
+            account_name: None,
             request_tags: vec![],
             limits: Default::default(),
             blocked_limit_ids: vec![],

@@ -213,6 +213,13 @@ pub const EXPORT_OUTCOME: &str = "outcome";
 /// Value of a capped label past its cap.
 pub const OTHER: &str = "other";
 
+// ---- Pay-i outcome ---------------------------------------------------------------------------
+
+/// JSON key of Pay-i's per-call outcome, beside the provider's response (and on a stream chunk).
+pub const XPROXY_RESULT: &str = "xproxy_result";
+/// JSON key of Pay-i's error object on a refused call.
+pub const XPROXY_ERROR: &str = "xproxy_error";
+
 // ---- Cost and limits -------------------------------------------------------------------------
 
 /// Span: input cost in USD.

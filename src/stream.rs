@@ -201,6 +201,8 @@ fn is_plain_delta(data: &[u8]) -> bool {
 pub enum EventOutcome {
     /// A chunk the caller should see.
     Chunk,
+    /// A chunk the caller should see that carries a finish reason.
+    Finish,
     /// The usage-only chunk.
     UsageOnly,
     /// `[DONE]`.
@@ -255,6 +257,12 @@ impl StreamObserver {
     /// finish, usage and `[DONE]` events), not for every content delta: the last output chunk
     /// time is that of the finish chunk, which follows the last delta.
     pub fn observe(&mut self, chunk: &[u8], mut on_event: impl FnMut(EventOutcome, usize)) {
+        self.observe_events(chunk, |outcome, end, _| on_event(outcome, end));
+    }
+
+    /// Like [`Self::observe`], also handing out each event's `data` (`None` for the tail of an
+    /// event completed in the previous chunk: see [`SseEvent::Tail`]).
+    pub fn observe_events(&mut self, chunk: &[u8], mut on_event: impl FnMut(EventOutcome, usize, Option<&[u8]>)) {
         let Self {
             parser,
             first_chunk,
@@ -269,7 +277,7 @@ impl StreamObserver {
         } = self;
         parser.feed(chunk, |event, end| {
             let data = match event {
-                SseEvent::Tail => return on_event(*last_outcome, end),
+                SseEvent::Tail => return on_event(*last_outcome, end, None),
                 SseEvent::Data(data) => data,
             };
             let outcome = if data == b"[DONE]" {
@@ -280,13 +288,14 @@ impl StreamObserver {
                 if first_chunk.is_some() && facts.model.is_some() && is_plain_delta(data) {
                     // A plain content delta: nothing in it changes the record.
                     *last_outcome = EventOutcome::Chunk;
-                    return on_event(EventOutcome::Chunk, end);
+                    return on_event(EventOutcome::Chunk, end, Some(data));
                 }
                 let now = Instant::now();
                 first_chunk.get_or_insert(now);
                 *last_chunk = Some(now);
                 match apply_chunk(data, facts, usage) {
                     Ok(ChunkKind::Delta) => EventOutcome::Chunk,
+                    Ok(ChunkKind::Finish) => EventOutcome::Finish,
                     Ok(ChunkKind::UsageOnly) => EventOutcome::UsageOnly,
                     Ok(ChunkKind::Error) => {
                         error.get_or_insert(ErrorType::StreamError);
@@ -299,7 +308,7 @@ impl StreamObserver {
                 }
             };
             *last_outcome = outcome;
-            on_event(outcome, end);
+            on_event(outcome, end, Some(data));
         });
     }
 
@@ -322,21 +331,22 @@ impl EventCutter {
     /// Splits `chunk` at event ends: `events` lists `(end, keep)` for each event completed in
     /// it, in order. Returns the bytes to pass on now.
     pub fn cut(&mut self, chunk: bytes::Bytes, events: &[(usize, bool)]) -> Option<bytes::Bytes> {
-        self.cut_inserting(chunk, events, None)
+        self.cut_inserting(chunk, events, &[])
     }
 
-    /// Like [`Self::cut`], and passes `insert.1` on just before the event at index `insert.0`.
+    /// Like [`Self::cut`], and passes each `inserts` entry's bytes on just before the event at
+    /// its index (in index order).
     pub fn cut_inserting(
         &mut self,
         chunk: bytes::Bytes,
         events: &[(usize, bool)],
-        insert: Option<(usize, bytes::Bytes)>,
+        inserts: &[(usize, bytes::Bytes)],
     ) -> Option<bytes::Bytes> {
         if events.is_empty() {
             self.pending.push(chunk);
             return None;
         }
-        if insert.is_none()
+        if inserts.is_empty()
             && events.iter().all(|(_, keep)| *keep)
             && self.pending.is_empty()
             && events.last().is_some_and(|(end, _)| *end == chunk.len())
@@ -346,7 +356,7 @@ impl EventCutter {
         let mut out = Vec::new();
         let mut start = 0;
         for (index, &(end, keep)) in events.iter().enumerate() {
-            if let Some((_, extra)) = insert.as_ref().filter(|(at, _)| *at == index) {
+            for (_, extra) in inserts.iter().filter(|(at, _)| *at == index) {
                 out.extend_from_slice(extra);
             }
             if keep {
@@ -454,7 +464,7 @@ mod tests {
             .cut_inserting(
                 bytes::Bytes::from_static(b"data: a\n\ndata: [DONE]\n\n"),
                 &[(9, true), (23, true)],
-                Some((1, bytes::Bytes::from_static(b"data: x\n\n"))),
+                &[(1, bytes::Bytes::from_static(b"data: x\n\n"))],
             )
             .unwrap();
         assert_eq!(out, &b"data: a\n\ndata: x\n\ndata: [DONE]\n\n"[..]);

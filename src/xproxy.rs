@@ -7,7 +7,9 @@
 //!  "cost": {"currency": "usd", "input": {"base": 0.0001}, "output": {"base": 0.0004}, "total": {"base": 0.0005}}}
 //! ```
 //!
-//! `cost` is absent when the model has no price (no cost is invented).
+//! `use_case_id`, `use_case_step` and `account_name` are present when the request sent them;
+//! `cost` is absent when the model has no price (no cost is invented). Every key is a field of
+//! Pay-i's own `XproxyResult` model (the `payi` package), checked by the SDK end-to-end test.
 
 use std::collections::BTreeMap;
 
@@ -23,8 +25,17 @@ pub struct XProxyResult {
     pub request_id: String,
     /// `xProxy-UseCase-Name`.
     pub use_case_name: Option<String>,
+    /// `xProxy-UseCase-ID`, when sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub use_case_id: Option<String>,
+    /// `xProxy-UseCase-Step`, when sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub use_case_step: Option<String>,
     /// `xProxy-User-ID`.
     pub user_id: Option<String>,
+    /// `xProxy-Account-Name`, when sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account_name: Option<String>,
     /// `xProxy-Request-Tags`.
     pub request_tags: Vec<String>,
     /// State of every limit the call named.
@@ -70,7 +81,10 @@ impl XProxyResult {
         XProxyResult {
             request_id: r.id.to_string(),
             use_case_name: a.use_case_name().map(str::to_owned),
+            use_case_id: a.use_case_id().map(str::to_owned),
+            use_case_step: a.use_case_step().map(str::to_owned),
             user_id: a.user_id().map(str::to_owned),
+            account_name: a.account_name().map(str::to_owned),
             request_tags: a.request_tags().to_vec(),
             limits: r
                 .limits
@@ -87,8 +101,35 @@ impl XProxyResult {
         }
     }
 
+    /// As JSON bytes.
+    pub fn to_json_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_else(|_| b"null".to_vec())
+    }
+
     /// As a JSON value.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
     }
+}
+
+/// Adds `"key": value` (`value` already JSON) to a JSON object's text, just before its closing
+/// brace, keeping every other byte as it was. `None` when `object` is not a JSON object's text.
+pub fn add_json_field(object: &[u8], key: &str, value: &[u8]) -> Option<Vec<u8>> {
+    let start = object.iter().position(|b| !b.is_ascii_whitespace())?;
+    let end = object.iter().rposition(|b| !b.is_ascii_whitespace())?;
+    if object[start] != b'{' || object[end] != b'}' {
+        return None;
+    }
+    let empty = object[start + 1..end].iter().all(u8::is_ascii_whitespace);
+    let mut out = Vec::with_capacity(object.len() + key.len() + value.len() + 4);
+    out.extend_from_slice(&object[..end]);
+    if !empty {
+        out.push(b',');
+    }
+    out.push(b'"');
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"\":");
+    out.extend_from_slice(value);
+    out.extend_from_slice(&object[end..]);
+    Some(out)
 }

@@ -1,5 +1,6 @@
 //! End to end with the real OpenAI Python SDK (PyPI `openai`) as a client of the proxy:
-//! tests/python/openai_sdk_e2e.py against a proxy in front of the mock provider.
+//! tests/python/openai_sdk_e2e.py against a proxy in front of the mock provider, with Pay-i's
+//! own `payi` package parsing every `xproxy_result`.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -10,19 +11,18 @@ use llm_meter::mock::{MockConfig, MockServer};
 use llm_meter::proxy::{Proxy, ProxySettings};
 use llm_meter::Meter;
 
-const INSTALL: &str =
-    "the OpenAI Python SDK is needed: run scripts/test.sh (it makes .venv with `pip install openai`), \
-                       or set LLM_METER_PYTHON to a python that has `openai` installed";
+const INSTALL: &str = "the OpenAI Python SDK and Pay-i's `payi` package are needed: run scripts/test.sh \
+     (it makes .venv with `pip install openai payi`), or set LLM_METER_PYTHON to a python that has both";
 
 fn python() -> PathBuf {
     let python = std::env::var_os("LLM_METER_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
-    let check = Command::new(&python).args(["-c", "import openai"]).output();
+    let check = Command::new(&python).args(["-c", "import openai, payi"]).output();
     match check {
         Ok(out) if out.status.success() => python,
         Ok(out) => panic!(
-            "{} cannot import openai ({}): {INSTALL}",
+            "{} cannot import openai and payi ({}): {INSTALL}",
             python.display(),
             String::from_utf8_lossy(&out.stderr).trim()
         ),
@@ -48,11 +48,23 @@ async fn the_openai_python_sdk_works_through_the_proxy() {
         .await
         .unwrap();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/openai_sdk_e2e.py");
-    let out =
-        tokio::task::spawn_blocking(move || Command::new(python).arg(script).arg(format!("http://{addr}")).output())
-            .await
-            .unwrap()
-            .unwrap();
+    let checks = std::fs::read_to_string(&script)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("def test_"))
+        .count();
+    assert!(checks >= 14, "the script lost checks: {checks}");
+    let mock_url = mock.base_url();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(script)
+            .arg(format!("http://{addr}"))
+            .arg(mock_url)
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
     let report = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -60,5 +72,7 @@ async fn the_openai_python_sdk_works_through_the_proxy() {
     );
     println!("{report}");
     assert!(out.status.success(), "the Python SDK checks failed:\n{report}");
-    assert!(report.contains(" passed, 0 failed"), "{report}");
+    // Every check ran and passed: a script that ran none (or fewer) fails here.
+    let closing = format!("\n{checks} passed, 0 failed\n");
+    assert!(report.contains(&closing), "expected {closing:?}:\n{report}");
 }

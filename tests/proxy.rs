@@ -146,7 +146,7 @@ async fn payi_route_and_upstream_key_replacement() {
 }
 
 #[tokio::test]
-async fn streams_are_forwarded_chunk_by_chunk_with_xproxy_result_last() {
+async fn streams_are_forwarded_chunk_by_chunk_with_xproxy_result_on_the_finish_chunk() {
     let s = setup().await;
     let resp = s
         .post("/v1/chat/completions", &chat(true))
@@ -175,8 +175,22 @@ async fn streams_are_forwarded_chunk_by_chunk_with_xproxy_result_last() {
     }
     let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
     assert_eq!(*events.last().unwrap(), "data: [DONE]");
-    let last: Value = serde_json::from_str(&events[events.len() - 2][6..]).unwrap();
-    assert_eq!(last["choices"], json!([]));
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e.strip_prefix("data: ").unwrap()).unwrap())
+        .collect();
+    // The caller did not ask for usage: every chunk it gets has choices (`chunk.choices[0]`
+    // works on each), and the outcome rides on the chunk with the finish reason, the last one.
+    for c in &chunks {
+        assert!(
+            !c["choices"].as_array().unwrap().is_empty(),
+            "a chunk without choices: {c}"
+        );
+    }
+    let carriers: Vec<&Value> = chunks.iter().filter(|c| c.get("xproxy_result").is_some()).collect();
+    assert_eq!(carriers.len(), 1, "{text}");
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"][0]["finish_reason"], "stop");
     assert_eq!(last["xproxy_result"]["use_case_name"], "stream");
     assert!(last["xproxy_result"]["cost"]["total"]["base"].as_f64().unwrap() > 0.0);
     assert!(
@@ -203,7 +217,23 @@ async fn streams_keep_the_usage_chunk_the_caller_asked_for() {
         .await
         .unwrap();
     assert_eq!(text.matches("\"usage\":{").count(), 1, "{text}");
-    assert!(text.contains("xproxy_result"));
+    assert_eq!(text.matches("xproxy_result").count(), 1, "{text}");
+    // The outcome rides on the usage chunk itself: no chunk is added.
+    let events: Vec<Value> = text
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let usage_chunk = events.last().unwrap();
+    assert_eq!(usage_chunk["choices"], json!([]));
+    assert!(usage_chunk["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+    assert!(usage_chunk["xproxy_result"]["cost"]["total"]["base"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        events.iter().filter(|e| e["choices"] == json!([])).count(),
+        1,
+        "only the usage chunk has no choices"
+    );
     assert_eq!(
         s.mock.received()[0].body,
         serde_json::to_vec(&body).unwrap(),

@@ -287,3 +287,221 @@ async fn chat_and_chat_stream_reject_the_wrong_kind_of_body() {
     assert!(e.to_string().contains("JSON object"), "{e}");
     assert!(mock.received().is_empty(), "nothing was sent");
 }
+
+/// Runs a [`llm_meter::ChatStream`] over `pieces` (one network chunk each) with an outcome field
+/// `"x": <output tokens>`; `caller_usage` says whether the caller's request asked for usage.
+/// Returns what the caller received, and the error the stream ended with, if any.
+async fn with_outcome(pieces: Vec<Result<Bytes, ()>>, caller_usage: bool) -> (String, Option<String>) {
+    let meter = llm_meter::Meter::default();
+    let mut body = stream_body();
+    if caller_usage {
+        body["stream_options"] = json!({"include_usage": true});
+    }
+    let prepared = meter.prepare(serde_json::to_vec(&body).unwrap(), Some(true)).unwrap();
+    let server = llm_meter::meter::Server {
+        address: "api.openai.com".into(),
+        port: Some(443),
+    };
+    let call = meter.start(server, &Annotations::none(), prepared.facts);
+    // A body error needs a real reqwest error: a connection refused by a closed port.
+    let mut refused = match pieces.iter().any(Result::is_err) {
+        true => Some(reqwest::get("http://127.0.0.1:9/").await.unwrap_err()),
+        false => None,
+    };
+    let items: Vec<reqwest::Result<Bytes>> = pieces
+        .into_iter()
+        .map(|p| p.map_err(|()| refused.take().expect("one error at most")))
+        .collect();
+    let mut s = call
+        .observe_stream(
+            http::StatusCode::OK,
+            http::HeaderMap::new(),
+            futures_util::stream::iter(items),
+            std::time::Instant::now(),
+            prepared.hide_usage_chunk,
+        )
+        .with_outcome_field("x", |r| r.usage.map_or(0, |u| u.output_tokens).to_string().into_bytes());
+    let (mut out, mut error) = (Vec::new(), None);
+    while let Some(item) = s.next().await {
+        match item {
+            Ok(b) => out.extend_from_slice(&b),
+            Err(e) => error = Some(e.to_string()),
+        }
+    }
+    (String::from_utf8(out).unwrap(), error)
+}
+
+/// The fixture as the caller should get it: without the usage chunk (unless asked for), and
+/// with `"x": 27`… added to the carrier chunk's JSON.
+fn expected_with_outcome(caller_usage: bool) -> String {
+    let events: Vec<&str> = FIXTURE_STREAM.split_inclusive("\n\n").collect();
+    let usage_at = events.iter().position(|e| e.contains("\"choices\":[]")).unwrap();
+    let finish_at = events
+        .iter()
+        .position(|e| e.contains("\"finish_reason\":\"stop\""))
+        .unwrap();
+    let output_tokens = FIXTURE_STREAM.split("\"completion_tokens\":").nth(1).unwrap();
+    let output_tokens: String = output_tokens.chars().take_while(char::is_ascii_digit).collect();
+    let carrier = if caller_usage { usage_at } else { finish_at };
+    let mut out = String::new();
+    for (i, e) in events.iter().enumerate() {
+        if i == usage_at && !caller_usage {
+            continue;
+        }
+        if i == carrier {
+            let json = e.trim_end().strip_suffix('}').unwrap();
+            out.push_str(&format!("{json},\"x\":{output_tokens}}}\n\n"));
+        } else {
+            out.push_str(e);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_outcome_rides_on_the_finish_chunk_at_every_split_when_usage_was_not_asked() {
+    let data = FIXTURE_STREAM.as_bytes();
+    let want = expected_with_outcome(false);
+    for at in 0..=data.len() {
+        let pieces = vec![
+            Ok(Bytes::copy_from_slice(&data[..at])),
+            Ok(Bytes::copy_from_slice(&data[at..])),
+        ];
+        let (got, error) = with_outcome(pieces, false).await;
+        assert_eq!((got.as_str(), error), (want.as_str(), None), "split at {at}");
+    }
+}
+
+#[tokio::test]
+async fn the_outcome_rides_on_the_usage_chunk_at_every_split_when_usage_was_asked() {
+    let data = FIXTURE_STREAM.as_bytes();
+    let want = expected_with_outcome(true);
+    for at in (0..=data.len()).step_by(7) {
+        let pieces = vec![
+            Ok(Bytes::copy_from_slice(&data[..at])),
+            Ok(Bytes::copy_from_slice(&data[at..])),
+        ];
+        let (got, _) = with_outcome(pieces, true).await;
+        assert_eq!(got, want, "split at {at}");
+    }
+}
+
+#[tokio::test]
+async fn content_is_never_held_back_for_the_outcome() {
+    // One event per network chunk: each content delta is passed on in the poll that read it.
+    let pieces: Vec<&str> = FIXTURE_STREAM.split_inclusive("\n\n").collect();
+    let meter = llm_meter::Meter::default();
+    let prepared = meter
+        .prepare(serde_json::to_vec(&stream_body()).unwrap(), Some(true))
+        .unwrap();
+    let server = llm_meter::meter::Server {
+        address: "h".into(),
+        port: None,
+    };
+    let call = meter.start(server, &Annotations::none(), prepared.facts);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<reqwest::Result<Bytes>>();
+    let rx = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let mut s = call
+        .observe_stream(
+            http::StatusCode::OK,
+            http::HeaderMap::new(),
+            rx,
+            std::time::Instant::now(),
+            true,
+        )
+        .with_outcome_field("x", |_| b"1".to_vec());
+    for piece in &pieces {
+        tx.send(Ok(Bytes::copy_from_slice(piece.as_bytes()))).unwrap();
+        let is_content =
+            !piece.contains("finish_reason\":\"") && !piece.contains("\"choices\":[]") && !piece.contains("[DONE]");
+        if is_content {
+            let got = tokio::time::timeout(Duration::from_secs(5), s.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert_eq!(got, piece.as_bytes(), "a content chunk passes on at once, unchanged");
+        }
+    }
+    drop(tx);
+    let mut rest = Vec::new();
+    while let Some(b) = s.next().await {
+        rest.extend_from_slice(&b.unwrap());
+    }
+    let rest = String::from_utf8(rest).unwrap();
+    assert!(
+        rest.contains("\"finish_reason\":\"stop\"") && rest.contains(",\"x\":1}"),
+        "{rest}"
+    );
+    assert!(rest.ends_with("data: [DONE]\n\n"));
+}
+
+#[tokio::test]
+async fn several_finish_chunks_pass_in_order_and_the_last_carries_the_outcome() {
+    // n = 2: each choice ends in its own chunk; only the last one carries the outcome.
+    let two = FIXTURE_STREAM.replace(
+        "data: {\"id\":\"chatcmpl-BDXMEvOKQnSYFATQSDa0BbxRSDUrN\",\"object\":\"chat.completion.chunk\",\"created\":1742566190,\"model\":\"gpt-4o-2024-08-06\",\"service_tier\":\"default\",\"system_fingerprint\":\"fp_6ec83003ad\",\"choices\":[{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"stop\"}],\"usage\":null}\n\n",
+        "data: {\"id\":\"c\",\"choices\":[{\"index\":1,\"delta\":{},\"finish_reason\":\"length\"}]}\n\ndata: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+    );
+    assert_ne!(two, FIXTURE_STREAM, "the fixture's finish chunk was replaced");
+    let (got, error) = with_outcome(vec![Ok(Bytes::from(two))], false).await;
+    assert_eq!(error, None);
+    let length = got.find("\"finish_reason\":\"length\"}]}\n\n").expect(&got);
+    let stop = got.find("\"finish_reason\":\"stop\"}],\"x\":").expect(&got);
+    assert!(length < stop && got[stop..].starts_with("\"finish_reason\":\"stop\"}],\"x\":"));
+    assert_eq!(got.matches("\"x\":").count(), 1);
+    assert!(got.ends_with("data: [DONE]\n\n"));
+}
+
+#[tokio::test]
+async fn a_held_chunk_is_passed_on_when_the_stream_is_cut_or_fails() {
+    let data = FIXTURE_STREAM.as_bytes();
+    let usage_at = FIXTURE_STREAM.find("data: {\"id\":\"chatcmpl-BDXMEvOKQnSYFATQSDa0BbxRSDUrN\",\"object\":\"chat.completion.chunk\",\"created\":1742566190,\"model\":\"gpt-4o-2024-08-06\",\"service_tier\":\"default\",\"system_fingerprint\":\"fp_6ec83003ad\",\"choices\":[]").unwrap();
+    // Truncated after the finish chunk: it still reaches the caller, with the outcome.
+    let (got, error) = with_outcome(vec![Ok(Bytes::copy_from_slice(&data[..usage_at]))], false).await;
+    assert_eq!(error, None);
+    assert!(
+        got.contains("\"finish_reason\":\"stop\"}],\"usage\":null,\"x\":0}\n\n"),
+        "{got}"
+    );
+    // A transport error after the finish chunk: the chunk first, then the error.
+    let (got, error) = with_outcome(vec![Ok(Bytes::copy_from_slice(&data[..usage_at])), Err(())], false).await;
+    assert!(
+        got.contains("\"finish_reason\":\"stop\"}],\"usage\":null,\"x\":0}\n\n"),
+        "{got}"
+    );
+    assert!(error.is_some());
+}
+
+#[tokio::test]
+async fn an_empty_first_chunk_azure_style_records_no_empty_id_or_model() {
+    // Azure OpenAI opens a stream with a chunk of empty values and its prompt filter results.
+    let azure_first = "data: {\"choices\":[],\"created\":0,\"id\":\"\",\"model\":\"\",\"object\":\"\",\"prompt_filter_results\":[{\"prompt_index\":0,\"content_filter_results\":{\"hate\":{\"filtered\":false,\"severity\":\"safe\"}}}]}\n\n";
+    let body = format!("{azure_first}{FIXTURE_STREAM}");
+    let meter = llm_meter::Meter::default();
+    let prepared = meter
+        .prepare(serde_json::to_vec(&stream_body()).unwrap(), Some(true))
+        .unwrap();
+    let server = llm_meter::meter::Server {
+        address: "my-resource.openai.azure.com".into(),
+        port: Some(443),
+    };
+    let call = meter.start(server, &Annotations::none(), prepared.facts);
+    let mut s = call.observe_stream(
+        http::StatusCode::OK,
+        http::HeaderMap::new(),
+        futures_util::stream::iter([Ok(Bytes::from(body))]),
+        std::time::Instant::now(),
+        false,
+    );
+    while let Some(c) = s.next().await {
+        c.unwrap();
+    }
+    let r = s.record().unwrap();
+    assert_eq!(r.response.id.as_deref(), Some("chatcmpl-BDXMEvOKQnSYFATQSDa0BbxRSDUrN"));
+    assert_eq!(r.response.model.as_deref(), Some("gpt-4o-2024-08-06"));
+    assert_eq!(r.response.created, Some(1742566190));
+    assert_eq!(r.response.object.as_deref(), Some("chat.completion.chunk"));
+    assert!(r.cost.is_some(), "priced by the response model");
+    assert_eq!(r.error, None);
+}
