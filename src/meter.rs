@@ -402,16 +402,23 @@ impl Meter {
     }
 
     /// Worst-case cost of a request: about a token per 4 bytes of body for input, and
-    /// `max_completion_tokens` (else the configured default) per choice for output. Unpriced
-    /// models reserve nothing.
+    /// `max_completion_tokens` (else the configured default) per choice for output, at the
+    /// requested tier's prices when it has them. Unpriced models reserve nothing.
     pub fn worst_case_cost(&self, request: &RequestFacts, body_len: usize) -> f64 {
         let Some(price) = self.inner.prices.price(&request.model) else {
+            return 0.0;
+        };
+        // The tier asked for, when it has a price (`auto` may be served at the standard tier).
+        let Some(rates) = price
+            .rates(request.service_tier.as_deref())
+            .or_else(|| price.rates(None))
+        else {
             return 0.0;
         };
         let input = (body_len as f64 / 4.0).ceil();
         let output = request.max_tokens.unwrap_or(self.inner.reserve_max_tokens) as f64
             * request.choice_count.unwrap_or(1).max(1) as f64;
-        (input * price.input + output * price.output) / 1_000_000.0
+        (input * rates.input + output * rates.output) / 1_000_000.0
     }
 }
 
@@ -545,7 +552,10 @@ impl Call {
         error: Option<ErrorType>,
     ) -> CallRecord {
         let model = response.model.as_deref().unwrap_or(&self.request.model);
-        let cost = usage.and_then(|u| self.meter.inner.prices.cost(model, &u));
+        let cost = usage.and_then(|u| {
+            let tier = response.service_tier.as_deref();
+            self.meter.inner.prices.cost_at(model, tier, &u)
+        });
         let limits = match &self.meter.inner.ledger {
             Some(ledger) if !self.annotations.limit_ids().is_empty() => ledger.settle(
                 self.annotations.limit_ids(),

@@ -428,6 +428,9 @@ struct Plan {
     completion_tokens: u64,
     finish_reason: &'static str,
     chunks: u32,
+    /// The tier that serves the call, as OpenAI reports it: the requested `flex` or
+    /// `priority`, else `default` (also for `auto`).
+    service_tier: &'static str,
 }
 
 fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -524,6 +527,12 @@ async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, uri: http
             .and_then(|v| v.parse().ok())
             .unwrap_or(cfg.chunks)
             .max(1),
+        service_tier: match req.get("service_tier").and_then(Value::as_str) {
+            Some("flex") => "flex",
+            Some("priority") => "priority",
+            Some("scale") => "scale",
+            _ => "default",
+        },
     };
 
     // Rate limits: count this request and its worst-case tokens against the window.
@@ -689,7 +698,7 @@ async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, uri: http
                 })
                 .collect(),
             usage,
-            service_tier: "default",
+            service_tier: plan.service_tier,
             system_fingerprint: &fingerprint,
         };
         return respond(StatusCode::OK, head, to_bytes(&body));
@@ -758,7 +767,7 @@ fn stream_events(plan: &Plan, id: &str, created: u64, fingerprint: &str, usage: 
             object: "chat.completion.chunk",
             created,
             model: &plan.model,
-            service_tier: "default",
+            service_tier: plan.service_tier,
             system_fingerprint: fingerprint,
             choices,
             usage: plan.include_usage.then_some(usage_field),

@@ -3,10 +3,17 @@
 //! The embedded table (`data/prices.toml`, USD per million tokens, each entry with its date and
 //! source) covers current OpenAI and Anthropic chat models; a config file's `[prices]` override
 //! and extend it. Lookup: the exact model name, else the name without a trailing date
-//! (`gpt-4o-2024-08-06` → `gpt-4o`, `claude-3-5-haiku-20241022` → `claude-3-5-haiku`) or
-//! `-latest`; else the model is unpriced and no cost is invented.
+//! (`gpt-4o-2024-08-06` → `gpt-4o`, `claude-3-5-haiku-20241022` → `claude-3-5-haiku`), a
+//! trailing `-MMDD` snapshot (`gpt-3.5-turbo-0125` → `gpt-3.5-turbo`) or `-latest`; else the
+//! model is unpriced and no cost is invented. Snapshots whose price differs from their base
+//! model's have entries of their own.
+//!
+//! Service tiers: the tier the response reports (`service_tier`) picks the price. `default`
+//! (OpenAI) and `standard` (Anthropic), or no tier reported, use the entry's own prices; any
+//! other tier uses the entry's `tiers.<name>` prices (`flex`, `priority`, `batch`, …), and a
+//! tier with no price there makes the call unpriced: never costed at another tier's price.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -32,12 +39,72 @@ pub struct Price {
     /// Where the price was read.
     #[serde(default)]
     pub source: Option<String>,
+    /// Prices of other service tiers (`flex`, `priority`, `batch`, …), by tier name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tiers: BTreeMap<String, TierPrice>,
+}
+
+/// Price of one service tier of a model, USD per million tokens.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierPrice {
+    /// Uncached input tokens.
+    pub input: f64,
+    /// Cached input tokens; `None` bills them as input.
+    #[serde(default)]
+    pub cached_input: Option<f64>,
+    /// Output tokens (reasoning included).
+    pub output: f64,
+    /// When the price was read.
+    #[serde(default)]
+    pub as_of: Option<String>,
+    /// Where the price was read.
+    #[serde(default)]
+    pub source: Option<String>,
+}
+
+/// The three rates a cost is computed from, USD per million tokens.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rates {
+    /// Uncached input.
+    pub input: f64,
+    /// Cached input (`None`: as input).
+    pub cached_input: Option<f64>,
+    /// Output.
+    pub output: f64,
+}
+
+/// Whether a reported service tier is the standard one (priced by the entry itself).
+fn is_standard_tier(tier: Option<&str>) -> bool {
+    matches!(tier, None | Some("default" | "standard"))
 }
 
 impl Price {
+    /// The rates of `tier` (`None`, `default`, `standard`: the standard rates); `None` when the
+    /// tier has no price.
+    pub fn rates(&self, tier: Option<&str>) -> Option<Rates> {
+        if is_standard_tier(tier) {
+            return Some(Rates {
+                input: self.input,
+                cached_input: self.cached_input,
+                output: self.output,
+            });
+        }
+        let t = self.tiers.get(tier?)?;
+        Some(Rates {
+            input: t.input,
+            cached_input: t.cached_input,
+            output: t.output,
+        })
+    }
+
     fn check(&self, model: &str) -> Result<(), PricingError> {
         let ok = |v: f64| v.is_finite() && v >= 0.0;
-        if ok(self.input) && ok(self.output) && self.cached_input.is_none_or(ok) {
+        let tiers_ok = self
+            .tiers
+            .values()
+            .all(|t| ok(t.input) && ok(t.output) && t.cached_input.is_none_or(ok));
+        if ok(self.input) && ok(self.output) && self.cached_input.is_none_or(ok) && tiers_ok {
             Ok(())
         } else {
             Err(PricingError(format!(
@@ -81,7 +148,8 @@ impl Default for PriceTable {
     }
 }
 
-/// `name` without a trailing `-YYYY-MM-DD`, `-YYYYMMDD` or `-latest`.
+/// `name` without a trailing `-YYYY-MM-DD`, `-YYYYMMDD`, `-MMDD` (OpenAI's older snapshots,
+/// `gpt-4-0613`) or `-latest`.
 fn base_model(name: &str) -> Option<&str> {
     let is_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     if let Some(base) = name.strip_suffix("-latest") {
@@ -90,6 +158,11 @@ fn base_model(name: &str) -> Option<&str> {
     let (head, last) = name.rsplit_once('-')?;
     if last.len() == 8 && is_digits(last) {
         return Some(head);
+    }
+    if last.len() == 4 && is_digits(last) {
+        let (month, day) = (&last[..2], &last[2..]);
+        let in_range = |v: &str, max: u8| v.parse::<u8>().is_ok_and(|n| (1..=max).contains(&n));
+        return (in_range(month, 12) && in_range(day, 31)).then_some(head);
     }
     // -YYYY-MM-DD: three dash-separated numeric parts at the end.
     let (head2, month) = head.rsplit_once('-')?;
@@ -139,21 +212,39 @@ impl PriceTable {
         self.prices.iter().map(|(k, v)| (k.as_str(), v))
     }
 
-    /// Cost of `usage` on `model`; `None` when the model is unpriced.
+    /// Cost of `usage` on `model` at the standard tier; `None` when the model is unpriced.
     pub fn cost(&self, model: &str, usage: &Usage) -> Option<Cost> {
-        self.price(model).map(|p| cost_of(p, usage))
+        self.cost_at(model, None, usage)
+    }
+
+    /// Cost of `usage` on `model` at service tier `tier` (as the response reports it); `None`
+    /// when the model, or that tier of it, is unpriced.
+    pub fn cost_at(&self, model: &str, tier: Option<&str>, usage: &Usage) -> Option<Cost> {
+        let rates = self.price(model)?.rates(tier)?;
+        Some(cost_at_rates(rates, usage))
     }
 }
 
-/// Cost of `usage` at `price`: uncached input at the input price, cached input at the cached
-/// price (or the input price), output (reasoning included) at the output price.
+/// Cost of `usage` at `price`'s standard rates: uncached input at the input price, cached input
+/// at the cached price (or the input price), output (reasoning included) at the output price.
 pub fn cost_of(price: &Price, usage: &Usage) -> Cost {
+    cost_at_rates(
+        Rates {
+            input: price.input,
+            cached_input: price.cached_input,
+            output: price.output,
+        },
+        usage,
+    )
+}
+
+fn cost_at_rates(rates: Rates, usage: &Usage) -> Cost {
     let cached = usage.cached_input_tokens.unwrap_or(0).min(usage.input_tokens);
     let uncached = usage.input_tokens - cached;
     let per_token = |per_million: f64| per_million / 1_000_000.0;
     let input =
-        uncached as f64 * per_token(price.input) + cached as f64 * per_token(price.cached_input.unwrap_or(price.input));
-    let output = usage.output_tokens as f64 * per_token(price.output);
+        uncached as f64 * per_token(rates.input) + cached as f64 * per_token(rates.cached_input.unwrap_or(rates.input));
+    let output = usage.output_tokens as f64 * per_token(rates.output);
     Cost {
         input,
         output,
@@ -175,6 +266,13 @@ mod tests {
                 p.as_of.is_some() && p.source.is_some(),
                 "{model} needs a date and a source"
             );
+            for (tier, t) in &p.tiers {
+                assert!(
+                    t.as_of.is_some() && t.source.is_some(),
+                    "{model} tier {tier} needs a date and a source"
+                );
+                assert!(!is_standard_tier(Some(tier)), "{model}: {tier} is the entry itself");
+            }
             assert!(
                 p.cached_input.is_none_or(|c| c <= p.input),
                 "{model}: cached input costs more than input"
@@ -197,6 +295,119 @@ mod tests {
         assert!(t.price("my-finetune").is_none());
         assert!(t.price("gpt-4o-extra").is_none(), "no prefix guessing");
         assert_eq!(base_model("gpt-4o-2024-8-06"), None);
+    }
+
+    /// Real model ids, current and older, OpenAI and Anthropic: the entry each resolves to, or
+    /// none on purpose (a model we have no price for is never guessed from a prefix).
+    #[test]
+    fn real_model_ids_resolve_to_the_right_entry_or_on_purpose_to_none() {
+        let t = PriceTable::embedded();
+        let cases: &[(&str, Option<&str>)] = &[
+            ("gpt-4o", Some("gpt-4o")),
+            ("gpt-4o-2024-08-06", Some("gpt-4o")),
+            ("gpt-4o-2024-11-20", Some("gpt-4o")),
+            ("gpt-4o-2024-05-13", Some("gpt-4o-2024-05-13")),
+            ("gpt-4o-mini-2024-07-18", Some("gpt-4o-mini")),
+            ("gpt-4.1-2025-04-14", Some("gpt-4.1")),
+            ("gpt-4.1-mini-2025-04-14", Some("gpt-4.1-mini")),
+            ("gpt-4.1-nano-2025-04-14", Some("gpt-4.1-nano")),
+            ("gpt-5-2025-08-07", Some("gpt-5")),
+            ("gpt-5-mini-2025-08-07", Some("gpt-5-mini")),
+            ("gpt-5-nano-2025-08-07", Some("gpt-5-nano")),
+            ("o1-2024-12-17", Some("o1")),
+            ("o3-2025-04-16", Some("o3")),
+            ("o3-mini-2025-01-31", Some("o3-mini")),
+            ("o4-mini-2025-04-16", Some("o4-mini")),
+            ("gpt-4-turbo-2024-04-09", Some("gpt-4-turbo")),
+            ("gpt-4-turbo-preview", Some("gpt-4-turbo-preview")),
+            ("gpt-4-1106-preview", Some("gpt-4-1106-preview")),
+            ("gpt-4-0125-preview", Some("gpt-4-0125-preview")),
+            ("gpt-4", Some("gpt-4")),
+            ("gpt-4-0613", Some("gpt-4")),
+            ("gpt-4-0314", Some("gpt-4")),
+            ("gpt-4-32k-0613", Some("gpt-4-32k")),
+            ("gpt-3.5-turbo", Some("gpt-3.5-turbo")),
+            ("gpt-3.5-turbo-0125", Some("gpt-3.5-turbo")),
+            ("gpt-3.5-turbo-1106", Some("gpt-3.5-turbo-1106")),
+            ("gpt-3.5-turbo-0613", Some("gpt-3.5-turbo-0613")),
+            ("gpt-3.5-turbo-16k-0613", Some("gpt-3.5-turbo-16k")),
+            ("claude-opus-4-1-20250805", Some("claude-opus-4-1")),
+            ("claude-opus-4-20250514", Some("claude-opus-4")),
+            ("claude-sonnet-4-20250514", Some("claude-sonnet-4")),
+            ("claude-sonnet-4-5-20250929", Some("claude-sonnet-4-5")),
+            ("claude-haiku-4-5-20251001", Some("claude-haiku-4-5")),
+            ("claude-3-7-sonnet-20250219", Some("claude-3-7-sonnet")),
+            ("claude-3-7-sonnet-latest", Some("claude-3-7-sonnet")),
+            ("claude-3-5-sonnet-20241022", Some("claude-3-5-sonnet")),
+            ("claude-3-5-haiku-20241022", Some("claude-3-5-haiku")),
+            ("claude-3-opus-20240229", Some("claude-3-opus")),
+            ("claude-3-haiku-20240307", Some("claude-3-haiku")),
+            // On purpose unpriced: other modalities, fine-tunes, unknown names, bad dates.
+            ("gpt-4o-audio-preview-2024-12-17", None),
+            ("gpt-4o-realtime-preview", None),
+            ("chatgpt-4o-latest", None),
+            ("ft:gpt-4o-mini-2024-07-18:acme::abc123", None),
+            ("text-embedding-3-small", None),
+            ("gpt-4-1399", None),
+            ("gpt-4-0013", None),
+            ("my-model-2024", None),
+            ("", None),
+        ];
+        for (id, want) in cases {
+            let got = t.price(id);
+            let want = want.map(|w| t.prices.get(w).unwrap_or_else(|| panic!("no entry {w}")));
+            assert_eq!(got, want, "{id}");
+        }
+    }
+
+    #[test]
+    fn the_reported_service_tier_picks_the_price_and_an_unknown_tier_is_unpriced() {
+        let t = PriceTable::embedded();
+        let u = Usage {
+            input_tokens: 1000,
+            output_tokens: 1000,
+            cached_input_tokens: Some(200),
+            ..Usage::default()
+        };
+        // gpt-4o standard: $2.50 in, $1.25 cached, $10 out; priority $4.25, $2.125, $17.
+        let standard = t.cost_at("gpt-4o-2024-08-06", Some("default"), &u).unwrap();
+        assert!((standard.total - (800.0 * 2.5 + 200.0 * 1.25 + 1000.0 * 10.0) / 1e6).abs() < 1e-12);
+        assert_eq!(t.cost_at("gpt-4o", None, &u), Some(standard));
+        let priority = t.cost_at("gpt-4o-2024-08-06", Some("priority"), &u).unwrap();
+        assert!((priority.total - (800.0 * 4.25 + 200.0 * 2.125 + 1000.0 * 17.0) / 1e6).abs() < 1e-12);
+        // o3 flex: half the standard price.
+        let flex = t.cost_at("o3", Some("flex"), &u).unwrap();
+        assert!((flex.total - (800.0 * 1.0 + 200.0 * 0.25 + 1000.0 * 4.0) / 1e6).abs() < 1e-12);
+        // Batch without a cached price: cached tokens billed at the tier's input price.
+        let batch = t.cost_at("gpt-4o", Some("batch"), &u).unwrap();
+        assert!((batch.total - (1000.0 * 1.25 + 1000.0 * 5.0) / 1e6).abs() < 1e-12);
+        // A tier with no price is unpriced, never the standard price.
+        assert_eq!(t.cost_at("gpt-4o", Some("scale"), &u), None);
+        assert_eq!(t.cost_at("gpt-4o", Some("flex"), &u), None, "gpt-4o has no flex tier");
+        assert_eq!(t.cost_at("claude-sonnet-4", Some("priority"), &u), None);
+    }
+
+    #[test]
+    fn config_overrides_can_price_a_tier() {
+        let o: HashMap<String, Price> = toml::from_str::<TableFile>(
+            "[models.\"gpt-4o\"]\ninput = 1\noutput = 2\n[models.\"gpt-4o\".tiers.scale]\ninput = 3\noutput = 4\n",
+        )
+        .unwrap()
+        .models;
+        let t = PriceTable::embedded().with_overrides(o).unwrap();
+        let u = Usage {
+            input_tokens: 1_000_000,
+            output_tokens: 1_000_000,
+            ..Usage::default()
+        };
+        assert_eq!(t.cost_at("gpt-4o", Some("scale"), &u).unwrap().total, 7.0);
+        assert_eq!(t.cost_at("gpt-4o", None, &u).unwrap().total, 3.0);
+        let bad: HashMap<String, Price> = toml::from_str::<TableFile>(
+            "[models.x]\ninput = 1\noutput = 1\n[models.x.tiers.flex]\ninput = -1\noutput = 1\n",
+        )
+        .unwrap()
+        .models;
+        assert!(PriceTable::embedded().with_overrides(bad).is_err());
     }
 
     #[test]
@@ -240,6 +451,7 @@ mod tests {
                 output: 2.0,
                 as_of: None,
                 source: None,
+                tiers: BTreeMap::new(),
             },
         );
         o.insert(
@@ -250,6 +462,7 @@ mod tests {
                 output: 0.0,
                 as_of: None,
                 source: None,
+                tiers: BTreeMap::new(),
             },
         );
         let t2 = t.with_overrides(o).unwrap();
@@ -264,6 +477,7 @@ mod tests {
                 output: 0.0,
                 as_of: None,
                 source: None,
+                tiers: BTreeMap::new(),
             },
         );
         assert!(t.with_overrides(bad).unwrap_err().to_string().contains("\"x\""));

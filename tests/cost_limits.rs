@@ -113,6 +113,46 @@ async fn unpriced_models_get_no_invented_cost() {
 }
 
 #[tokio::test]
+async fn the_tier_that_served_the_call_prices_it_and_an_unpriced_tier_is_counted() {
+    let mock = MockServer::start(MockConfig::default()).await.unwrap();
+    let t = Telemetry::builder().without_otlp().build().unwrap();
+    let client = Client::builder()
+        .base_url(mock.base_url())
+        .meter(t.meter_builder().build().unwrap())
+        .build()
+        .unwrap();
+    let _capture = capture_spans();
+    let with_tier = |tier: &str| {
+        let mut b = body("gpt-4o-mini", false);
+        b["service_tier"] = json!(tier);
+        b
+    };
+    let standard = client
+        .chat(&body("gpt-4o-mini", false), &Annotations::none())
+        .await
+        .unwrap();
+    let priority = client.chat(&with_tier("priority"), &Annotations::none()).await.unwrap();
+    assert_eq!(priority.record().response.service_tier.as_deref(), Some("priority"));
+    let (s, p) = (*standard.usage().unwrap(), *priority.usage().unwrap());
+    assert_eq!((s.input_tokens, s.output_tokens), (p.input_tokens, p.output_tokens));
+    // gpt-4o-mini priority: $0.25 in, $0.125 cached, $1.00 out per 1M (standard $0.15/$0.60).
+    let cached = p.cached_input_tokens.unwrap_or(0);
+    let want = ((p.input_tokens - cached) as f64 * 0.25 + cached as f64 * 0.125 + p.output_tokens as f64 * 1.0) / 1e6;
+    let got = priority.record().cost.unwrap().total;
+    assert!((got - want).abs() < 1e-15, "priority cost {got}, want {want}");
+    assert!(got > standard.record().cost.unwrap().total);
+    // `scale` has no price for this model: unpriced and counted, not costed at the default.
+    let scale = client.chat(&with_tier("scale"), &Annotations::none()).await.unwrap();
+    assert!(scale.record().cost.is_none() && scale.record().unpriced());
+    let text = encode(t.registry().unwrap()).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("llm_meter_calls_unpriced_total{") && l.ends_with(" 1")),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn xproxy_result_has_payis_exact_shape() {
     // Every test here holds a span capture: see common::capture_spans.
     let _capture = capture_spans();
