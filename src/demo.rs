@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::annotations::Annotations;
 use crate::client::{Client, Error};
-use crate::limits::{Ledger, LimitConfig, LimitKind, MemoryLedger};
+use crate::limits::{AdmissionMode, Ledger, LimitConfig, LimitKind, MemoryLedger};
 use crate::mock::{MockConfig, MockServer};
 use crate::proxy::{Proxy, ProxySettings};
 use crate::record::{CallRecord, ErrorType};
@@ -61,6 +61,7 @@ pub fn demo_limits() -> Vec<LimitConfig> {
             threshold: Some(0.25),
             kind: LimitKind::Allow,
             reset: Some(Duration::from_secs(86_400)),
+            admission: AdmissionMode::Spent,
         },
         LimitConfig {
             id: "trial-org".into(),
@@ -68,6 +69,7 @@ pub fn demo_limits() -> Vec<LimitConfig> {
             threshold: Some(0.8),
             kind: LimitKind::Block,
             reset: None,
+            admission: AdmissionMode::Spent,
         },
         LimitConfig {
             id: "org-monthly".into(),
@@ -75,6 +77,7 @@ pub fn demo_limits() -> Vec<LimitConfig> {
             threshold: Some(0.8),
             kind: LimitKind::Allow,
             reset: Some(Duration::from_secs(30 * 86_400)),
+            admission: AdmissionMode::Spent,
         },
     ]
 }

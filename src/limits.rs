@@ -7,10 +7,13 @@
 //! spend reached `max`, or that a call's worst-case cost would take past `max`: the call is
 //! refused before the provider is called).
 //!
-//! Admission reserves each call's worst-case cost on every limit it names and settles the real
-//! cost when the call ends. A block limit admits a call only while `spend + reserved +
-//! reservation <= max`, so as long as real costs stay within their reservations, spend never
-//! passes `max`; by construction it can pass it by at most what was reserved in flight.
+//! Admission is per limit ([`AdmissionMode`]). `spent` (the default, Pay-i's rule) refuses once
+//! recorded spend has reached `max`; calls in flight at that moment still finish, so spend can
+//! pass `max` by what they cost. `reserve` reserves each call's worst-case cost on every limit
+//! it names and settles the real cost when the call ends, admitting a call only while `spend +
+//! reserved + reservation <= max`: as long as real costs stay within their reservations, spend
+//! never passes `max`. Either way every call reserves and settles, so `reserved` shows what is
+//! in flight.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -30,6 +33,21 @@ pub enum LimitKind {
     Allow,
     /// Refuse calls that would pass `max`.
     Block,
+}
+
+/// When a `block` limit refuses a call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdmissionMode {
+    /// Refuse once recorded spend has reached `max` (Pay-i's and LiteLLM's rule, the default).
+    /// Calls in flight when spend reaches `max` still finish, so spend can pass `max` by what
+    /// they cost: that shows as state `blocked` with spend above `max`.
+    #[default]
+    Spent,
+    /// Reserve each call's worst-case cost at admission and refuse a call whose reservation
+    /// would take spend plus reservations past `max`: never overspends, but refuses calls while
+    /// part of the budget is still unspent (reservations are worst cases).
+    Reserve,
 }
 
 /// State of a limit, as Pay-i reports it.
@@ -79,6 +97,9 @@ pub struct LimitConfig {
     /// Reset period: `30m`, `12h`, `1d`, `7d`, `30d`, or seconds (`3600s`). None: never resets.
     #[serde(default, with = "period")]
     pub reset: Option<Duration>,
+    /// When a `block` limit refuses calls: `spent` (default) or `reserve`.
+    #[serde(default)]
+    pub admission: AdmissionMode,
 }
 
 mod period {
@@ -417,7 +438,11 @@ impl Ledger for MemoryLedger {
             if let Some(e) = entries.get_mut(id) {
                 e.roll(now);
                 if let Some(c) = e.config.as_ref().filter(|c| c.kind == LimitKind::Block) {
-                    if e.spend >= c.max || e.spend + e.reserved + reservation > c.max {
+                    let refuse = match c.admission {
+                        AdmissionMode::Spent => e.spend >= c.max,
+                        AdmissionMode::Reserve => e.spend >= c.max || e.spend + e.reserved + reservation > c.max,
+                    };
+                    if refuse {
                         blocked.push(id.clone());
                     }
                 }
@@ -480,6 +505,14 @@ mod tests {
             threshold,
             kind,
             reset: None,
+            admission: AdmissionMode::Spent,
+        }
+    }
+
+    fn reserving(id: &str, max: f64) -> LimitConfig {
+        LimitConfig {
+            admission: AdmissionMode::Reserve,
+            ..limit(id, max, None, LimitKind::Block)
         }
     }
 
@@ -514,7 +547,7 @@ mod tests {
 
     #[test]
     fn admission_counts_reservations_in_flight() {
-        let l = MemoryLedger::new(vec![limit("b", 1.0, None, LimitKind::Block)]).unwrap();
+        let l = MemoryLedger::new(vec![reserving("b", 1.0)]).unwrap();
         let b = ids(&["b"]);
         assert!(l.admit(&b, 0.4).blocked.is_empty());
         assert!(l.admit(&b, 0.4).blocked.is_empty());
@@ -523,6 +556,38 @@ mod tests {
         assert!(l.admit(&b, 0.4).blocked.is_empty(), "settling released the reservation");
         let s = &l.statuses()[0];
         assert!((s.spend - 0.1).abs() < 1e-12 && (s.reserved - 0.8).abs() < 1e-12);
+    }
+
+    #[test]
+    fn spent_admission_refuses_only_once_spend_reached_max() {
+        let l = MemoryLedger::new(vec![limit("b", 1.0, None, LimitKind::Block)]).unwrap();
+        let b = ids(&["b"]);
+        for _ in 0..5 {
+            assert!(l.admit(&b, 0.4).blocked.is_empty(), "reservations do not refuse");
+        }
+        assert!((l.statuses()[0].reserved - 2.0).abs() < 1e-12, "but are still tracked");
+        l.settle(&b, 0.4, 0.6);
+        assert!(l.admit(&b, 0.4).blocked.is_empty(), "0.6 spent of 1.0");
+        let states = l.settle(&b, 0.4, 0.5);
+        assert_eq!(
+            states,
+            [("b".to_owned(), LimitState::Blocked)],
+            "1.1 spent: overspend of one call in flight"
+        );
+        assert_eq!(l.admit(&b, 0.0).blocked, ["b"], "spend reached max: refused");
+        for _ in 0..4 {
+            l.settle(&b, 0.4, 0.0);
+        }
+        assert_eq!(l.statuses()[0].reserved, 0.0, "every reservation settled");
+    }
+
+    #[test]
+    fn admission_mode_reads_from_config_and_defaults_to_spent() {
+        let c: LimitConfig = toml::from_str("id = \"a\"\nmax = 1.0\nkind = \"block\"").unwrap();
+        assert_eq!(c.admission, AdmissionMode::Spent);
+        let c: LimitConfig = toml::from_str("id = \"a\"\nmax = 1.0\nadmission = \"reserve\"").unwrap();
+        assert_eq!(c.admission, AdmissionMode::Reserve);
+        assert!(toml::from_str::<LimitConfig>("id = \"a\"\nmax = 1.0\nadmission = \"maybe\"").is_err());
     }
 
     #[test]
@@ -577,7 +642,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("ledger.json");
         let _ = std::fs::remove_file(&path);
-        let limits = vec![limit("b", 1.0, None, LimitKind::Block)];
+        let limits = vec![reserving("b", 1.0)];
         let l = MemoryLedger::restore(limits.clone(), &path).unwrap();
         l.settle(&ids(&["b", "extra"]), 0.0, 0.75);
         l.snapshot(&path).unwrap();

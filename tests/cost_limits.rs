@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::*;
 use futures_util::StreamExt;
 use llm_meter::config::Config;
-use llm_meter::limits::{Ledger, LimitConfig, LimitKind, LimitState, MemoryLedger};
+use llm_meter::limits::{AdmissionMode, Ledger, LimitConfig, LimitKind, LimitState, MemoryLedger};
 use llm_meter::mock::{MockConfig, MockServer};
 use llm_meter::opentelemetry::Value;
 use llm_meter::telemetry::prometheus::encode;
@@ -164,6 +164,7 @@ async fn xproxy_result_has_payis_exact_shape() {
             threshold: None,
             kind: LimitKind::Allow,
             reset: None,
+            admission: AdmissionMode::Spent,
         }])
         .unwrap(),
     );
@@ -211,6 +212,7 @@ async fn limit_states_reach_records_and_gauges() {
             threshold: None,
             kind: LimitKind::Allow,
             reset: None,
+            admission: AdmissionMode::Spent,
         },
         LimitConfig {
             id: "half".into(),
@@ -218,6 +220,7 @@ async fn limit_states_reach_records_and_gauges() {
             threshold: Some(0.5),
             kind: LimitKind::Allow,
             reset: None,
+            admission: AdmissionMode::Spent,
         },
     ]);
     let t = Telemetry::builder().without_otlp().build().unwrap();
@@ -263,6 +266,7 @@ async fn the_library_client_can_refuse_before_calling_the_provider() {
         threshold: None,
         kind: LimitKind::Block,
         reset: None,
+        admission: AdmissionMode::Reserve,
     }]);
     let t = Telemetry::builder().without_otlp().build().unwrap();
     let meter = t
@@ -298,23 +302,40 @@ async fn the_library_client_can_refuse_before_calling_the_provider() {
     assert!(err.to_string().contains("cap"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_hundred_concurrent_calls_never_overspend_a_block_limit() {
-    // Every test here holds a span capture: see common::capture_spans.
-    let _capture = capture_spans();
+/// What 200 concurrent calls (30 ms each, all started at once) against one block limit of
+/// $0.01 did: calls admitted and refused, final spend, the peak of spend plus reservations, and
+/// the sum of the admitted calls' costs.
+struct Burst {
+    admitted: usize,
+    blocked: usize,
+    spend: f64,
+    reserved: f64,
+    peak_committed: f64,
+    costs: f64,
+    provider_calls: usize,
+    state: LimitState,
+    /// Most calls in flight at once, as the test counted them.
+    peak_in_flight: usize,
+    /// Most one call cost.
+    max_call_cost: f64,
+}
+
+const BURST_MAX: f64 = 0.01;
+
+async fn two_hundred_concurrent_calls(admission: AdmissionMode) -> Burst {
     let mock = MockServer::start(MockConfig {
         latency: Duration::from_millis(30),
         ..MockConfig::default()
     })
     .await
     .unwrap();
-    let max = 0.01;
     let ledger = ledger_with(vec![LimitConfig {
         id: "budget".into(),
-        max,
+        max: BURST_MAX,
         threshold: None,
         kind: LimitKind::Block,
         reset: None,
+        admission,
     }]);
     let meter = llm_meter::Meter::builder()
         .ledger(ledger.clone())
@@ -329,9 +350,11 @@ async fn two_hundred_concurrent_calls_never_overspend_a_block_limit() {
     let a = Annotations::builder().limit_ids(["budget"]).build().unwrap();
     let (admitted, blocked) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let peak_committed = Arc::new(std::sync::Mutex::new(0f64));
-    let costs = Arc::new(std::sync::Mutex::new(0f64));
+    let costs = Arc::new(std::sync::Mutex::new((0f64, 0f64)));
+    let in_flight = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
     futures_util::stream::iter(0..200)
         .for_each_concurrent(200, |_| {
+            let in_flight = in_flight.clone();
             let (client, a, admitted, blocked, ledger, peak, costs) = (
                 client.clone(),
                 a.clone(),
@@ -342,10 +365,17 @@ async fn two_hundred_concurrent_calls_never_overspend_a_block_limit() {
                 costs.clone(),
             );
             async move {
-                match client.chat(&body("gpt-4o", false), &a).await {
+                let now = in_flight.0.fetch_add(1, Ordering::SeqCst) + 1;
+                in_flight.1.fetch_max(now, Ordering::SeqCst);
+                let result = client.chat(&body("gpt-4o", false), &a).await;
+                in_flight.0.fetch_sub(1, Ordering::SeqCst);
+                match result {
                     Ok(r) => {
                         assert!(r.is_success());
-                        *costs.lock().unwrap() += r.record().cost.unwrap().total;
+                        let cost = r.record().cost.unwrap().total;
+                        let mut c = costs.lock().unwrap();
+                        c.0 += cost;
+                        c.1 = c.1.max(cost);
                         admitted.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(Error::LimitReached { .. }) => {
@@ -359,31 +389,126 @@ async fn two_hundred_concurrent_calls_never_overspend_a_block_limit() {
             }
         })
         .await;
-    let (admitted, blocked) = (admitted.load(Ordering::Relaxed), blocked.load(Ordering::Relaxed));
-    let status = &ledger.statuses()[0];
+    let status = ledger.statuses()[0].clone();
+    let (costs, max_call_cost) = *costs.lock().unwrap();
+    let burst = Burst {
+        admitted: admitted.load(Ordering::Relaxed),
+        blocked: blocked.load(Ordering::Relaxed),
+        spend: status.spend,
+        reserved: status.reserved,
+        peak_committed: *peak_committed.lock().unwrap(),
+        costs,
+        provider_calls: mock.received().len(),
+        state: status.state,
+        peak_in_flight: in_flight.1.load(Ordering::SeqCst),
+        max_call_cost,
+    };
     println!(
-        "admitted {admitted}, blocked {blocked}, spend {:.6} of {max}, peak spend+reserved {:.6}",
-        status.spend,
-        peak_committed.lock().unwrap()
-    );
-    assert_eq!(admitted + blocked, 200);
-    assert!(
-        admitted >= 5 && blocked >= 100,
-        "admitted {admitted}, blocked {blocked}"
-    );
-    assert_eq!(status.reserved, 0.0, "every reservation was settled");
-    assert!(status.spend <= max, "spend {} passed max {max}", status.spend);
-    assert!(
-        *peak_committed.lock().unwrap() <= max + 1e-12,
-        "spend plus in-flight reservations stayed within max"
-    );
-    assert_eq!(mock.received().len().min(64), admitted.min(64));
-    let total: f64 = *costs.lock().unwrap();
-    assert!(
-        (status.spend - total).abs() < 1e-12,
-        "the ledger holds exactly the admitted calls' costs"
+        "{admission:?}: admitted {}, blocked {}, spend {:.6} of {BURST_MAX} ({:.0} %), peak spend+reserved {:.6}, \
+         peak in flight {}",
+        burst.admitted,
+        burst.blocked,
+        burst.spend,
+        100.0 * burst.spend / BURST_MAX,
+        burst.peak_committed,
+        burst.peak_in_flight
     );
     let _ = meter;
+    burst
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_calls_never_overspend_a_block_limit() {
+    // Every test here holds a span capture: see common::capture_spans.
+    let _capture = capture_spans();
+    let b = two_hundred_concurrent_calls(AdmissionMode::Reserve).await;
+    assert_eq!(b.admitted + b.blocked, 200);
+    assert!(
+        b.admitted >= 5 && b.blocked >= 100,
+        "admitted {}, blocked {}",
+        b.admitted,
+        b.blocked
+    );
+    assert_eq!(b.reserved, 0.0, "every reservation was settled");
+    assert!(b.spend <= BURST_MAX, "spend {} passed max {BURST_MAX}", b.spend);
+    assert!(
+        b.peak_committed <= BURST_MAX + 1e-12,
+        "spend plus in-flight reservations stayed within max"
+    );
+    assert_eq!(b.provider_calls.min(64), b.admitted.min(64));
+    assert!(
+        (b.spend - b.costs).abs() < 1e-12,
+        "the ledger holds exactly the admitted calls' costs"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spent_admission_admits_until_spend_reaches_max_and_overspends_by_the_calls_in_flight() {
+    let _capture = capture_spans();
+    let b = two_hundred_concurrent_calls(AdmissionMode::Spent).await;
+    assert_eq!(b.admitted + b.blocked, 200);
+    assert_eq!(b.reserved, 0.0, "every reservation was settled");
+    assert!(
+        (b.spend - b.costs).abs() < 1e-12,
+        "the ledger holds exactly the admitted calls' costs"
+    );
+    assert_eq!(b.provider_calls.min(64), b.admitted.min(64));
+    // Refused only once spend reached max; the overspend is bounded by the calls in flight
+    // (each admitted while spend was still under max).
+    assert!(b.spend >= BURST_MAX, "spend {} never reached max", b.spend);
+    assert_eq!(b.state, LimitState::Blocked, "spend reached max: the limit blocks now");
+    assert!(
+        b.spend - BURST_MAX <= b.peak_in_flight as f64 * b.max_call_cost,
+        "overspend {} beyond {} calls in flight",
+        b.spend - BURST_MAX,
+        b.peak_in_flight
+    );
+    assert!(
+        b.admitted > 19,
+        "more calls admitted than the reserve mode's worst cases allow"
+    );
+
+    // One call at a time (nothing in flight): calls are admitted until spend reaches max, and
+    // the overspend is less than one call.
+    let mock = MockServer::start(MockConfig::default()).await.unwrap();
+    let ledger = ledger_with(vec![LimitConfig {
+        id: "budget".into(),
+        max: BURST_MAX,
+        threshold: None,
+        kind: LimitKind::Block,
+        reset: None,
+        admission: AdmissionMode::Spent,
+    }]);
+    let meter = llm_meter::Meter::builder()
+        .ledger(ledger.clone())
+        .enforce_limits(true)
+        .build()
+        .unwrap();
+    let client = Client::builder()
+        .base_url(mock.base_url())
+        .meter(meter)
+        .build()
+        .unwrap();
+    let a = Annotations::builder().limit_ids(["budget"]).build().unwrap();
+    let (mut admitted, mut last_cost) = (0, 0.0);
+    loop {
+        match client.chat(&body("gpt-4o", false), &a).await {
+            Ok(r) => {
+                admitted += 1;
+                last_cost = r.record().cost.unwrap().total;
+                assert!(admitted < 1000, "never refused");
+            }
+            Err(Error::LimitReached { .. }) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let spend = ledger.statuses()[0].spend;
+    println!("Spent, one at a time: admitted {admitted}, spend {spend:.6} of {BURST_MAX}");
+    assert!(
+        spend >= BURST_MAX && spend - BURST_MAX < last_cost,
+        "spend {spend}, one call {last_cost}"
+    );
+    assert!(spend - last_cost < BURST_MAX, "the last call was admitted under max");
 }
 
 #[tokio::test]

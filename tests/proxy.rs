@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use llm_meter::limits::{Ledger, LimitConfig, LimitKind, MemoryLedger};
+use llm_meter::limits::{AdmissionMode, Ledger, LimitConfig, LimitKind, MemoryLedger};
 use llm_meter::mock::{MockConfig, MockServer};
 use llm_meter::proxy::{Proxy, ProxySettings};
 use llm_meter::{CallRecord, ErrorType, Meter};
@@ -303,6 +303,7 @@ async fn block_limits_refuse_before_the_provider_is_called() {
             threshold: None,
             kind: LimitKind::Block,
             reset: None,
+            admission: AdmissionMode::Reserve,
         }])
         .unwrap(),
     );
