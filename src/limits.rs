@@ -211,6 +211,8 @@ pub struct LimitStatus {
     pub reserved: f64,
     /// State.
     pub state: LimitState,
+    /// When the current window ends and spend resets (limits with a reset period).
+    pub window_end: Option<SystemTime>,
 }
 
 /// The answer to a pre-flight check.
@@ -483,6 +485,7 @@ impl Ledger for MemoryLedger {
                     spend: e.spend,
                     reserved: e.reserved,
                     state: e.state(),
+                    window_end: e.config.as_ref().and_then(|c| c.reset).map(|p| e.window_start + p),
                 }
             })
             .collect();

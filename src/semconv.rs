@@ -197,6 +197,11 @@ pub const METRIC_RATELIMIT_REMAINING: &str = "llm_meter.ratelimit.remaining";
 pub const METRIC_RATELIMIT_LIMIT: &str = "llm_meter.ratelimit.limit";
 /// Gauge, `s`: time until the window resets, as last reported.
 pub const METRIC_RATELIMIT_RESET: &str = "llm_meter.ratelimit.reset";
+/// Gauge, `s`: Unix time at which the last reported rate-limit window resets (observation time
+/// plus the reported reset). A remaining value whose reset time has passed is stale.
+pub const METRIC_RATELIMIT_RESET_TIME: &str = "llm_meter.ratelimit.reset.timestamp";
+/// Counter: successful calls for which the provider reported no usage, default labels.
+pub const METRIC_USAGE_MISSING: &str = "llm_meter.calls.usage_missing";
 /// Counter: a label value folded into `other` because its label reached its cap.
 pub const METRIC_LABEL_OVERFLOW: &str = "llm_meter.label.overflow";
 /// Counter: spans handed to the exporter pipeline, by `outcome` (exported, failed, dropped).
@@ -242,6 +247,10 @@ pub const METRIC_LIMIT_SPEND: &str = "llm_meter.limit.spend.usd";
 pub const METRIC_LIMIT_MAX: &str = "llm_meter.limit.max.usd";
 /// Gauge: state code (0 ok, 1 exceeded, 2 overrun, 3 blocked), by `limit.id`.
 pub const METRIC_LIMIT_STATE: &str = "llm_meter.limit.state";
+/// Gauge, USD: `threshold × max`, by `limit.id` (limits with a threshold).
+pub const METRIC_LIMIT_THRESHOLD: &str = "llm_meter.limit.threshold.usd";
+/// Gauge, `s`: Unix time at which the limit's current window resets (limits with a reset).
+pub const METRIC_LIMIT_RESET_TIME: &str = "llm_meter.limit.reset.timestamp";
 /// Counter: calls refused by a block limit, by `limit.id`.
 pub const METRIC_LIMIT_BLOCKED: &str = "llm_meter.limit.blocked";
 /// Metric label: a limit id.

@@ -10,10 +10,13 @@
 //! | `llm_meter.provider.processing.duration` | histogram, `s` (`openai-processing-ms`) | default labels |
 //! | `llm_meter.ratelimit.{remaining, limit}` | gauges | provider, `server.address`, model, `llm_meter.ratelimit.kind` |
 //! | `llm_meter.ratelimit.reset` | gauge, `s` | same |
+//! | `llm_meter.ratelimit.reset.timestamp` | gauge, `s` (Unix time the reported window resets) | same |
 //! | `llm_meter.label.overflow` | counter | `llm_meter.label` |
 //! | `llm_meter.cost.usd` | counter, USD | default labels |
 //! | `llm_meter.calls.unpriced` | counter | default labels |
-//! | `llm_meter.limit.{spend.usd, max.usd, state}` | gauges (state: 0 ok, 1 exceeded, 2 overrun, 3 blocked) | `limit.id`, `limit.kind` |
+//! | `llm_meter.calls.usage_missing` | counter: successful calls with no usage reported | default labels |
+//! | `llm_meter.limit.{spend.usd, max.usd, threshold.usd, state}` | gauges (state: 0 ok, 1 exceeded, 2 overrun, 3 blocked) | `limit.id`, `limit.kind` |
+//! | `llm_meter.limit.reset.timestamp` | gauge, `s` (Unix time the window resets) | `limit.id`, `limit.kind` |
 //! | `llm_meter.limit.blocked` | counter | `limit.id` |
 //!
 //! Default labels: `gen_ai.operation.name`, `gen_ai.provider.name`, `gen_ai.request.model`,
@@ -132,6 +135,7 @@ struct Series {
     processing: OnceLock<BoundHistogram<f64>>,
     cost: OnceLock<BoundCounter<f64>>,
     unpriced: OnceLock<BoundCounter<u64>>,
+    usage_missing: OnceLock<BoundCounter<u64>>,
     input_tokens: OnceLock<BoundCounter<u64>>,
     output_tokens: OnceLock<BoundCounter<u64>>,
     cached_input_tokens: OnceLock<BoundCounter<u64>>,
@@ -163,6 +167,9 @@ impl Series {
         } else if r.usage.is_some() {
             count(&self.unpriced, &i.unpriced, 1);
         }
+        if usage_missing(r) {
+            count(&self.usage_missing, &i.usage_missing, 1);
+        }
         if let Some(u) = r.usage {
             count(&self.input_tokens, &i.input_tokens, u.input_tokens);
             count(&self.output_tokens, &i.output_tokens, u.output_tokens);
@@ -186,6 +193,16 @@ impl Series {
     }
 }
 
+/// A successful call whose provider reported no usage (a data-quality signal).
+fn usage_missing(r: &CallRecord) -> bool {
+    r.error.is_none() && r.usage.is_none()
+}
+
+/// Unix seconds of `t`.
+fn unix_seconds(t: std::time::SystemTime) -> f64 {
+    t.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// Provider, server and model of a rate-limit series.
 type RateKey = (Arc<str>, Arc<str>, StringValue);
 
@@ -195,6 +212,7 @@ struct RateSeries {
     remaining: [OnceLock<BoundGauge<u64>>; 2],
     limit: [OnceLock<BoundGauge<u64>>; 2],
     reset: [OnceLock<BoundGauge<f64>>; 2],
+    reset_at: [OnceLock<BoundGauge<f64>>; 2],
 }
 
 /// Every instrument, built once; records one [`CallRecord`] per call. Cheap to clone.
@@ -217,9 +235,11 @@ struct Instruments {
     ratelimit_remaining: Gauge<u64>,
     ratelimit_limit: Gauge<u64>,
     ratelimit_reset: Gauge<f64>,
+    ratelimit_reset_at: Gauge<f64>,
     overflow: Counter<u64>,
     cost: Counter<f64>,
     unpriced: Counter<u64>,
+    usage_missing: Counter<u64>,
     blocked: Counter<u64>,
     limit_ids: CappedLabel,
     otel_meter: OtelMeter,
@@ -302,6 +322,13 @@ impl Metrics {
                     .with_unit("s")
                     .with_description("Time until the rate-limit window resets, as last reported by the provider.")
                     .build(),
+                ratelimit_reset_at: meter
+                    .f64_gauge(METRIC_RATELIMIT_RESET_TIME)
+                    .with_unit("s")
+                    .with_description(
+                        "Unix time at which the last reported rate-limit window resets; a value past it is stale.",
+                    )
+                    .build(),
                 overflow: meter
                     .u64_counter(METRIC_LABEL_OVERFLOW)
                     .with_description("Label values folded into 'other' because the label reached its cap.")
@@ -314,6 +341,10 @@ impl Metrics {
                 unpriced: meter
                     .u64_counter(METRIC_UNPRICED)
                     .with_description("Calls whose usage is known but whose model has no price (no cost invented).")
+                    .build(),
+                usage_missing: meter
+                    .u64_counter(METRIC_USAGE_MISSING)
+                    .with_description("Successful calls for which the provider reported no usage.")
                     .build(),
                 blocked: meter
                     .u64_counter(METRIC_LIMIT_BLOCKED)
@@ -434,6 +465,9 @@ impl Metrics {
         } else if r.usage.is_some() {
             i.unpriced.add(1, &labels);
         }
+        if usage_missing(r) {
+            i.usage_missing.add(1, &labels);
+        }
         if let Some(u) = r.usage {
             i.input_tokens.add(u.input_tokens, &labels);
             i.output_tokens.add(u.output_tokens, &labels);
@@ -473,7 +507,7 @@ impl Metrics {
             }
             l
         };
-        let (l1, l2, l3) = (ledger.clone(), ledger.clone(), ledger);
+        let (l1, l2, l3, l4, l5) = (ledger.clone(), ledger.clone(), ledger.clone(), ledger.clone(), ledger);
         let spend = m
             .f64_observable_gauge(METRIC_LIMIT_SPEND)
             .with_unit("{USD}")
@@ -497,8 +531,32 @@ impl Metrics {
             .with_description("Limit state: 0 ok, 1 exceeded, 2 overrun, 3 blocked.")
             .with_callback(move |o| l3.statuses().iter().for_each(|s| o.observe(s.state.code(), &labels(s))))
             .build();
+        let threshold = m
+            .f64_observable_gauge(METRIC_LIMIT_THRESHOLD)
+            .with_unit("{USD}")
+            .with_description("Spend in USD at which the limit's state becomes exceeded (threshold × max).")
+            .with_callback(move |o| {
+                l4.statuses().iter().for_each(|s| {
+                    if let Some((c, t)) = s.config.as_ref().and_then(|c| c.threshold.map(|t| (c, t))) {
+                        o.observe(t * c.max, &labels(s))
+                    }
+                })
+            })
+            .build();
+        let reset_at = m
+            .f64_observable_gauge(METRIC_LIMIT_RESET_TIME)
+            .with_unit("s")
+            .with_description("Unix time at which the limit's current window resets.")
+            .with_callback(move |o| {
+                l5.statuses().iter().for_each(|s| {
+                    if let Some(end) = s.window_end {
+                        o.observe(unix_seconds(end), &labels(s))
+                    }
+                })
+            })
+            .build();
         if let Ok(mut w) = self.inner.watched.lock() {
-            w.push(Box::new((spend, max, state)));
+            w.push(Box::new((spend, max, state, threshold, reset_at)));
         }
     }
 
@@ -527,6 +585,8 @@ impl Metrics {
                 KeyValue::new(RATELIMIT_KIND, kind),
             ]
         };
+        // When the reported window resets: the answer's time plus the reported reset.
+        let observed = unix_seconds(r.timings.started_at) + r.timings.duration.as_secs_f64();
         let series = self.rate_series(key);
         for (k, (kind, limit)) in [("requests", &m.requests), ("tokens", &m.tokens)]
             .into_iter()
@@ -548,6 +608,9 @@ impl Metrics {
                         s.reset[k]
                             .get_or_init(|| i.ratelimit_reset.bind(&labels(kind)))
                             .record(d.as_secs_f64());
+                        s.reset_at[k]
+                            .get_or_init(|| i.ratelimit_reset_at.bind(&labels(kind)))
+                            .record(observed + d.as_secs_f64());
                     }
                 }
                 None => {
@@ -560,6 +623,7 @@ impl Metrics {
                     }
                     if let Some(d) = limit.reset {
                         i.ratelimit_reset.record(d.as_secs_f64(), &l);
+                        i.ratelimit_reset_at.record(observed + d.as_secs_f64(), &l);
                     }
                 }
             }
