@@ -5,9 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The OpenAI Python SDK and Pay-i's `payi` (its XproxyResult model) for the proxy's end-to-end test.
-if [ -z "${LLM_METER_PYTHON:-}" ] && ! .venv/bin/python -c "import openai, payi" >/dev/null 2>&1; then
-  echo "== making .venv with the OpenAI Python SDK and payi"
-  python3 -m venv .venv && .venv/bin/pip install -q --disable-pip-version-check "openai>=1.40" payi ||
+# PyYAML for the static checks of the dashboards, rules and docker-compose stack.
+if [ -z "${LLM_METER_PYTHON:-}" ] && ! .venv/bin/python -c "import openai, payi, yaml" >/dev/null 2>&1; then
+  echo "== making .venv with the OpenAI Python SDK, payi and PyYAML"
+  python3 -m venv .venv && .venv/bin/pip install -q --disable-pip-version-check "openai>=1.40" payi pyyaml ||
     echo "could not install the OpenAI Python SDK; tests/openai_sdk.rs will fail and say how to install it"
 fi
 
@@ -16,6 +17,11 @@ cargo fmt --all -- --check
 
 echo "== cargo clippy (all targets, all features, warnings are errors)"
 cargo clippy --all-targets --all-features -- -D warnings
+
+echo "== dashboards, alert rules (promtool check + test rules) and the docker-compose stack, statically"
+python=${LLM_METER_PYTHON:-.venv/bin/python}
+"$python" tests/python/check_dashboards.py
+"$python" tests/python/check_stack.py
 
 echo "== cargo test"
 cargo test --all-features --all-targets

@@ -3,6 +3,12 @@
 //! not, a budget that passes its threshold, a block limit that refuses calls, and some 429s —
 //! with `/metrics` served, OTLP exported when the environment asks, and a live summary. Needs no
 //! API key and no network.
+//!
+//! Run on (`--forever`), the traffic varies as production does, compressed into minutes (see
+//! [`Shape`]): use cases at different volumes and models, a daily-like swell every 10 minutes,
+//! a one-minute usage spike in `docs.summarize` every 5 minutes, a 5-minute budget that fills
+//! and resets, a provider rate-limit window that runs low (and answers 429s) at the swell's
+//! peak, streams, and a trickle of calls on an unpriced model.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -52,7 +58,8 @@ impl Default for DemoConfig {
     }
 }
 
-/// The demo's budgets: one passes its threshold, one blocks, one stays ok.
+/// The demo's budgets: one passes its threshold, one blocks, one fills and resets every 5
+/// minutes, one stays ok.
 pub fn demo_limits() -> Vec<LimitConfig> {
     vec![
         LimitConfig {
@@ -69,6 +76,14 @@ pub fn demo_limits() -> Vec<LimitConfig> {
             threshold: Some(0.8),
             kind: LimitKind::Block,
             reset: None,
+            admission: AdmissionMode::Spent,
+        },
+        LimitConfig {
+            id: "search-5m".into(),
+            max: 0.01,
+            threshold: Some(0.5),
+            kind: LimitKind::Allow,
+            reset: Some(Duration::from_secs(300)),
             admission: AdmissionMode::Spent,
         },
         LimitConfig {
@@ -132,12 +147,72 @@ impl Tally {
     }
 }
 
-const USE_CASES: [(&str, &str, bool); 4] = [
-    ("support.triage", "gpt-4o-mini", false),
-    ("support.reply", "gpt-4o", true),
-    ("search.rerank", "gpt-4.1-mini", false),
-    ("docs.summarize", "gpt-4o", true),
+/// Use cases: name, model, streamed, and relative volume when running on.
+const USE_CASES: [(&str, &str, bool, u32); 4] = [
+    ("support.triage", "gpt-4o-mini", false, 5),
+    ("support.reply", "gpt-4o", true, 2),
+    ("search.rerank", "gpt-4.1-mini", false, 3),
+    ("docs.summarize", "gpt-4o", true, 1),
 ];
+
+/// A use case on a model with no price: its calls show as unpriced.
+const UNPRICED: (&str, &str, bool, u32) = ("labs.experiment", "acme-finetune-v1", false, 0);
+
+/// The running demo's traffic over time, compressed: a "day" is 10 minutes.
+#[derive(Clone, Copy, Debug)]
+pub struct Shape {
+    started: Instant,
+}
+
+impl Shape {
+    const DAY: Duration = Duration::from_secs(600);
+    const SPIKE_EVERY: Duration = Duration::from_secs(300);
+    const SPIKE_FOR: Duration = Duration::from_secs(60);
+
+    fn new() -> Self {
+        Shape {
+            started: Instant::now(),
+        }
+    }
+
+    /// Traffic level from 0.15 (night) to 1.0 (peak), a sine over the compressed day.
+    pub fn swell(&self) -> f64 {
+        let phase = self.started.elapsed().as_secs_f64() / Self::DAY.as_secs_f64();
+        0.575 - 0.425 * (phase * std::f64::consts::TAU).cos()
+    }
+
+    /// Whether `docs.summarize` is in its usage spike (the last minute of every 5).
+    pub fn spiking(&self) -> bool {
+        let t = self.started.elapsed().as_secs() % Self::SPIKE_EVERY.as_secs();
+        t >= Self::SPIKE_EVERY.as_secs() - Self::SPIKE_FOR.as_secs()
+    }
+
+    /// The use case of call `i` of a round: by volume, the spiking one ten times its volume,
+    /// one call in 40 on the unpriced model.
+    fn use_case(&self, i: usize) -> (&'static str, &'static str, bool, u32) {
+        if i % 40 == 39 {
+            return UNPRICED;
+        }
+        let weight = |(name, _, _, w): &(&str, &str, bool, u32)| {
+            if *name == "docs.summarize" && self.spiking() {
+                w * 10
+            } else {
+                *w
+            }
+        };
+        let total: u32 = USE_CASES.iter().map(weight).sum();
+        // A fixed spread of the round's calls over the weights (no randomness needed).
+        let mut at = (i as u32 * 7919) % total;
+        for uc in USE_CASES {
+            let w = weight(&uc);
+            if at < w {
+                return uc;
+            }
+            at -= w;
+        }
+        USE_CASES[0]
+    }
+}
 
 /// How one demo call goes out.
 #[derive(Clone)]
@@ -154,7 +229,8 @@ pub async fn run(config: DemoConfig, telemetry: &Telemetry) -> Result<(), Box<dy
         latency: config.latency,
         chunk_delay: config.chunk_delay,
         error_rate: config.error_rate,
-        limit_requests: 10_000,
+        // Sized so that the swell's peak runs the request window low (and into 429s).
+        limit_requests: if config.forever { 4_000 } else { 10_000 },
         limit_tokens: 2_000_000,
         cached_fraction: 0.25,
         ..MockConfig::default()
@@ -202,28 +278,34 @@ pub async fn run(config: DemoConfig, telemetry: &Telemetry) -> Result<(), Box<dy
     };
 
     let started = Instant::now();
+    let shape = config.forever.then(Shape::new);
     let mut round = 0usize;
     loop {
-        drive(&doors, &config, round, &tally).await;
+        drive(&doors, &config, round, shape, &tally).await;
         round += 1;
-        if !config.forever {
-            break;
-        }
+        let Some(shape) = shape else { break };
+        // Fewer calls per second away from the peak: a longer pause between rounds.
+        tokio::time::sleep(Duration::from_secs_f64(0.25 / shape.swell())).await;
     }
     summarize(&tally, ledger.as_ref(), started)
 }
 
 /// One batch of `config.calls` annotated calls, `config.concurrency` at a time, alternating
-/// between the library client and the proxy.
-async fn drive(doors: &Doors, config: &DemoConfig, round: usize, tally: &Mutex<Tally>) {
+/// between the library client and the proxy: every use case in turn, or by `shape` when the
+/// demo runs on.
+async fn drive(doors: &Doors, config: &DemoConfig, round: usize, shape: Option<Shape>, tally: &Mutex<Tally>) {
     let calls = futures_util::stream::iter(0..config.calls)
         .map(|i| {
             let doors = doors.clone();
             async move {
-                let (use_case, model, stream) = USE_CASES[i % USE_CASES.len()];
-                let limits: &[&str] = match i % 3 {
-                    0 => &["team-support-daily", "org-monthly"],
-                    1 => &["trial-org"],
+                let (use_case, model, stream, _) = match shape {
+                    Some(shape) => shape.use_case(i),
+                    None => USE_CASES[i % USE_CASES.len()],
+                };
+                let limits: &[&str] = match (use_case, i % 3) {
+                    ("search.rerank", _) => &["search-5m", "org-monthly"],
+                    (_, 0) => &["team-support-daily", "org-monthly"],
+                    (_, 1) => &["trial-org"],
                     _ => &["org-monthly"],
                 };
                 let annotations = Annotations::builder()

@@ -185,7 +185,18 @@ fn main() -> ExitCode {
                 metrics_listen,
                 forever,
             } => {
-                let telemetry = Telemetry::builder().service_name("llm-meter-demo").build()?.install()?;
+                // The demo opts `user.id` in as a metric label with a cap below its 7 users,
+                // so the use-case dashboard's users panels and the cap's overflow both show.
+                let service = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "llm-meter-demo".to_owned());
+                let labels = llm_meter::telemetry::metrics::LabelPolicy {
+                    user_id: Some(5),
+                    ..Default::default()
+                };
+                let telemetry = Telemetry::builder()
+                    .service_name(service)
+                    .labels(labels)
+                    .build()?
+                    .install()?;
                 let config = DemoConfig {
                     calls,
                     concurrency,
