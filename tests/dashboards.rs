@@ -467,3 +467,45 @@ fn the_name_scanner_finds_metrics_and_skips_recording_rules() {
         ["gen_ai_client_token_usage_bucket", "llm_meter_cost_usd_total"]
     );
 }
+
+#[test]
+fn dashboards_and_rules_only_match_error_types_the_code_records() {
+    use llm_meter::ErrorType;
+    let known: BTreeSet<&str> = [
+        ErrorType::Timeout,
+        ErrorType::Connect,
+        ErrorType::Decode,
+        ErrorType::Cancelled,
+        ErrorType::Truncated,
+        ErrorType::StreamError,
+        ErrorType::Transport,
+        ErrorType::InvalidRequest,
+        ErrorType::LimitReached,
+    ]
+    .iter()
+    .map(|e| e.as_str())
+    .collect();
+    let mut texts = vec![std::fs::read_to_string(root().join("dashboards/alerts.yml")).unwrap()];
+    for (_, d) in dashboards() {
+        texts.extend(targets(&d).into_iter().map(|(_, e)| e));
+    }
+    let mut seen = 0;
+    for text in &texts {
+        for (at, _) in text.match_indices("error_type") {
+            let rest = &text[at + "error_type".len()..];
+            let rest = rest.trim_start_matches(['=', '!', '~', ' ']);
+            let Some(value) = rest.strip_prefix('"').and_then(|r| r.split('"').next()) else {
+                continue;
+            };
+            for alt in value.split('|').filter(|a| !a.is_empty()) {
+                seen += 1;
+                let status = alt.len() == 3 && alt.bytes().all(|b| b.is_ascii_digit());
+                assert!(
+                    status || known.contains(alt),
+                    "error_type value {alt:?} is never recorded (known: {known:?})"
+                );
+            }
+        }
+    }
+    assert!(seen >= 3, "no error_type values found");
+}
