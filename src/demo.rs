@@ -6,9 +6,10 @@
 //!
 //! Run on (`--forever`), the traffic varies as production does, compressed into minutes (see
 //! [`Shape`]): use cases at different volumes and models, a daily-like swell every 10 minutes,
-//! a one-minute usage spike in `docs.summarize` every 5 minutes, a 5-minute budget that fills
-//! and resets, a provider rate-limit window that runs low (and answers 429s) at the swell's
-//! peak, streams, and a trickle of calls on an unpriced model.
+//! a 10-minute usage spike in `docs.summarize` (30 times its volume) after the first hour and
+//! every 2 hours, a 5-minute budget that fills and resets, a monthly budget projected to pass
+//! its max, a provider rate-limit window that runs low (and answers 429s) at the swell's peak,
+//! streams, and a trickle of calls on an unpriced model.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -166,8 +167,13 @@ pub struct Shape {
 
 impl Shape {
     const DAY: Duration = Duration::from_secs(600);
-    const SPIKE_EVERY: Duration = Duration::from_secs(300);
-    const SPIKE_FOR: Duration = Duration::from_secs(60);
+    /// The first spike starts once an hour of history exists (the spike alerts compare a use
+    /// case with its own last hours), then one every 2 hours, 10 minutes long.
+    const FIRST_SPIKE: Duration = Duration::from_secs(65 * 60);
+    const SPIKE_EVERY: Duration = Duration::from_secs(2 * 3600);
+    const SPIKE_FOR: Duration = Duration::from_secs(10 * 60);
+    /// How many times its usual volume the spiking use case sends.
+    const SPIKE_FACTOR: u32 = 30;
 
     fn new() -> Self {
         Shape {
@@ -181,13 +187,21 @@ impl Shape {
         0.575 - 0.425 * (phase * std::f64::consts::TAU).cos()
     }
 
-    /// Whether `docs.summarize` is in its usage spike (the last minute of every 5).
+    /// Whether `docs.summarize` is in a usage spike.
     pub fn spiking(&self) -> bool {
-        let t = self.started.elapsed().as_secs() % Self::SPIKE_EVERY.as_secs();
-        t >= Self::SPIKE_EVERY.as_secs() - Self::SPIKE_FOR.as_secs()
+        let Some(since) = self.started.elapsed().checked_sub(Self::FIRST_SPIKE) else {
+            return false;
+        };
+        since.as_secs() % Self::SPIKE_EVERY.as_secs() < Self::SPIKE_FOR.as_secs()
     }
 
-    /// The use case of call `i` of a round: by volume, the spiking one ten times its volume,
+    /// Pause between rounds: short at the peak (the provider's request window runs low and
+    /// answers 429s), long at night.
+    fn pause(&self) -> Duration {
+        Duration::from_secs_f64((0.6 / self.swell() - 0.4).max(0.05))
+    }
+
+    /// The use case of call `i` of a round: by volume, the spiking one 30 times its volume,
     /// one call in 40 on the unpriced model.
     fn use_case(&self, i: usize) -> (&'static str, &'static str, bool, u32) {
         if i % 40 == 39 {
@@ -195,7 +209,7 @@ impl Shape {
         }
         let weight = |(name, _, _, w): &(&str, &str, bool, u32)| {
             if *name == "docs.summarize" && self.spiking() {
-                w * 10
+                w * Self::SPIKE_FACTOR
             } else {
                 *w
             }
@@ -284,8 +298,7 @@ pub async fn run(config: DemoConfig, telemetry: &Telemetry) -> Result<(), Box<dy
         drive(&doors, &config, round, shape, &tally).await;
         round += 1;
         let Some(shape) = shape else { break };
-        // Fewer calls per second away from the peak: a longer pause between rounds.
-        tokio::time::sleep(Duration::from_secs_f64(0.25 / shape.swell())).await;
+        tokio::time::sleep(shape.pause()).await;
     }
     summarize(&tally, ledger.as_ref(), started)
 }
@@ -405,4 +418,53 @@ fn summarize(
         println!("  {:<18} {:>7.4} / {max:<9} {}", s.id, s.spend, s.state.as_str());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(elapsed: Duration) -> Shape {
+        Shape {
+            started: Instant::now()
+                .checked_sub(elapsed)
+                .expect("the clock goes back far enough"),
+        }
+    }
+
+    fn minutes(m: u64) -> Duration {
+        Duration::from_secs(m * 60)
+    }
+
+    #[test]
+    fn the_swell_runs_from_night_to_peak_over_a_compressed_day() {
+        assert!((at(Duration::ZERO).swell() - 0.15).abs() < 0.01);
+        assert!((at(minutes(5)).swell() - 1.0).abs() < 0.01);
+        assert!(at(minutes(5)).pause() < at(Duration::ZERO).pause() / 10);
+    }
+
+    #[test]
+    fn the_spike_comes_after_an_hour_of_history_and_every_two_hours() {
+        for (m, spiking) in [
+            (0, false),
+            (30, false),
+            (64, false),
+            (66, true),
+            (74, true),
+            (76, false),
+            (186, true),
+        ] {
+            assert_eq!(at(minutes(m)).spiking(), spiking, "{m} min");
+        }
+    }
+
+    #[test]
+    fn use_cases_follow_their_volumes_and_the_spike() {
+        let count = |shape: Shape, name: &str| (0..400).filter(|&i| shape.use_case(i).0 == name).count();
+        let calm = at(minutes(10));
+        assert!(count(calm, "support.triage") > 3 * count(calm, "docs.summarize"));
+        assert_eq!(count(calm, UNPRICED.0), 10, "one call in 40 on the unpriced model");
+        let spike = at(minutes(70));
+        assert!(count(spike, "docs.summarize") > 2 * count(spike, "support.triage"));
+    }
 }
