@@ -7,7 +7,10 @@
 //! per-chunk cost of the SSE observer. A second bare arm is the noise floor. Reports medians of
 //! per-round differences (ns per call) and allocation counts.
 //!
-//! Run: `cargo bench --bench pipeline` (results go to bench/RESULTS.md by hand).
+//! Run: `cargo bench --bench pipeline` (results go to bench/RESULTS.md by hand). Under
+//! `cargo test` (no `--bench` argument) it runs a short smoke round instead. Either way it then
+//! asserts the allocation counts bench/RESULTS.md records, which are deterministic: 0 per warm
+//! SSE chunk, and at most the recorded count per call for each arm.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -131,15 +134,26 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Allocation counts bench/RESULTS.md records: added per call, spans + trace context with no
+/// subscriber installed.
+const RECORDED_ALLOCS_NO_SUBSCRIBER: f64 = 10.0;
+/// Added per call, spans and propagation off.
+const RECORDED_ALLOCS_TELEMETRY_OFF: f64 = 10.0;
+/// Added per call, tracing-opentelemetry subscriber, sampled.
+const RECORDED_ALLOCS_OTEL: f64 = 45.0;
+/// Per chunk, the whole fixture stream (first-chunk fields included).
+const RECORDED_ALLOCS_PER_STREAM_CHUNK: f64 = 0.64;
+
 fn main() {
-    let rounds: usize = std::env::var("BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(31);
-    let iters: u32 = std::env::var("BENCH_ITERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
+    // `cargo bench` passes `--bench`; `cargo test` runs this binary without it: a smoke run.
+    let full = std::env::args().any(|a| a == "--bench");
+    let env = |name: &str, default: usize| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+    let (rounds, iters) = if full {
+        (env("BENCH_ROUNDS", 31), env("BENCH_ITERS", 2000))
+    } else {
+        (2, 200)
+    };
+    let iters = u32::try_from(iters).expect("BENCH_ITERS fits in u32");
     let req = request();
     let body = BODY.as_bytes();
     let h = headers();
@@ -251,4 +265,38 @@ fn main() {
         median(warm)
     );
     let _ = provider.shutdown();
+
+    // Allocations are deterministic (counted on this thread only): hold them to what
+    // bench/RESULTS.md records. Per-call figures are averages over a round; the rounding
+    // margin (half an allocation) absorbs a round's one-off allocations.
+    println!(
+        "  allocation counts: {allocs_off:+.3} / {allocs_quiet:+.3} / {allocs_on:+.3} per call, {allocs_chunk:.3} per stream chunk, {warm_chunk_allocs:.3} per warm chunk"
+    );
+    let within = |what: &str, measured: f64, recorded: f64| {
+        assert!(
+            measured <= recorded + 0.5,
+            "{what}: {measured:.3} allocations, bench/RESULTS.md records {recorded}"
+        );
+    };
+    within(
+        "added per call, no subscriber",
+        allocs_off,
+        RECORDED_ALLOCS_NO_SUBSCRIBER,
+    );
+    within(
+        "added per call, telemetry off",
+        allocs_quiet,
+        RECORDED_ALLOCS_TELEMETRY_OFF,
+    );
+    within("added per call, tracing-opentelemetry", allocs_on, RECORDED_ALLOCS_OTEL);
+    let per_stream = allocs_chunk * chunks.len() as f64;
+    let recorded_per_stream = (RECORDED_ALLOCS_PER_STREAM_CHUNK * chunks.len() as f64).round();
+    assert!(
+        per_stream.round() <= recorded_per_stream,
+        "SSE observer: {per_stream:.2} allocations per fixture stream, bench/RESULTS.md records {recorded_per_stream}"
+    );
+    assert_eq!(
+        warm_chunk_allocs, 0.0,
+        "SSE observer: a warm content chunk allocates nothing (bench/RESULTS.md)"
+    );
 }

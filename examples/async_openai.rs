@@ -1,9 +1,17 @@
-//! async-openai with llm-meter, two ways, against the embedded mock provider:
+//! async-openai with llm-meter, two ways, against the embedded mock provider (no network):
 //!
 //! 1. async-openai's request types sent through llm-meter's own [`Client`];
-//! 2. async-openai's own client, observed by [`MeterLayer`] (its `middleware` feature).
+//! 2. async-openai's own client, observed by [`MeterLayer`] (its `middleware` feature), for a
+//!    call and a stream.
 //!
-//! Run: `cargo run --example async_openai --features async-openai`
+//! It checks what it shows (the replies, and one record per call with the annotations and the
+//! usage the provider reported) and exits non-zero when anything is off.
+//!
+//! Run: `cargo run --example async_openai --features async-openai` (the test suite runs
+//! [`run`] too, in tests/async_openai.rs).
+
+use std::error::Error;
+use std::sync::{Arc, Mutex};
 
 use async_openai::config::OpenAIConfig;
 use async_openai::middleware::{retry::OpenAIRetryLayer, ReqwestService};
@@ -14,6 +22,9 @@ use futures_util::StreamExt;
 use llm_meter::mock::{MockConfig, MockServer};
 use llm_meter::openai_layer::{with_annotations, MeterLayer};
 use llm_meter::{Annotations, CallRecord, Client, Meter};
+
+/// Output tokens asked for: the mock's answers are cut to this length.
+const MAX_TOKENS: u32 = 32;
 
 fn print_record(r: &CallRecord) {
     let usage = r.usage.map(|u| (u.input_tokens, u.output_tokens));
@@ -26,10 +37,27 @@ fn print_record(r: &CallRecord) {
     );
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// An error unless `ok`.
+fn ensure(ok: bool, what: impl FnOnce() -> String) -> Result<(), Box<dyn Error>> {
+    if ok {
+        Ok(())
+    } else {
+        Err(what().into())
+    }
+}
+
+/// The example: makes the three calls, prints what it sees, and fails if it is not what the
+/// calls should give.
+pub async fn run() -> Result<(), Box<dyn Error>> {
     let provider = MockServer::start(MockConfig::default()).await?;
-    let meter = Meter::builder().hook(print_record).build()?;
+    let records: Arc<Mutex<Vec<CallRecord>>> = Arc::default();
+    let sink = records.clone();
+    let meter = Meter::builder()
+        .hook(move |r: &CallRecord| {
+            print_record(r);
+            sink.lock().unwrap_or_else(|p| p.into_inner()).push(r.clone());
+        })
+        .build()?;
     let annotations = Annotations::builder()
         .use_case_name("example.async-openai")
         .user_id("user-1")
@@ -41,7 +69,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .content("Say hello")
             .build()?
             .into()])
-        .max_completion_tokens(32u32)
+        .max_completion_tokens(MAX_TOKENS)
         .build()?;
 
     println!("1. async-openai request types through llm_meter::Client");
@@ -52,7 +80,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     let response = client.chat(&request, &annotations).await?;
     let typed: CreateChatCompletionResponse = response.json()?;
-    println!("  reply: {:?}", typed.choices[0].message.content);
+    let first = typed.choices[0].message.content.clone().unwrap_or_default();
+    println!("  reply: {first:?}");
+    ensure(first.starts_with("Hello"), || format!("unexpected reply {first:?}"))?;
 
     println!("2. async-openai's client with MeterLayer");
     let service = tower::ServiceBuilder::new()
@@ -66,7 +96,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )
     .with_http_service(service);
     let reply = with_annotations(annotations.clone(), openai.chat().create(request.clone())).await?;
-    println!("  reply: {:?}", reply.choices[0].message.content);
+    let second = reply.choices[0].message.content.clone().unwrap_or_default();
+    println!("  reply: {second:?}");
+    ensure(second == first, || {
+        format!("the layer's reply {second:?} differs from {first:?}")
+    })?;
 
     let mut streaming = request;
     streaming.stream = Some(true);
@@ -78,5 +112,38 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     println!("  streamed: {text:?}");
+    ensure(text == first, || {
+        format!("the streamed text {text:?} differs from {first:?}")
+    })?;
+
+    // One record per call, each with the annotations and the provider's usage.
+    let records = records.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let streams: Vec<bool> = records.iter().map(|r| r.request.stream).collect();
+    ensure(streams == [false, false, true], || {
+        format!("records of calls (stream flags) {streams:?}, expected [false, false, true]")
+    })?;
+    for r in &records {
+        let what = || {
+            format!(
+                "record of the call: model {} use_case {:?} user {:?} usage {:?} error {:?}",
+                r.model(),
+                r.annotations.use_case_name(),
+                r.annotations.user_id(),
+                r.usage.map(|u| (u.input_tokens, u.output_tokens)),
+                r.error
+            )
+        };
+        ensure(r.error.is_none(), what)?;
+        ensure(r.model() == "gpt-4o-mini-2024-07-18", what)?;
+        ensure(r.annotations.use_case_name() == Some("example.async-openai"), what)?;
+        ensure(r.annotations.user_id() == Some("user-1"), what)?;
+        ensure(r.usage.is_some_and(|u| u.output_tokens == u64::from(MAX_TOKENS)), what)?;
+    }
+    println!("ok: 3 calls, 3 records");
     Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn Error>> {
+    run().await
 }

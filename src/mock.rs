@@ -4,7 +4,9 @@
 //! `stream_options.include_usage` is set, and OpenAI-shaped 400/401/429/500 errors.
 //!
 //! It is the embedded upstream of the demo, the tests and the benchmarks. Behaviour per request
-//! can be forced with `x-mock-*` request headers (see [`MockServer`]).
+//! can be forced with `x-mock-*` request headers (see [`MockServer`]). For tests it keeps every
+//! request it receives, on any route ([`MockServer::received`]), and counts how its streams
+//! ended ([`MockServer::streams`]).
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -14,12 +16,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -175,15 +178,31 @@ impl Default for MockConfig {
     }
 }
 
-/// A request as the mock received it (the last [`MockServer::KEPT_REQUESTS`] are kept).
+/// A request as the mock received it, on any route, answered or not (the last
+/// [`MockServer::KEPT_REQUESTS`] are kept).
 #[derive(Clone, Debug)]
 pub struct ReceivedRequest {
+    /// Method.
+    pub method: Method,
     /// Path.
     pub path: String,
+    /// Query string (without the `?`), when there was one.
+    pub query: Option<String>,
     /// Headers as received.
     pub headers: HeaderMap,
     /// Body as received.
     pub body: Bytes,
+}
+
+/// How the mock's streamed answers ended (see [`MockServer::streams`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StreamCounts {
+    /// Streams the mock ended itself: every event sent, or cut short on purpose by a forced
+    /// `truncate` or `reset`.
+    pub finished: u64,
+    /// Streams dropped before the mock ended them: whoever read the stream went away (closed the
+    /// connection) mid-stream.
+    pub abandoned: u64,
 }
 
 struct Window {
@@ -198,6 +217,8 @@ struct MockState {
     window: Mutex<Window>,
     received: Mutex<VecDeque<ReceivedRequest>>,
     gate: Semaphore,
+    streams_finished: AtomicU64,
+    streams_abandoned: AtomicU64,
 }
 
 /// A running mock provider on 127.0.0.1. Stops when dropped.
@@ -236,6 +257,8 @@ impl MockServer {
             }),
             received: Mutex::new(VecDeque::new()),
             gate: Semaphore::new(0),
+            streams_finished: AtomicU64::new(0),
+            streams_abandoned: AtomicU64::new(0),
             config,
         });
         let (tx, rx) = oneshot::channel::<()>();
@@ -265,7 +288,8 @@ impl MockServer {
         format!("http://{}/v1", self.addr)
     }
 
-    /// The most recent requests received, oldest first.
+    /// The most recent requests received on any route (the chat routes, `/v1/models`, and
+    /// paths the mock does not serve), oldest first.
     pub fn received(&self) -> Vec<ReceivedRequest> {
         self.state
             .received
@@ -278,6 +302,16 @@ impl MockServer {
     pub fn release(&self, n: usize) {
         self.state.gate.add_permits(n);
     }
+
+    /// How the streams answered so far ended: a stream counts once its body is dropped, so one
+    /// still being sent counts in neither. A client that goes away mid-stream shows as
+    /// `abandoned` once the mock notices (at its next chunk at the latest).
+    pub fn streams(&self) -> StreamCounts {
+        StreamCounts {
+            finished: self.state.streams_finished.load(Ordering::SeqCst),
+            abandoned: self.state.streams_abandoned.load(Ordering::SeqCst),
+        }
+    }
 }
 
 impl Drop for MockServer {
@@ -288,13 +322,55 @@ impl Drop for MockServer {
     }
 }
 
-/// The mock's routes: `POST /v1/chat/completions` and `POST /chat/completions`.
+/// The mock's routes: `POST /v1/chat/completions` and `POST /chat/completions`,
+/// `GET /v1/chat/completions` and `GET /v1/models`; any other path gets OpenAI's 404. Every
+/// request is recorded first.
 fn router(state: Arc<MockState>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat).get(stored_completions))
         .route("/chat/completions", post(chat))
         .route("/v1/models", axum::routing::get(models))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), record_request))
         .with_state(state)
+}
+
+/// Largest request body the mock keeps a copy of (larger ones get a 413).
+const RECORD_LIMIT: usize = 64 * 1024 * 1024;
+
+/// Keeps a copy of every request (method, path, query, headers, body) before it is answered.
+async fn record_request(State(state): State<Arc<MockState>>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, RECORD_LIMIT).await else {
+        return respond(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            HeaderMap::new(),
+            error_body("Request body too large.", "invalid_request_error", None, None),
+        );
+    };
+    if let Ok(mut r) = state.received.lock() {
+        if r.len() == MockServer::KEPT_REQUESTS {
+            r.pop_front();
+        }
+        r.push_back(ReceivedRequest {
+            method: parts.method.clone(),
+            path: parts.uri.path().to_owned(),
+            query: parts.uri.query().map(str::to_owned),
+            headers: parts.headers.clone(),
+            body: body.clone(),
+        });
+    }
+    next.run(Request::from_parts(parts, Body::from(body))).await
+}
+
+/// Any path the mock does not serve: OpenAI's answer to an unknown URL.
+async fn not_found(method: Method, uri: http::Uri) -> Response {
+    let message = format!("Invalid URL ({method} {})", uri.path());
+    respond(
+        StatusCode::NOT_FOUND,
+        HeaderMap::new(),
+        error_body(&message, "invalid_request_error", None, None),
+    )
 }
 
 /// `GET /v1/chat/completions`: OpenAI's list of stored completions (the mock stores none).
@@ -437,17 +513,7 @@ fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
-async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, uri: http::Uri, body: Bytes) -> Response {
-    if let Ok(mut r) = state.received.lock() {
-        if r.len() == MockServer::KEPT_REQUESTS {
-            r.pop_front();
-        }
-        r.push_back(ReceivedRequest {
-            path: uri.path().to_owned(),
-            headers: headers.clone(),
-            body: body.clone(),
-        });
-    }
+async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) -> Response {
     let cfg = &state.config;
     let started = Instant::now();
     let request_id = random_id(&state.counter, "req_", 32, HEX);
@@ -709,7 +775,11 @@ async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, uri: http
     let fault = forced;
     let state2 = state.clone();
     let chunk_delay = cfg.chunk_delay;
-    let body = async_stream(events, move |i, total| {
+    let end = StreamEnd {
+        state: state.clone(),
+        ended: false,
+    };
+    let body = async_stream(events, end, move |i, total| {
         let state = state2.clone();
         let fault = fault.clone();
         async move {
@@ -824,24 +894,63 @@ enum Step {
     Fail,
 }
 
-/// A body that sends `events` one by one, asking `before(i, total)` what to do before each.
-fn async_stream<F, Fut>(events: Vec<Bytes>, before: F) -> Body
+/// Counts a stream as finished or abandoned when its body is dropped.
+struct StreamEnd {
+    state: Arc<MockState>,
+    /// Set once the mock has ended the stream itself (last event sent, or a forced fault).
+    ended: bool,
+}
+
+impl StreamEnd {
+    fn mark_ended(&mut self) {
+        self.ended = true;
+    }
+}
+
+impl Drop for StreamEnd {
+    fn drop(&mut self) {
+        let counter = if self.ended {
+            &self.state.streams_finished
+        } else {
+            &self.state.streams_abandoned
+        };
+        counter.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A body that sends `events` one by one, asking `before(i, total)` what to do before each;
+/// `end` tells, when the body is dropped, whether the stream got to its end.
+fn async_stream<F, Fut>(events: Vec<Bytes>, end: StreamEnd, before: F) -> Body
 where
     F: Fn(usize, usize) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Step> + Send,
 {
     let total = events.len();
     let s = futures_util::stream::unfold(
-        (events.into_iter().enumerate(), before),
-        move |(mut it, before)| async move {
-            let (i, ev) = it.next()?;
+        (events.into_iter().enumerate(), before, end),
+        move |(mut it, before, mut end)| async move {
+            let Some((i, ev)) = it.next() else {
+                end.mark_ended();
+                return None;
+            };
             match before(i, total).await {
-                Step::Send => Some((Ok(ev), (it, before))),
-                Step::End => None,
-                Step::Fail => Some((
-                    Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "mock reset")),
-                    (it, before),
-                )),
+                Step::Send => {
+                    if i + 1 == total {
+                        end.mark_ended();
+                    }
+                    Some((Ok(ev), (it, before, end)))
+                }
+                Step::End => {
+                    end.mark_ended();
+                    None
+                }
+                Step::Fail => {
+                    end.mark_ended();
+                    Some((
+                        Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "mock reset")),
+                        (it, before, end),
+                    ))
+                }
             }
         },
     );

@@ -3,6 +3,11 @@
 
 mod common;
 
+/// The example itself, compiled into this test so that the suite runs it.
+#[allow(dead_code)]
+#[path = "../examples/async_openai.rs"]
+mod example;
+
 use std::sync::{Arc, Mutex};
 
 use async_openai::config::OpenAIConfig;
@@ -158,4 +163,11 @@ async fn other_requests_pass_through_unobserved() {
     let list: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(list["object"], "list", "the answer passes as it came");
     assert!(records.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn the_async_openai_example_runs_and_checks_what_it_shows() {
+    // Every test here holds a span capture: see common::capture_spans.
+    let _capture = capture_spans();
+    example::run().await.expect("the example's checks hold");
 }

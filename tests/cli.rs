@@ -1,5 +1,5 @@
 //! The `llm-meter` binary: bad flags and bad configuration files fail clearly, with a non-zero
-//! exit; `mock` and `proxy` serve.
+//! exit; `mock` and `proxy` serve; the proxy saves its ledger when interrupted.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -138,52 +138,109 @@ fn mock_and_proxy_serve_from_the_command_line() {
 
 #[test]
 fn the_proxy_saves_its_ledger_when_interrupted() {
-    let dir = std::env::temp_dir().join(format!("llm-meter-cli-ledger-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("proxy.toml");
-    std::fs::write(
-        &config,
-        "[[limits]]\nid = \"daily\"\nmax = 5.0\n[ledger]\nsnapshot = \"ledger.json\"\n",
-    )
-    .unwrap();
-    let mut proxy = bin()
-        .args([
-            "proxy",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--config",
-        ])
-        .arg(&config)
-        .stderr(Stdio::piped())
-        .spawn()
+    // The provider runs in this process; the proxy binary is a child sent a real signal.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
         .unwrap();
-    // Wait until it is up (it prints its address), then interrupt it.
-    let mut stderr = std::io::BufReader::new(proxy.stderr.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
-    assert!(line.contains("llm-meter proxy"), "{line}");
-    let status = Command::new("kill")
-        .args(["-INT", &proxy.id().to_string()])
-        .status()
+    let mock = rt
+        .block_on(llm_meter::mock::MockServer::start(
+            llm_meter::mock::MockConfig::default(),
+        ))
         .unwrap();
-    assert!(status.success());
-    let mut exit = None;
-    for _ in 0..200 {
-        if let Some(status) = proxy.try_wait().unwrap() {
-            exit = Some(status);
-            break;
+    for signal in ["INT", "TERM"] {
+        let dir = std::env::temp_dir().join(format!("llm-meter-cli-ledger-{}-{signal}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("proxy.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "upstream = \"{}\"\n[prices.\"house-model\"]\ninput = 1000.0\noutput = 2000.0\n\
+                 [[limits]]\nid = \"daily\"\nmax = 5.0\n[ledger]\nsnapshot = \"ledger.json\"\n",
+                mock.base_url()
+            ),
+        )
+        .unwrap();
+        let mut proxy = KillOnDrop(
+            bin()
+                .args([
+                    "proxy",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--metrics-listen",
+                    "127.0.0.1:0",
+                    "--config",
+                ])
+                .arg(&config)
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        // Wait until it is up: it prints `llm-meter proxy: http://ADDR/v1 -> …`.
+        let mut stderr = std::io::BufReader::new(proxy.0.stderr.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+        let addr = line
+            .strip_prefix("llm-meter proxy: http://")
+            .and_then(|rest| rest.split_once("/v1"))
+            .map(|(addr, _)| addr.to_owned())
+            .unwrap_or_else(|| panic!("SIG{signal}: no address announced: {line}"));
+
+        // A priced call naming the limit: its cost is what the saved ledger must hold.
+        let answer: serde_json::Value = rt.block_on(async {
+            reqwest::Client::new()
+                .post(format!("http://{addr}/v1/chat/completions"))
+                .header("xProxy-Limit-IDs", "daily")
+                .json(&serde_json::json!({"model": "house-model", "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap()
+        });
+        let cost = answer["xproxy_result"]["cost"]["total"]["base"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("SIG{signal}: a priced answer: {answer}"));
+        assert!(cost > 0.0, "SIG{signal}: {answer}");
+        assert_eq!(answer["xproxy_result"]["limits"]["daily"]["state"], "ok", "{answer}");
+
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &proxy.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let mut exit = None;
+        for _ in 0..200 {
+            if let Some(status) = proxy.0.try_wait().unwrap() {
+                exit = Some(status);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(25));
         }
-        std::thread::sleep(Duration::from_millis(25));
+        let exit = exit.unwrap_or_else(|| panic!("the proxy did not stop within 5 s of SIG{signal}"));
+        assert!(exit.success(), "a clean exit on SIG{signal}: {exit:?}");
+        let saved: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("ledger.json")).unwrap()).unwrap();
+        let spend = saved["limits"]["daily"]["spend"].as_f64().unwrap();
+        assert!(
+            (spend - cost).abs() < 1e-12,
+            "SIG{signal}: the saved ledger holds the call's spend {cost}: {saved}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
-    let Some(exit) = exit else {
-        let _ = proxy.kill();
-        let _ = proxy.wait();
-        panic!("the proxy did not stop within 5 s of SIGINT");
-    };
-    assert!(exit.success(), "a clean exit on interrupt: {exit:?}");
-    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("ledger.json")).unwrap()).unwrap();
-    assert_eq!(saved["limits"]["daily"]["spend"], 0.0);
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A child process killed (if still running) when the test ends, passing or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }

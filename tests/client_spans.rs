@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::*;
 use futures_util::StreamExt;
 use http::{HeaderMap, StatusCode};
-use llm_meter::mock::{MockConfig, MockServer};
+use llm_meter::mock::{MockConfig, MockServer, StreamCounts};
 use llm_meter::opentelemetry::trace::{SpanKind, Status};
 use llm_meter::opentelemetry::Value;
 use llm_meter::{Annotations, CallRecord, Client, ErrorType};
@@ -277,6 +277,22 @@ async fn dropping_a_stream_early_records_cancelled() {
     stream.next().await.unwrap().unwrap();
     drop(stream);
     assert_eq!(attrs(&capture.chat_span())["error.type"], s("cancelled"));
+    // And the provider's stream stopped with it: dropped before its end, not read to the end.
+    let mut streams = mock.streams();
+    for _ in 0..250 {
+        if streams != StreamCounts::default() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        streams = mock.streams();
+    }
+    assert_eq!(
+        streams,
+        StreamCounts {
+            finished: 0,
+            abandoned: 1
+        }
+    );
 }
 
 #[tokio::test]
@@ -379,35 +395,87 @@ async fn model_defaults_fill_only_unset_fields_and_the_span_records_what_was_sen
     assert!(bad.to_string().contains("must be a JSON object"), "{bad}");
 }
 
+/// What a hook saw of one record.
+type Seen = (llm_meter::record::CallId, String, Option<ErrorType>, Option<(u64, u64)>);
+
+fn seen(r: &CallRecord) -> Seen {
+    (
+        r.id,
+        r.model().to_owned(),
+        r.error,
+        r.usage.map(|u| (u.input_tokens, u.output_tokens)),
+    )
+}
+
+/// What a caller gets from one JSON call and one stream: status, text, usage, error, for both.
+async fn call_outcome(c: &Client) -> (Vec<Seen>, Vec<(u16, String, Option<(u64, u64)>, Option<ErrorType>)>) {
+    let resp = c.chat(&body(false), &annotations()).await.unwrap();
+    let json: serde_json::Value = resp.json().unwrap();
+    let text = json["choices"][0]["message"]["content"].as_str().unwrap().to_owned();
+    let json_outcome = (
+        resp.status().as_u16(),
+        text,
+        resp.usage().map(|u| (u.input_tokens, u.output_tokens)),
+        resp.record().error,
+    );
+    let mut s = c.chat_stream(&body(true), &annotations()).await.unwrap();
+    let mut sse = Vec::new();
+    while let Some(chunk) = s.next().await {
+        sse.extend_from_slice(&chunk.expect("every chunk arrives"));
+    }
+    let streamed: String = std::str::from_utf8(&sse)
+        .unwrap()
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str::<serde_json::Value>(d).unwrap())
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .collect();
+    let record = s.record().expect("the stream ended").clone();
+    let stream_outcome = (
+        s.status().as_u16(),
+        streamed,
+        record.usage.map(|u| (u.input_tokens, u.output_tokens)),
+        record.error,
+    );
+    (
+        vec![seen(resp.record()), seen(&record)],
+        vec![json_outcome, stream_outcome],
+    )
+}
+
 #[tokio::test]
 async fn hooks_see_every_record_and_a_panicking_hook_changes_nothing() {
     #[derive(Default)]
-    struct Counter(Mutex<Vec<(String, Option<ErrorType>)>>);
+    struct Counter(Mutex<Vec<Seen>>);
     impl llm_meter::CallHook for Counter {
         fn on_call(&self, r: &CallRecord) {
-            self.0.lock().unwrap().push((r.model().to_owned(), r.error));
+            self.0.lock().unwrap().push(seen(r));
         }
     }
     let mock = MockServer::start(MockConfig::default()).await.unwrap();
-    let counter = Arc::new(Counter::default());
+    let (before, after) = (Arc::new(Counter::default()), Arc::new(Counter::default()));
     let c = Client::builder()
         .base_url(mock.base_url())
-        .hook(counter.clone())
+        .hook(before.clone())
         .hook(|_: &CallRecord| panic!("user hook bug"))
+        .hook(after.clone())
         .hook(())
         .build()
         .unwrap();
-    let resp = c.chat(&body(false), &annotations()).await.unwrap();
-    assert!(resp.is_success());
-    let mut s = c.chat_stream(&body(true), &annotations()).await.unwrap();
-    while s.next().await.is_some() {}
-    assert_eq!(
-        *counter.0.lock().unwrap(),
-        [
-            ("gpt-4o-2024-08-06".to_owned(), None),
-            ("gpt-4o-2024-08-06".to_owned(), None)
-        ]
-    );
+    let (records, outcome) = call_outcome(&c).await;
+    // Hooks on both sides of the panicking one saw both records, the ones the calls returned.
+    assert_eq!(records[0].1, "gpt-4o-2024-08-06");
+    assert_eq!(records.iter().map(|r| r.2).collect::<Vec<_>>(), [None, None]);
+    assert_eq!(*before.0.lock().unwrap(), records, "the hook before the panicking one");
+    assert_eq!(*after.0.lock().unwrap(), records, "the hook after the panicking one");
+    // The caller gets what it gets with no hook at all.
+    let plain = Client::builder().base_url(mock.base_url()).build().unwrap();
+    let (_, without_hooks) = call_outcome(&plain).await;
+    assert_eq!(outcome, without_hooks);
+    assert_eq!(outcome[0].0, 200);
+    assert!(outcome[0].1.starts_with("Hello"), "{outcome:?}");
+    assert_eq!(outcome[0].1, outcome[1].1, "the stream's text is the answer's");
 }
 
 #[tokio::test]

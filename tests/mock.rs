@@ -234,3 +234,76 @@ async fn stream_is_sse_with_role_content_finish_usage_and_done() {
     let text = post(&mock, body, &[]).await.text().await.unwrap();
     assert!(!text.contains("usage"), "no usage field at all without include_usage");
 }
+
+#[tokio::test]
+async fn every_request_is_recorded_on_any_route() {
+    let mock = MockServer::start(MockConfig::default()).await.unwrap();
+    let http = reqwest::Client::new();
+    let models = http
+        .get(format!("{}/models?limit=1", mock.base_url()))
+        .header("authorization", "Bearer sk-test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(models.status(), 200);
+    let unknown = http
+        .post(format!("{}/embeddings", mock.base_url()))
+        .body("raw body")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    let err: Value = unknown.json().await.unwrap();
+    assert_eq!(err["error"]["message"], "Invalid URL (POST /v1/embeddings)");
+    assert_eq!(err["error"]["type"], "invalid_request_error");
+    post(&mock, chat("gpt-4o"), &[]).await;
+
+    let got: Vec<(String, String, Option<String>)> = mock
+        .received()
+        .iter()
+        .map(|r| (r.method.to_string(), r.path.clone(), r.query.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("GET".into(), "/v1/models".into(), Some("limit=1".into())),
+            ("POST".into(), "/v1/embeddings".into(), None),
+            ("POST".into(), "/v1/chat/completions".into(), None),
+        ]
+    );
+    let received = mock.received();
+    assert_eq!(received[0].headers["authorization"], "Bearer sk-test");
+    assert_eq!(received[1].body, "raw body");
+}
+
+#[tokio::test]
+async fn streams_count_as_finished_or_abandoned() {
+    use futures_util::StreamExt;
+    use llm_meter::mock::StreamCounts;
+    let mock = MockServer::start(MockConfig::default()).await.unwrap();
+    let mut body = chat("gpt-4o");
+    body["stream"] = json!(true);
+    // Read to the end, and cut short on purpose by the mock: both finished.
+    post(&mock, body.clone(), &[]).await.bytes().await.unwrap();
+    post(&mock, body.clone(), &[("x-mock-error", "truncate")])
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    // Dropped by the client after the first chunk while the mock holds the rest: abandoned.
+    let resp = post(&mock, body, &[("x-mock-gate", "1")]).await;
+    let mut chunks = resp.bytes_stream();
+    chunks.next().await.unwrap().unwrap();
+    drop(chunks);
+    let want = StreamCounts {
+        finished: 2,
+        abandoned: 1,
+    };
+    for _ in 0..250 {
+        if mock.streams() == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(mock.streams(), want);
+}

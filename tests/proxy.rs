@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use llm_meter::limits::{AdmissionMode, Ledger, LimitConfig, LimitKind, MemoryLedger};
-use llm_meter::mock::{MockConfig, MockServer};
+use llm_meter::mock::{MockConfig, MockServer, StreamCounts};
 use llm_meter::proxy::{Proxy, ProxySettings};
 use llm_meter::{CallRecord, ErrorType, Meter};
 use serde_json::{json, Value};
@@ -390,6 +390,7 @@ async fn timeouts_and_unreachable_upstreams_get_openai_shaped_504_and_502() {
 
 #[tokio::test]
 async fn a_client_that_disconnects_mid_stream_cancels_the_call() {
+    // 40 chunks 50 ms apart: the whole stream takes 2 s.
     let s = setup_with(
         MockConfig {
             chunk_delay: Duration::from_millis(50),
@@ -413,29 +414,101 @@ async fn a_client_that_disconnects_mid_stream_cancels_the_call() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(record.expect("the call ended").error, Some(ErrorType::Cancelled));
+    // The upstream call stopped too: the provider saw its stream dropped before the end. A proxy
+    // that kept reading it after the client left would show it finished (after the 2 s).
+    let mut streams = StreamCounts::default();
+    for _ in 0..500 {
+        streams = s.mock.streams();
+        if streams != StreamCounts::default() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        streams,
+        StreamCounts {
+            finished: 0,
+            abandoned: 1
+        },
+        "the upstream stream is dropped with the client"
+    );
 }
 
 #[tokio::test]
 async fn other_v1_requests_are_forwarded_untouched() {
-    let s = setup().await;
-    let resp = s
-        .http
-        .get(format!("{}/v1/models", s.base))
-        .header("connection", "x-hop")
-        .header("x-hop", "1")
-        .header("xProxy-UseCase-Name", "x")
+    let key = "proxy-key-0123456789";
+    let s = setup_with(MockConfig::default(), |p| p.keys = vec![key.into()], |m| m).await;
+    let annotated = |req: reqwest::RequestBuilder| {
+        req.header("xProxy-Api-Key", key)
+            .header("xProxy-UseCase-Name", "x")
+            .header("xProxy-User-ID", "u-1")
+            .header("xProxy-Limit-IDs", "daily")
+            .header("xProxy-Request-Tags", "beta")
+            .header("authorization", "Bearer sk-client-key")
+            .header("connection", "keep-alive, x-hop")
+            .header("x-hop", "1")
+            .header("keep-alive", "timeout=5")
+            .header("proxy-connection", "keep-alive")
+            .header("te", "trailers")
+            .header("x-client-header", "kept")
+    };
+    // What reached the provider: no proxy header, no hop-by-hop header, the rest as sent.
+    let check_headers = |sent: &llm_meter::mock::ReceivedRequest| {
+        let names: Vec<&str> = sent.headers.keys().map(|k| k.as_str()).collect();
+        assert!(
+            names.iter().all(|k| !k.starts_with("xproxy-")),
+            "no xProxy-* header is forwarded: {names:?}"
+        );
+        for hop in ["connection", "x-hop", "keep-alive", "proxy-connection", "te"] {
+            assert!(!sent.headers.contains_key(hop), "{hop} is per connection: {names:?}");
+        }
+        assert_eq!(sent.headers["authorization"], "Bearer sk-client-key");
+        assert_eq!(sent.headers["x-client-header"], "kept");
+        assert_eq!(
+            sent.headers["host"],
+            s.mock.addr().to_string(),
+            "the provider's own host, not the proxy's"
+        );
+    };
+
+    let resp = annotated(s.http.get(format!("{}/v1/models?limit=2&order=desc", s.base)))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.json::<Value>().await.unwrap()["object"], "list");
-    let via_payi = s
-        .http
-        .get(format!("{}/api/v1/proxy/openai/v1/models", s.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(via_payi.status(), 200);
+    let sent = s.mock.received().pop().expect("the request reached the provider");
+    assert_eq!(sent.method, http::Method::GET);
+    assert_eq!(sent.path, "/v1/models");
+    assert_eq!(sent.query.as_deref(), Some("limit=2&order=desc"));
+    assert!(sent.body.is_empty());
+    check_headers(&sent);
+
+    // A POST on another route, through Pay-i's prefix: the body goes byte for byte.
+    let body: &[u8] = b"{\"model\": \"text-embedding-3-small\",\n  \"input\": \"caf\xc3\xa9 \\u00e9\"}\n";
+    let resp = annotated(s.http.post(format!(
+        "{}/api/v1/proxy/openai/v1/embeddings?api-version=2024-10-21",
+        s.base
+    )))
+    .header("content-type", "application/json")
+    .body(body)
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 404, "the provider's answer, as it sent it");
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["error"]["message"],
+        "Invalid URL (POST /v1/embeddings)"
+    );
+    let sent = s.mock.received().pop().expect("the request reached the provider");
+    assert_eq!(sent.method, http::Method::POST);
+    assert_eq!(sent.path, "/v1/embeddings");
+    assert_eq!(sent.query.as_deref(), Some("api-version=2024-10-21"));
+    assert_eq!(sent.body, body, "the body is forwarded untouched");
+    assert_eq!(sent.headers["content-type"], "application/json");
+    check_headers(&sent);
+
+    assert_eq!(s.mock.received().len(), 2);
     assert!(s.records.lock().unwrap().is_empty(), "not a chat call: not observed");
 }
 
