@@ -12,6 +12,9 @@
 //! asserts the allocation counts bench/RESULTS.md records, which are deterministic: 0 per warm
 //! SSE chunk, and at most the recorded count per call for each arm.
 
+#![allow(unsafe_code)] // the allocation-counting GlobalAlloc below
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::hint::black_box;

@@ -12,6 +12,8 @@
 //!
 //! Run: `cargo bench --bench proxy` (quick smoke run under `cargo test`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
 use std::time::{Duration, Instant};
 
 use axum::body::Body;

@@ -53,7 +53,7 @@ impl Default for DemoConfig {
             latency: Duration::from_millis(20),
             chunk_delay: Duration::from_millis(5),
             error_rate: 0.05,
-            metrics_listen: Some(prometheus::DEFAULT_METRICS_ADDR.parse().expect("valid default")),
+            metrics_listen: prometheus::DEFAULT_METRICS_ADDR.parse().ok(),
             forever: false,
         }
     }
@@ -243,8 +243,14 @@ pub async fn run(config: DemoConfig, telemetry: &Telemetry) -> Result<(), Box<dy
         latency: config.latency,
         chunk_delay: config.chunk_delay,
         error_rate: config.error_rate,
-        // Sized so that the swell's peak runs the request window low (and into 429s).
-        limit_requests: if config.forever { 4_000 } else { 10_000 },
+        // Running on: a 5-minute request window sized so that the swell's peak runs it low for
+        // minutes (the headroom alert waits 1 minute) and into 429s, and the night does not.
+        limit_requests: if config.forever { 30_000 } else { 10_000 },
+        window: if config.forever {
+            Duration::from_secs(300)
+        } else {
+            MockConfig::default().window
+        },
         limit_tokens: 2_000_000,
         cached_fraction: 0.25,
         ..MockConfig::default()
@@ -326,8 +332,11 @@ async fn drive(doors: &Doors, config: &DemoConfig, round: usize, shape: Option<S
                     .user_id(format!("user-{}", i % 7))
                     .limit_ids(limits.iter().copied())
                     .request_tags(["demo"])
-                    .build()
-                    .expect("demo annotations are valid");
+                    .build();
+                let Ok(annotations) = annotations else {
+                    tracing::warn!(target: "llm_meter", "demo annotations rejected: {annotations:?}");
+                    return;
+                };
                 let body = json!({
                     "model": model,
                     "messages": [{"role": "user", "content": format!("Demo question number {i}: how do I reset my password?")}],

@@ -421,9 +421,14 @@ impl MemoryLedger {
                 {
                     return Err(corrupt(format!("limit {id:?} has an impossible spend or window")));
                 }
+                // A hostile or corrupt window start is an error, never an overflow panic.
+                let window_start = Duration::try_from_secs_f64(saved.window_start_unix)
+                    .ok()
+                    .and_then(|d| UNIX_EPOCH.checked_add(d))
+                    .ok_or_else(|| corrupt(format!("limit {id:?} has an impossible window start")))?;
                 let entry = entries.entry(id).or_insert_with(|| Entry::new(None, SystemTime::now()));
                 entry.spend = saved.spend;
-                entry.window_start = UNIX_EPOCH + Duration::from_secs_f64(saved.window_start_unix);
+                entry.window_start = window_start;
             }
         }
         Ok(ledger)
@@ -673,9 +678,16 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(
-            MemoryLedger::restore(limits, &path).unwrap_err(),
+            MemoryLedger::restore(limits.clone(), &path).unwrap_err(),
             LimitError::CorruptSnapshot { .. }
         ));
+        // A window start too far out for a SystemTime: an error, not an overflow panic.
+        for start in ["1e300", "1.8e19"] {
+            let text = format!("{{\"version\":1,\"saved_at_unix\":1,\"limits\":{{\"b\":{{\"spend\":1,\"window_start_unix\":{start}}}}}}}");
+            std::fs::write(&path, text).unwrap();
+            let e = MemoryLedger::restore(limits.clone(), &path).unwrap_err();
+            assert!(e.to_string().contains("impossible window start"), "{start}: {e}");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -72,6 +72,7 @@ impl fmt::Debug for Meter {
 }
 
 impl Default for Meter {
+    #[expect(clippy::expect_used, reason = "the default settings are valid (tests use them)")]
     fn default() -> Self {
         MeterBuilder::default()
             .build()

@@ -241,7 +241,8 @@ impl MockServer {
 
     /// Starts on an ephemeral port of 127.0.0.1.
     pub async fn start(config: MockConfig) -> std::io::Result<Self> {
-        Self::start_on("127.0.0.1:0".parse().expect("literal address"), config).await
+        let loopback = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0));
+        Self::start_on(loopback, config).await
     }
 
     /// Starts on `addr`.
@@ -509,6 +510,11 @@ struct Plan {
     service_tier: &'static str,
 }
 
+/// Most output tokens one mock answer carries, whatever the request or a header asks for.
+pub const MAX_COMPLETION_TOKENS: u64 = 100_000;
+/// Most chunks one mock stream has, whatever `x-mock-chunks` asks for.
+pub const MAX_CHUNKS: u32 = 10_000;
+
 fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
@@ -518,7 +524,9 @@ async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Byt
     let started = Instant::now();
     let request_id = random_id(&state.counter, "req_", 32, HEX);
     let mut head = HeaderMap::new();
-    head.insert("x-request-id", HeaderValue::from_str(&request_id).expect("hex id"));
+    if let Ok(id) = HeaderValue::from_str(&request_id) {
+        head.insert("x-request-id", id);
+    }
     head.insert(
         "openai-organization",
         HeaderValue::from_static("user-mockorg0000000000000000"),
@@ -580,6 +588,8 @@ async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Byt
     let wanted = header_str(&headers, "x-mock-completion-tokens")
         .and_then(|v| v.parse().ok())
         .unwrap_or(cfg.completion_tokens);
+    // Request-controlled sizes are bounded: the mock never allocates or overflows on them.
+    let wanted = wanted.min(MAX_COMPLETION_TOKENS);
     let completion_tokens = max_tokens.map_or(wanted, |m| m.min(wanted));
     let plan = Plan {
         model: snapshot_of(model).to_owned(),
@@ -592,7 +602,7 @@ async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Byt
         chunks: header_str(&headers, "x-mock-chunks")
             .and_then(|v| v.parse().ok())
             .unwrap_or(cfg.chunks)
-            .max(1),
+            .clamp(1, MAX_CHUNKS),
         service_tier: match req.get("service_tier").and_then(Value::as_str) {
             Some("flex") => "flex",
             Some("priority") => "priority",
@@ -612,14 +622,18 @@ async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Byt
             };
         }
         let reset = cfg.window.saturating_sub(w.started.elapsed());
-        let cost = plan.prompt_tokens + max_tokens.unwrap_or(plan.completion_tokens) * plan.choices;
+        let cost = plan.prompt_tokens.saturating_add(
+            max_tokens
+                .unwrap_or(plan.completion_tokens)
+                .saturating_mul(plan.choices),
+        );
         let over = if w.requests >= cfg.limit_requests {
             Some("requests")
-        } else if w.tokens + cost > cfg.limit_tokens {
+        } else if w.tokens.saturating_add(cost) > cfg.limit_tokens {
             Some("tokens")
         } else {
             w.requests += 1;
-            w.tokens += cost;
+            w.tokens = w.tokens.saturating_add(cost);
             None
         };
         if let Some(kind) = over {

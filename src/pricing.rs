@@ -173,6 +173,7 @@ fn base_model(name: &str) -> Option<&str> {
 
 impl PriceTable {
     /// The embedded table, parsed once per process and shared by every meter.
+    #[expect(clippy::expect_used, reason = "the embedded table is a constant, parsed by a test")]
     pub fn embedded() -> Self {
         static TABLE: std::sync::LazyLock<Arc<HashMap<String, Price>>> = std::sync::LazyLock::new(|| {
             let file: TableFile = toml::from_str(EMBEDDED).expect("the embedded price table is valid (tested)");

@@ -62,6 +62,7 @@ pub struct ProxySettings {
 }
 
 impl Default for ProxySettings {
+    #[expect(clippy::expect_used, reason = "a constant URL that parses (tests use the default)")]
     fn default() -> Self {
         ProxySettings {
             upstream: reqwest::Url::parse(crate::client::DEFAULT_BASE_URL).expect("valid default"),

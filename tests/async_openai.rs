@@ -1,4 +1,6 @@
 //! async-openai's client observed through `MeterLayer` (its `middleware` feature).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers may fail loudly
 #![cfg(feature = "async-openai")]
 
 mod common;

@@ -1,6 +1,8 @@
 //! The `llm-meter` binary: bad flags and bad configuration files fail clearly, with a non-zero
 //! exit; `mock` and `proxy` serve; the proxy saves its ledger when interrupted.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;

@@ -1,6 +1,8 @@
 //! The `chat {model}` span of the library client: exact attribute sets for non-streaming,
 //! streaming and failed calls, parenting, trace context propagation and secrets.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
 mod common;
 
 use std::sync::{Arc, Mutex};

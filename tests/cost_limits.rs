@@ -1,6 +1,8 @@
 //! Cost from the price table, Pay-i's `xproxy_result`, limits and their states, blocking with
 //! bounded overspend under concurrency, and budgets that survive a restart.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
 mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -7,6 +7,8 @@
 //! Totals the dashboards show are compared with what the demo's own `/metrics` counted, and
 //! every metric a dashboard or rule names must be one the code emits (from `semconv`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

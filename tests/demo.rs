@@ -1,5 +1,7 @@
 //! `llm-meter demo`: the mix of annotated calls lands in the metrics served on /metrics.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
 use llm_meter::demo::{run, DemoConfig};
 use llm_meter::telemetry::Telemetry;
 

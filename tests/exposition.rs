@@ -1,6 +1,8 @@
 //! The Prometheus exposition: golden text for a scripted set of calls, `promtool check metrics`
 //! on it, the Prometheus names DESIGN promises, and the `/metrics` and `/healthz` routes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::Arc;

@@ -1,6 +1,8 @@
 //! Metric instruments: names, units, buckets, labels and values, through the SDK's in-memory
 //! exporter; label caps under 10,000 distinct users.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 

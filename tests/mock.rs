@@ -1,6 +1,8 @@
 //! The mock provider speaks OpenAI's wire format: body shape, headers, rate limits that count
 //! down and reset, SSE framing with the usage chunk, and OpenAI-shaped errors.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
 use std::time::Duration;
 
 use llm_meter::mock::{MockConfig, MockServer};
@@ -306,4 +308,36 @@ async fn streams_count_as_finished_or_abandoned() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(mock.streams(), want);
+}
+
+#[tokio::test]
+async fn request_controlled_sizes_are_bounded_and_never_overflow() {
+    let mock = MockServer::start(MockConfig {
+        limit_tokens: u64::MAX,
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    let mut body = chat("gpt-4o");
+    body["max_completion_tokens"] = json!(u64::MAX);
+    body["n"] = json!(u64::MAX);
+    let huge = u64::MAX.to_string();
+    let resp = post(&mock, body.clone(), &[("x-mock-completion-tokens", &huge)]).await;
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    let per_choice = llm_meter::mock::MAX_COMPLETION_TOKENS;
+    assert_eq!(v["choices"].as_array().unwrap().len(), 8, "n is clamped");
+    assert_eq!(v["usage"]["completion_tokens"], per_choice * 8);
+
+    body["stream"] = json!(true);
+    body["n"] = json!(1);
+    body["max_completion_tokens"] = json!(10);
+    let text = post(&mock, body, &[("x-mock-chunks", &u32::MAX.to_string())])
+        .await
+        .text()
+        .await
+        .unwrap();
+    let chunks = text.matches("data: {").count();
+    assert!(chunks <= llm_meter::mock::MAX_CHUNKS as usize + 3, "{chunks} chunks");
+    assert!(text.ends_with("data: [DONE]\n\n"));
 }

@@ -2,6 +2,8 @@
 //! tests/python/openai_sdk_e2e.py against a proxy in front of the mock provider, with Pay-i's
 //! own `payi` package parsing every `xproxy_result`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;

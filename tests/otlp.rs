@@ -1,6 +1,8 @@
 //! OTLP export of spans and metrics, over gRPC and HTTP/protobuf, to a real receiver built on
 //! `opentelemetry-proto`; and the faults: receiver down, hanging, and back again.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
 mod common;
 #[path = "common/receiver.rs"]
 mod receiver;

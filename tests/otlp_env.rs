@@ -1,6 +1,8 @@
 //! OTLP configured by the standard environment variables alone. One test per process section:
 //! environment variables are process-wide, so this file holds a single test.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
 mod common;
 #[path = "common/receiver.rs"]
 mod receiver;

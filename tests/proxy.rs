@@ -1,6 +1,8 @@
 //! The proxy end to end with the mock provider: pass-through, xproxy_result, streaming without
 //! buffering, annotations, auth, limits, upstream failures and disconnects.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

@@ -2,6 +2,8 @@
 //! as its child, and the right `error.type` on failures. (Its own file: every test here
 //! captures spans, so no test without a subscriber shares the process.)
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
 mod common;
 
 use std::time::Duration;

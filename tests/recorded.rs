@@ -3,6 +3,8 @@
 //! metrics and `xproxy_result`; the body passes through byte for byte apart from the added
 //! `xproxy_result`; nothing is invented where the recording has no value.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
 mod common;
 
 use std::sync::{Arc, Mutex};

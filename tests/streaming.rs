@@ -1,6 +1,8 @@
 //! The SSE observer on every split of the fixture stream, and the client's streaming behaviour
 //! end to end: pass-through, usage policy, no buffering.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
 mod common;
 
 use std::time::Duration;

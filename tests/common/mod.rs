@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: span capture through a real tracing-opentelemetry
 //! pipeline into the SDK's in-memory exporter, and a fixture server that replays recorded
 //! provider responses.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers may fail loudly
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;

@@ -1,6 +1,8 @@
 //! A real OTLP receiver on 127.0.0.1 built on the official protobufs (`opentelemetry-proto`):
 //! tonic services for OTLP/gRPC and an axum route decoding protobuf for OTLP/HTTP. It keeps
 //! every request it accepts, and can be told to hang.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
