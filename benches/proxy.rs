@@ -20,13 +20,13 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::Response;
 use futures_util::{StreamExt, TryStreamExt};
-use llm_meter::mock::{MockConfig, MockServer};
 use llm_meter::opentelemetry::trace::TracerProvider as _;
 use llm_meter::opentelemetry_sdk::error::OTelSdkResult;
 use llm_meter::opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
-use llm_meter::proxy::{Proxy, ProxySettings};
 use llm_meter::telemetry::Telemetry;
 use llm_meter::Meter;
+use llm_meter_mock::{MockConfig, MockServer};
+use llm_meter_proxy::{Proxy, ProxySettings};
 use tracing_subscriber::layer::SubscriberExt;
 
 #[derive(Debug)]

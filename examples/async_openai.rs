@@ -19,9 +19,9 @@ use async_openai::types::chat::{
     ChatCompletionRequestUserMessageArgs, CreateChatCompletionRequestArgs, CreateChatCompletionResponse,
 };
 use futures_util::StreamExt;
-use llm_meter::mock::{MockConfig, MockServer};
 use llm_meter::openai_layer::{with_annotations, MeterLayer};
 use llm_meter::{Annotations, CallRecord, Client, Meter};
+use llm_meter_mock::{MockConfig, MockServer};
 
 /// Output tokens asked for: the mock's answers are cut to this length.
 const MAX_TOKENS: u32 = 32;

@@ -16,7 +16,7 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
 echo "== cargo clippy (all targets, all features, warnings are errors)"
-cargo clippy --all-targets --all-features -- -D warnings
+cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 echo "== dashboards, alert rules (promtool check + test rules) and the docker-compose stack, statically"
 python=${LLM_METER_PYTHON:-.venv/bin/python}
@@ -24,5 +24,5 @@ python=${LLM_METER_PYTHON:-.venv/bin/python}
 "$python" tests/python/check_stack.py
 
 echo "== cargo test"
-cargo test --all-features --all-targets
-cargo test --all-features --doc
+cargo test --workspace --all-features --all-targets
+cargo test --workspace --all-features --doc

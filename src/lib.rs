@@ -4,16 +4,12 @@
 
 pub mod annotations;
 pub mod client;
-pub mod config;
-pub mod demo;
 pub mod limits;
 pub mod meter;
-pub mod mock;
 #[cfg(feature = "async-openai")]
 pub mod openai_layer;
 pub mod pricing;
 pub mod provider;
-pub mod proxy;
 pub mod record;
 pub mod semconv;
 pub mod stream;

@@ -19,9 +19,9 @@ use async_openai::types::chat::{
 };
 use common::*;
 use futures_util::StreamExt;
-use llm_meter::mock::{MockConfig, MockServer};
 use llm_meter::openai_layer::{with_annotations, MeterLayer, MeterService};
 use llm_meter::{Annotations, CallRecord, ErrorType, Meter};
+use llm_meter_mock::{MockConfig, MockServer};
 use tower::ServiceExt;
 
 type Records = Arc<Mutex<Vec<CallRecord>>>;

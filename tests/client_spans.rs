@@ -11,10 +11,10 @@ use std::time::Duration;
 use common::*;
 use futures_util::StreamExt;
 use http::{HeaderMap, StatusCode};
-use llm_meter::mock::{MockConfig, MockServer, StreamCounts};
 use llm_meter::opentelemetry::trace::{SpanKind, Status};
 use llm_meter::opentelemetry::Value;
 use llm_meter::{Annotations, CallRecord, Client, ErrorType};
+use llm_meter_mock::{MockConfig, MockServer, StreamCounts};
 use serde_json::json;
 
 const SECRET: &str = "sk-proj-SECRETSECRET1234567890";

@@ -11,13 +11,13 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::StreamExt;
-use llm_meter::config::Config;
 use llm_meter::limits::{AdmissionMode, Ledger, LimitConfig, LimitKind, LimitState, MemoryLedger};
-use llm_meter::mock::{MockConfig, MockServer};
 use llm_meter::opentelemetry::Value;
 use llm_meter::telemetry::prometheus::encode;
 use llm_meter::telemetry::Telemetry;
 use llm_meter::{Annotations, Client, Error, ErrorType};
+use llm_meter_mock::{MockConfig, MockServer};
+use llm_meter_proxy::config::Config;
 use serde_json::json;
 
 // Published prices (USD per million tokens), as in data/prices.toml.

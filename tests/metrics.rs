@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
-use llm_meter::mock::{MockConfig, MockServer};
 use llm_meter::opentelemetry::metrics::MeterProvider as _;
 use llm_meter::opentelemetry::{KeyValue, Value};
 use llm_meter::opentelemetry_sdk::metrics::data::{AggregatedMetrics, Metric, MetricData, ResourceMetrics};
@@ -18,6 +17,7 @@ use llm_meter::semconv::*;
 use llm_meter::telemetry::metrics::{DURATION_BUCKETS, TOKEN_BUCKETS};
 use llm_meter::telemetry::{LabelPolicy, Metrics};
 use llm_meter::{Annotations, CallRecord, Client, ErrorType, Meter};
+use llm_meter_mock::{MockConfig, MockServer};
 use serde_json::json;
 
 struct Harness {

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use llm_meter::mock::{MockConfig, MockServer};
 use llm_meter::provider::{parse_reset_duration, ChatCompletion, ProviderMeta};
+use llm_meter_mock::{MockConfig, MockServer};
 use serde_json::{json, Value};
 
 async fn post(mock: &MockServer, body: Value, headers: &[(&str, &str)]) -> reqwest::Response {
@@ -281,7 +281,7 @@ async fn every_request_is_recorded_on_any_route() {
 #[tokio::test]
 async fn streams_count_as_finished_or_abandoned() {
     use futures_util::StreamExt;
-    use llm_meter::mock::StreamCounts;
+    use llm_meter_mock::StreamCounts;
     let mock = MockServer::start(MockConfig::default()).await.unwrap();
     let mut body = chat("gpt-4o");
     body["stream"] = json!(true);
@@ -325,7 +325,7 @@ async fn request_controlled_sizes_are_bounded_and_never_overflow() {
     let resp = post(&mock, body.clone(), &[("x-mock-completion-tokens", &huge)]).await;
     assert_eq!(resp.status(), 200);
     let v: Value = resp.json().await.unwrap();
-    let per_choice = llm_meter::mock::MAX_COMPLETION_TOKENS;
+    let per_choice = llm_meter_mock::MAX_COMPLETION_TOKENS;
     assert_eq!(v["choices"].as_array().unwrap().len(), 8, "n is clamped");
     assert_eq!(v["usage"]["completion_tokens"], per_choice * 8);
 
@@ -338,6 +338,6 @@ async fn request_controlled_sizes_are_bounded_and_never_overflow() {
         .await
         .unwrap();
     let chunks = text.matches("data: {").count();
-    assert!(chunks <= llm_meter::mock::MAX_CHUNKS as usize + 3, "{chunks} chunks");
+    assert!(chunks <= llm_meter_mock::MAX_CHUNKS as usize + 3, "{chunks} chunks");
     assert!(text.ends_with("data: [DONE]\n\n"));
 }

@@ -9,9 +9,9 @@ use std::process::Command;
 use std::sync::Arc;
 
 use llm_meter::limits::MemoryLedger;
-use llm_meter::mock::{MockConfig, MockServer};
-use llm_meter::proxy::{Proxy, ProxySettings};
 use llm_meter::Meter;
+use llm_meter_mock::{MockConfig, MockServer};
+use llm_meter_proxy::{Proxy, ProxySettings};
 
 const INSTALL: &str = "the OpenAI Python SDK and Pay-i's `payi` package are needed: run scripts/test.sh \
      (it makes .venv with `pip install openai payi`), or set LLM_METER_PYTHON to a python that has both";

@@ -10,11 +10,11 @@ mod receiver;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use llm_meter::mock::{MockConfig, MockServer};
 use llm_meter::semconv;
 use llm_meter::telemetry::metrics::{DURATION_BUCKETS, TOKEN_BUCKETS};
 use llm_meter::telemetry::{Protocol, Telemetry};
 use llm_meter::{Annotations, CallRecord, Client};
+use llm_meter_mock::{MockConfig, MockServer};
 use opentelemetry_proto::tonic::common::v1::any_value;
 use opentelemetry_proto::tonic::metrics::v1::metric;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;

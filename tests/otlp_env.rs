@@ -9,10 +9,10 @@ mod receiver;
 
 use std::time::Duration;
 
-use llm_meter::mock::{MockConfig, MockServer};
 use llm_meter::semconv;
 use llm_meter::telemetry::Telemetry;
 use llm_meter::{Annotations, Client};
+use llm_meter_mock::{MockConfig, MockServer};
 use receiver::*;
 use serde_json::json;
 use tracing_subscriber::layer::SubscriberExt;

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use llm_meter::limits::{AdmissionMode, Ledger, LimitConfig, LimitKind, MemoryLedger};
-use llm_meter::mock::{MockConfig, MockServer, StreamCounts};
-use llm_meter::proxy::{Proxy, ProxySettings};
 use llm_meter::{CallRecord, ErrorType, Meter};
+use llm_meter_mock::{MockConfig, MockServer, StreamCounts};
+use llm_meter_proxy::{Proxy, ProxySettings};
 use serde_json::{json, Value};
 
 struct Setup {
@@ -455,7 +455,7 @@ async fn other_v1_requests_are_forwarded_untouched() {
             .header("x-client-header", "kept")
     };
     // What reached the provider: no proxy header, no hop-by-hop header, the rest as sent.
-    let check_headers = |sent: &llm_meter::mock::ReceivedRequest| {
+    let check_headers = |sent: &llm_meter_mock::ReceivedRequest| {
         let names: Vec<&str> = sent.headers.keys().map(|k| k.as_str()).collect();
         assert!(
             names.iter().all(|k| !k.starts_with("xproxy-")),
@@ -526,7 +526,7 @@ async fn bodies_over_the_limit_are_refused() {
 #[tokio::test]
 async fn a_config_file_sets_prices_limits_and_model_defaults() {
     let mock = MockServer::start(MockConfig::default()).await.unwrap();
-    let config = llm_meter::config::Config::parse(&format!(
+    let config = llm_meter_proxy::config::Config::parse(&format!(
         "upstream = \"{}\"\n[prices.\"house-model\"]\ninput = 1000.0\noutput = 2000.0\n\
          [[limits]]\nid = \"house\"\nmax = 1000.0\nthreshold = 0.5\n\
          [model_defaults.\"house-model\"]\nmax_completion_tokens = 7\ntemperature = 0.1\n",
@@ -537,7 +537,7 @@ async fn a_config_file_sets_prices_limits_and_model_defaults() {
         .without_otlp()
         .build()
         .unwrap();
-    let (proxy, ledger) = llm_meter::proxy::from_config(&config, None, &telemetry).unwrap();
+    let (proxy, ledger) = llm_meter_proxy::from_config(&config, None, &telemetry).unwrap();
     let addr = proxy.spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let body = json!({"model": "house-model", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.9});
     let resp: Value = reqwest::Client::new()

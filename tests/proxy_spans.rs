@@ -9,10 +9,10 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use llm_meter::mock::{MockConfig, MockServer};
 use llm_meter::opentelemetry::trace::SpanKind;
-use llm_meter::proxy::{Proxy, ProxySettings};
 use llm_meter::Meter;
+use llm_meter_mock::{MockConfig, MockServer};
+use llm_meter_proxy::{Proxy, ProxySettings};
 use serde_json::json;
 
 async fn proxy(upstream: String, timeout: Duration) -> String {

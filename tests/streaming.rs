@@ -10,10 +10,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use futures_util::StreamExt;
-use llm_meter::mock::{MockConfig, MockServer};
 use llm_meter::provider::{FinishReason, ResponseFacts, Usage};
 use llm_meter::stream::{EventCutter, EventOutcome, StreamObserver};
 use llm_meter::{Annotations, Client, StreamUsage};
+use llm_meter_mock::{MockConfig, MockServer};
 use proptest::prelude::*;
 use serde_json::json;
 

@@ -1035,7 +1035,7 @@ fn lorem_range(from: u64, n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::provider::parse_reset_duration;
+    use llm_meter::provider::parse_reset_duration;
 
     #[test]
     fn reset_format_round_trips_through_the_parser() {

@@ -20,7 +20,7 @@ const INSTALL: &str = "Prometheus is needed: `apt-get install prometheus` (Debia
                        to a prometheus binary; .ci/run installs it";
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
 }
 
 fn dashboards() -> Vec<(String, Value)> {

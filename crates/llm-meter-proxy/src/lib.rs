@@ -12,6 +12,8 @@
 //!
 //! Secrets (`Authorization`, `xProxy-Api-Key`, a configured upstream key) are never recorded.
 
+pub mod config;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,11 +30,11 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use serde_json::json;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::annotations::Annotations;
-use crate::meter::{Meter, Server};
-use crate::record::ErrorType;
-use crate::semconv;
-use crate::xproxy::{add_json_field, XProxyResult};
+use llm_meter::annotations::Annotations;
+use llm_meter::meter::{Meter, Server};
+use llm_meter::record::ErrorType;
+use llm_meter::semconv;
+use llm_meter::xproxy::{add_json_field, XProxyResult};
 
 /// Pay-i's proxy route prefix for OpenAI (`payi_openai_url(payi_base_url=…)`).
 pub const PAYI_OPENAI_PREFIX: &str = "/api/v1/proxy/openai";
@@ -65,7 +67,7 @@ impl Default for ProxySettings {
     #[expect(clippy::expect_used, reason = "a constant URL that parses (tests use the default)")]
     fn default() -> Self {
         ProxySettings {
-            upstream: reqwest::Url::parse(crate::client::DEFAULT_BASE_URL).expect("valid default"),
+            upstream: reqwest::Url::parse(llm_meter::client::DEFAULT_BASE_URL).expect("valid default"),
             allowed_upstreams: Vec::new(),
             keys: Vec::new(),
             upstream_api_key: None,
@@ -179,8 +181,8 @@ impl Proxy {
 pub fn from_config(
     config: &crate::config::Config,
     upstream: Option<&str>,
-    telemetry: &crate::telemetry::Telemetry,
-) -> Result<(Proxy, Arc<crate::limits::MemoryLedger>), Box<dyn std::error::Error + Send + Sync>> {
+    telemetry: &llm_meter::telemetry::Telemetry,
+) -> Result<(Proxy, Arc<llm_meter::limits::MemoryLedger>), Box<dyn std::error::Error + Send + Sync>> {
     let ledger = Arc::new(config.ledger()?);
     let mut meter = telemetry
         .meter_builder()
@@ -392,7 +394,7 @@ fn server_span(method: &Method, route: &str, headers: &HeaderMap) -> tracing::Sp
         http.request.method = %method,
         http.route = route,
     );
-    if let Some(parent) = crate::telemetry::span::extract_trace_context(headers) {
+    if let Some(parent) = llm_meter::telemetry::span::extract_trace_context(headers) {
         let _ = span.set_parent(parent);
     }
     span

@@ -147,9 +147,7 @@ fn the_proxy_saves_its_ledger_when_interrupted() {
         .build()
         .unwrap();
     let mock = rt
-        .block_on(llm_meter::mock::MockServer::start(
-            llm_meter::mock::MockConfig::default(),
-        ))
+        .block_on(llm_meter_mock::MockServer::start(llm_meter_mock::MockConfig::default()))
         .unwrap();
     for signal in ["INT", "TERM"] {
         let dir = std::env::temp_dir().join(format!("llm-meter-cli-ledger-{}-{signal}", std::process::id()));

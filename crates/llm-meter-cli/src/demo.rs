@@ -18,13 +18,13 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::json;
 
-use crate::annotations::Annotations;
-use crate::client::{Client, Error};
-use crate::limits::{AdmissionMode, Ledger, LimitConfig, LimitKind, MemoryLedger};
-use crate::mock::{MockConfig, MockServer};
-use crate::proxy::{Proxy, ProxySettings};
-use crate::record::{CallRecord, ErrorType};
-use crate::telemetry::{prometheus, Telemetry};
+use llm_meter::annotations::Annotations;
+use llm_meter::client::{Client, Error};
+use llm_meter::limits::{AdmissionMode, Ledger, LimitConfig, LimitKind, MemoryLedger};
+use llm_meter::record::{CallRecord, ErrorType};
+use llm_meter::telemetry::{prometheus, Telemetry};
+use llm_meter_mock::{MockConfig, MockServer};
+use llm_meter_proxy::{Proxy, ProxySettings};
 
 /// Demo settings.
 #[derive(Clone, Debug)]

@@ -5,10 +5,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use llm_meter::config::Config;
-use llm_meter::demo::{self, DemoConfig};
-use llm_meter::mock::{self, MockConfig};
 use llm_meter::telemetry::Telemetry;
+use llm_meter_cli::demo::{self, DemoConfig};
+use llm_meter_mock::{self as mock, MockConfig};
+use llm_meter_proxy::config::Config;
 
 #[derive(Parser)]
 #[command(name = "llm-meter", version, about = "Observability for LLM chat-completion calls")]
@@ -112,7 +112,7 @@ async fn run_proxy(
         .labels(config.label_policy())
         .build()?
         .install()?;
-    let (proxy, ledger) = llm_meter::proxy::from_config(&config, upstream.as_deref(), &telemetry)?;
+    let (proxy, ledger) = llm_meter_proxy::from_config(&config, upstream.as_deref(), &telemetry)?;
     let upstream = config.proxy_settings(upstream.as_deref())?.upstream;
     // Listen for SIGINT and SIGTERM before announcing the address, so no signal is missed.
     let mut stop = Stop::new()?;

@@ -2,8 +2,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
-use llm_meter::demo::{run, DemoConfig};
 use llm_meter::telemetry::Telemetry;
+use llm_meter_cli::demo::{run, DemoConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_traffic_shows_on_metrics() {
