@@ -18,6 +18,12 @@ cargo fmt --all -- --check
 echo "== cargo clippy (all targets, all features, warnings are errors)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
+echo "== the library with each feature on its own (and with none)"
+for features in "" rustls native-tls prometheus otlp-http otlp-grpc log async-openai; do
+  echo "   features: ${features:-(none)}"
+  cargo clippy -q -p llm-meter --lib --no-default-features ${features:+--features "$features"} -- -D warnings
+done
+
 echo "== dashboards, alert rules (promtool check + test rules) and the docker-compose stack, statically"
 python=${LLM_METER_PYTHON:-.venv/bin/python}
 "$python" tests/python/check_dashboards.py

@@ -22,13 +22,21 @@ use std::time::Duration;
 use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::KeyValue;
+#[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
 use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::metrics::{Instrument, PeriodicReader, SdkMeterProvider, Stream};
-use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider, SpanData, SpanExporter};
+#[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
+use opentelemetry_sdk::metrics::PeriodicReader;
+use opentelemetry_sdk::metrics::{Instrument, SdkMeterProvider, Stream};
+use opentelemetry_sdk::trace::SdkTracerProvider;
+#[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
+use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SpanData, SpanExporter};
 use opentelemetry_sdk::Resource;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
+
+/// Whether this build has any OTLP transport (features `otlp-http`, `otlp-grpc`).
+const OTLP_BUILT: bool = cfg!(any(feature = "otlp-http", feature = "otlp-grpc"));
 
 use crate::meter::{Meter, MeterBuilder};
 use crate::semconv;
@@ -66,6 +74,7 @@ pub struct InitError(pub String);
 
 /// Where and how OTLP goes, for one signal.
 #[derive(Clone, Debug)]
+#[cfg_attr(not(any(feature = "otlp-http", feature = "otlp-grpc")), allow(dead_code))]
 struct Otlp {
     protocol: Protocol,
     /// Base endpoint (`http://host:4318`); the HTTP signal path is appended. `None`: the crate's
@@ -234,6 +243,13 @@ impl TelemetryBuilder {
         if let Some(e) = self.env_error {
             return Err(e);
         }
+        if !OTLP_BUILT && (self.otlp_traces.is_some() || self.otlp_metrics.is_some()) {
+            return Err(InitError(
+                "OTLP export is asked for (builder or OTEL_EXPORTER_OTLP_* variables) but this build has no OTLP \
+                 transport: enable llm-meter's `otlp-http` or `otlp-grpc` feature"
+                    .into(),
+            ));
+        }
         let mut resource = Resource::builder();
         if let Some(name) = &self.service_name {
             resource = resource.with_service_name(name.clone());
@@ -241,24 +257,35 @@ impl TelemetryBuilder {
         let resource = resource.build();
         let stats = Arc::new(ExportStats::default());
 
+        #[cfg_attr(not(any(feature = "otlp-http", feature = "otlp-grpc")), allow(unused_mut))]
         let mut tracer = SdkTracerProvider::builder().with_resource(resource.clone());
         if let Some(otlp) = &self.otlp_traces {
+            #[cfg(not(any(feature = "otlp-http", feature = "otlp-grpc")))]
+            let _ = (otlp, &stats);
+            #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
             let exporter = CountingExporter {
                 inner: span_exporter(otlp, self.export_timeout)?,
                 stats: stats.clone(),
             };
-            let batch = BatchConfigBuilder::default()
-                .with_max_queue_size(self.span_queue)
-                .build();
-            let processor = BatchSpanProcessor::builder(exporter).with_batch_config(batch).build();
-            tracer = tracer.with_span_processor(CountingProcessor {
-                inner: processor,
-                stats: stats.clone(),
-            });
+            #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
+            {
+                let batch = BatchConfigBuilder::default()
+                    .with_max_queue_size(self.span_queue)
+                    .build();
+                let processor = BatchSpanProcessor::builder(exporter).with_batch_config(batch).build();
+                tracer = tracer.with_span_processor(CountingProcessor {
+                    inner: processor,
+                    stats: stats.clone(),
+                });
+            }
         }
         let tracer_provider = tracer.build();
 
         let limit = self.cardinality_limit;
+        #[cfg_attr(
+            not(any(feature = "prometheus", feature = "otlp-http", feature = "otlp-grpc")),
+            allow(unused_mut)
+        )]
         let mut meters = SdkMeterProvider::builder()
             .with_resource(resource)
             .with_view(move |i: &Instrument| {
@@ -266,6 +293,7 @@ impl TelemetryBuilder {
                     .then(|| Stream::builder().with_cardinality_limit(limit).build().ok())
                     .flatten()
             });
+        #[cfg(feature = "prometheus")]
         let registry = if self.prometheus {
             let registry = prometheus::Registry::new();
             let exporter = opentelemetry_prometheus::exporter()
@@ -278,6 +306,13 @@ impl TelemetryBuilder {
         } else {
             None
         };
+        #[cfg(not(feature = "prometheus"))]
+        if self.prometheus {
+            return Err(InitError(
+                "Prometheus metrics need llm-meter's `prometheus` feature (or call .prometheus(false))".into(),
+            ));
+        }
+        #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
         if let Some(otlp) = &self.otlp_metrics {
             let exporter = metric_exporter(otlp, self.export_timeout)?;
             meters = meters.with_reader(
@@ -303,6 +338,7 @@ impl TelemetryBuilder {
             inner: Arc::new(TelemetryInner {
                 tracer_provider,
                 meter_provider,
+                #[cfg(feature = "prometheus")]
                 registry,
                 metrics,
                 stats,
@@ -313,11 +349,13 @@ impl TelemetryBuilder {
     }
 }
 
+#[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
 fn http_endpoint(base: &str, path: &str) -> String {
     format!("{}/{path}", base.trim_end_matches('/'))
 }
 
 /// The settings both transports share; the signal's HTTP path is appended to a base endpoint.
+#[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
 fn configure<B: opentelemetry_otlp::WithExportConfig>(
     b: B,
     otlp: &Otlp,
@@ -332,6 +370,7 @@ fn configure<B: opentelemetry_otlp::WithExportConfig>(
     }
 }
 
+#[cfg(feature = "otlp-grpc")]
 fn with_tonic_headers<B: opentelemetry_otlp::WithTonicConfig>(b: B, otlp: &Otlp) -> Result<B, InitError> {
     Ok(if otlp.headers.is_empty() {
         b
@@ -340,36 +379,66 @@ fn with_tonic_headers<B: opentelemetry_otlp::WithTonicConfig>(b: B, otlp: &Otlp)
     })
 }
 
+/// A transport this build does not have: says which feature brings it.
+#[cfg(all(
+    any(feature = "otlp-http", feature = "otlp-grpc"),
+    not(all(feature = "otlp-http", feature = "otlp-grpc"))
+))]
+fn missing(protocol: Protocol) -> InitError {
+    let feature = match protocol {
+        Protocol::Grpc => "otlp-grpc",
+        Protocol::HttpProtobuf => "otlp-http",
+    };
+    InitError(format!("OTLP over {protocol:?} needs llm-meter's `{feature}` feature"))
+}
+
+#[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
 fn span_exporter(otlp: &Otlp, timeout: Duration) -> Result<opentelemetry_otlp::SpanExporter, InitError> {
-    use opentelemetry_otlp::{SpanExporter, WithHttpConfig};
+    use opentelemetry_otlp::SpanExporter;
     let built = match otlp.protocol {
+        #[cfg(feature = "otlp-grpc")]
         Protocol::Grpc => with_tonic_headers(
             configure(SpanExporter::builder().with_tonic(), otlp, timeout, None),
             otlp,
         )?
         .build(),
-        Protocol::HttpProtobuf => configure(SpanExporter::builder().with_http(), otlp, timeout, Some("v1/traces"))
-            .with_headers(otlp.headers.clone())
-            .build(),
+        #[cfg(feature = "otlp-http")]
+        Protocol::HttpProtobuf => {
+            use opentelemetry_otlp::WithHttpConfig;
+            configure(SpanExporter::builder().with_http(), otlp, timeout, Some("v1/traces"))
+                .with_headers(otlp.headers.clone())
+                .build()
+        }
+        #[cfg(not(all(feature = "otlp-http", feature = "otlp-grpc")))]
+        other => return Err(missing(other)),
     };
     built.map_err(|e| InitError(format!("OTLP span exporter: {e}")))
 }
 
+#[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
 fn metric_exporter(otlp: &Otlp, timeout: Duration) -> Result<opentelemetry_otlp::MetricExporter, InitError> {
-    use opentelemetry_otlp::{MetricExporter, WithHttpConfig};
+    use opentelemetry_otlp::MetricExporter;
     let built = match otlp.protocol {
+        #[cfg(feature = "otlp-grpc")]
         Protocol::Grpc => with_tonic_headers(
             configure(MetricExporter::builder().with_tonic(), otlp, timeout, None),
             otlp,
         )?
         .build(),
-        Protocol::HttpProtobuf => configure(MetricExporter::builder().with_http(), otlp, timeout, Some("v1/metrics"))
-            .with_headers(otlp.headers.clone())
-            .build(),
+        #[cfg(feature = "otlp-http")]
+        Protocol::HttpProtobuf => {
+            use opentelemetry_otlp::WithHttpConfig;
+            configure(MetricExporter::builder().with_http(), otlp, timeout, Some("v1/metrics"))
+                .with_headers(otlp.headers.clone())
+                .build()
+        }
+        #[cfg(not(all(feature = "otlp-http", feature = "otlp-grpc")))]
+        other => return Err(missing(other)),
     };
     built.map_err(|e| InitError(format!("OTLP metric exporter: {e}")))
 }
 
+#[cfg(feature = "otlp-grpc")]
 fn metadata(
     headers: &HashMap<String, String>,
 ) -> Result<opentelemetry_otlp::tonic_types::metadata::MetadataMap, InitError> {
@@ -423,12 +492,14 @@ impl ExportStats {
     }
 }
 
+#[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
 #[derive(Debug)]
 struct CountingExporter<E> {
     inner: E,
     stats: Arc<ExportStats>,
 }
 
+#[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
 impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let n = batch.len() as u64;
@@ -452,12 +523,14 @@ impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
     }
 }
 
+#[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
 #[derive(Debug)]
 struct CountingProcessor<P> {
     inner: P,
     stats: Arc<ExportStats>,
 }
 
+#[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
 impl<P: opentelemetry_sdk::trace::SpanProcessor> opentelemetry_sdk::trace::SpanProcessor for CountingProcessor<P> {
     fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &opentelemetry::Context) {
         self.inner.on_start(span, cx)
@@ -489,6 +562,7 @@ pub struct Telemetry {
 struct TelemetryInner {
     tracer_provider: SdkTracerProvider,
     meter_provider: SdkMeterProvider,
+    #[cfg(feature = "prometheus")]
     registry: Option<prometheus::Registry>,
     metrics: Metrics,
     stats: Arc<ExportStats>,
@@ -523,6 +597,7 @@ impl Telemetry {
     }
 
     /// The Prometheus registry behind `/metrics`, when Prometheus is on.
+    #[cfg(feature = "prometheus")]
     pub fn registry(&self) -> Option<&prometheus::Registry> {
         self.inner.registry.as_ref()
     }
@@ -551,18 +626,22 @@ impl Telemetry {
             .with_location(false)
     }
 
-    /// Installs the global `tracing` subscriber: this OpenTelemetry layer plus a `fmt` layer
-    /// filtered by `RUST_LOG` (default `warn`). Fails when a global subscriber is already set.
+    /// Installs the global `tracing` subscriber: this OpenTelemetry layer, plus (feature `log`) a
+    /// `fmt` layer on stderr filtered by `RUST_LOG` (default `warn`). Fails when a global
+    /// subscriber is already set.
     pub fn install(self) -> Result<TelemetryGuard, InitError> {
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-        tracing_subscriber::registry()
-            .with(self.tracing_layer())
-            .with(
+        let registry = tracing_subscriber::registry().with(self.tracing_layer());
+        #[cfg(feature = "log")]
+        let registry = {
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+            registry.with(
                 tracing_subscriber::fmt::layer()
                     .with_writer(std::io::stderr)
                     .with_filter(filter),
             )
+        };
+        registry
             .try_init()
             .map_err(|e| InitError(format!("a global tracing subscriber is already set: {e}")))?;
         Ok(TelemetryGuard { telemetry: self })

@@ -4,6 +4,7 @@
 
 pub mod export;
 pub mod metrics;
+#[cfg(feature = "prometheus")]
 pub mod prometheus;
 pub mod span;
 
