@@ -151,7 +151,7 @@ impl TelemetryBuilder {
             service_name: None,
             otlp_traces: None,
             otlp_metrics: None,
-            prometheus: true,
+            prometheus: cfg!(feature = "prometheus"),
             labels: LabelPolicy::default(),
             cardinality_limit: 2000,
             span_queue: 2048,
@@ -199,7 +199,8 @@ impl TelemetryBuilder {
         self
     }
 
-    /// Serve metrics to a Prometheus registry (default on).
+    /// Serve metrics to a Prometheus registry (default on with the `prometheus` feature; asking
+    /// for it without the feature is an error at [`Self::build`]).
     pub fn prometheus(mut self, on: bool) -> Self {
         self.prometheus = on;
         self
