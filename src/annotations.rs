@@ -383,7 +383,10 @@ impl Annotations {
         let mut put = |name: &'static str, value: &str| {
             // Validated values hold no control characters, so this cannot fail; skip if it did.
             if let Ok(v) = HeaderValue::from_bytes(value.as_bytes()) {
-                headers.insert(HeaderName::from_static(lowercase_header(name)), v);
+                // `from_bytes` lowercases Pay-i's spelling; the names are valid constants.
+                if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+                    headers.insert(name, v);
+                }
             }
         };
         let singles = [
@@ -419,7 +422,7 @@ impl Annotations {
     /// present with an invalid value is an error naming that header.
     pub fn from_headers(headers: &HeaderMap) -> Result<Self, AnnotationError> {
         let text = |field: Field| -> Result<Option<&str>, AnnotationError> {
-            match headers.get(lowercase_header(field.header())) {
+            match headers.get(field.header()) {
                 None => Ok(None),
                 Some(v) => std::str::from_utf8(v.as_bytes())
                     .map(Some)
@@ -457,24 +460,6 @@ impl Annotations {
 
 fn parse_properties(field: Field, json: &str) -> Result<BTreeMap<String, String>, AnnotationError> {
     serde_json::from_str(json).map_err(|e| err(field, format!("must be a JSON object of string values: {e}")))
-}
-
-/// `HeaderName::from_static` wants lowercase; our constants keep Pay-i's spelling.
-fn lowercase_header(name: &'static str) -> &'static str {
-    match name {
-        semconv::HEADER_USE_CASE_NAME => "xproxy-usecase-name",
-        semconv::HEADER_USE_CASE_ID => "xproxy-usecase-id",
-        semconv::HEADER_USE_CASE_VERSION => "xproxy-usecase-version",
-        semconv::HEADER_USE_CASE_STEP => "xproxy-usecase-step",
-        semconv::HEADER_USE_CASE_PROPERTIES => "xproxy-usecase-properties",
-        semconv::HEADER_USER_ID => "xproxy-user-id",
-        semconv::HEADER_ACCOUNT_NAME => "xproxy-account-name",
-        semconv::HEADER_LIMIT_IDS => "xproxy-limit-ids",
-        semconv::HEADER_REQUEST_TAGS => "xproxy-request-tags",
-        semconv::HEADER_REQUEST_PROPERTIES => "xproxy-request-properties",
-        semconv::HEADER_API_KEY => "xproxy-api-key",
-        other => other,
-    }
 }
 
 impl fmt::Debug for Annotations {

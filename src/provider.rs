@@ -55,7 +55,7 @@ impl ProviderMeta {
         for (name, value) in headers {
             let name = name.as_str();
             // Every header we read starts with `x-r` or `openai-`: skip the rest cheaply.
-            if !(name.starts_with("x-r") || name.starts_with("openai-")) {
+            if !(name.starts_with("x-r") || name.starts_with(semconv::HEADER_OPENAI_PREFIX)) {
                 continue;
             }
             let Ok(text) = value.to_str() else { continue };

@@ -144,9 +144,17 @@ pub const HEADER_REQUEST_TAGS: &str = "xProxy-Request-Tags";
 pub const HEADER_REQUEST_PROPERTIES: &str = "xProxy-Request-Properties";
 /// Proxy key header: a secret, never recorded.
 pub const HEADER_API_KEY: &str = "xProxy-Api-Key";
+/// Header choosing another upstream for one proxied request (only from the allow-list).
+pub const HEADER_PROVIDER_BASE_URI: &str = "xProxy-Provider-BaseUri";
+/// Every Pay-i header starts with this, lowercased as HTTP/2 and `http::HeaderName` keep it.
+pub const HEADER_XPROXY_PREFIX: &str = "xproxy-";
 
 // ---- OpenAI response headers -----------------------------------------------------------------
 
+/// Every OpenAI debug header starts with this.
+pub const HEADER_OPENAI_PREFIX: &str = "openai-";
+/// Every rate-limit header starts with this (`x-ratelimit-…`); `x-request-id` shares `x-r`.
+pub const HEADER_RATELIMIT_PREFIX: &str = "x-ratelimit-";
 /// `openai-organization` header.
 pub const HEADER_OPENAI_ORGANIZATION: &str = "openai-organization";
 /// `openai-processing-ms` header.

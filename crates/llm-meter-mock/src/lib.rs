@@ -23,6 +23,7 @@ use axum::routing::post;
 use axum::Router;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use llm_meter::semconv;
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -525,13 +526,13 @@ async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Byt
     let request_id = random_id(&state.counter, "req_", 32, HEX);
     let mut head = HeaderMap::new();
     if let Ok(id) = HeaderValue::from_str(&request_id) {
-        head.insert("x-request-id", id);
+        head.insert(semconv::HEADER_REQUEST_ID, id);
     }
     head.insert(
-        "openai-organization",
+        semconv::HEADER_OPENAI_ORGANIZATION,
         HeaderValue::from_static("user-mockorg0000000000000000"),
     );
-    head.insert("openai-version", HeaderValue::from_static("2020-10-01"));
+    head.insert(semconv::HEADER_OPENAI_VERSION, HeaderValue::from_static("2020-10-01"));
 
     if let Some(key) = &cfg.api_key {
         let ok = header_str(&headers, "authorization").and_then(|v| v.strip_prefix("Bearer ")) == Some(key.as_str());
@@ -646,24 +647,36 @@ async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Byt
             head.insert(name, v);
         }
     };
-    put(&mut head, "x-ratelimit-limit-requests", cfg.limit_requests.to_string());
-    put(&mut head, "x-ratelimit-limit-tokens", cfg.limit_tokens.to_string());
     put(
         &mut head,
-        "x-ratelimit-remaining-requests",
+        semconv::HEADER_RATELIMIT_LIMIT_REQUESTS,
+        cfg.limit_requests.to_string(),
+    );
+    put(
+        &mut head,
+        semconv::HEADER_RATELIMIT_LIMIT_TOKENS,
+        cfg.limit_tokens.to_string(),
+    );
+    put(
+        &mut head,
+        semconv::HEADER_RATELIMIT_REMAINING_REQUESTS,
         remaining_requests.to_string(),
     );
-    put(&mut head, "x-ratelimit-remaining-tokens", remaining_tokens.to_string());
+    put(
+        &mut head,
+        semconv::HEADER_RATELIMIT_REMAINING_TOKENS,
+        remaining_tokens.to_string(),
+    );
     // Requests replenish one by one, tokens in proportion: report time to a full refill.
     let per_request = cfg.window / u32::try_from(cfg.limit_requests.max(1)).unwrap_or(u32::MAX);
     put(
         &mut head,
-        "x-ratelimit-reset-requests",
+        semconv::HEADER_RATELIMIT_RESET_REQUESTS,
         format_reset(per_request.min(reset)),
     );
     put(
         &mut head,
-        "x-ratelimit-reset-tokens",
+        semconv::HEADER_RATELIMIT_RESET_TOKENS,
         format_reset(reset.mul_f64((cfg.limit_tokens - remaining_tokens) as f64 / cfg.limit_tokens.max(1) as f64)),
     );
 
@@ -754,7 +767,7 @@ async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Byt
     let processing = started.elapsed() + cfg.chunk_delay * plan.chunks;
     put(
         &mut head,
-        "openai-processing-ms",
+        semconv::HEADER_OPENAI_PROCESSING_MS,
         processing.as_millis().max(1).to_string(),
     );
 
@@ -992,19 +1005,25 @@ fn rate_limited(
     let secs = reset.as_secs_f64().ceil().max(1.0) as u64;
     head.insert("retry-after", HeaderValue::from(secs));
     head.insert("retry-after-ms", HeaderValue::from(reset.as_millis().max(1) as u64));
-    head.insert("x-ratelimit-limit-requests", HeaderValue::from(cfg.limit_requests));
-    head.insert("x-ratelimit-limit-tokens", HeaderValue::from(cfg.limit_tokens));
     head.insert(
-        "x-ratelimit-remaining-requests",
+        semconv::HEADER_RATELIMIT_LIMIT_REQUESTS,
+        HeaderValue::from(cfg.limit_requests),
+    );
+    head.insert(
+        semconv::HEADER_RATELIMIT_LIMIT_TOKENS,
+        HeaderValue::from(cfg.limit_tokens),
+    );
+    head.insert(
+        semconv::HEADER_RATELIMIT_REMAINING_REQUESTS,
         HeaderValue::from(cfg.limit_requests.saturating_sub(w.requests)),
     );
     head.insert(
-        "x-ratelimit-remaining-tokens",
+        semconv::HEADER_RATELIMIT_REMAINING_TOKENS,
         HeaderValue::from(cfg.limit_tokens.saturating_sub(w.tokens)),
     );
     if let Ok(v) = HeaderValue::from_str(&format_reset(reset)) {
-        head.insert("x-ratelimit-reset-requests", v.clone());
-        head.insert("x-ratelimit-reset-tokens", v);
+        head.insert(semconv::HEADER_RATELIMIT_RESET_REQUESTS, v.clone());
+        head.insert(semconv::HEADER_RATELIMIT_RESET_TOKENS, v);
     }
     respond(
         StatusCode::TOO_MANY_REQUESTS,

@@ -40,7 +40,7 @@ use llm_meter::xproxy::{add_json_field, XProxyResult};
 pub const PAYI_OPENAI_PREFIX: &str = "/api/v1/proxy/openai";
 
 /// Header choosing another upstream for one request (only from the allow-list).
-pub const HEADER_PROVIDER_BASE_URI: &str = "xproxy-provider-baseuri";
+pub const HEADER_PROVIDER_BASE_URI: &str = semconv::HEADER_PROVIDER_BASE_URI;
 
 /// Proxy settings.
 #[derive(Clone, Debug)]
@@ -233,7 +233,7 @@ fn authorize(settings: &ProxySettings, headers: &HeaderMap) -> Result<(), Reject
         return Ok(());
     }
     let presented = headers
-        .get("xproxy-api-key")
+        .get(semconv::HEADER_API_KEY)
         .map(HeaderValue::as_bytes)
         .unwrap_or_default();
     if key_matches(presented, &settings.keys) {
@@ -257,9 +257,9 @@ fn upstream_base(settings: &ProxySettings, headers: &HeaderMap) -> Result<reqwes
     let bad = |why: &str| {
         Box::new(error_response(
             StatusCode::BAD_REQUEST,
-            &format!("xProxy-Provider-BaseUri: {why}"),
+            &format!("{}: {why}", semconv::HEADER_PROVIDER_BASE_URI),
             "invalid_request_error",
-            Some("xProxy-Provider-BaseUri"),
+            Some(semconv::HEADER_PROVIDER_BASE_URI),
             "invalid_header",
         ))
     };
@@ -326,7 +326,7 @@ fn upstream_request_headers(inner: &ProxyInner, incoming: &HeaderMap, observed: 
     let connection = connection_tokens(incoming);
     let mut out = HeaderMap::with_capacity(incoming.len());
     for (name, value) in incoming {
-        if is_hop_by_hop(name, &connection) || name.as_str().starts_with("xproxy-") {
+        if is_hop_by_hop(name, &connection) || name.as_str().starts_with(semconv::HEADER_XPROXY_PREFIX) {
             continue;
         }
         // Observed calls must read the body: ask the provider for it uncompressed.
@@ -466,8 +466,8 @@ async fn chat_inner(proxy: Proxy, request: Request, server_span: Option<&tracing
             StatusCode::FORBIDDEN,
             &json!({
                 "error": {"message": message, "type": "limit_reached", "param": null, "code": "limit_reached"},
-                "xproxy_error": {"code": "limit_reached", "message": message},
-                "xproxy_result": XProxyResult::from_record(&record),
+                (semconv::XPROXY_ERROR): {"code": "limit_reached", "message": message},
+                (semconv::XPROXY_RESULT): XProxyResult::from_record(&record),
             }),
         );
     }
