@@ -370,14 +370,12 @@ impl Client {
             .inner
             .meter
             .start(self.inner.server.clone(), annotations, prepared.facts);
-        if self.inner.meter.enforces_limits() {
-            if let Err(blocked) = call.admit(prepared.body.len()) {
-                let record = call.finish_blocked(blocked.clone());
-                return Err(Error::LimitReached {
-                    blocked_limit_ids: blocked,
-                    record: Box::new(record),
-                });
-            }
+        if let Err(blocked) = call.admit(prepared.body.len()) {
+            let record = call.finish_blocked(blocked.clone());
+            return Err(Error::LimitReached {
+                blocked_limit_ids: blocked,
+                record: Box::new(record),
+            });
         }
         let mut headers = self.inner.headers.clone();
         call.inject_trace_context(&mut headers);

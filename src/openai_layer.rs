@@ -146,6 +146,20 @@ where
             let mut call = layer
                 .meter
                 .start(Server::of(request.url()), &annotations, prepared.facts);
+            // The same admission as every door: refused before the provider is called.
+            if let Err(blocked) = call.admit(prepared.body.len()) {
+                let message = format!("refused by limit {}: the budget is spent", blocked.join(", "));
+                call.finish_blocked(blocked);
+                return Err(OpenAIError::ApiError(async_openai::error::ApiErrorResponse {
+                    status_code: http::StatusCode::FORBIDDEN,
+                    api_error: async_openai::error::ApiError {
+                        message,
+                        r#type: Some(ErrorType::LimitReached.as_str().to_owned()),
+                        code: Some(ErrorType::LimitReached.as_str().to_owned()),
+                        ..Default::default()
+                    },
+                }));
+            }
             let mut headers = request.headers().clone();
             call.inject_trace_context(&mut headers);
             let factory = rebuild(&request, headers, Bytes::from(prepared.body));

@@ -173,3 +173,56 @@ async fn the_async_openai_example_runs_and_checks_what_it_shows() {
     let _capture = capture_spans();
     example::run().await.expect("the example's checks hold");
 }
+
+#[tokio::test]
+async fn the_layer_refuses_calls_a_block_limit_refuses_like_every_door() {
+    use llm_meter::limits::{AdmissionMode, LimitConfig, LimitKind, MemoryLedger};
+    let _capture = capture_spans();
+    let mock = MockServer::start(MockConfig::default()).await.unwrap();
+    let ledger = Arc::new(
+        MemoryLedger::new(vec![LimitConfig {
+            id: "cap".into(),
+            max: 0.0001,
+            threshold: None,
+            kind: LimitKind::Block,
+            reset: None,
+            admission: AdmissionMode::Spent,
+        }])
+        .unwrap(),
+    );
+    let records: Records = Arc::default();
+    let sink = records.clone();
+    let meter = Meter::builder()
+        .ledger(ledger)
+        .enforce_limits(true)
+        .hook(move |r: &CallRecord| sink.lock().unwrap().push(r.clone()))
+        .build()
+        .unwrap();
+    let service = tower::ServiceBuilder::new()
+        .layer(MeterLayer::new(meter))
+        .service(ReqwestService::new(reqwest::Client::new()));
+    let config = OpenAIConfig::new().with_api_base(mock.base_url()).with_api_key("sk-x");
+    let client = async_openai::Client::with_config(config).with_http_service(service);
+    let capped = Annotations::builder().limit_ids(["cap"]).build().unwrap();
+    // The first call spends past the $0.0001 max; the second is refused before the provider.
+    with_annotations(capped.clone(), client.chat().create(request(false)))
+        .await
+        .unwrap();
+    let err = with_annotations(capped, client.chat().create(request(false)))
+        .await
+        .unwrap_err();
+    match err {
+        async_openai::error::OpenAIError::ApiError(e) => {
+            assert_eq!(e.status_code, 403);
+            assert_eq!(e.api_error.code.as_deref(), Some("limit_reached"));
+            assert!(e.api_error.message.contains("cap"), "{}", e.api_error.message);
+        }
+        other => panic!("not an API error: {other:?}"),
+    }
+    assert_eq!(mock.received().len(), 1, "the refused call never reached the provider");
+    let r = records.lock().unwrap().pop().unwrap();
+    assert_eq!(
+        (r.error, r.blocked_limit_ids.clone()),
+        (Some(ErrorType::LimitReached), vec!["cap".to_owned()])
+    );
+}

@@ -132,7 +132,7 @@ impl Proxy {
         Ok(Proxy {
             inner: Arc::new(ProxyInner {
                 settings,
-                meter,
+                meter: meter.enforcing_limits(),
                 http,
                 upstream_auth,
             }),
