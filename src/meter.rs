@@ -243,6 +243,28 @@ impl Server {
     }
 }
 
+/// What the provider answered (or why there is no answer), as one value.
+struct Answer {
+    status: Option<StatusCode>,
+    meta: ProviderMeta,
+    response: ResponseFacts,
+    usage: Option<crate::provider::Usage>,
+    error: Option<ErrorType>,
+}
+
+impl Answer {
+    /// No answer: the call failed (or was refused) with `error`.
+    fn failed(error: ErrorType) -> Self {
+        Answer {
+            status: None,
+            meta: ProviderMeta::default(),
+            response: ResponseFacts::default(),
+            usage: None,
+            error: Some(error),
+        }
+    }
+}
+
 /// One call in flight: everything needed to finish its record.
 pub struct Call {
     meter: Meter,
@@ -475,20 +497,8 @@ impl Call {
                 }
             }
         }
-        if let Some(metrics) = &self.meter.inner.metrics {
-            metrics.record_blocked(&blocked);
-        }
-        self.finish_with(
-            None,
-            ProviderMeta::default(),
-            ResponseFacts::default(),
-            None,
-            None,
-            Some(ErrorType::LimitReached),
-            None,
-            limits,
-            blocked,
-        )
+        let answer = Answer::failed(ErrorType::LimitReached);
+        self.finish_with(answer, None, None, limits, blocked)
     }
 
     /// The call's span (disabled when spans are off).
@@ -506,14 +516,7 @@ impl Call {
 
     /// Finishes a call that got no answer.
     pub fn fail(self, error: ErrorType) -> CallRecord {
-        self.finish(
-            None,
-            ProviderMeta::default(),
-            ResponseFacts::default(),
-            None,
-            None,
-            Some(error),
-        )
+        self.finish(Answer::failed(error), None)
     }
 
     /// Finishes a call from the provider's whole (non-streaming) answer.
@@ -527,7 +530,14 @@ impl Call {
                 (ResponseFacts::default(), None)
             }
         };
-        self.finish(Some(status), meta, facts, usage, None, error)
+        let answer = Answer {
+            status: Some(status),
+            meta,
+            response: facts,
+            usage,
+            error,
+        };
+        self.finish(answer, None)
     }
 
     /// Observes a streaming answer on its way to the caller; the record is finished when the
@@ -563,18 +573,11 @@ impl Call {
         }
     }
 
-    fn finish(
-        self,
-        status: Option<StatusCode>,
-        meta: ProviderMeta,
-        response: ResponseFacts,
-        usage: Option<crate::provider::Usage>,
-        stream: Option<&StreamObserver>,
-        error: Option<ErrorType>,
-    ) -> CallRecord {
-        let model = response.model.as_deref().unwrap_or(&self.request.model);
-        let cost = usage.and_then(|u| {
-            let tier = response.service_tier.as_deref();
+    /// Prices the answer, settles it on the ledger and finishes the record.
+    fn finish(self, answer: Answer, stream: Option<&StreamObserver>) -> CallRecord {
+        let model = answer.response.model.as_deref().unwrap_or(&self.request.model);
+        let cost = answer.usage.and_then(|u| {
+            let tier = answer.response.service_tier.as_deref();
             self.meter.inner.prices.cost_at(model, tier, &u)
         });
         let limits = match &self.meter.inner.ledger {
@@ -585,22 +588,26 @@ impl Call {
             ),
             _ => Vec::new(),
         };
-        self.finish_with(status, meta, response, usage, stream, error, cost, limits, Vec::new())
+        self.finish_with(answer, stream, cost, limits, Vec::new())
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Builds the one [`CallRecord`] of the call and hands it to every sink: span, metrics,
+    /// hooks.
     fn finish_with(
         mut self,
-        status: Option<StatusCode>,
-        meta: ProviderMeta,
-        response: ResponseFacts,
-        usage: Option<crate::provider::Usage>,
+        answer: Answer,
         stream: Option<&StreamObserver>,
-        error: Option<ErrorType>,
         cost: Option<Cost>,
         limits: Vec<(String, LimitState)>,
         blocked_limit_ids: Vec<String>,
     ) -> CallRecord {
+        let Answer {
+            status,
+            meta,
+            response,
+            usage,
+            error,
+        } = answer;
         let duration = self.started.elapsed();
         let (ttfc, tpoc, chunks) = match stream {
             Some(o) => {
@@ -779,8 +786,14 @@ impl ChatStream {
                 .or(error)
                 .or(o.error)
                 .or_else(|| (!o.done).then_some(ErrorType::Truncated));
-            let facts = std::mem::take(&mut o.facts);
-            self.record = Some(call.finish(Some(self.status), meta, facts, o.usage, Some(o), error));
+            let answer = Answer {
+                status: Some(self.status),
+                meta,
+                response: std::mem::take(&mut o.facts),
+                usage: o.usage,
+                error,
+            };
+            self.record = Some(call.finish(answer, Some(o)));
         }
     }
 

@@ -416,6 +416,9 @@ impl Metrics {
     /// label set are bound once and kept (up to [`MAX_BOUND_SERIES`] label sets), so a call
     /// costs atomic updates, not the SDK's per-update sorting and hashing of attributes.
     pub fn record(&self, r: &CallRecord) {
+        if !r.blocked_limit_ids.is_empty() {
+            self.record_blocked(&r.blocked_limit_ids);
+        }
         let labels = self.labels(r);
         match self.series(&labels) {
             Some(series) => series.record(&self.inner, r, &labels),
@@ -487,7 +490,7 @@ impl Metrics {
     }
 
     /// Counts a call refused by `blocked` limits.
-    pub fn record_blocked(&self, blocked: &[String]) {
+    fn record_blocked(&self, blocked: &[String]) {
         for id in blocked {
             let label = self.capped(&self.inner.limit_ids, id);
             self.inner.blocked.add(1, &[label]);
