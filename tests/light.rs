@@ -11,7 +11,6 @@ fn normal_dependencies(features: &[&str]) -> BTreeSet<String> {
     let mut cmd = Command::new(env!("CARGO"));
     cmd.args([
         "tree",
-        "--offline",
         "--locked",
         "-p",
         "llm-meter",
