@@ -1,6 +1,22 @@
 //! The observation pipeline shared by every way in (the [`Client`](crate::Client), the
 //! async-openai layer, the proxy): prepare the request body, open the span, and turn the
 //! provider's answer — a whole body or a stream — into one [`CallRecord`] for every sink.
+//!
+//! Every call goes through the same steps, whichever door it came in by:
+//!
+//! 1. **Prepare** ([`Meter::prepare`]): read the request's facts (model, stream, params), merge
+//!    model defaults, ask for stream usage when the caller did not.
+//! 2. **Start** ([`Meter::start`]): open the span (a child of the caller's), start the clock.
+//! 3. **Admit** ([`Call::admit`]): when the meter enforces limits, reserve the worst case on
+//!    every limit the call names, or refuse it before the provider is called
+//!    ([`Call::finish_blocked`]).
+//! 4. **Send**: the door sends the prepared body, with trace context
+//!    ([`Call::inject_trace_context`]).
+//! 5. **Observe**: a whole body ([`Call::finish_body`]), a stream ([`Call::observe_stream`],
+//!    which never buffers and finishes at `[DONE]`, on error or when dropped), or no answer
+//!    ([`Call::fail`]).
+//! 6. **Finish**: price the answer at the tier that served it, settle it on the ledger, build
+//!    the one [`CallRecord`], and hand it to every sink: the span, the metrics, the hooks.
 
 use std::collections::HashMap;
 use std::fmt;

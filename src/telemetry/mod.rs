@@ -1,6 +1,6 @@
 //! Sinks that turn a [`CallRecord`](crate::CallRecord) into telemetry, and the exporters that
 //! ship it: the `tracing` span ([`span`]), metric instruments ([`metrics`]), the Prometheus
-//! `/metrics` endpoint ([`prometheus`]) and the OTLP/provider set-up ([`export`]).
+//! `/metrics` endpoint (`prometheus`, feature `prometheus`) and the OTLP/provider set-up ([`export`]).
 
 pub mod export;
 pub mod metrics;
