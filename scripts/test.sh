@@ -18,6 +18,9 @@ cargo fmt --all -- --check
 echo "== cargo clippy (all targets, all features, warnings are errors)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
+echo "== library layers (no import from a layer above, no two modules importing each other)"
+python3 scripts/check-layers.py
+
 echo "== the library with each feature on its own (and with none)"
 for features in "" rustls native-tls prometheus otlp-http otlp-grpc log async-openai; do
   echo "   features: ${features:-(none)}"

@@ -21,59 +21,12 @@ use crate::annotations::Annotations;
 use crate::meter::{Call, Meter, MeterBuilder, Server};
 pub use crate::meter::{ChatStream, StreamUsage};
 use crate::provider::{ChatCompletion, ProviderMeta, Usage};
-use crate::record::{CallHook, CallRecord, ErrorType};
+pub use crate::record::Error;
+use crate::record::{CallHook, CallRecord};
 use crate::xproxy::XProxyResult;
 
 /// OpenAI's API base.
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
-
-/// Errors of the client itself. Provider errors (4xx, 5xx) are not errors here: they come back
-/// as a response with the provider's status and body.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// The request body could not be serialized, or is not a JSON object.
-    #[error("invalid request: {0}")]
-    InvalidRequest(String),
-    /// The HTTP exchange failed (connect, timeout, reset).
-    #[error("chat completion call failed ({kind}): {source}")]
-    Http {
-        /// Low-cardinality class, as recorded on the span.
-        kind: ErrorType,
-        /// The transport error.
-        #[source]
-        source: reqwest::Error,
-    },
-    /// Building the client failed.
-    #[error("invalid client configuration: {0}")]
-    Config(String),
-    /// A block limit refused the call; the provider was not called.
-    #[error("limit reached: refused by {}", blocked_limit_ids.join(", "))]
-    LimitReached {
-        /// The limits that refused the call.
-        blocked_limit_ids: Vec<String>,
-        /// The record of the refused call.
-        record: Box<CallRecord>,
-    },
-}
-
-impl Error {
-    /// The `error.type` this failure was recorded with.
-    pub fn error_type(&self) -> ErrorType {
-        match self {
-            Error::InvalidRequest(_) | Error::Config(_) => ErrorType::InvalidRequest,
-            Error::Http { kind, .. } => *kind,
-            Error::LimitReached { .. } => ErrorType::LimitReached,
-        }
-    }
-
-    pub(crate) fn http(source: reqwest::Error) -> Self {
-        Error::Http {
-            kind: ErrorType::from_reqwest(&source),
-            source,
-        }
-    }
-}
 
 /// Builder for [`Client`].
 pub struct ClientBuilder {

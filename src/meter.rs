@@ -34,11 +34,10 @@ use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::annotations::Annotations;
-use crate::client::Error;
 use crate::limits::{LimitState, SharedLedger};
 use crate::pricing::{Cost, PriceTable};
 use crate::provider::{ChatCompletion, ProviderMeta, ResponseFacts};
-use crate::record::{CallHook, CallId, CallRecord, ErrorType, RequestFacts, StreamOptions, Timings};
+use crate::record::{CallHook, CallId, CallRecord, Error, ErrorType, RequestFacts, StreamOptions, Timings};
 use crate::semconv;
 use crate::stream::{EventCutter, EventOutcome, StreamObserver};
 use crate::telemetry::metrics::Metrics;
@@ -226,6 +225,13 @@ impl MeterBuilder {
                 metrics.watch_ledger(ledger.clone());
             }
         })
+    }
+}
+
+impl crate::telemetry::Telemetry {
+    /// A meter builder already wired to these metrics.
+    pub fn meter_builder(&self) -> MeterBuilder {
+        Meter::builder().metrics(self.metrics())
     }
 }
 
@@ -800,7 +806,7 @@ impl ChatStream {
             let error = error.filter(|e| !(*e == ErrorType::Cancelled && o.done));
             let error = status_error(self.status)
                 .or(error)
-                .or(o.error)
+                .or(o.error.map(ErrorType::from))
                 .or_else(|| (!o.done).then_some(ErrorType::Truncated));
             let answer = Answer {
                 status: Some(self.status),

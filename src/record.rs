@@ -364,3 +364,60 @@ mod tests {
         );
     }
 }
+
+/// Errors of a call through llm-meter itself (every door: client, async-openai layer, proxy). Provider errors (4xx, 5xx) are not errors here: they come back
+/// as a response with the provider's status and body.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The request body could not be serialized, or is not a JSON object.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The HTTP exchange failed (connect, timeout, reset).
+    #[error("chat completion call failed ({kind}): {source}")]
+    Http {
+        /// Low-cardinality class, as recorded on the span.
+        kind: ErrorType,
+        /// The transport error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// Building the client failed.
+    #[error("invalid client configuration: {0}")]
+    Config(String),
+    /// A block limit refused the call; the provider was not called.
+    #[error("limit reached: refused by {}", blocked_limit_ids.join(", "))]
+    LimitReached {
+        /// The limits that refused the call.
+        blocked_limit_ids: Vec<String>,
+        /// The record of the refused call.
+        record: Box<CallRecord>,
+    },
+}
+
+impl Error {
+    /// The `error.type` this failure was recorded with.
+    pub fn error_type(&self) -> ErrorType {
+        match self {
+            Error::InvalidRequest(_) | Error::Config(_) => ErrorType::InvalidRequest,
+            Error::Http { kind, .. } => *kind,
+            Error::LimitReached { .. } => ErrorType::LimitReached,
+        }
+    }
+
+    pub(crate) fn http(source: reqwest::Error) -> Self {
+        Error::Http {
+            kind: ErrorType::from_reqwest(&source),
+            source,
+        }
+    }
+}
+
+impl From<crate::stream::StreamFault> for ErrorType {
+    fn from(fault: crate::stream::StreamFault) -> Self {
+        match fault {
+            crate::stream::StreamFault::Decode => ErrorType::Decode,
+            crate::stream::StreamFault::ErrorEvent => ErrorType::StreamError,
+        }
+    }
+}

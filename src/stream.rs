@@ -10,7 +10,15 @@
 use std::time::Instant;
 
 use crate::provider::{apply_chunk, ChunkKind, ResponseFacts, Usage};
-use crate::record::ErrorType;
+
+/// A problem in the stream itself (the record layer maps it to an `error.type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamFault {
+    /// An event that is not a chunk we can read.
+    Decode,
+    /// An `{"error": …}` event from the provider.
+    ErrorEvent,
+}
 
 /// Incremental SSE framer (WHATWG `text/event-stream` rules for `data:` fields).
 ///
@@ -230,7 +238,7 @@ pub struct StreamObserver {
     /// `[DONE]` seen.
     pub done: bool,
     /// First problem seen in the stream itself (`decode` or `stream_error`).
-    pub error: Option<ErrorType>,
+    pub error: Option<StreamFault>,
     last_outcome: EventOutcome,
 }
 
@@ -298,11 +306,11 @@ impl StreamObserver {
                     Ok(ChunkKind::Finish) => EventOutcome::Finish,
                     Ok(ChunkKind::UsageOnly) => EventOutcome::UsageOnly,
                     Ok(ChunkKind::Error) => {
-                        error.get_or_insert(ErrorType::StreamError);
+                        error.get_or_insert(StreamFault::ErrorEvent);
                         EventOutcome::Unreadable
                     }
                     Err(_) => {
-                        error.get_or_insert(ErrorType::Decode);
+                        error.get_or_insert(StreamFault::Decode);
                         EventOutcome::Unreadable
                     }
                 }

@@ -38,7 +38,6 @@ use tracing_subscriber::Layer;
 /// Whether this build has any OTLP transport (features `otlp-http`, `otlp-grpc`).
 const OTLP_BUILT: bool = cfg!(any(feature = "otlp-http", feature = "otlp-grpc"));
 
-use crate::meter::{Meter, MeterBuilder};
 use crate::semconv;
 use crate::telemetry::metrics::{LabelPolicy, Metrics};
 
@@ -580,11 +579,6 @@ impl Telemetry {
     /// llm-meter's metric instruments, for [`MeterBuilder::metrics`].
     pub fn metrics(&self) -> Metrics {
         self.inner.metrics.clone()
-    }
-
-    /// A meter builder already wired to these metrics.
-    pub fn meter_builder(&self) -> MeterBuilder {
-        Meter::builder().metrics(self.metrics())
     }
 
     /// The tracer provider (spans go to OTLP when configured).
