@@ -85,6 +85,15 @@ async fn exports_spans_and_metrics(protocol: Protocol) {
     flush(&t).await;
     assert!(eventually(|| !rx.spans().is_empty() && rx.latest_metric(semconv::METRIC_TOKEN_USAGE).is_some()).await);
 
+    let scopes = rx.scopes();
+    assert!(!scopes.is_empty());
+    for (name, version) in &scopes {
+        assert_eq!(
+            (name.as_str(), version.as_str()),
+            ("llm-meter", env!("CARGO_PKG_VERSION")),
+            "the scope carries the version"
+        );
+    }
     let spans = rx.spans();
     assert_eq!(spans.len(), 1);
     let span = &spans[0];

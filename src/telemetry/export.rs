@@ -44,6 +44,13 @@ use crate::telemetry::metrics::{LabelPolicy, Metrics};
 /// Instrumentation scope of llm-meter's spans and metrics.
 pub const SCOPE: &str = "llm-meter";
 
+/// The instrumentation scope, with the crate's version.
+fn scope() -> opentelemetry::InstrumentationScope {
+    opentelemetry::InstrumentationScope::builder(SCOPE)
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .build()
+}
+
 /// OTLP transport.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
@@ -322,7 +329,7 @@ impl TelemetryBuilder {
             );
         }
         let meter_provider = meters.build();
-        let otel_meter = meter_provider.meter(SCOPE);
+        let otel_meter = meter_provider.meter_with_scope(scope());
         let metrics = Metrics::new(&otel_meter, self.labels);
         let observed = stats.clone();
         let export_counter = otel_meter
@@ -615,7 +622,7 @@ impl Telemetry {
         S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
     {
         tracing_opentelemetry::layer()
-            .with_tracer(self.inner.tracer_provider.tracer(SCOPE))
+            .with_tracer(self.inner.tracer_provider.tracer_with_scope(scope()))
             .with_tracked_inactivity(false)
             .with_threads(false)
             .with_location(false)

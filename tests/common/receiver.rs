@@ -50,6 +50,26 @@ impl Received {
             .collect()
     }
 
+    /// `(name, version)` of every instrumentation scope that exported spans or metrics.
+    pub fn scopes(&self) -> Vec<(String, String)> {
+        let traces = self.traces.lock().unwrap();
+        let metrics = self.metrics.lock().unwrap();
+        let spans = traces
+            .iter()
+            .flat_map(|r| &r.resource_spans)
+            .flat_map(|rs| &rs.scope_spans);
+        let from_spans = spans.filter_map(|ss| ss.scope.as_ref());
+        let from_metrics = metrics
+            .iter()
+            .flat_map(|r| &r.resource_metrics)
+            .flat_map(|rm| &rm.scope_metrics)
+            .filter_map(|sm| sm.scope.as_ref());
+        from_spans
+            .chain(from_metrics)
+            .map(|s| (s.name.clone(), s.version.clone()))
+            .collect()
+    }
+
     /// The latest export of the metric named `name`.
     pub fn latest_metric(&self, name: &str) -> Option<Metric> {
         let metrics = self.metrics.lock().unwrap();

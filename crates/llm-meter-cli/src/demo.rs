@@ -181,10 +181,13 @@ impl Shape {
         }
     }
 
-    /// Traffic level from 0.15 (night) to 1.0 (peak), a sine over the compressed day.
+    /// Traffic level from 0.15 (night) to 1.0 (peak), a sine over the compressed day, peaking
+    /// 2.5 minutes into each day: in the middle of the provider's first 5-minute request window
+    /// of the day, which that peak runs low (the night's window stays well clear).
     pub fn swell(&self) -> f64 {
-        let phase = self.started.elapsed().as_secs_f64() / Self::DAY.as_secs_f64();
-        0.575 - 0.425 * (phase * std::f64::consts::TAU).cos()
+        let peak_at = Self::DAY.as_secs_f64() / 4.0;
+        let phase = (self.started.elapsed().as_secs_f64() - peak_at) / Self::DAY.as_secs_f64();
+        0.575 + 0.425 * (phase * std::f64::consts::TAU).cos()
     }
 
     /// Whether `docs.summarize` is in a usage spike.
@@ -447,9 +450,11 @@ mod tests {
 
     #[test]
     fn the_swell_runs_from_night_to_peak_over_a_compressed_day() {
-        assert!((at(Duration::ZERO).swell() - 0.15).abs() < 0.01);
-        assert!((at(minutes(5)).swell() - 1.0).abs() < 0.01);
-        assert!(at(minutes(5)).pause() < at(Duration::ZERO).pause() / 10);
+        let at_secs = |s: u64| at(Duration::from_secs(s));
+        assert!((at_secs(150).swell() - 1.0).abs() < 0.01, "peak 2.5 minutes in");
+        assert!((at_secs(450).swell() - 0.15).abs() < 0.01, "night 7.5 minutes in");
+        assert!((at_secs(750).swell() - 1.0).abs() < 0.01, "and again the next day");
+        assert!(at_secs(150).pause() < at_secs(450).pause() / 10);
     }
 
     #[test]
