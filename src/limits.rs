@@ -294,7 +294,8 @@ struct SnapshotEntry {
     window_start_unix: f64,
 }
 
-fn unix(t: SystemTime) -> f64 {
+/// Unix seconds of `t` (0 before the epoch).
+pub(crate) fn unix(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 

@@ -74,6 +74,24 @@ pub struct Rates {
     pub output: f64,
 }
 
+impl Rates {
+    /// Every rate a finite number >= 0.
+    fn is_valid(&self) -> bool {
+        let ok = |v: f64| v.is_finite() && v >= 0.0;
+        ok(self.input) && ok(self.output) && self.cached_input.is_none_or(ok)
+    }
+}
+
+impl TierPrice {
+    fn rates(&self) -> Rates {
+        Rates {
+            input: self.input,
+            cached_input: self.cached_input,
+            output: self.output,
+        }
+    }
+}
+
 /// Whether a reported service tier is the standard one (priced by the entry itself).
 fn is_standard_tier(tier: Option<&str>) -> bool {
     matches!(tier, None | Some("default" | "standard"))
@@ -84,27 +102,22 @@ impl Price {
     /// tier has no price.
     pub fn rates(&self, tier: Option<&str>) -> Option<Rates> {
         if is_standard_tier(tier) {
-            return Some(Rates {
-                input: self.input,
-                cached_input: self.cached_input,
-                output: self.output,
-            });
+            return Some(self.standard_rates());
         }
-        let t = self.tiers.get(tier?)?;
-        Some(Rates {
-            input: t.input,
-            cached_input: t.cached_input,
-            output: t.output,
-        })
+        self.tiers.get(tier?).map(TierPrice::rates)
+    }
+
+    /// The entry's own (standard tier) rates.
+    fn standard_rates(&self) -> Rates {
+        Rates {
+            input: self.input,
+            cached_input: self.cached_input,
+            output: self.output,
+        }
     }
 
     fn check(&self, model: &str) -> Result<(), PricingError> {
-        let ok = |v: f64| v.is_finite() && v >= 0.0;
-        let tiers_ok = self
-            .tiers
-            .values()
-            .all(|t| ok(t.input) && ok(t.output) && t.cached_input.is_none_or(ok));
-        if ok(self.input) && ok(self.output) && self.cached_input.is_none_or(ok) && tiers_ok {
+        if self.standard_rates().is_valid() && self.tiers.values().all(|t| t.rates().is_valid()) {
             Ok(())
         } else {
             Err(PricingError(format!(
@@ -229,14 +242,7 @@ impl PriceTable {
 /// Cost of `usage` at `price`'s standard rates: uncached input at the input price, cached input
 /// at the cached price (or the input price), output (reasoning included) at the output price.
 pub fn cost_of(price: &Price, usage: &Usage) -> Cost {
-    cost_at_rates(
-        Rates {
-            input: price.input,
-            cached_input: price.cached_input,
-            output: price.output,
-        },
-        usage,
-    )
+    cost_at_rates(price.standard_rates(), usage)
 }
 
 fn cost_at_rates(rates: Rates, usage: &Usage) -> Cost {

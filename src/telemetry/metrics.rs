@@ -198,11 +198,6 @@ fn usage_missing(r: &CallRecord) -> bool {
     r.error.is_none() && r.usage.is_none()
 }
 
-/// Unix seconds of `t`.
-fn unix_seconds(t: std::time::SystemTime) -> f64 {
-    t.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
-}
-
 /// Provider, server and model of a rate-limit series.
 type RateKey = (Arc<str>, Arc<str>, StringValue);
 
@@ -553,7 +548,7 @@ impl Metrics {
             .with_callback(move |o| {
                 l5.statuses().iter().for_each(|s| {
                     if let Some(end) = s.window_end {
-                        o.observe(unix_seconds(end), &labels(s))
+                        o.observe(crate::limits::unix(end), &labels(s))
                     }
                 })
             })
@@ -589,7 +584,7 @@ impl Metrics {
             ]
         };
         // When the reported window resets: the answer's time plus the reported reset.
-        let observed = unix_seconds(r.timings.started_at) + r.timings.duration.as_secs_f64();
+        let observed = crate::limits::unix(r.timings.started_at) + r.timings.duration.as_secs_f64();
         let series = self.rate_series(key);
         for (k, (kind, limit)) in [("requests", &m.requests), ("tokens", &m.tokens)]
             .into_iter()
