@@ -1,0 +1,2 @@
+//! Placeholder: the bare hyper relay lands here.
+fn main() {}
