@@ -21,12 +21,12 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use llm_meter::meter::{Meter, Server};
 use llm_meter::opentelemetry::trace::TracerProvider as _;
 use llm_meter::opentelemetry_sdk::error::OTelSdkResult;
 use llm_meter::opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
-use llm_meter::stream::StreamObserver;
 use llm_meter::Annotations;
+use llm_meter::StreamObserver;
+use llm_meter::{Meter, Server};
 use tracing_subscriber::layer::SubscriberExt;
 
 struct Counting;

@@ -1,35 +1,34 @@
 #!/usr/bin/env python3
-"""Fails when a module of the library imports from a layer above its own, or when two modules
+"""Fails when a module of the library imports from a stage above its own, or when two modules
 import each other. Run by scripts/test.sh; `python3 scripts/check-layers.py` from anywhere.
 
-The layers, lowest first (a module may use its own layer and those below):
-  names     semconv: every name
+The stages are the top-level modules of src/, lowest first (a module may use its own stage and
+those below):
+  names     every name
   parse     annotations, provider (headers, body, reset durations), stream (SSE)
-  record    record (CallRecord, errors), pricing, limits, xproxy (Pay-i's outcome)
-  sinks     telemetry (span, metrics, Prometheus, OTLP)
-  pipeline  meter (prepare, admit, send, observe, finish)
+  record    CallRecord and errors, pricing, limits, xproxy (Pay-i's outcome)
+  sinks     span, metrics, Prometheus, OTLP export
+  pipeline  prepare, admit, send, observe, finish
   doors     client, openai_layer
+
+A module is one file (`src/record/limits.rs` is `record::limits`, `src/record/mod.rs` is
+`record`). `src/lib.rs` only re-exports and is not checked.
 """
 import pathlib
 import re
 import sys
 
-LAYERS = [
-    ["semconv"],
-    ["annotations", "provider", "stream"],
-    ["record", "pricing", "limits", "xproxy"],
-    ["telemetry"],
-    ["meter"],
-    ["client", "openai_layer"],
-]
-LAYER_OF = {m: i for i, layer in enumerate(LAYERS) for m in layer}
-NAMES = ["names", "parse", "record", "sinks", "pipeline", "doors"]
-USE = re.compile(r"\bcrate::([a-z_]+)")
+STAGES = ["names", "parse", "record", "sinks", "pipeline", "doors"]
+STAGE_OF = {name: i for i, name in enumerate(STAGES)}
+USE = re.compile(r"\bcrate::([a-z_]+(?:::[a-z_]+)*)")
 
 
 def module_of(path, src):
-    rel = path.relative_to(src)
-    return rel.parts[0].removesuffix(".rs")
+    """`record::limits` for src/record/limits.rs, `record` for src/record/mod.rs."""
+    parts = list(path.relative_to(src).with_suffix("").parts)
+    if parts[-1] == "mod":
+        parts.pop()
+    return "::".join(parts)
 
 
 def code_lines(text):
@@ -41,26 +40,37 @@ def code_lines(text):
             yield line
 
 
+def used_module(path, modules):
+    """The longest module that `crate::path` names (`record::limits::LimitState` is `record::limits`)."""
+    parts = path.split("::")
+    for n in range(len(parts), 0, -1):
+        candidate = "::".join(parts[:n])
+        if candidate in modules:
+            return candidate
+    return None
+
+
 def main():
     src = pathlib.Path(__file__).resolve().parent.parent / "src"
+    files = {module_of(p, src): p for p in sorted(src.rglob("*.rs")) if p.name != "lib.rs"}
     imports = {}
     problems = []
-    for path in sorted(src.rglob("*.rs")):
-        module = module_of(path, src)
-        if module == "lib":
-            continue  # the root re-exports everything
-        if module not in LAYER_OF:
-            problems.append(f"{path.relative_to(src.parent)}: module {module!r} has no layer in scripts/check-layers.py")
+    for module, path in files.items():
+        stage = module.split("::")[0]
+        if stage not in STAGE_OF:
+            problems.append(f"{path.relative_to(src.parent)}: {stage!r} is not a stage in scripts/check-layers.py")
             continue
         for line in code_lines(path.read_text()):
-            for used in USE.findall(line):
-                if used == module or used not in LAYER_OF:
+            for used_path in USE.findall(line):
+                used = used_module(used_path, files)
+                if used is None or used == module:
                     continue
                 imports.setdefault(module, set()).add(used)
-                if LAYER_OF[used] > LAYER_OF[module]:
+                used_stage = used.split("::")[0]
+                if STAGE_OF[used_stage] > STAGE_OF[stage]:
                     problems.append(
-                        f"{path.relative_to(src.parent)}: {module} ({NAMES[LAYER_OF[module]]}) uses {used} "
-                        f"({NAMES[LAYER_OF[used]]}), a layer above it: {line.strip()}"
+                        f"{path.relative_to(src.parent)}: {module} ({stage}) uses {used} "
+                        f"({used_stage}), a stage above it: {line.strip()}"
                     )
     for a, uses in imports.items():
         for b in uses:
@@ -70,7 +80,10 @@ def main():
         print("check-layers: FAILED", *problems, sep="\n  ")
         sys.exit(1)
     edges = sum(len(v) for v in imports.values())
-    print(f"check-layers: ok ({len(imports)} modules, {edges} imports, each to its own layer or below, no two importing each other)")
+    print(
+        f"check-layers: ok ({len(files)} modules in {len(STAGES)} stages, {edges} imports, "
+        "each to its own stage or below, no two importing each other)"
+    )
 
 
 if __name__ == "__main__":

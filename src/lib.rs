@@ -2,25 +2,42 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod annotations;
-pub mod client;
-pub mod limits;
-pub mod meter;
-#[cfg(feature = "async-openai")]
-pub mod openai_layer;
-pub mod pricing;
-pub mod provider;
-pub mod record;
-pub mod semconv;
-pub mod stream;
-pub mod telemetry;
-pub mod xproxy;
+// The stages of the pipeline, lowest first; each imports only the ones above it in this list
+// (scripts/check-layers.py keeps it so). The modules are private: what a user needs is
+// re-exported below, so a file can move inside the crate without breaking anyone.
+mod doors;
+pub mod names;
+mod parse;
+mod pipeline;
+mod record;
+mod sinks;
 
-pub use annotations::{AnnotationError, Annotations, AnnotationsBuilder};
-pub use client::{ChatResponse, Client, ClientBuilder, Error};
-pub use meter::{ChatStream, Meter, MeterBuilder, StreamUsage};
-pub use provider::{ChatCompletion, FinishReason, ProviderMeta, RateLimit, ResponseFacts, Usage};
-pub use record::{CallHook, CallRecord, ErrorType, RequestFacts, Timings};
+pub use parse::annotations::{AnnotationError, AnnotationField, Annotations, AnnotationsBuilder};
+pub use parse::provider::{
+    parse_reset_duration, BodyError, ChatCompletion, FinishReason, ProviderMeta, RateLimit, ResponseFacts, Usage,
+};
+pub use parse::stream::{EventCutter, EventOutcome, SseEvent, SseParser, StreamFault, StreamObserver};
+
+pub use record::limits::{
+    parse_period, AdmissionMode, Ledger, LimitConfig, LimitError, LimitKind, LimitState, LimitStatus, MemoryLedger,
+    SharedLedger,
+};
+pub use record::pricing::{Cost, Price, PriceTable, PricingError, Rates, TierPrice};
+pub use record::xproxy::{add_json_field, LimitOutcome, XProxyCost, XProxyResult};
+pub use record::{CallHook, CallId, CallRecord, Error, ErrorType, RequestFacts, StreamOptions, Timings};
+
+pub use sinks::export::{init, ExportStats, InitError, Protocol, Telemetry, TelemetryBuilder, TelemetryGuard, SCOPE};
+pub use sinks::metrics::{LabelPolicy, Metrics, DURATION_BUCKETS, MAX_BOUND_SERIES, TOKEN_BUCKETS};
+/// The Prometheus `/metrics` endpoint: encoding a registry, an axum router, a listener.
+#[cfg(feature = "prometheus")]
+pub use sinks::prometheus;
+pub use sinks::span::extract_trace_context;
+
+pub use pipeline::{Call, ChatStream, Meter, MeterBuilder, Prepared, Server, StreamUsage};
+
+pub use doors::client::{ChatResponse, Client, ClientBuilder, DEFAULT_BASE_URL};
+#[cfg(feature = "async-openai")]
+pub use doors::openai_layer;
 
 /// The OpenTelemetry API this crate is built on (one pinned version family).
 pub use opentelemetry;

@@ -176,7 +176,7 @@ async fn the_async_openai_example_runs_and_checks_what_it_shows() {
 
 #[tokio::test]
 async fn the_layer_refuses_calls_a_block_limit_refuses_like_every_door() {
-    use llm_meter::limits::{AdmissionMode, LimitConfig, LimitKind, MemoryLedger};
+    use llm_meter::{AdmissionMode, LimitConfig, LimitKind, MemoryLedger};
     let _capture = capture_spans();
     let mock = MockServer::start(MockConfig::default()).await.unwrap();
     let ledger = Arc::new(

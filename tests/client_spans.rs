@@ -398,7 +398,7 @@ async fn model_defaults_fill_only_unset_fields_and_the_span_records_what_was_sen
 }
 
 /// What a hook saw of one record.
-type Seen = (llm_meter::record::CallId, String, Option<ErrorType>, Option<(u64, u64)>);
+type Seen = (llm_meter::CallId, String, Option<ErrorType>, Option<(u64, u64)>);
 
 fn seen(r: &CallRecord) -> Seen {
     (

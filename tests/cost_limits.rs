@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::StreamExt;
-use llm_meter::limits::{AdmissionMode, Ledger, LimitConfig, LimitKind, LimitState, MemoryLedger};
 use llm_meter::opentelemetry::Value;
-use llm_meter::telemetry::prometheus::encode;
-use llm_meter::telemetry::Telemetry;
+use llm_meter::prometheus::encode;
+use llm_meter::Telemetry;
+use llm_meter::{AdmissionMode, Ledger, LimitConfig, LimitKind, LimitState, MemoryLedger};
 use llm_meter::{Annotations, Client, Error, ErrorType};
 use llm_meter_mock::{MockConfig, MockServer};
 use llm_meter_proxy::config::Config;

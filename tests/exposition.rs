@@ -8,12 +8,11 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use llm_meter::provider::{FinishReason, ProviderMeta, RateLimit, ResponseFacts, Usage};
-use llm_meter::record::{RequestFacts, Timings};
-use llm_meter::semconv::OPERATION_CHAT;
-use llm_meter::telemetry::prometheus::{encode, serve};
-use llm_meter::telemetry::Telemetry;
+use llm_meter::prometheus::{encode, serve};
+use llm_meter::RequestFacts;
+use llm_meter::Telemetry;
 use llm_meter::{Annotations, CallRecord, ErrorType};
+use llm_meter::{FinishReason, RateLimit, Usage};
 
 const GOLDEN: &str = "tests/data/exposition.prom";
 
@@ -22,66 +21,48 @@ fn scripted_record(i: u64) -> CallRecord {
         ("support.triage", "gpt-4o-mini", false),
         ("docs.summarize", "gpt-4o", true),
     ][i as usize % 2];
-    CallRecord {
-        id: llm_meter::record::CallId(7),
-        cost: None,
-        limits: Vec::new(),
-        blocked_limit_ids: Vec::new(),
-        operation: OPERATION_CHAT,
-        provider: Arc::from("openai"),
-        server_address: Arc::from("api.openai.com"),
-        server_port: Some(443),
-        annotations: Annotations::builder()
-            .use_case_name(use_case)
-            .user_id(format!("user-{i}"))
-            .build()
-            .unwrap(),
-        request: RequestFacts {
-            model: model.into(),
-            stream,
-            ..RequestFacts::default()
-        },
-        status: Some(if i == 5 { 429 } else { 200 }),
-        meta: {
-            let mut m = ProviderMeta::default();
-            m.processing = Some(Duration::from_millis(100 * i));
-            m.requests = RateLimit {
-                limit: Some(500),
-                remaining: Some(500 - i),
-                reset: Some(Duration::from_millis(120)),
-            };
-            m.tokens = RateLimit {
-                limit: Some(30000),
-                remaining: Some(30000 - 100 * i),
-                reset: Some(Duration::from_secs(6)),
-            };
-            m
-        },
-        response: if i == 5 {
-            ResponseFacts::default()
-        } else {
-            ResponseFacts {
-                model: Some(format!("{model}-2024-08-06")),
-                finish_reasons: vec![FinishReason::Stop],
-                ..ResponseFacts::default()
-            }
-        },
-        usage: (i != 5).then_some(Usage {
-            input_tokens: 20 * i + 7,
-            output_tokens: 40 * i + 3,
-            cached_input_tokens: Some(i),
-            reasoning_tokens: Some(0),
-            ..Usage::default()
-        }),
-        timings: Timings {
-            started_at: SystemTime::UNIX_EPOCH,
-            duration: Duration::from_millis(30 * (i + 1)),
-            time_to_first_chunk: stream.then(|| Duration::from_millis(15 * (i + 1))),
-            time_per_output_chunk: stream.then(|| Duration::from_millis(5)),
-            chunks: if stream { 10 } else { 0 },
-        },
-        error: (i == 5).then_some(ErrorType::Status(429)),
+    let annotations = Annotations::builder()
+        .use_case_name(use_case)
+        .user_id(format!("user-{i}"))
+        .build()
+        .unwrap();
+    let mut request = RequestFacts::default();
+    request.model = model.into();
+    request.stream = stream;
+    let mut r = CallRecord::new(annotations, request, SystemTime::UNIX_EPOCH);
+    r.id = llm_meter::CallId(7);
+    r.server_address = Arc::from("api.openai.com");
+    r.server_port = Some(443);
+    r.status = Some(if i == 5 { 429 } else { 200 });
+    r.meta.processing = Some(Duration::from_millis(100 * i));
+    r.meta.requests = RateLimit {
+        limit: Some(500),
+        remaining: Some(500 - i),
+        reset: Some(Duration::from_millis(120)),
+    };
+    r.meta.tokens = RateLimit {
+        limit: Some(30000),
+        remaining: Some(30000 - 100 * i),
+        reset: Some(Duration::from_secs(6)),
+    };
+    if i != 5 {
+        r.response.model = Some(format!("{model}-2024-08-06"));
+        r.response.finish_reasons = vec![FinishReason::Stop];
+        let mut usage = Usage::default();
+        usage.input_tokens = 20 * i + 7;
+        usage.output_tokens = 40 * i + 3;
+        usage.cached_input_tokens = Some(i);
+        usage.reasoning_tokens = Some(0);
+        r.usage = Some(usage);
     }
+    r.timings.duration = Duration::from_millis(30 * (i + 1));
+    if stream {
+        r.timings.time_to_first_chunk = Some(Duration::from_millis(15 * (i + 1)));
+        r.timings.time_per_output_chunk = Some(Duration::from_millis(5));
+        r.timings.chunks = 10;
+    }
+    r.error = (i == 5).then_some(ErrorType::Status(429));
+    r
 }
 
 fn scripted_exposition() -> String {
@@ -90,7 +71,7 @@ fn scripted_exposition() -> String {
         .service_name("golden")
         .build()
         .unwrap();
-    let prices = llm_meter::pricing::PriceTable::embedded();
+    let prices = llm_meter::PriceTable::embedded();
     for i in 0..8 {
         let mut r = scripted_record(i);
         r.cost = r.usage.and_then(|u| prices.cost(&r.request.model, &u));

@@ -7,16 +7,16 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
+use llm_meter::names::*;
 use llm_meter::opentelemetry::metrics::MeterProvider as _;
 use llm_meter::opentelemetry::{KeyValue, Value};
 use llm_meter::opentelemetry_sdk::metrics::data::{AggregatedMetrics, Metric, MetricData, ResourceMetrics};
 use llm_meter::opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
-use llm_meter::provider::{ProviderMeta, ResponseFacts, Usage};
-use llm_meter::record::{RequestFacts, Timings};
-use llm_meter::semconv::*;
-use llm_meter::telemetry::metrics::{DURATION_BUCKETS, TOKEN_BUCKETS};
-use llm_meter::telemetry::{LabelPolicy, Metrics};
+use llm_meter::RequestFacts;
+use llm_meter::Usage;
 use llm_meter::{Annotations, CallRecord, Client, ErrorType, Meter};
+use llm_meter::{LabelPolicy, Metrics};
+use llm_meter::{DURATION_BUCKETS, TOKEN_BUCKETS};
 use llm_meter_mock::{MockConfig, MockServer};
 use serde_json::json;
 
@@ -68,44 +68,25 @@ fn sum_u64(m: &Metric) -> u64 {
 }
 
 fn record(user: &str, input: u64) -> CallRecord {
-    CallRecord {
-        id: llm_meter::record::CallId(7),
-        cost: None,
-        limits: Vec::new(),
-        blocked_limit_ids: Vec::new(),
-        operation: OPERATION_CHAT,
-        provider: Arc::from("openai"),
-        server_address: Arc::from("api.openai.com"),
-        server_port: Some(443),
-        annotations: Annotations::builder()
-            .use_case_name("support")
-            .user_id(user)
-            .build()
-            .unwrap(),
-        request: RequestFacts {
-            model: "gpt-4o".into(),
-            ..RequestFacts::default()
-        },
-        status: Some(200),
-        meta: ProviderMeta::default(),
-        response: ResponseFacts {
-            model: Some("gpt-4o-2024-08-06".into()),
-            ..ResponseFacts::default()
-        },
-        usage: Some(Usage {
-            input_tokens: input,
-            output_tokens: 5,
-            ..Usage::default()
-        }),
-        timings: Timings {
-            started_at: SystemTime::now(),
-            duration: Duration::from_millis(250),
-            time_to_first_chunk: None,
-            time_per_output_chunk: None,
-            chunks: 0,
-        },
-        error: None,
-    }
+    let annotations = Annotations::builder()
+        .use_case_name("support")
+        .user_id(user)
+        .build()
+        .unwrap();
+    let mut request = RequestFacts::default();
+    request.model = "gpt-4o".into();
+    let mut r = CallRecord::new(annotations, request, SystemTime::now());
+    r.id = llm_meter::CallId(7);
+    r.server_address = Arc::from("api.openai.com");
+    r.server_port = Some(443);
+    r.status = Some(200);
+    r.response.model = Some("gpt-4o-2024-08-06".into());
+    let mut usage = Usage::default();
+    usage.input_tokens = input;
+    usage.output_tokens = 5;
+    r.usage = Some(usage);
+    r.timings.duration = Duration::from_millis(250);
+    r
 }
 
 #[tokio::test]
@@ -341,7 +322,7 @@ fn label_sets_past_the_bound_cache_are_still_recorded_exactly() {
         user_id: Some(10_000),
         ..LabelPolicy::default()
     });
-    let n = llm_meter::telemetry::metrics::MAX_BOUND_SERIES as u64 + 500;
+    let n = llm_meter::MAX_BOUND_SERIES as u64 + 500;
     for i in 0..n {
         h.metrics.record(&record(&format!("user-{i}"), 2));
     }

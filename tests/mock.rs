@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use llm_meter::provider::{parse_reset_duration, ChatCompletion, ProviderMeta};
+use llm_meter::{parse_reset_duration, ChatCompletion, ProviderMeta};
 use llm_meter_mock::{MockConfig, MockServer};
 use serde_json::{json, Value};
 

@@ -1,4 +1,4 @@
-//! Every header, attribute, metric and JSON key llm-meter spells lives in `semconv`: no other
+//! Every header, attribute, metric and JSON key llm-meter spells lives in `names`: no other
 //! source file of the workspace spells a `gen_ai.`, `llm_meter.`, `xProxy`/`xproxy`,
 //! `x-ratelimit` or `openai-` name in a string literal (tests and doc comments aside).
 
@@ -26,7 +26,7 @@ fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// Names spelled outside `semconv` in `text`, as `line: text`; unit tests (from the first
+/// Names spelled outside `names` in `text`, as `line: text`; unit tests (from the first
 /// `#[cfg(test)]`), comments and the `target: "llm_meter"` of log lines are left out.
 fn spelled_names(text: &str) -> Vec<String> {
     text.lines()
@@ -46,7 +46,7 @@ fn spelled_names(text: &str) -> Vec<String> {
 }
 
 #[test]
-fn names_are_spelled_only_in_semconv() {
+fn names_are_spelled_only_in_the_names_module() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
     sources(&root.join("src"), &mut files);
@@ -55,14 +55,14 @@ fn names_are_spelled_only_in_semconv() {
     }
     assert!(files.len() >= 20, "{files:?}");
     let mut found = Vec::new();
-    for file in files.iter().filter(|f| !f.ends_with("semconv.rs")) {
+    for file in files.iter().filter(|f| !f.ends_with("src/names.rs")) {
         for hit in spelled_names(&std::fs::read_to_string(file).unwrap()) {
             found.push(format!("{}:{hit}", file.strip_prefix(&root).unwrap().display()));
         }
     }
     assert!(
         found.is_empty(),
-        "names spelled outside src/semconv.rs:\n{}",
+        "names spelled outside src/names.rs:\n{}",
         found.join("\n")
     );
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 
-use llm_meter::limits::MemoryLedger;
+use llm_meter::MemoryLedger;
 use llm_meter::Meter;
 use llm_meter_mock::{MockConfig, MockServer};
 use llm_meter_proxy::{Proxy, ProxySettings};

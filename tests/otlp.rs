@@ -10,10 +10,10 @@ mod receiver;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use llm_meter::semconv;
-use llm_meter::telemetry::metrics::{DURATION_BUCKETS, TOKEN_BUCKETS};
-use llm_meter::telemetry::{Protocol, Telemetry};
+use llm_meter::names;
 use llm_meter::{Annotations, CallRecord, Client};
+use llm_meter::{Protocol, Telemetry};
+use llm_meter::{DURATION_BUCKETS, TOKEN_BUCKETS};
 use llm_meter_mock::{MockConfig, MockServer};
 use opentelemetry_proto::tonic::common::v1::any_value;
 use opentelemetry_proto::tonic::metrics::v1::metric;
@@ -83,7 +83,7 @@ async fn exports_spans_and_metrics(protocol: Protocol) {
     .unwrap();
     let record = call(&client(&mock, &t)).await;
     flush(&t).await;
-    assert!(eventually(|| !rx.spans().is_empty() && rx.latest_metric(semconv::METRIC_TOKEN_USAGE).is_some()).await);
+    assert!(eventually(|| !rx.spans().is_empty() && rx.latest_metric(names::METRIC_TOKEN_USAGE).is_some()).await);
 
     let scopes = rx.scopes();
     assert!(!scopes.is_empty());
@@ -122,7 +122,7 @@ async fn exports_spans_and_metrics(protocol: Protocol) {
         other => panic!("limit.ids is not an array: {other:?}"),
     }
 
-    let tokens = rx.latest_metric(semconv::METRIC_TOKEN_USAGE).unwrap();
+    let tokens = rx.latest_metric(names::METRIC_TOKEN_USAGE).unwrap();
     assert_eq!(tokens.unit, "{token}");
     let Some(metric::Data::Histogram(h)) = &tokens.data else {
         panic!("token usage is a histogram")
@@ -156,21 +156,21 @@ async fn exports_spans_and_metrics(protocol: Protocol) {
             "user.id is not a label by default"
         );
     }
-    let duration = rx.latest_metric(semconv::METRIC_OPERATION_DURATION).unwrap();
+    let duration = rx.latest_metric(names::METRIC_OPERATION_DURATION).unwrap();
     assert_eq!(duration.unit, "s");
     let Some(metric::Data::Histogram(h)) = &duration.data else {
         panic!("duration is a histogram")
     };
     assert_eq!(h.data_points[0].explicit_bounds, DURATION_BUCKETS);
     assert_eq!(
-        counter_total(&rx.latest_metric(semconv::METRIC_INPUT_TOKENS).unwrap()),
+        counter_total(&rx.latest_metric(names::METRIC_INPUT_TOKENS).unwrap()),
         usage.input_tokens
     );
     assert_eq!(
-        counter_total(&rx.latest_metric(semconv::METRIC_CACHED_INPUT_TOKENS).unwrap()),
+        counter_total(&rx.latest_metric(names::METRIC_CACHED_INPUT_TOKENS).unwrap()),
         usage.cached_input_tokens.unwrap()
     );
-    let remaining = rx.latest_metric(semconv::METRIC_RATELIMIT_REMAINING).unwrap();
+    let remaining = rx.latest_metric(names::METRIC_RATELIMIT_REMAINING).unwrap();
     let Some(metric::Data::Gauge(g)) = &remaining.data else {
         panic!("remaining is a gauge")
     };
@@ -260,12 +260,12 @@ async fn receiver_down_then_back_gets_right_cumulative_metrics() {
         input_tokens += call(&c).await.usage.unwrap().input_tokens;
     }
     flush(&t).await;
-    assert!(eventually(|| rx.latest_metric(semconv::METRIC_INPUT_TOKENS).is_some()).await);
+    assert!(eventually(|| rx.latest_metric(names::METRIC_INPUT_TOKENS).is_some()).await);
     assert_eq!(
-        counter_total(&rx.latest_metric(semconv::METRIC_INPUT_TOKENS).unwrap()),
+        counter_total(&rx.latest_metric(names::METRIC_INPUT_TOKENS).unwrap()),
         input_tokens
     );
-    let Some(metric::Data::Histogram(h)) = rx.latest_metric(semconv::METRIC_OPERATION_DURATION).unwrap().data else {
+    let Some(metric::Data::Histogram(h)) = rx.latest_metric(names::METRIC_OPERATION_DURATION).unwrap().data else {
         panic!("duration is a histogram")
     };
     assert_eq!(

@@ -9,8 +9,8 @@ mod receiver;
 
 use std::time::Duration;
 
-use llm_meter::semconv;
-use llm_meter::telemetry::Telemetry;
+use llm_meter::names;
+use llm_meter::Telemetry;
 use llm_meter::{Annotations, Client};
 use llm_meter_mock::{MockConfig, MockServer};
 use receiver::*;
@@ -64,7 +64,7 @@ async fn standard_environment_variables_configure_otlp() {
     assert!(t.otlp_enabled());
     one_call(&t).await;
     assert!(
-        eventually(|| !rx.spans().is_empty() && rx.latest_metric(semconv::METRIC_OPERATION_DURATION).is_some()).await
+        eventually(|| !rx.spans().is_empty() && rx.latest_metric(names::METRIC_OPERATION_DURATION).is_some()).await
     );
     let headers = rx.http_headers.lock().unwrap().last().cloned().unwrap();
     assert_eq!(headers["x-api-key"], "s3cret");
@@ -83,7 +83,7 @@ async fn standard_environment_variables_configure_otlp() {
     ]);
     let t = Telemetry::builder().prometheus(false).build().unwrap();
     one_call(&t).await;
-    assert!(eventually(|| rx.latest_metric(semconv::METRIC_OPERATION_DURATION).is_some()).await);
+    assert!(eventually(|| rx.latest_metric(names::METRIC_OPERATION_DURATION).is_some()).await);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(rx.spans().is_empty(), "OTEL_TRACES_EXPORTER=none");
 

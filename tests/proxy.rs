@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use llm_meter::limits::{AdmissionMode, Ledger, LimitConfig, LimitKind, MemoryLedger};
+use llm_meter::{AdmissionMode, Ledger, LimitConfig, LimitKind, MemoryLedger};
 use llm_meter::{CallRecord, ErrorType, Meter};
 use llm_meter_mock::{MockConfig, MockServer, StreamCounts};
 use llm_meter_proxy::{Proxy, ProxySettings};
@@ -533,10 +533,7 @@ async fn a_config_file_sets_prices_limits_and_model_defaults() {
         mock.base_url()
     ))
     .unwrap();
-    let telemetry = llm_meter::telemetry::Telemetry::builder()
-        .without_otlp()
-        .build()
-        .unwrap();
+    let telemetry = llm_meter::Telemetry::builder().without_otlp().build().unwrap();
     let (proxy, ledger) = llm_meter_proxy::from_config(&config, None, &telemetry).unwrap();
     let addr = proxy.spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let body = json!({"model": "house-model", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.9});

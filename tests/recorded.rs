@@ -11,10 +11,10 @@ use std::sync::{Arc, Mutex};
 
 use common::*;
 use http::StatusCode;
-use llm_meter::limits::MemoryLedger;
-use llm_meter::telemetry::prometheus::encode;
-use llm_meter::telemetry::Telemetry;
+use llm_meter::prometheus::encode;
 use llm_meter::CallRecord;
+use llm_meter::MemoryLedger;
+use llm_meter::Telemetry;
 use llm_meter_proxy::{Proxy, ProxySettings};
 use serde_json::{json, Value};
 

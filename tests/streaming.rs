@@ -10,9 +10,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use futures_util::StreamExt;
-use llm_meter::provider::{FinishReason, ResponseFacts, Usage};
-use llm_meter::stream::{EventCutter, EventOutcome, StreamObserver};
 use llm_meter::{Annotations, Client, StreamUsage};
+use llm_meter::{EventCutter, EventOutcome, StreamObserver};
+use llm_meter::{FinishReason, ResponseFacts, Usage};
 use llm_meter_mock::{MockConfig, MockServer};
 use proptest::prelude::*;
 use serde_json::json;
@@ -300,7 +300,7 @@ async fn with_outcome(pieces: Vec<Result<Bytes, ()>>, caller_usage: bool) -> (St
         body["stream_options"] = json!({"include_usage": true});
     }
     let prepared = meter.prepare(serde_json::to_vec(&body).unwrap(), Some(true)).unwrap();
-    let server = llm_meter::meter::Server {
+    let server = llm_meter::Server {
         address: "api.openai.com".into(),
         port: Some(443),
     };
@@ -396,7 +396,7 @@ async fn content_is_never_held_back_for_the_outcome() {
     let prepared = meter
         .prepare(serde_json::to_vec(&stream_body()).unwrap(), Some(true))
         .unwrap();
-    let server = llm_meter::meter::Server {
+    let server = llm_meter::Server {
         address: "h".into(),
         port: None,
     };
@@ -484,7 +484,7 @@ async fn an_empty_first_chunk_azure_style_records_no_empty_id_or_model() {
     let prepared = meter
         .prepare(serde_json::to_vec(&stream_body()).unwrap(), Some(true))
         .unwrap();
-    let server = llm_meter::meter::Server {
+    let server = llm_meter::Server {
         address: "my-resource.openai.azure.com".into(),
         port: Some(443),
     };

@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::json;
 
-use llm_meter::annotations::Annotations;
-use llm_meter::client::{Client, Error};
-use llm_meter::limits::{AdmissionMode, Ledger, LimitConfig, LimitKind, MemoryLedger};
-use llm_meter::record::{CallRecord, ErrorType};
-use llm_meter::telemetry::{prometheus, Telemetry};
+use llm_meter::Annotations;
+use llm_meter::{prometheus, Telemetry};
+use llm_meter::{AdmissionMode, Ledger, LimitConfig, LimitKind, MemoryLedger};
+use llm_meter::{CallRecord, ErrorType};
+use llm_meter::{Client, Error};
 use llm_meter_mock::{MockConfig, MockServer};
 use llm_meter_proxy::{Proxy, ProxySettings};
 

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use llm_meter::telemetry::Telemetry;
+use llm_meter::Telemetry;
 use llm_meter_cli::demo::{self, DemoConfig};
 use llm_meter_mock::{self as mock, MockConfig};
 use llm_meter_proxy::config::Config;
@@ -121,7 +121,7 @@ async fn run_proxy(
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let registry = telemetry.registry().cloned().unwrap_or_default();
-    let admin = llm_meter::telemetry::prometheus::serve(metrics_listen, registry)
+    let admin = llm_meter::prometheus::serve(metrics_listen, registry)
         .await
         .map_err(|e| format!("cannot serve /metrics on {metrics_listen}: {e}"))?;
     eprintln!("llm-meter proxy: http://{bound}/v1 -> {upstream}  (metrics: http://{admin}/metrics)");
@@ -188,7 +188,7 @@ fn main() -> ExitCode {
                 // The demo opts `user.id` in as a metric label with a cap below its 7 users,
                 // so the use-case dashboard's users panels and the cap's overflow both show.
                 let service = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "llm-meter-demo".to_owned());
-                let labels = llm_meter::telemetry::metrics::LabelPolicy {
+                let labels = llm_meter::LabelPolicy {
                     user_id: Some(5),
                     ..Default::default()
                 };

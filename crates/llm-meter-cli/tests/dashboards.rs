@@ -5,7 +5,7 @@
 //! Prometheus's HTTP API with its template variables set to real values from their label
 //! queries. A query that errors or returns nothing fails the test, naming dashboard and panel.
 //! Totals the dashboards show are compared with what the demo's own `/metrics` counted, and
-//! every metric a dashboard or rule names must be one the code emits (from `semconv`).
+//! every metric a dashboard or rule names must be one the code emits (from `names`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
@@ -373,11 +373,11 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
     out
 }
 
-/// The Prometheus names of every metric `semconv` defines (dots to `_`, `_seconds` for unit
+/// The Prometheus names of every metric `names` defines (dots to `_`, `_seconds` for unit
 /// `s`, `_total` for counters, `_bucket`/`_sum`/`_count` for histograms), and of every
 /// attribute it defines as label names (dots to `_`).
 fn semconv_prometheus_names() -> (BTreeSet<String>, BTreeSet<String>) {
-    let src = std::fs::read_to_string(root().join("src/semconv.rs")).unwrap();
+    let src = std::fs::read_to_string(root().join("src/names.rs")).unwrap();
     let mut out = BTreeSet::new();
     let mut labels = BTreeSet::new();
     let mut doc = String::new();
@@ -418,7 +418,7 @@ fn dashboards_and_rules_only_use_metric_names_the_code_emits() {
         "llm_meter_ratelimit_reset_timestamp_seconds",
         "llm_meter_calls_usage_missing_total",
     ] {
-        assert!(emitted.contains(must), "semconv translation lost {must}: {emitted:?}");
+        assert!(emitted.contains(must), "names translation lost {must}: {emitted:?}");
     }
     let mut used = BTreeMap::new();
     for (file, d) in dashboards() {

@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
-use llm_meter::telemetry::Telemetry;
+use llm_meter::Telemetry;
 use llm_meter_cli::demo::{run, DemoConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -14,7 +14,7 @@ async fn demo_traffic_shows_on_metrics() {
         ..DemoConfig::default()
     };
     run(config, &telemetry).await.unwrap();
-    let text = llm_meter::telemetry::prometheus::encode(telemetry.registry().unwrap()).unwrap();
+    let text = llm_meter::prometheus::encode(telemetry.registry().unwrap()).unwrap();
     for use_case in ["support.triage", "support.reply", "search.rerank", "docs.summarize"] {
         assert!(
             text.contains(&format!("use_case_name=\"{use_case}\"")),

@@ -23,7 +23,7 @@ use axum::routing::post;
 use axum::Router;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
-use llm_meter::semconv;
+use llm_meter::names;
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -526,13 +526,13 @@ async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Byt
     let request_id = random_id(&state.counter, "req_", 32, HEX);
     let mut head = HeaderMap::new();
     if let Ok(id) = HeaderValue::from_str(&request_id) {
-        head.insert(semconv::HEADER_REQUEST_ID, id);
+        head.insert(names::HEADER_REQUEST_ID, id);
     }
     head.insert(
-        semconv::HEADER_OPENAI_ORGANIZATION,
+        names::HEADER_OPENAI_ORGANIZATION,
         HeaderValue::from_static("user-mockorg0000000000000000"),
     );
-    head.insert(semconv::HEADER_OPENAI_VERSION, HeaderValue::from_static("2020-10-01"));
+    head.insert(names::HEADER_OPENAI_VERSION, HeaderValue::from_static("2020-10-01"));
 
     if let Some(key) = &cfg.api_key {
         let ok = header_str(&headers, "authorization").and_then(|v| v.strip_prefix("Bearer ")) == Some(key.as_str());
@@ -649,34 +649,34 @@ async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Byt
     };
     put(
         &mut head,
-        semconv::HEADER_RATELIMIT_LIMIT_REQUESTS,
+        names::HEADER_RATELIMIT_LIMIT_REQUESTS,
         cfg.limit_requests.to_string(),
     );
     put(
         &mut head,
-        semconv::HEADER_RATELIMIT_LIMIT_TOKENS,
+        names::HEADER_RATELIMIT_LIMIT_TOKENS,
         cfg.limit_tokens.to_string(),
     );
     put(
         &mut head,
-        semconv::HEADER_RATELIMIT_REMAINING_REQUESTS,
+        names::HEADER_RATELIMIT_REMAINING_REQUESTS,
         remaining_requests.to_string(),
     );
     put(
         &mut head,
-        semconv::HEADER_RATELIMIT_REMAINING_TOKENS,
+        names::HEADER_RATELIMIT_REMAINING_TOKENS,
         remaining_tokens.to_string(),
     );
     // Requests replenish one by one, tokens in proportion: report time to a full refill.
     let per_request = cfg.window / u32::try_from(cfg.limit_requests.max(1)).unwrap_or(u32::MAX);
     put(
         &mut head,
-        semconv::HEADER_RATELIMIT_RESET_REQUESTS,
+        names::HEADER_RATELIMIT_RESET_REQUESTS,
         format_reset(per_request.min(reset)),
     );
     put(
         &mut head,
-        semconv::HEADER_RATELIMIT_RESET_TOKENS,
+        names::HEADER_RATELIMIT_RESET_TOKENS,
         format_reset(reset.mul_f64((cfg.limit_tokens - remaining_tokens) as f64 / cfg.limit_tokens.max(1) as f64)),
     );
 
@@ -767,7 +767,7 @@ async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Byt
     let processing = started.elapsed() + cfg.chunk_delay * plan.chunks;
     put(
         &mut head,
-        semconv::HEADER_OPENAI_PROCESSING_MS,
+        names::HEADER_OPENAI_PROCESSING_MS,
         processing.as_millis().max(1).to_string(),
     );
 
@@ -1006,24 +1006,24 @@ fn rate_limited(
     head.insert("retry-after", HeaderValue::from(secs));
     head.insert("retry-after-ms", HeaderValue::from(reset.as_millis().max(1) as u64));
     head.insert(
-        semconv::HEADER_RATELIMIT_LIMIT_REQUESTS,
+        names::HEADER_RATELIMIT_LIMIT_REQUESTS,
         HeaderValue::from(cfg.limit_requests),
     );
     head.insert(
-        semconv::HEADER_RATELIMIT_LIMIT_TOKENS,
+        names::HEADER_RATELIMIT_LIMIT_TOKENS,
         HeaderValue::from(cfg.limit_tokens),
     );
     head.insert(
-        semconv::HEADER_RATELIMIT_REMAINING_REQUESTS,
+        names::HEADER_RATELIMIT_REMAINING_REQUESTS,
         HeaderValue::from(cfg.limit_requests.saturating_sub(w.requests)),
     );
     head.insert(
-        semconv::HEADER_RATELIMIT_REMAINING_TOKENS,
+        names::HEADER_RATELIMIT_REMAINING_TOKENS,
         HeaderValue::from(cfg.limit_tokens.saturating_sub(w.tokens)),
     );
     if let Ok(v) = HeaderValue::from_str(&format_reset(reset)) {
-        head.insert(semconv::HEADER_RATELIMIT_RESET_REQUESTS, v.clone());
-        head.insert(semconv::HEADER_RATELIMIT_RESET_TOKENS, v);
+        head.insert(names::HEADER_RATELIMIT_RESET_REQUESTS, v.clone());
+        head.insert(names::HEADER_RATELIMIT_RESET_TOKENS, v);
     }
     respond(
         StatusCode::TOO_MANY_REQUESTS,
@@ -1054,7 +1054,7 @@ fn lorem_range(from: u64, n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use llm_meter::provider::parse_reset_duration;
+    use llm_meter::parse_reset_duration;
 
     #[test]
     fn reset_format_round_trips_through_the_parser() {

@@ -30,12 +30,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use llm_meter::limits::{LimitConfig, LimitError, MemoryLedger};
+use llm_meter::{LimitConfig, LimitError, MemoryLedger};
 use std::time::Duration;
 
 use crate::ProxySettings;
-use llm_meter::pricing::{Price, PriceTable};
-use llm_meter::telemetry::LabelPolicy;
+use llm_meter::LabelPolicy;
+use llm_meter::{Price, PriceTable};
 
 /// A configuration file that could not be used; says which file and what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -153,7 +153,7 @@ impl Config {
     }
 
     /// The embedded price table with this file's overrides.
-    pub fn prices(&self) -> Result<PriceTable, llm_meter::pricing::PricingError> {
+    pub fn prices(&self) -> Result<PriceTable, llm_meter::PricingError> {
         PriceTable::embedded().with_overrides(self.prices.clone())
     }
 
@@ -187,7 +187,7 @@ impl Config {
         };
         let duration = |what: &str, text: &Option<String>, default: Duration| match text {
             None => Ok(default),
-            Some(t) => llm_meter::limits::parse_period(t).map_err(|e| err(format!("{what}: {e}"))),
+            Some(t) => llm_meter::parse_period(t).map_err(|e| err(format!("{what}: {e}"))),
         };
         let mut s = ProxySettings::default();
         if let Some(u) = upstream.or(self.upstream.as_deref()) {

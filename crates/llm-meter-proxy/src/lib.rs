@@ -30,17 +30,17 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use serde_json::json;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use llm_meter::annotations::Annotations;
-use llm_meter::meter::{Meter, Server};
-use llm_meter::record::ErrorType;
-use llm_meter::semconv;
-use llm_meter::xproxy::{add_json_field, XProxyResult};
+use llm_meter::names;
+use llm_meter::Annotations;
+use llm_meter::ErrorType;
+use llm_meter::{add_json_field, XProxyResult};
+use llm_meter::{Meter, Server};
 
 /// Pay-i's proxy route prefix for OpenAI (`payi_openai_url(payi_base_url=…)`).
 pub const PAYI_OPENAI_PREFIX: &str = "/api/v1/proxy/openai";
 
 /// Header choosing another upstream for one request (only from the allow-list).
-pub const HEADER_PROVIDER_BASE_URI: &str = semconv::HEADER_PROVIDER_BASE_URI;
+pub const HEADER_PROVIDER_BASE_URI: &str = names::HEADER_PROVIDER_BASE_URI;
 
 /// Proxy settings.
 #[derive(Clone, Debug)]
@@ -67,7 +67,7 @@ impl Default for ProxySettings {
     #[expect(clippy::expect_used, reason = "a constant URL that parses (tests use the default)")]
     fn default() -> Self {
         ProxySettings {
-            upstream: reqwest::Url::parse(llm_meter::client::DEFAULT_BASE_URL).expect("valid default"),
+            upstream: reqwest::Url::parse(llm_meter::DEFAULT_BASE_URL).expect("valid default"),
             allowed_upstreams: Vec::new(),
             keys: Vec::new(),
             upstream_api_key: None,
@@ -181,8 +181,8 @@ impl Proxy {
 pub fn from_config(
     config: &crate::config::Config,
     upstream: Option<&str>,
-    telemetry: &llm_meter::telemetry::Telemetry,
-) -> Result<(Proxy, Arc<llm_meter::limits::MemoryLedger>), Box<dyn std::error::Error + Send + Sync>> {
+    telemetry: &llm_meter::Telemetry,
+) -> Result<(Proxy, Arc<llm_meter::MemoryLedger>), Box<dyn std::error::Error + Send + Sync>> {
     let ledger = Arc::new(config.ledger()?);
     let mut meter = telemetry
         .meter_builder()
@@ -233,7 +233,7 @@ fn authorize(settings: &ProxySettings, headers: &HeaderMap) -> Result<(), Reject
         return Ok(());
     }
     let presented = headers
-        .get(semconv::HEADER_API_KEY)
+        .get(names::HEADER_API_KEY)
         .map(HeaderValue::as_bytes)
         .unwrap_or_default();
     if key_matches(presented, &settings.keys) {
@@ -243,7 +243,7 @@ fn authorize(settings: &ProxySettings, headers: &HeaderMap) -> Result<(), Reject
             StatusCode::UNAUTHORIZED,
             "missing or wrong xProxy-Api-Key",
             "authentication_error",
-            Some(semconv::HEADER_API_KEY),
+            Some(names::HEADER_API_KEY),
             "invalid_proxy_key",
         )))
     }
@@ -257,9 +257,9 @@ fn upstream_base(settings: &ProxySettings, headers: &HeaderMap) -> Result<reqwes
     let bad = |why: &str| {
         Box::new(error_response(
             StatusCode::BAD_REQUEST,
-            &format!("{}: {why}", semconv::HEADER_PROVIDER_BASE_URI),
+            &format!("{}: {why}", names::HEADER_PROVIDER_BASE_URI),
             "invalid_request_error",
-            Some(semconv::HEADER_PROVIDER_BASE_URI),
+            Some(names::HEADER_PROVIDER_BASE_URI),
             "invalid_header",
         ))
     };
@@ -326,7 +326,7 @@ fn upstream_request_headers(inner: &ProxyInner, incoming: &HeaderMap, observed: 
     let connection = connection_tokens(incoming);
     let mut out = HeaderMap::with_capacity(incoming.len());
     for (name, value) in incoming {
-        if is_hop_by_hop(name, &connection) || name.as_str().starts_with(semconv::HEADER_XPROXY_PREFIX) {
+        if is_hop_by_hop(name, &connection) || name.as_str().starts_with(names::HEADER_XPROXY_PREFIX) {
             continue;
         }
         // Observed calls must read the body: ask the provider for it uncompressed.
@@ -381,7 +381,7 @@ fn upstream_failure(kind: ErrorType) -> Response {
 
 /// Adds `"xproxy_result": {…}` to a JSON object body, just before its closing brace.
 fn with_xproxy_result(body: &[u8], result: &XProxyResult) -> Option<Vec<u8>> {
-    add_json_field(body, semconv::XPROXY_RESULT, &result.to_json_bytes())
+    add_json_field(body, names::XPROXY_RESULT, &result.to_json_bytes())
 }
 
 /// The server span of one proxied request, continuing the caller's trace when it sent one.
@@ -394,7 +394,7 @@ fn server_span(method: &Method, route: &str, headers: &HeaderMap) -> tracing::Sp
         http.request.method = %method,
         http.route = route,
     );
-    if let Some(parent) = llm_meter::telemetry::span::extract_trace_context(headers) {
+    if let Some(parent) = llm_meter::extract_trace_context(headers) {
         let _ = span.set_parent(parent);
     }
     span
@@ -466,8 +466,8 @@ async fn chat_inner(proxy: Proxy, request: Request, server_span: Option<&tracing
             StatusCode::FORBIDDEN,
             &json!({
                 "error": {"message": message, "type": "limit_reached", "param": null, "code": "limit_reached"},
-                (semconv::XPROXY_ERROR): {"code": "limit_reached", "message": message},
-                (semconv::XPROXY_RESULT): XProxyResult::from_record(&record),
+                (names::XPROXY_ERROR): {"code": "limit_reached", "message": message},
+                (names::XPROXY_RESULT): XProxyResult::from_record(&record),
             }),
         );
     }
@@ -498,7 +498,7 @@ async fn chat_inner(proxy: Proxy, request: Request, server_span: Option<&tracing
                 sent,
                 prepared.hide_usage_chunk,
             )
-            .with_outcome_field(semconv::XPROXY_RESULT, |record| {
+            .with_outcome_field(names::XPROXY_RESULT, |record| {
                 XProxyResult::from_record(record).to_json_bytes()
             });
         let mut resp = Response::new(Body::from_stream(observed));

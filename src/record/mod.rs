@@ -1,19 +1,24 @@
 //! [`CallRecord`]: everything observed about one call, handed to every sink once the call ends,
 //! and the [`CallHook`] trait through which applications add their own sinks.
 
+pub mod limits;
+pub mod pricing;
+pub mod xproxy;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
-use crate::annotations::Annotations;
-use crate::limits::LimitState;
-use crate::pricing::Cost;
-use crate::provider::{ProviderMeta, ResponseFacts, Str, Usage};
+use crate::parse::annotations::Annotations;
+use crate::parse::provider::{ProviderMeta, ResponseFacts, Str, Usage};
+use crate::record::limits::LimitState;
+use crate::record::pricing::Cost;
 
 /// Low-cardinality class of a failed call, recorded as `error.type`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ErrorType {
     /// The provider answered with a non-2xx HTTP status (`error.type` is the code, e.g. `429`).
     Status(u16),
@@ -88,6 +93,7 @@ fn status_str(code: u16) -> &'static str {
 
 /// What the request asked for, read from the body actually sent.
 #[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
 pub struct RequestFacts {
     /// `model`.
     pub model: String,
@@ -204,6 +210,7 @@ impl RequestFacts {
 
 /// Timings of a call.
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct Timings {
     /// Wall-clock start.
     pub started_at: SystemTime,
@@ -215,6 +222,19 @@ pub struct Timings {
     pub time_per_output_chunk: Option<Duration>,
     /// Streams: data events received, `[DONE]` excluded.
     pub chunks: u32,
+}
+
+impl Timings {
+    /// A call started at `started_at` that took no time yet and streamed nothing.
+    pub fn new(started_at: SystemTime) -> Self {
+        Timings {
+            started_at,
+            duration: Duration::ZERO,
+            time_to_first_chunk: None,
+            time_per_output_chunk: None,
+            chunks: 0,
+        }
+    }
 }
 
 /// llm-meter's id of a call: 128 random bits, shown as 32 hex digits.
@@ -260,6 +280,7 @@ impl std::fmt::Display for CallId {
 
 /// Everything observed about one call. Sinks (span, metrics, limits, hooks) read it once.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct CallRecord {
     /// llm-meter's id of the call (`xproxy_result.request_id`).
     pub id: CallId,
@@ -296,6 +317,30 @@ pub struct CallRecord {
 }
 
 impl CallRecord {
+    /// The record of a call to `request.model` started at `started_at`, before anything came
+    /// back: a fresh id, a chat call to OpenAI, no answer, no usage, no cost. The pipeline fills
+    /// the rest; tests and custom doors set the fields they observed.
+    pub fn new(annotations: Annotations, request: RequestFacts, started_at: SystemTime) -> Self {
+        CallRecord {
+            id: CallId::new(),
+            operation: crate::names::OPERATION_CHAT,
+            provider: Arc::from(crate::names::PROVIDER_OPENAI),
+            server_address: Arc::from(""),
+            server_port: None,
+            annotations,
+            request,
+            status: None,
+            meta: ProviderMeta::default(),
+            response: ResponseFacts::default(),
+            usage: None,
+            timings: Timings::new(started_at),
+            error: None,
+            cost: None,
+            limits: Vec::new(),
+            blocked_limit_ids: Vec::new(),
+        }
+    }
+
     /// The model to label the call with: the response's, else the request's.
     pub fn model(&self) -> &str {
         self.response.model.as_deref().unwrap_or(&self.request.model)
@@ -413,11 +458,11 @@ impl Error {
     }
 }
 
-impl From<crate::stream::StreamFault> for ErrorType {
-    fn from(fault: crate::stream::StreamFault) -> Self {
+impl From<crate::parse::stream::StreamFault> for ErrorType {
+    fn from(fault: crate::parse::stream::StreamFault) -> Self {
         match fault {
-            crate::stream::StreamFault::Decode => ErrorType::Decode,
-            crate::stream::StreamFault::ErrorEvent => ErrorType::StreamError,
+            crate::parse::stream::StreamFault::Decode => ErrorType::Decode,
+            crate::parse::stream::StreamFault::ErrorEvent => ErrorType::StreamError,
         }
     }
 }

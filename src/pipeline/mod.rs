@@ -33,15 +33,15 @@ use serde_json::{Map, Value};
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::annotations::Annotations;
-use crate::limits::{LimitState, SharedLedger};
-use crate::pricing::{Cost, PriceTable};
-use crate::provider::{ChatCompletion, ProviderMeta, ResponseFacts};
+use crate::names;
+use crate::parse::annotations::Annotations;
+use crate::parse::provider::{ChatCompletion, ProviderMeta, ResponseFacts};
+use crate::parse::stream::{EventCutter, EventOutcome, StreamObserver};
+use crate::record::limits::{LimitState, SharedLedger};
+use crate::record::pricing::{Cost, PriceTable};
 use crate::record::{CallHook, CallId, CallRecord, Error, ErrorType, RequestFacts, StreamOptions, Timings};
-use crate::semconv;
-use crate::stream::{EventCutter, EventOutcome, StreamObserver};
-use crate::telemetry::metrics::Metrics;
-use crate::telemetry::span::{record_on_span, start_chat_span, write_trace_context};
+use crate::sinks::metrics::Metrics;
+use crate::sinks::span::{record_on_span, start_chat_span, write_trace_context};
 
 /// What the client does about usage on streams whose request did not ask for it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -114,7 +114,7 @@ pub struct MeterBuilder {
 impl Default for MeterBuilder {
     fn default() -> Self {
         MeterBuilder {
-            provider: semconv::PROVIDER_OPENAI.to_owned(),
+            provider: names::PROVIDER_OPENAI.to_owned(),
             propagate: true,
             stream_usage: StreamUsage::default(),
             spans: true,
@@ -161,7 +161,7 @@ impl MeterBuilder {
         self.hooks.push(Arc::new(hook));
         self
     }
-    /// Records every call on these metric instruments (see [`Telemetry::metrics`](crate::telemetry::Telemetry::metrics)).
+    /// Records every call on these metric instruments (see [`Telemetry::metrics`](crate::sinks::Telemetry::metrics)).
     pub fn metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = Some(metrics);
         self
@@ -228,7 +228,7 @@ impl MeterBuilder {
     }
 }
 
-impl crate::telemetry::Telemetry {
+impl crate::sinks::export::Telemetry {
     /// A meter builder already wired to these metrics.
     pub fn meter_builder(&self) -> MeterBuilder {
         Meter::builder().metrics(self.metrics())
@@ -270,7 +270,7 @@ struct Answer {
     status: Option<StatusCode>,
     meta: ProviderMeta,
     response: ResponseFacts,
-    usage: Option<crate::provider::Usage>,
+    usage: Option<crate::parse::provider::Usage>,
     error: Option<ErrorType>,
 }
 
@@ -644,7 +644,7 @@ impl Call {
         };
         let record = CallRecord {
             id: CallId::new(),
-            operation: semconv::OPERATION_CHAT,
+            operation: names::OPERATION_CHAT,
             provider: self.meter.inner.provider.clone(),
             server_address: self.server.address,
             server_port: self.server.port,
@@ -787,8 +787,10 @@ impl ChatStream {
     }
 
     /// The call's outcome in Pay-i's `xproxy_result` shape, once the stream has ended.
-    pub fn xproxy_result(&self) -> Option<crate::xproxy::XProxyResult> {
-        self.record.as_ref().map(crate::xproxy::XProxyResult::from_record)
+    pub fn xproxy_result(&self) -> Option<crate::record::xproxy::XProxyResult> {
+        self.record
+            .as_ref()
+            .map(crate::record::xproxy::XProxyResult::from_record)
     }
 
     /// The call is complete at `[DONE]`: end the span now, not when the caller gets round to
@@ -828,7 +830,7 @@ impl ChatStream {
         };
         let value = (outcome.value)(record);
         Some(sse_event(
-            &crate::xproxy::add_json_field(&data, outcome.key, &value).unwrap_or(data),
+            &crate::record::xproxy::add_json_field(&data, outcome.key, &value).unwrap_or(data),
         ))
     }
 

@@ -13,9 +13,9 @@ use tracing::field::Empty;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::annotations::Annotations;
+use crate::names::*;
+use crate::parse::annotations::Annotations;
 use crate::record::CallRecord;
-use crate::semconv::*;
 
 macro_rules! chat_span {
     ($model:expr, $provider:expr, $server:expr, $annotations:expr $(, parent: $parent:expr)?) => {

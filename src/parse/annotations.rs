@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::semconv;
+use crate::names;
 
 /// Longest accepted free-form value (ids, names, property values), in bytes.
 pub const MAX_VALUE_LEN: usize = 256;
@@ -40,7 +40,7 @@ struct Fields {
 /// Which annotation a validation error is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Field {
+pub enum AnnotationField {
     /// `use_case_name` / `xProxy-UseCase-Name`.
     UseCaseName,
     /// `use_case_id` / `xProxy-UseCase-ID`.
@@ -63,36 +63,36 @@ pub enum Field {
     RequestProperties,
 }
 
-impl Field {
+impl AnnotationField {
     /// The builder field name.
     pub fn name(self) -> &'static str {
         match self {
-            Field::UseCaseName => "use_case_name",
-            Field::UseCaseId => "use_case_id",
-            Field::UseCaseVersion => "use_case_version",
-            Field::UseCaseStep => "use_case_step",
-            Field::UseCaseProperties => "use_case_properties",
-            Field::UserId => "user_id",
-            Field::AccountName => "account_name",
-            Field::LimitIds => "limit_ids",
-            Field::RequestTags => "request_tags",
-            Field::RequestProperties => "request_properties",
+            AnnotationField::UseCaseName => "use_case_name",
+            AnnotationField::UseCaseId => "use_case_id",
+            AnnotationField::UseCaseVersion => "use_case_version",
+            AnnotationField::UseCaseStep => "use_case_step",
+            AnnotationField::UseCaseProperties => "use_case_properties",
+            AnnotationField::UserId => "user_id",
+            AnnotationField::AccountName => "account_name",
+            AnnotationField::LimitIds => "limit_ids",
+            AnnotationField::RequestTags => "request_tags",
+            AnnotationField::RequestProperties => "request_properties",
         }
     }
 
     /// The Pay-i header carrying this field.
     pub fn header(self) -> &'static str {
         match self {
-            Field::UseCaseName => semconv::HEADER_USE_CASE_NAME,
-            Field::UseCaseId => semconv::HEADER_USE_CASE_ID,
-            Field::UseCaseVersion => semconv::HEADER_USE_CASE_VERSION,
-            Field::UseCaseStep => semconv::HEADER_USE_CASE_STEP,
-            Field::UseCaseProperties => semconv::HEADER_USE_CASE_PROPERTIES,
-            Field::UserId => semconv::HEADER_USER_ID,
-            Field::AccountName => semconv::HEADER_ACCOUNT_NAME,
-            Field::LimitIds => semconv::HEADER_LIMIT_IDS,
-            Field::RequestTags => semconv::HEADER_REQUEST_TAGS,
-            Field::RequestProperties => semconv::HEADER_REQUEST_PROPERTIES,
+            AnnotationField::UseCaseName => names::HEADER_USE_CASE_NAME,
+            AnnotationField::UseCaseId => names::HEADER_USE_CASE_ID,
+            AnnotationField::UseCaseVersion => names::HEADER_USE_CASE_VERSION,
+            AnnotationField::UseCaseStep => names::HEADER_USE_CASE_STEP,
+            AnnotationField::UseCaseProperties => names::HEADER_USE_CASE_PROPERTIES,
+            AnnotationField::UserId => names::HEADER_USER_ID,
+            AnnotationField::AccountName => names::HEADER_ACCOUNT_NAME,
+            AnnotationField::LimitIds => names::HEADER_LIMIT_IDS,
+            AnnotationField::RequestTags => names::HEADER_REQUEST_TAGS,
+            AnnotationField::RequestProperties => names::HEADER_REQUEST_PROPERTIES,
         }
     }
 }
@@ -101,7 +101,7 @@ impl Field {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AnnotationError {
     /// The field (and header) at fault.
-    pub field: Field,
+    pub field: AnnotationField,
     /// The rule, in words.
     pub rule: String,
 }
@@ -120,7 +120,7 @@ impl fmt::Display for AnnotationError {
 
 impl std::error::Error for AnnotationError {}
 
-fn err(field: Field, rule: impl Into<String>) -> AnnotationError {
+fn err(field: AnnotationField, rule: impl Into<String>) -> AnnotationError {
     AnnotationError {
         field,
         rule: rule.into(),
@@ -203,18 +203,18 @@ impl AnnotationsBuilder {
         let f = &mut self.fields;
         if let Some(name) = &f.use_case_name {
             check_name(
-                Field::UseCaseName,
+                AnnotationField::UseCaseName,
                 name,
                 |c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'),
                 "[A-Za-z0-9._-]",
             )?;
         }
         for (field, value) in [
-            (Field::UseCaseId, &f.use_case_id),
-            (Field::UseCaseVersion, &f.use_case_version),
-            (Field::UseCaseStep, &f.use_case_step),
-            (Field::UserId, &f.user_id),
-            (Field::AccountName, &f.account_name),
+            (AnnotationField::UseCaseId, &f.use_case_id),
+            (AnnotationField::UseCaseVersion, &f.use_case_version),
+            (AnnotationField::UseCaseStep, &f.use_case_step),
+            (AnnotationField::UserId, &f.user_id),
+            (AnnotationField::AccountName, &f.account_name),
         ] {
             if let Some(v) = value {
                 check_value(field, v)?;
@@ -227,30 +227,30 @@ impl AnnotationsBuilder {
             }
             !id.is_empty()
         });
-        check_count(Field::LimitIds, f.limit_ids.len())?;
+        check_count(AnnotationField::LimitIds, f.limit_ids.len())?;
         for id in &f.limit_ids {
-            check_value(Field::LimitIds, id)?;
+            check_value(AnnotationField::LimitIds, id)?;
             if id.len() > MAX_NAME_LEN {
                 return Err(err(
-                    Field::LimitIds,
+                    AnnotationField::LimitIds,
                     format!("a limit id is longer than {MAX_NAME_LEN} bytes"),
                 ));
             }
             if id.contains(',') {
-                return Err(err(Field::LimitIds, "a limit id must not contain ','"));
+                return Err(err(AnnotationField::LimitIds, "a limit id must not contain ','"));
             }
         }
-        check_count(Field::RequestTags, f.request_tags.len())?;
+        check_count(AnnotationField::RequestTags, f.request_tags.len())?;
         for tag in &f.request_tags {
             check_name(
-                Field::RequestTags,
+                AnnotationField::RequestTags,
                 tag,
                 |c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'),
                 "[A-Za-z0-9_-]",
             )?;
         }
-        check_properties(Field::UseCaseProperties, &f.use_case_properties)?;
-        check_properties(Field::RequestProperties, &f.request_properties)?;
+        check_properties(AnnotationField::UseCaseProperties, &f.use_case_properties)?;
+        check_properties(AnnotationField::RequestProperties, &f.request_properties)?;
         if self.fields == Fields::default() {
             return Ok(Annotations(None));
         }
@@ -258,14 +258,14 @@ impl AnnotationsBuilder {
     }
 }
 
-fn check_count(field: Field, n: usize) -> Result<(), AnnotationError> {
+fn check_count(field: AnnotationField, n: usize) -> Result<(), AnnotationError> {
     if n > MAX_ITEMS {
         return Err(err(field, format!("at most {MAX_ITEMS} items, got {n}")));
     }
     Ok(())
 }
 
-fn check_value(field: Field, v: &str) -> Result<(), AnnotationError> {
+fn check_value(field: AnnotationField, v: &str) -> Result<(), AnnotationError> {
     if v.is_empty() {
         return Err(err(field, "must not be empty"));
     }
@@ -281,14 +281,19 @@ fn check_value(field: Field, v: &str) -> Result<(), AnnotationError> {
     Ok(())
 }
 
-fn check_name(field: Field, v: &str, allowed: impl Fn(char) -> bool, class: &str) -> Result<(), AnnotationError> {
+fn check_name(
+    field: AnnotationField,
+    v: &str,
+    allowed: impl Fn(char) -> bool,
+    class: &str,
+) -> Result<(), AnnotationError> {
     if v.is_empty() || v.len() > MAX_NAME_LEN || !v.chars().all(allowed) {
         return Err(err(field, format!("{v:?} does not match {class}{{1,{MAX_NAME_LEN}}}")));
     }
     Ok(())
 }
 
-fn check_properties(field: Field, props: &BTreeMap<String, String>) -> Result<(), AnnotationError> {
+fn check_properties(field: AnnotationField, props: &BTreeMap<String, String>) -> Result<(), AnnotationError> {
     check_count(field, props.len())?;
     for (k, v) in props {
         check_name(
@@ -390,12 +395,12 @@ impl Annotations {
             }
         };
         let singles = [
-            (semconv::HEADER_USE_CASE_NAME, &f.use_case_name),
-            (semconv::HEADER_USE_CASE_ID, &f.use_case_id),
-            (semconv::HEADER_USE_CASE_VERSION, &f.use_case_version),
-            (semconv::HEADER_USE_CASE_STEP, &f.use_case_step),
-            (semconv::HEADER_USER_ID, &f.user_id),
-            (semconv::HEADER_ACCOUNT_NAME, &f.account_name),
+            (names::HEADER_USE_CASE_NAME, &f.use_case_name),
+            (names::HEADER_USE_CASE_ID, &f.use_case_id),
+            (names::HEADER_USE_CASE_VERSION, &f.use_case_version),
+            (names::HEADER_USE_CASE_STEP, &f.use_case_step),
+            (names::HEADER_USER_ID, &f.user_id),
+            (names::HEADER_ACCOUNT_NAME, &f.account_name),
         ];
         for (name, value) in singles {
             if let Some(v) = value {
@@ -403,14 +408,14 @@ impl Annotations {
             }
         }
         if !f.limit_ids.is_empty() {
-            put(semconv::HEADER_LIMIT_IDS, &f.limit_ids.join(","));
+            put(names::HEADER_LIMIT_IDS, &f.limit_ids.join(","));
         }
         if !f.request_tags.is_empty() {
-            put(semconv::HEADER_REQUEST_TAGS, &f.request_tags.join(","));
+            put(names::HEADER_REQUEST_TAGS, &f.request_tags.join(","));
         }
         for (name, props) in [
-            (semconv::HEADER_USE_CASE_PROPERTIES, &f.use_case_properties),
-            (semconv::HEADER_REQUEST_PROPERTIES, &f.request_properties),
+            (names::HEADER_USE_CASE_PROPERTIES, &f.use_case_properties),
+            (names::HEADER_REQUEST_PROPERTIES, &f.request_properties),
         ] {
             if !props.is_empty() {
                 put(name, &serde_json::to_string(props).unwrap_or_default());
@@ -421,7 +426,7 @@ impl Annotations {
     /// Parses `xProxy-*` headers (names case-insensitive). Other headers are ignored; a header
     /// present with an invalid value is an error naming that header.
     pub fn from_headers(headers: &HeaderMap) -> Result<Self, AnnotationError> {
-        let text = |field: Field| -> Result<Option<&str>, AnnotationError> {
+        let text = |field: AnnotationField| -> Result<Option<&str>, AnnotationError> {
             match headers.get(field.header()) {
                 None => Ok(None),
                 Some(v) => std::str::from_utf8(v.as_bytes())
@@ -431,16 +436,16 @@ impl Annotations {
         };
         let mut b = Annotations::builder();
         let f = &mut b.fields;
-        f.use_case_name = text(Field::UseCaseName)?.map(str::to_owned);
-        f.use_case_id = text(Field::UseCaseId)?.map(str::to_owned);
-        f.use_case_version = text(Field::UseCaseVersion)?.map(str::to_owned);
-        f.use_case_step = text(Field::UseCaseStep)?.map(str::to_owned);
-        f.user_id = text(Field::UserId)?.map(str::to_owned);
-        f.account_name = text(Field::AccountName)?.map(str::to_owned);
-        if let Some(ids) = text(Field::LimitIds)? {
+        f.use_case_name = text(AnnotationField::UseCaseName)?.map(str::to_owned);
+        f.use_case_id = text(AnnotationField::UseCaseId)?.map(str::to_owned);
+        f.use_case_version = text(AnnotationField::UseCaseVersion)?.map(str::to_owned);
+        f.use_case_step = text(AnnotationField::UseCaseStep)?.map(str::to_owned);
+        f.user_id = text(AnnotationField::UserId)?.map(str::to_owned);
+        f.account_name = text(AnnotationField::AccountName)?.map(str::to_owned);
+        if let Some(ids) = text(AnnotationField::LimitIds)? {
             f.limit_ids = ids.split(',').map(str::to_owned).collect();
         }
-        if let Some(tags) = text(Field::RequestTags)? {
+        if let Some(tags) = text(AnnotationField::RequestTags)? {
             f.request_tags = tags
                 .split(',')
                 .map(str::trim)
@@ -448,17 +453,17 @@ impl Annotations {
                 .map(str::to_owned)
                 .collect();
         }
-        if let Some(json) = text(Field::UseCaseProperties)? {
-            f.use_case_properties = parse_properties(Field::UseCaseProperties, json)?;
+        if let Some(json) = text(AnnotationField::UseCaseProperties)? {
+            f.use_case_properties = parse_properties(AnnotationField::UseCaseProperties, json)?;
         }
-        if let Some(json) = text(Field::RequestProperties)? {
-            f.request_properties = parse_properties(Field::RequestProperties, json)?;
+        if let Some(json) = text(AnnotationField::RequestProperties)? {
+            f.request_properties = parse_properties(AnnotationField::RequestProperties, json)?;
         }
         b.build()
     }
 }
 
-fn parse_properties(field: Field, json: &str) -> Result<BTreeMap<String, String>, AnnotationError> {
+fn parse_properties(field: AnnotationField, json: &str) -> Result<BTreeMap<String, String>, AnnotationError> {
     serde_json::from_str(json).map_err(|e| err(field, format!("must be a JSON object of string values: {e}")))
 }
 
@@ -533,57 +538,61 @@ mod tests {
 
     #[test]
     fn bad_values_are_rejected_naming_the_field_and_rule() {
-        let cases: Vec<(AnnotationsBuilder, Field, &str)> = vec![
+        let cases: Vec<(AnnotationsBuilder, AnnotationField, &str)> = vec![
             (
                 Annotations::builder().use_case_name("has space"),
-                Field::UseCaseName,
+                AnnotationField::UseCaseName,
                 "[A-Za-z0-9._-]",
             ),
             (
                 Annotations::builder().use_case_name(""),
-                Field::UseCaseName,
+                AnnotationField::UseCaseName,
                 "[A-Za-z0-9._-]",
             ),
             (
                 Annotations::builder().use_case_name("x".repeat(65)),
-                Field::UseCaseName,
+                AnnotationField::UseCaseName,
                 "{1,64}",
             ),
-            (Annotations::builder().user_id(""), Field::UserId, "empty"),
+            (Annotations::builder().user_id(""), AnnotationField::UserId, "empty"),
             (
                 Annotations::builder().user_id("a\r\nX-Evil: 1"),
-                Field::UserId,
+                AnnotationField::UserId,
                 "control",
             ),
             (
                 Annotations::builder().account_name("x".repeat(257)),
-                Field::AccountName,
+                AnnotationField::AccountName,
                 "longer",
             ),
             (
                 Annotations::builder().request_tag("a.b"),
-                Field::RequestTags,
+                AnnotationField::RequestTags,
                 "[A-Za-z0-9_-]",
             ),
             (
                 Annotations::builder().request_tag(""),
-                Field::RequestTags,
+                AnnotationField::RequestTags,
                 "[A-Za-z0-9_-]",
             ),
             (
                 Annotations::builder().request_tags((0..33).map(|i| format!("t{i}"))),
-                Field::RequestTags,
+                AnnotationField::RequestTags,
                 "at most 32",
             ),
-            (Annotations::builder().limit_ids(["a\tb"]), Field::LimitIds, "control"),
+            (
+                Annotations::builder().limit_ids(["a\tb"]),
+                AnnotationField::LimitIds,
+                "control",
+            ),
             (
                 Annotations::builder().request_property("bad key", "v"),
-                Field::RequestProperties,
+                AnnotationField::RequestProperties,
                 "keys",
             ),
             (
                 Annotations::builder().use_case_property("k", "\n"),
-                Field::UseCaseProperties,
+                AnnotationField::UseCaseProperties,
                 "control",
             ),
         ];
@@ -600,7 +609,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("xproxy-request-properties", HeaderValue::from_static("{\"a\":1}"));
         let e = Annotations::from_headers(&h).unwrap_err();
-        assert_eq!(e.field, Field::RequestProperties);
+        assert_eq!(e.field, AnnotationField::RequestProperties);
         assert!(e.to_string().contains("xProxy-Request-Properties"));
     }
 
@@ -608,7 +617,10 @@ mod tests {
     fn non_utf8_header_is_rejected() {
         let mut h = HeaderMap::new();
         h.insert("xproxy-user-id", HeaderValue::from_bytes(b"\xff\xfe").unwrap());
-        assert_eq!(Annotations::from_headers(&h).unwrap_err().field, Field::UserId);
+        assert_eq!(
+            Annotations::from_headers(&h).unwrap_err().field,
+            AnnotationField::UserId
+        );
     }
 
     mod props {

@@ -17,13 +17,13 @@ use serde::Serialize;
 use serde_json::Value;
 use tracing::Instrument;
 
-use crate::annotations::Annotations;
-use crate::meter::{Call, Meter, MeterBuilder, Server};
-pub use crate::meter::{ChatStream, StreamUsage};
-use crate::provider::{ChatCompletion, ProviderMeta, Usage};
+use crate::parse::annotations::Annotations;
+use crate::parse::provider::{ChatCompletion, ProviderMeta, Usage};
+use crate::pipeline::{Call, Meter, MeterBuilder, Server};
+pub use crate::pipeline::{ChatStream, StreamUsage};
+use crate::record::xproxy::XProxyResult;
 pub use crate::record::Error;
 use crate::record::{CallHook, CallRecord};
-use crate::xproxy::XProxyResult;
 
 /// OpenAI's API base.
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
@@ -142,12 +142,12 @@ impl ClientBuilder {
     }
 
     /// Prices for cost (default: the embedded table).
-    pub fn prices(mut self, prices: crate::pricing::PriceTable) -> Self {
+    pub fn prices(mut self, prices: crate::record::pricing::PriceTable) -> Self {
         self.meter = self.meter.prices(prices);
         self
     }
     /// Tracks spend per limit id in `ledger`.
-    pub fn ledger(mut self, ledger: crate::limits::SharedLedger) -> Self {
+    pub fn ledger(mut self, ledger: crate::record::limits::SharedLedger) -> Self {
         self.meter = self.meter.ledger(ledger);
         self
     }

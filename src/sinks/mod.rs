@@ -7,6 +7,3 @@ pub mod metrics;
 #[cfg(feature = "prometheus")]
 pub mod prometheus;
 pub mod span;
-
-pub use export::{init, InitError, Protocol, Telemetry, TelemetryBuilder, TelemetryGuard};
-pub use metrics::{LabelPolicy, Metrics};

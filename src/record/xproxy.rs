@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::limits::LimitState;
+use crate::record::limits::LimitState;
 use crate::record::CallRecord;
 
 /// The `xproxy_result` object.

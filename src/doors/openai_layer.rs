@@ -28,8 +28,8 @@ use async_openai::middleware::HttpRequestFactory;
 use bytes::Bytes;
 use tracing::Instrument;
 
-use crate::annotations::Annotations;
-use crate::meter::{Meter, Server};
+use crate::parse::annotations::Annotations;
+use crate::pipeline::{Meter, Server};
 use crate::record::ErrorType;
 
 tokio::task_local! {

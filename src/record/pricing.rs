@@ -18,9 +18,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::provider::Usage;
+use crate::parse::provider::Usage;
 
-const EMBEDDED: &str = include_str!("../data/prices.toml");
+const EMBEDDED: &str = include_str!("../../data/prices.toml");
 
 /// Price of one model, USD per million tokens.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -75,6 +75,22 @@ pub struct Rates {
 }
 
 impl Rates {
+    /// Cost of `usage` at these rates: uncached input at the input rate, cached input at the
+    /// cached rate (or the input rate), output (reasoning included) at the output rate.
+    pub fn cost(&self, usage: &Usage) -> Cost {
+        let cached = usage.cached_input_tokens.unwrap_or(0).min(usage.input_tokens);
+        let uncached = usage.input_tokens - cached;
+        let per_token = |per_million: f64| per_million / 1_000_000.0;
+        let input = uncached as f64 * per_token(self.input)
+            + cached as f64 * per_token(self.cached_input.unwrap_or(self.input));
+        let output = usage.output_tokens as f64 * per_token(self.output);
+        Cost {
+            input,
+            output,
+            total: input + output,
+        }
+    }
+
     /// Every rate a finite number >= 0.
     fn is_valid(&self) -> bool {
         let ok = |v: f64| v.is_finite() && v >= 0.0;
@@ -235,27 +251,7 @@ impl PriceTable {
     /// when the model, or that tier of it, is unpriced.
     pub fn cost_at(&self, model: &str, tier: Option<&str>, usage: &Usage) -> Option<Cost> {
         let rates = self.price(model)?.rates(tier)?;
-        Some(cost_at_rates(rates, usage))
-    }
-}
-
-/// Cost of `usage` at `price`'s standard rates: uncached input at the input price, cached input
-/// at the cached price (or the input price), output (reasoning included) at the output price.
-pub fn cost_of(price: &Price, usage: &Usage) -> Cost {
-    cost_at_rates(price.standard_rates(), usage)
-}
-
-fn cost_at_rates(rates: Rates, usage: &Usage) -> Cost {
-    let cached = usage.cached_input_tokens.unwrap_or(0).min(usage.input_tokens);
-    let uncached = usage.input_tokens - cached;
-    let per_token = |per_million: f64| per_million / 1_000_000.0;
-    let input =
-        uncached as f64 * per_token(rates.input) + cached as f64 * per_token(rates.cached_input.unwrap_or(rates.input));
-    let output = usage.output_tokens as f64 * per_token(rates.output);
-    Cost {
-        input,
-        output,
-        total: input + output,
+        Some(rates.cost(usage))
     }
 }
 

@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use crate::provider::{apply_chunk, ChunkKind, ResponseFacts, Usage};
+use crate::parse::provider::{apply_chunk, ChunkKind, ResponseFacts, Usage};
 
 /// A problem in the stream itself (the record layer maps it to an `error.type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

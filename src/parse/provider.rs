@@ -8,7 +8,7 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderValue};
 use serde::Deserialize;
 
-use crate::semconv;
+use crate::names;
 
 /// Debug and rate-limit headers of one provider response. A header that is missing or does not
 /// parse is `None`: never 0, -1 or `u64::MAX` (Azure sends -1 for unknown).
@@ -55,39 +55,39 @@ impl ProviderMeta {
         for (name, value) in headers {
             let name = name.as_str();
             // Every header we read starts with `x-r` or `openai-`: skip the rest cheaply.
-            if !(name.starts_with("x-r") || name.starts_with(semconv::HEADER_OPENAI_PREFIX)) {
+            if !(name.starts_with("x-r") || name.starts_with(names::HEADER_OPENAI_PREFIX)) {
                 continue;
             }
             let Ok(text) = value.to_str() else { continue };
             let slot = match name {
-                semconv::HEADER_REQUEST_ID => &mut meta.request_id,
-                semconv::HEADER_OPENAI_ORGANIZATION => &mut meta.organization,
-                semconv::HEADER_OPENAI_VERSION => &mut meta.api_version,
-                semconv::HEADER_OPENAI_PROCESSING_MS => {
+                names::HEADER_REQUEST_ID => &mut meta.request_id,
+                names::HEADER_OPENAI_ORGANIZATION => &mut meta.organization,
+                names::HEADER_OPENAI_VERSION => &mut meta.api_version,
+                names::HEADER_OPENAI_PROCESSING_MS => {
                     meta.processing = parse_millis(text);
                     continue;
                 }
-                semconv::HEADER_RATELIMIT_LIMIT_REQUESTS => {
+                names::HEADER_RATELIMIT_LIMIT_REQUESTS => {
                     meta.requests.limit = parse_count(text);
                     continue;
                 }
-                semconv::HEADER_RATELIMIT_REMAINING_REQUESTS => {
+                names::HEADER_RATELIMIT_REMAINING_REQUESTS => {
                     meta.requests.remaining = parse_count(text);
                     continue;
                 }
-                semconv::HEADER_RATELIMIT_RESET_REQUESTS => {
+                names::HEADER_RATELIMIT_RESET_REQUESTS => {
                     meta.requests.reset = parse_reset_duration(text);
                     continue;
                 }
-                semconv::HEADER_RATELIMIT_LIMIT_TOKENS => {
+                names::HEADER_RATELIMIT_LIMIT_TOKENS => {
                     meta.tokens.limit = parse_count(text);
                     continue;
                 }
-                semconv::HEADER_RATELIMIT_REMAINING_TOKENS => {
+                names::HEADER_RATELIMIT_REMAINING_TOKENS => {
                     meta.tokens.remaining = parse_count(text);
                     continue;
                 }
-                semconv::HEADER_RATELIMIT_RESET_TOKENS => {
+                names::HEADER_RATELIMIT_RESET_TOKENS => {
                     meta.tokens.reset = parse_reset_duration(text);
                     continue;
                 }
@@ -213,6 +213,7 @@ impl fmt::Display for FinishReason {
 
 /// Token usage of one call, from the body's `usage` object.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Usage {
     /// `prompt_tokens` (cached ones included).
     pub input_tokens: u64,
@@ -290,6 +291,7 @@ impl<'de> Deserialize<'de> for Usage {
 /// The observable facts of a response (a whole body, or the chunks of a stream). Message
 /// content is not kept.
 #[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
 pub struct ResponseFacts {
     /// `id`.
     pub id: Option<String>,

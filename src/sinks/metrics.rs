@@ -31,9 +31,9 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use opentelemetry::metrics::{BoundCounter, BoundGauge, BoundHistogram, Counter, Gauge, Histogram, Meter as OtelMeter};
 use opentelemetry::{Key, KeyValue, StringValue, Value};
 
-use crate::limits::{LimitKind, LimitStatus, SharedLedger};
+use crate::names::*;
+use crate::record::limits::{LimitKind, LimitStatus, SharedLedger};
 use crate::record::CallRecord;
-use crate::semconv::*;
 
 /// Bucket boundaries of the duration histograms (GenAI semconv): 0.01 s doubling to 81.92 s.
 pub const DURATION_BUCKETS: [f64; 14] = [
@@ -548,7 +548,7 @@ impl Metrics {
             .with_callback(move |o| {
                 l5.statuses().iter().for_each(|s| {
                     if let Some(end) = s.window_end {
-                        o.observe(crate::limits::unix(end), &labels(s))
+                        o.observe(crate::record::limits::unix(end), &labels(s))
                     }
                 })
             })
@@ -584,7 +584,7 @@ impl Metrics {
             ]
         };
         // When the reported window resets: the answer's time plus the reported reset.
-        let observed = crate::limits::unix(r.timings.started_at) + r.timings.duration.as_secs_f64();
+        let observed = crate::record::limits::unix(r.timings.started_at) + r.timings.duration.as_secs_f64();
         let series = self.rate_series(key);
         for (k, (kind, limit)) in [("requests", &m.requests), ("tokens", &m.tokens)]
             .into_iter()

@@ -38,8 +38,8 @@ use tracing_subscriber::Layer;
 /// Whether this build has any OTLP transport (features `otlp-http`, `otlp-grpc`).
 const OTLP_BUILT: bool = cfg!(any(feature = "otlp-http", feature = "otlp-grpc"));
 
-use crate::semconv;
-use crate::telemetry::metrics::{LabelPolicy, Metrics};
+use crate::names;
+use crate::sinks::metrics::{LabelPolicy, Metrics};
 
 /// Instrumentation scope of llm-meter's spans and metrics.
 pub const SCOPE: &str = "llm-meter";
@@ -333,11 +333,11 @@ impl TelemetryBuilder {
         let metrics = Metrics::new(&otel_meter, self.labels);
         let observed = stats.clone();
         let export_counter = otel_meter
-            .u64_observable_counter(semconv::METRIC_EXPORT_SPANS)
+            .u64_observable_counter(names::METRIC_EXPORT_SPANS)
             .with_description("Spans ended, exported, failed to export, or dropped (queue full or shut down).")
             .with_callback(move |o| {
                 for (outcome, n) in observed.outcomes() {
-                    o.observe(n, &[KeyValue::new(semconv::EXPORT_OUTCOME, outcome)]);
+                    o.observe(n, &[KeyValue::new(names::EXPORT_OUTCOME, outcome)]);
                 }
             })
             .build();
