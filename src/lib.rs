@@ -13,8 +13,9 @@ mod record;
 mod sinks;
 
 pub use parse::annotations::{AnnotationError, AnnotationField, Annotations, AnnotationsBuilder};
+pub use parse::endpoint::{bearer, parse_api_base};
 pub use parse::provider::{
-    parse_reset_duration, BodyError, ChatCompletion, FinishReason, ProviderMeta, RateLimit, ResponseFacts, Usage,
+    parse_duration, BodyError, ChatCompletion, FinishReason, ProviderMeta, RateLimit, ResponseFacts, Usage,
 };
 pub use parse::stream::{EventCutter, EventOutcome, SseEvent, SseParser, StreamFault, StreamObserver};
 
@@ -24,7 +25,9 @@ pub use record::limits::{
 };
 pub use record::pricing::{Cost, Price, PriceTable, PricingError, Rates, TierPrice};
 pub use record::xproxy::{add_json_field, LimitOutcome, XProxyCost, XProxyResult};
-pub use record::{CallHook, CallId, CallRecord, Error, ErrorType, RequestFacts, StreamOptions, Timings};
+pub use record::{
+    BuildError, CallError, CallHook, CallId, CallRecord, ErrorType, RequestFacts, StreamOptions, Timings,
+};
 
 pub use sinks::export::{init, ExportStats, InitError, Protocol, Telemetry, TelemetryBuilder, TelemetryGuard, SCOPE};
 pub use sinks::metrics::{LabelPolicy, Metrics, DURATION_BUCKETS, MAX_BOUND_SERIES, TOKEN_BUCKETS};
@@ -35,7 +38,10 @@ pub use sinks::span::extract_trace_context;
 
 pub use pipeline::{Call, ChatStream, Meter, MeterBuilder, Prepared, Server, StreamUsage};
 
-pub use doors::client::{ChatResponse, Client, ClientBuilder, DEFAULT_BASE_URL};
+pub use doors::client::{
+    ChatResponse, Client, ClientBuilder, DEFAULT_BASE_URL, DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT,
+    DEFAULT_TIMEOUT,
+};
 #[cfg(feature = "async-openai")]
 pub use doors::openai_layer;
 

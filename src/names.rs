@@ -82,6 +82,10 @@ pub const RATELIMIT_REMAINING_TOKENS: &str = "openai.ratelimit.tokens.remaining"
 pub const RATELIMIT_RESET_TOKENS: &str = "openai.ratelimit.tokens.reset_s";
 /// HTTP status of the provider's response.
 pub const HTTP_RESPONSE_STATUS_CODE: &str = "http.response.status_code";
+/// HTTP method of a request the proxy served (its server span).
+pub const HTTP_REQUEST_METHOD: &str = "http.request.method";
+/// Route of a request the proxy served (its server span).
+pub const HTTP_ROUTE: &str = "http.route";
 
 // ---- Streaming -------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use http::{HeaderMap, StatusCode};
 use llm_meter::opentelemetry::trace::{SpanKind, Status};
 use llm_meter::opentelemetry::Value;
-use llm_meter::{Annotations, CallRecord, Client, ErrorType};
+use llm_meter::{Annotations, CallRecord, Client, ErrorType, Meter};
 use llm_meter_mock::{MockConfig, MockServer, StreamCounts};
 use serde_json::json;
 
@@ -327,7 +327,7 @@ async fn span_nests_under_the_callers_span_and_trace_context_reaches_the_provide
 
     let off = Client::builder()
         .base_url(server.base_url())
-        .propagate_trace_context(false)
+        .meter(Meter::builder().propagate_trace_context(false).build().unwrap())
         .build()
         .unwrap();
     off.chat(&body(false), &annotations()).await.unwrap();
@@ -365,11 +365,16 @@ async fn model_defaults_fill_only_unset_fields_and_the_span_records_what_was_sen
     let capture = capture_spans();
     let c = Client::builder()
         .base_url(server.base_url())
-        .model_defaults(
-            "gpt-4o",
-            json!({"max_completion_tokens": 256, "temperature": 0.2, "top_p": 0.9}),
+        .meter(
+            Meter::builder()
+                .model_defaults(
+                    "gpt-4o",
+                    json!({"max_completion_tokens": 256, "temperature": 0.2, "top_p": 0.9}),
+                )
+                .model_defaults("gpt-4o-mini", json!({"temperature": 1.0}))
+                .build()
+                .unwrap(),
         )
-        .model_defaults("gpt-4o-mini", json!({"temperature": 1.0}))
         .build()
         .unwrap();
     let req = json!({"model": "gpt-4o", "messages": [], "temperature": 0.7, "top_p": null});
@@ -393,7 +398,7 @@ async fn model_defaults_fill_only_unset_fields_and_the_span_records_what_was_sen
         (i(256), Value::F64(0.7), Value::F64(0.9))
     );
 
-    let bad = Client::builder().model_defaults("m", json!(3)).build().unwrap_err();
+    let bad = Meter::builder().model_defaults("m", json!(3)).build().unwrap_err();
     assert!(bad.to_string().contains("must be a JSON object"), "{bad}");
 }
 
@@ -459,10 +464,15 @@ async fn hooks_see_every_record_and_a_panicking_hook_changes_nothing() {
     let (before, after) = (Arc::new(Counter::default()), Arc::new(Counter::default()));
     let c = Client::builder()
         .base_url(mock.base_url())
-        .hook(before.clone())
-        .hook(|_: &CallRecord| panic!("user hook bug"))
-        .hook(after.clone())
-        .hook(())
+        .meter(
+            Meter::builder()
+                .hook(before.clone())
+                .hook(|_: &CallRecord| panic!("user hook bug"))
+                .hook(after.clone())
+                .hook(())
+                .build()
+                .unwrap(),
+        )
         .build()
         .unwrap();
     let (records, outcome) = call_outcome(&c).await;
@@ -488,8 +498,13 @@ async fn spans_off_still_feeds_hooks() {
     let seen2 = seen.clone();
     let c = Client::builder()
         .base_url(mock.base_url())
-        .spans(false)
-        .hook(move |_: &CallRecord| *seen2.lock().unwrap() += 1)
+        .meter(
+            Meter::builder()
+                .spans(false)
+                .hook(move |_: &CallRecord| *seen2.lock().unwrap() += 1)
+                .build()
+                .unwrap(),
+        )
         .build()
         .unwrap();
     c.chat(&body(false), &annotations()).await.unwrap();

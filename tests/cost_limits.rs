@@ -15,7 +15,7 @@ use llm_meter::opentelemetry::Value;
 use llm_meter::prometheus::encode;
 use llm_meter::Telemetry;
 use llm_meter::{AdmissionMode, Ledger, LimitConfig, LimitKind, LimitState, MemoryLedger};
-use llm_meter::{Annotations, Client, Error, ErrorType};
+use llm_meter::{Annotations, CallError, Client, ErrorType, Meter};
 use llm_meter_mock::{MockConfig, MockServer};
 use llm_meter_proxy::config::Config;
 use serde_json::json;
@@ -172,7 +172,7 @@ async fn xproxy_result_has_payis_exact_shape() {
     );
     let client = Client::builder()
         .base_url(mock.base_url())
-        .ledger(ledger)
+        .meter(Meter::builder().ledger(ledger).build().unwrap())
         .build()
         .unwrap();
     let a = Annotations::builder()
@@ -285,7 +285,7 @@ async fn the_library_client_can_refuse_before_calling_the_provider() {
     let a = Annotations::builder().limit_ids(["cap"]).build().unwrap();
     client.chat(&body("gpt-4o", false), &a).await.unwrap();
     let err = client.chat(&body("gpt-4o", false), &a).await.unwrap_err();
-    let Error::LimitReached {
+    let CallError::LimitReached {
         blocked_limit_ids,
         record,
     } = &err
@@ -380,7 +380,7 @@ async fn two_hundred_concurrent_calls(admission: AdmissionMode) -> Burst {
                         c.1 = c.1.max(cost);
                         admitted.fetch_add(1, Ordering::Relaxed);
                     }
-                    Err(Error::LimitReached { .. }) => {
+                    Err(CallError::LimitReached { .. }) => {
                         blocked.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(e) => panic!("{e}"),
@@ -500,7 +500,7 @@ async fn spent_admission_admits_until_spend_reaches_max_and_overspends_by_the_ca
                 last_cost = r.record().cost.unwrap().total;
                 assert!(admitted < 1000, "never refused");
             }
-            Err(Error::LimitReached { .. }) => break,
+            Err(CallError::LimitReached { .. }) => break,
             Err(e) => panic!("{e}"),
         }
     }
@@ -529,8 +529,13 @@ async fn budgets_survive_a_restart_through_the_config_snapshot() {
     let ledger = Arc::new(config.ledger().unwrap());
     let client = Client::builder()
         .base_url(mock.base_url())
-        .ledger(ledger.clone())
-        .enforce_limits(true)
+        .meter(
+            Meter::builder()
+                .ledger(ledger.clone())
+                .enforce_limits(true)
+                .build()
+                .unwrap(),
+        )
         .build()
         .unwrap();
     let mut spent = 0.0;
@@ -552,13 +557,12 @@ async fn budgets_survive_a_restart_through_the_config_snapshot() {
     assert!((restored.statuses()[0].spend - spent).abs() < 1e-15);
     let client = Client::builder()
         .base_url(mock.base_url())
-        .ledger(restored)
-        .enforce_limits(true)
+        .meter(Meter::builder().ledger(restored).enforce_limits(true).build().unwrap())
         .build()
         .unwrap();
     let mut refused = false;
     for _ in 0..5 {
-        if let Err(Error::LimitReached { .. }) = client.chat(&body("gpt-4o", false), &a).await {
+        if let Err(CallError::LimitReached { .. }) = client.chat(&body("gpt-4o", false), &a).await {
             refused = true;
             break;
         }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use llm_meter::{parse_reset_duration, ChatCompletion, ProviderMeta};
+use llm_meter::{parse_duration, ChatCompletion, ProviderMeta};
 use llm_meter_mock::{MockConfig, MockServer};
 use serde_json::{json, Value};
 
@@ -131,7 +131,7 @@ async fn rate_limits_count_down_per_request_and_token_and_reset_on_schedule() {
     assert_eq!(limited.status(), 429);
     let retry_after: u64 = limited.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!(retry_after >= 1);
-    let reset = parse_reset_duration(limited.headers()["x-ratelimit-reset-requests"].to_str().unwrap()).unwrap();
+    let reset = parse_duration(limited.headers()["x-ratelimit-reset-requests"].to_str().unwrap()).unwrap();
     assert!(reset <= Duration::from_secs(2));
     let err: Value = limited.json().await.unwrap();
     assert_eq!(err["error"]["code"], "rate_limit_exceeded");

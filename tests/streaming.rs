@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use futures_util::StreamExt;
-use llm_meter::{Annotations, Client, StreamUsage};
+use llm_meter::{Annotations, Client, Meter, StreamUsage};
 use llm_meter::{EventCutter, EventOutcome, StreamObserver};
 use llm_meter::{FinishReason, ResponseFacts, Usage};
 use llm_meter_mock::{MockConfig, MockServer};
@@ -219,7 +219,12 @@ async fn usage_policy_show_and_leave() {
     let mock = MockServer::start(MockConfig::default()).await.unwrap();
     let show = Client::builder()
         .base_url(mock.base_url())
-        .stream_usage(StreamUsage::RequestAndShow)
+        .meter(
+            Meter::builder()
+                .stream_usage(StreamUsage::RequestAndShow)
+                .build()
+                .unwrap(),
+        )
         .build()
         .unwrap();
     let (text, record) = collect(&show, &stream_body()).await;
@@ -227,7 +232,7 @@ async fn usage_policy_show_and_leave() {
 
     let leave = Client::builder()
         .base_url(mock.base_url())
-        .stream_usage(StreamUsage::Leave)
+        .meter(Meter::builder().stream_usage(StreamUsage::Leave).build().unwrap())
         .build()
         .unwrap();
     let (text, record) = collect(&leave, &stream_body()).await;

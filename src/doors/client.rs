@@ -14,21 +14,28 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::Value;
 use tracing::Instrument;
 
 use crate::parse::annotations::Annotations;
+use crate::parse::endpoint::{bearer, parse_api_base};
 use crate::parse::provider::{ChatCompletion, ProviderMeta, Usage};
-use crate::pipeline::{Call, Meter, MeterBuilder, Server};
-pub use crate::pipeline::{ChatStream, StreamUsage};
+use crate::pipeline::{Call, ChatStream, Meter, Server};
 use crate::record::xproxy::XProxyResult;
-pub use crate::record::Error;
-use crate::record::{CallHook, CallRecord};
+use crate::record::{BuildError, CallError, CallRecord};
 
 /// OpenAI's API base.
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
+/// Longest wait for a whole non-streaming answer, unless set otherwise (client and proxy).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+/// Longest wait to connect to the provider, unless set otherwise (client and proxy).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for the next bytes of an answer, unless set otherwise (client and proxy): it
+/// bounds a stalled stream.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Builder for [`Client`].
+/// Builder for [`Client`]: where calls go and how (base URL, key, timeouts, headers). What is
+/// observed and how (spans, metrics, hooks, prices, limits) is the [`Meter`]'s, given with
+/// [`Self::meter`].
 pub struct ClientBuilder {
     base_url: String,
     api_key: Option<String>,
@@ -38,8 +45,7 @@ pub struct ClientBuilder {
     read_timeout: Option<Duration>,
     send_annotation_headers: bool,
     headers: HeaderMap,
-    meter: MeterBuilder,
-    prebuilt_meter: Option<Meter>,
+    meter: Option<Meter>,
 }
 
 impl fmt::Debug for ClientBuilder {
@@ -57,13 +63,12 @@ impl Default for ClientBuilder {
             base_url: DEFAULT_BASE_URL.to_owned(),
             api_key: None,
             http: None,
-            timeout: Some(Duration::from_secs(600)),
-            connect_timeout: Duration::from_secs(10),
-            read_timeout: Some(Duration::from_secs(120)),
+            timeout: Some(DEFAULT_TIMEOUT),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            read_timeout: Some(DEFAULT_READ_TIMEOUT),
             send_annotation_headers: false,
             headers: HeaderMap::new(),
-            meter: MeterBuilder::default(),
-            prebuilt_meter: None,
+            meter: None,
         }
     }
 }
@@ -99,35 +104,9 @@ impl ClientBuilder {
         self.read_timeout = t;
         self
     }
-    /// `gen_ai.provider.name` (default `openai`).
-    pub fn provider_name(mut self, name: impl Into<String>) -> Self {
-        self.meter = self.meter.provider_name(name);
-        self
-    }
-    /// Send W3C `traceparent`/`tracestate` to the provider (default on).
-    pub fn propagate_trace_context(mut self, on: bool) -> Self {
-        self.meter = self.meter.propagate_trace_context(on);
-        self
-    }
-    /// Usage on streams (default [`StreamUsage::RequestAndHide`]).
-    pub fn stream_usage(mut self, policy: StreamUsage) -> Self {
-        self.meter = self.meter.stream_usage(policy);
-        self
-    }
-    /// Open `tracing` spans (default on). Hooks still see every record when off.
-    pub fn spans(mut self, on: bool) -> Self {
-        self.meter = self.meter.spans(on);
-        self
-    }
     /// Also send the annotations as `xProxy-*` headers (for a Pay-i-compatible proxy upstream).
     pub fn send_annotation_headers(mut self, on: bool) -> Self {
         self.send_annotation_headers = on;
-        self
-    }
-    /// Request defaults for `model`: each field is added to a request for that model only when
-    /// the request leaves it unset (absent or `null`). `fields` must be a JSON object.
-    pub fn model_defaults(mut self, model: impl Into<String>, fields: Value) -> Self {
-        self.meter = self.meter.model_defaults(model, fields);
         self
     }
     /// A header sent with every request (e.g. `OpenAI-Organization`).
@@ -135,57 +114,35 @@ impl ClientBuilder {
         self.headers.insert(name, value);
         self
     }
-    /// Adds a sink that sees every finished [`CallRecord`].
-    pub fn hook(mut self, hook: impl CallHook) -> Self {
-        self.meter = self.meter.hook(hook);
-        self
-    }
-
-    /// Prices for cost (default: the embedded table).
-    pub fn prices(mut self, prices: crate::record::pricing::PriceTable) -> Self {
-        self.meter = self.meter.prices(prices);
-        self
-    }
-    /// Tracks spend per limit id in `ledger`.
-    pub fn ledger(mut self, ledger: crate::record::limits::SharedLedger) -> Self {
-        self.meter = self.meter.ledger(ledger);
-        self
-    }
-    /// Refuse, before calling the provider, calls that a block limit refuses (default off).
-    pub fn enforce_limits(mut self, on: bool) -> Self {
-        self.meter = self.meter.enforce_limits(on);
-        self
-    }
-
-    /// Uses an already built [`Meter`] (shared with other clients or the proxy); the meter
-    /// settings of this builder are then ignored.
+    /// Observes calls with `meter` (spans, metrics, hooks, prices, limits, stream usage; see
+    /// [`Meter::builder`]), which may be shared with other clients or the proxy. Default: a
+    /// meter with spans on, no metrics, the embedded prices, no limits.
     pub fn meter(mut self, meter: Meter) -> Self {
-        self.prebuilt_meter = Some(meter);
+        self.meter = Some(meter);
         self
     }
 
-    /// Builds the client; fails on a bad base URL, key or defaults.
-    pub fn build(self) -> Result<Client, Error> {
-        let base = reqwest::Url::parse(self.base_url.trim_end_matches('/'))
-            .map_err(|e| Error::Config(format!("base_url {:?}: {e}", self.base_url)))?;
-        if !matches!(base.scheme(), "http" | "https") {
-            return Err(Error::Config(format!(
-                "base_url {:?}: scheme must be http or https",
-                self.base_url
-            )));
-        }
+    /// Builds the client; fails on a bad base URL or key.
+    pub fn build(self) -> Result<Client, BuildError> {
+        let base = parse_api_base(&self.base_url).map_err(|why| BuildError::ApiBase {
+            what: "base_url",
+            url: self.base_url.clone(),
+            why,
+        })?;
         let chat_url = reqwest::Url::parse(&format!("{}/chat/completions", base.as_str().trim_end_matches('/')))
-            .map_err(|e| Error::Config(format!("base_url: {e}")))?;
-        let meter = match self.prebuilt_meter {
+            .map_err(|_| BuildError::ApiBase {
+                what: "base_url",
+                url: self.base_url.clone(),
+                why: "cannot hold a path",
+            })?;
+        let meter = match self.meter {
             Some(m) => m,
-            None => self.meter.build()?,
+            None => Meter::builder().build()?,
         };
         let mut headers = self.headers;
         if let Some(key) = &self.api_key {
-            let mut v = HeaderValue::from_str(&format!("Bearer {key}"))
-                .map_err(|_| Error::Config("api_key holds characters not allowed in a header".into()))?;
-            v.set_sensitive(true);
-            headers.insert(http::header::AUTHORIZATION, v);
+            let value = bearer(key).ok_or(BuildError::ApiKey { what: "api_key" })?;
+            headers.insert(http::header::AUTHORIZATION, value);
         }
         headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         let http = match self.http {
@@ -195,7 +152,7 @@ impl ClientBuilder {
                 if let Some(t) = self.read_timeout {
                     b = b.read_timeout(t);
                 }
-                b.build().map_err(|e| Error::Config(e.to_string()))?
+                b.build().map_err(BuildError::Http)?
             }
         };
         Ok(Client {
@@ -302,7 +259,7 @@ impl Client {
     }
 
     /// A client for `base_url` with `api_key`, all else default.
-    pub fn new(base_url: impl Into<String>, api_key: impl Into<String>) -> Result<Self, Error> {
+    pub fn new(base_url: impl Into<String>, api_key: impl Into<String>) -> Result<Self, BuildError> {
         Self::builder().base_url(base_url).api_key(api_key).build()
     }
 
@@ -316,8 +273,8 @@ impl Client {
         body: &impl Serialize,
         annotations: &Annotations,
         stream: bool,
-    ) -> Result<(Call, reqwest::RequestBuilder, bool), Error> {
-        let bytes = serde_json::to_vec(body).map_err(|e| Error::InvalidRequest(e.to_string()))?;
+    ) -> Result<(Call, reqwest::RequestBuilder, bool), CallError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| CallError::InvalidRequest(e.to_string()))?;
         let prepared = self.inner.meter.prepare(bytes, Some(stream))?;
         let mut call = self
             .inner
@@ -325,7 +282,7 @@ impl Client {
             .start(self.inner.server.clone(), annotations, prepared.facts);
         if let Err(blocked) = call.admit(prepared.body.len()) {
             let record = call.finish_blocked(blocked.clone());
-            return Err(Error::LimitReached {
+            return Err(CallError::LimitReached {
                 blocked_limit_ids: blocked,
                 record: Box::new(record),
             });
@@ -349,7 +306,7 @@ impl Client {
 
     /// Sends a non-streaming chat completion. Provider errors come back as a response with the
     /// provider's status and body; `Err` means no answer arrived.
-    pub async fn chat(&self, body: &impl Serialize, annotations: &Annotations) -> Result<ChatResponse, Error> {
+    pub async fn chat(&self, body: &impl Serialize, annotations: &Annotations) -> Result<ChatResponse, CallError> {
         let (call, req, _) = self.start(body, annotations, false)?;
         let result = async {
             let resp = req.send().await?;
@@ -371,7 +328,7 @@ impl Client {
                 })
             }
             Err(e) => {
-                let err = Error::http(e);
+                let err = CallError::http(e);
                 call.fail(err.error_type());
                 Err(err)
             }
@@ -381,7 +338,7 @@ impl Client {
     /// Sends a streaming chat completion (the body must have `"stream": true`). The returned
     /// stream yields the provider's bytes as they arrive; the call's span and record end when
     /// the stream ends, fails, or is dropped (then `error.type` is `cancelled`).
-    pub async fn chat_stream(&self, body: &impl Serialize, annotations: &Annotations) -> Result<ChatStream, Error> {
+    pub async fn chat_stream(&self, body: &impl Serialize, annotations: &Annotations) -> Result<ChatStream, CallError> {
         let (call, req, hide) = self.start(body, annotations, true)?;
         let sent = Instant::now();
         match req.send().instrument(call.span().clone()).await {
@@ -390,7 +347,7 @@ impl Client {
                 Ok(call.observe_stream(status, headers, resp.bytes_stream(), sent, hide))
             }
             Err(e) => {
-                let err = Error::http(e);
+                let err = CallError::http(e);
                 call.fail(err.error_type());
                 Err(err)
             }

@@ -76,7 +76,7 @@ impl ProviderMeta {
                     continue;
                 }
                 names::HEADER_RATELIMIT_RESET_REQUESTS => {
-                    meta.requests.reset = parse_reset_duration(text);
+                    meta.requests.reset = parse_duration(text);
                     continue;
                 }
                 names::HEADER_RATELIMIT_LIMIT_TOKENS => {
@@ -88,7 +88,7 @@ impl ProviderMeta {
                     continue;
                 }
                 names::HEADER_RATELIMIT_RESET_TOKENS => {
-                    meta.tokens.reset = parse_reset_duration(text);
+                    meta.tokens.reset = parse_duration(text);
                     continue;
                 }
                 _ => continue,
@@ -129,9 +129,10 @@ pub fn parse_millis(s: &str) -> Option<Duration> {
     (0.0..1e12).contains(&ms).then(|| Duration::from_secs_f64(ms / 1000.0))
 }
 
-/// Parses OpenAI's reset durations: Go-style sequences of number and unit (`6m0s`, `1s`,
+/// Parses a Go-style duration, as OpenAI's reset headers send them and as configuration files
+/// give timeouts: sequences of number and unit (`6m0s`, `1s`,
 /// `120ms`, `1h2m3.5s`, `0s`, also `us`/`µs`/`ns`). Anything else is `None`.
-pub fn parse_reset_duration(s: &str) -> Option<Duration> {
+pub fn parse_duration(s: &str) -> Option<Duration> {
     let mut rest = s.trim();
     if rest.is_empty() {
         return None;
@@ -526,7 +527,7 @@ mod tests {
             ("ms", None),
         ];
         for (input, want) in cases {
-            let got = parse_reset_duration(input).map(|d| d.as_secs_f64());
+            let got = parse_duration(input).map(|d| d.as_secs_f64());
             match (got, want) {
                 (Some(g), Some(w)) => assert!((g - w).abs() < 1e-9, "{input}: {g} != {w}"),
                 (g, w) => assert_eq!(g, w, "{input}"),

@@ -39,9 +39,11 @@ use crate::parse::provider::{ChatCompletion, ProviderMeta, ResponseFacts};
 use crate::parse::stream::{EventCutter, EventOutcome, StreamObserver};
 use crate::record::limits::{LimitState, SharedLedger};
 use crate::record::pricing::{Cost, PriceTable};
-use crate::record::{CallHook, CallId, CallRecord, Error, ErrorType, RequestFacts, StreamOptions, Timings};
+use crate::record::{
+    BuildError, CallError, CallHook, CallId, CallRecord, ErrorType, RequestFacts, StreamOptions, Timings,
+};
 use crate::sinks::metrics::Metrics;
-use crate::sinks::span::{record_on_span, start_chat_span, write_trace_context};
+use crate::sinks::span::{record_on_span, start_chat_span, start_server_span, write_trace_context};
 
 /// What the client does about usage on streams whose request did not ask for it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -191,7 +193,7 @@ impl MeterBuilder {
     }
 
     /// Builds the meter; fails when model defaults are not JSON objects.
-    pub fn build(self) -> Result<Meter, Error> {
+    pub fn build(self) -> Result<Meter, BuildError> {
         let mut defaults = HashMap::with_capacity(self.defaults.len());
         for (model, fields) in self.defaults {
             match fields {
@@ -199,9 +201,10 @@ impl MeterBuilder {
                     defaults.insert(model, map);
                 }
                 other => {
-                    return Err(Error::Config(format!(
-                        "model_defaults for {model:?} must be a JSON object, got {other}"
-                    )))
+                    return Err(BuildError::ModelDefaults {
+                        model,
+                        got: other.to_string(),
+                    })
                 }
             }
         }
@@ -265,6 +268,14 @@ impl Server {
     }
 }
 
+/// What pricing and the ledger made of a call: its cost, the state of every limit it named
+/// after it, and the limits that refused it.
+struct Settled {
+    cost: Option<Cost>,
+    limits: Vec<(String, LimitState)>,
+    blocked_limit_ids: Vec<String>,
+}
+
 /// What the provider answered (or why there is no answer), as one value.
 struct Answer {
     status: Option<StatusCode>,
@@ -314,8 +325,8 @@ fn status_error(status: StatusCode) -> Option<ErrorType> {
     (!status.is_success()).then(|| ErrorType::Status(status.as_u16()))
 }
 
-fn invalid(e: serde_json::Error) -> Error {
-    Error::InvalidRequest(e.to_string())
+fn invalid(e: serde_json::Error) -> CallError {
+    CallError::InvalidRequest(e.to_string())
 }
 
 impl Meter {
@@ -326,19 +337,21 @@ impl Meter {
 
     /// Applies model defaults and the stream usage policy to a serialized JSON object body.
     /// `expect_stream` checks the body's `stream` flag when the caller's method implies one.
-    pub fn prepare(&self, mut bytes: Vec<u8>, expect_stream: Option<bool>) -> Result<Prepared, Error> {
+    pub fn prepare(&self, mut bytes: Vec<u8>, expect_stream: Option<bool>) -> Result<Prepared, CallError> {
         if bytes.first() != Some(&b'{') || bytes.last() != Some(&b'}') {
-            return Err(Error::InvalidRequest("the request body must be a JSON object".into()));
+            return Err(CallError::InvalidRequest(
+                "the request body must be a JSON object".into(),
+            ));
         }
         let (mut facts, options) = RequestFacts::parse(&bytes).map_err(invalid)?;
         match expect_stream {
             Some(true) if !facts.stream => {
-                return Err(Error::InvalidRequest(
+                return Err(CallError::InvalidRequest(
                     "chat_stream needs a body with \"stream\": true".into(),
                 ))
             }
             Some(false) if facts.stream => {
-                return Err(Error::InvalidRequest(
+                return Err(CallError::InvalidRequest(
                     "chat needs a body without \"stream\": true; use chat_stream".into(),
                 ))
             }
@@ -425,6 +438,12 @@ impl Meter {
             started: Instant::now(),
             reservation: 0.0,
         }
+    }
+
+    /// The server span of one request a server door (the proxy) serves, continuing the
+    /// caller's trace; `None` when spans are off. Pass it to [`Self::start_under`].
+    pub fn server_span(&self, method: &str, route: &str, headers: &HeaderMap) -> Option<Span> {
+        self.inner.spans.then(|| start_server_span(method, route, headers))
     }
 
     /// Whether calls open spans.
@@ -520,7 +539,12 @@ impl Call {
             }
         }
         let answer = Answer::failed(ErrorType::LimitReached);
-        self.finish_with(answer, None, None, limits, blocked)
+        let settled = Settled {
+            cost: None,
+            limits,
+            blocked_limit_ids: blocked,
+        };
+        self.finish_with(answer, None, settled)
     }
 
     /// The call's span (disabled when spans are off).
@@ -610,19 +634,17 @@ impl Call {
             ),
             _ => Vec::new(),
         };
-        self.finish_with(answer, stream, cost, limits, Vec::new())
+        let settled = Settled {
+            cost,
+            limits,
+            blocked_limit_ids: Vec::new(),
+        };
+        self.finish_with(answer, stream, settled)
     }
 
     /// Builds the one [`CallRecord`] of the call and hands it to every sink: span, metrics,
     /// hooks.
-    fn finish_with(
-        mut self,
-        answer: Answer,
-        stream: Option<&StreamObserver>,
-        cost: Option<Cost>,
-        limits: Vec<(String, LimitState)>,
-        blocked_limit_ids: Vec<String>,
-    ) -> CallRecord {
+    fn finish_with(mut self, answer: Answer, stream: Option<&StreamObserver>, settled: Settled) -> CallRecord {
         let Answer {
             status,
             meta,
@@ -662,9 +684,9 @@ impl Call {
                 chunks,
             },
             error,
-            cost,
-            limits,
-            blocked_limit_ids,
+            cost: settled.cost,
+            limits: settled.limits,
+            blocked_limit_ids: settled.blocked_limit_ids,
         };
         record_on_span(&self.span, self.otel.take(), &record);
         if let Some(metrics) = &self.meter.inner.metrics {
@@ -706,7 +728,7 @@ pub struct ChatStream {
     /// The `data` of the chunk that will carry `outcome`, held back until the record is done.
     held: Option<Vec<u8>>,
     /// An upstream error to report once the held chunk has been passed on.
-    deferred_error: Option<Error>,
+    deferred_error: Option<CallError>,
 }
 
 /// Makes a field's JSON value from the finished record.
@@ -881,7 +903,7 @@ impl ChatStream {
 }
 
 impl Stream for ChatStream {
-    type Item = Result<Bytes, Error>;
+    type Item = Result<Bytes, CallError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -901,7 +923,7 @@ impl Stream for ChatStream {
                 }
                 Poll::Ready(Some(Err(e))) => {
                     this.body_done = true;
-                    let err = Error::http(e);
+                    let err = CallError::http(e);
                     this.finish(Some(err.error_type()));
                     // The held chunk is the caller's: pass it on before the error.
                     if let Some(held) = this.release_held() {

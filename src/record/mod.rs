@@ -410,11 +410,45 @@ mod tests {
     }
 }
 
-/// Errors of a call through llm-meter itself (every door: client, async-openai layer, proxy). Provider errors (4xx, 5xx) are not errors here: they come back
-/// as a response with the provider's status and body.
+/// Why a [`Meter`](crate::Meter), a [`Client`](crate::Client) or a proxy could not be built.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum Error {
+pub enum BuildError {
+    /// An API base that is not an absolute http(s) URL (`what` names the setting).
+    #[error("{what} {url:?}: {why}")]
+    ApiBase {
+        /// The setting: `base_url`, `upstream`, ….
+        what: &'static str,
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// An API key that a header cannot carry (`what` names the setting).
+    #[error("{what} holds characters not allowed in a header")]
+    ApiKey {
+        /// The setting: `api_key`, `upstream_api_key`.
+        what: &'static str,
+    },
+    /// Model defaults that are not a JSON object.
+    #[error("model_defaults for {model:?} must be a JSON object, got {got}")]
+    ModelDefaults {
+        /// The model the defaults are for.
+        model: String,
+        /// What was given instead.
+        got: String,
+    },
+    /// The HTTP client could not be built (TLS set-up).
+    #[error("HTTP client: {0}")]
+    Http(#[source] reqwest::Error),
+}
+
+/// Why a call through llm-meter itself failed (every door: client, async-openai layer, proxy).
+/// Provider errors (4xx, 5xx) are not errors here: they come back as a response with the
+/// provider's status and body.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError {
     /// The request body could not be serialized, or is not a JSON object.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
@@ -427,9 +461,6 @@ pub enum Error {
         #[source]
         source: reqwest::Error,
     },
-    /// Building the client failed.
-    #[error("invalid client configuration: {0}")]
-    Config(String),
     /// A block limit refused the call; the provider was not called.
     #[error("limit reached: refused by {}", blocked_limit_ids.join(", "))]
     LimitReached {
@@ -440,18 +471,18 @@ pub enum Error {
     },
 }
 
-impl Error {
+impl CallError {
     /// The `error.type` this failure was recorded with.
     pub fn error_type(&self) -> ErrorType {
         match self {
-            Error::InvalidRequest(_) | Error::Config(_) => ErrorType::InvalidRequest,
-            Error::Http { kind, .. } => *kind,
-            Error::LimitReached { .. } => ErrorType::LimitReached,
+            CallError::InvalidRequest(_) => ErrorType::InvalidRequest,
+            CallError::Http { kind, .. } => *kind,
+            CallError::LimitReached { .. } => ErrorType::LimitReached,
         }
     }
 
     pub(crate) fn http(source: reqwest::Error) -> Self {
-        Error::Http {
+        CallError::Http {
             kind: ErrorType::from_reqwest(&source),
             source,
         }

@@ -144,7 +144,62 @@ struct Series {
     output_token_usage: OnceLock<BoundHistogram<u64>>,
 }
 
+/// One measurement a finished call makes, on the instrument it names. [`points`] is the one
+/// place that decides what a record measures; bound and unbound recording only differ in how
+/// they reach the instrument.
+#[derive(Clone, Copy, Debug)]
+enum Point {
+    Duration(f64),
+    TimeToFirstChunk(f64),
+    TimePerOutputChunk(f64),
+    Processing(f64),
+    Cost(f64),
+    Unpriced,
+    UsageMissing,
+    InputTokens(u64),
+    OutputTokens(u64),
+    CachedInputTokens(u64),
+    ReasoningTokens(u64),
+    /// `gen_ai.client.token.usage` with `gen_ai.token.type` `input` or `output`.
+    TokenUsage(&'static str, u64),
+}
+
+/// Every measurement of `r`, in order.
+fn points(r: &CallRecord, mut emit: impl FnMut(Point)) {
+    emit(Point::Duration(r.timings.duration.as_secs_f64()));
+    if let Some(d) = r.timings.time_to_first_chunk {
+        emit(Point::TimeToFirstChunk(d.as_secs_f64()));
+    }
+    if let Some(d) = r.timings.time_per_output_chunk {
+        emit(Point::TimePerOutputChunk(d.as_secs_f64()));
+    }
+    if let Some(d) = r.meta.processing {
+        emit(Point::Processing(d.as_secs_f64()));
+    }
+    if let Some(c) = r.cost {
+        emit(Point::Cost(c.total));
+    } else if r.usage.is_some() {
+        emit(Point::Unpriced);
+    }
+    if usage_missing(r) {
+        emit(Point::UsageMissing);
+    }
+    if let Some(u) = r.usage {
+        emit(Point::InputTokens(u.input_tokens));
+        emit(Point::OutputTokens(u.output_tokens));
+        if let Some(n) = u.cached_input_tokens {
+            emit(Point::CachedInputTokens(n));
+        }
+        if let Some(n) = u.reasoning_tokens {
+            emit(Point::ReasoningTokens(n));
+        }
+        emit(Point::TokenUsage("input", u.input_tokens));
+        emit(Point::TokenUsage("output", u.output_tokens));
+    }
+}
+
 impl Series {
+    /// Records `r` on this label set's bound instruments, binding each on first use.
     fn record(&self, i: &Instruments, r: &CallRecord, labels: &[KeyValue]) {
         let hist = |slot: &OnceLock<BoundHistogram<f64>>, inst: &Histogram<f64>, v: f64| {
             slot.get_or_init(|| inst.bind(labels)).record(v)
@@ -152,44 +207,29 @@ impl Series {
         let count = |slot: &OnceLock<BoundCounter<u64>>, inst: &Counter<u64>, v: u64| {
             slot.get_or_init(|| inst.bind(labels)).add(v)
         };
-        hist(&self.duration, &i.duration, r.timings.duration.as_secs_f64());
-        if let Some(d) = r.timings.time_to_first_chunk {
-            hist(&self.time_to_first_chunk, &i.time_to_first_chunk, d.as_secs_f64());
-        }
-        if let Some(d) = r.timings.time_per_output_chunk {
-            hist(&self.time_per_output_chunk, &i.time_per_output_chunk, d.as_secs_f64());
-        }
-        if let Some(d) = r.meta.processing {
-            hist(&self.processing, &i.processing, d.as_secs_f64());
-        }
-        if let Some(c) = r.cost {
-            self.cost.get_or_init(|| i.cost.bind(labels)).add(c.total);
-        } else if r.usage.is_some() {
-            count(&self.unpriced, &i.unpriced, 1);
-        }
-        if usage_missing(r) {
-            count(&self.usage_missing, &i.usage_missing, 1);
-        }
-        if let Some(u) = r.usage {
-            count(&self.input_tokens, &i.input_tokens, u.input_tokens);
-            count(&self.output_tokens, &i.output_tokens, u.output_tokens);
-            if let Some(n) = u.cached_input_tokens {
-                count(&self.cached_input_tokens, &i.cached_input_tokens, n);
-            }
-            if let Some(n) = u.reasoning_tokens {
-                count(&self.reasoning_tokens, &i.reasoning_tokens, n);
-            }
-            let typed = |slot: &OnceLock<BoundHistogram<u64>>, kind: &'static str, v: u64| {
-                let bound = slot.get_or_init(|| {
-                    let mut l = labels.to_vec();
-                    l.push(KeyValue::new(GEN_AI_TOKEN_TYPE, kind));
-                    i.token_usage.bind(&l)
-                });
-                bound.record(v)
-            };
-            typed(&self.input_token_usage, "input", u.input_tokens);
-            typed(&self.output_token_usage, "output", u.output_tokens);
-        }
+        let typed = |slot: &OnceLock<BoundHistogram<u64>>, kind: &'static str, v: u64| {
+            let bound = slot.get_or_init(|| {
+                let mut l = labels.to_vec();
+                l.push(KeyValue::new(GEN_AI_TOKEN_TYPE, kind));
+                i.token_usage.bind(&l)
+            });
+            bound.record(v)
+        };
+        points(r, |point| match point {
+            Point::Duration(v) => hist(&self.duration, &i.duration, v),
+            Point::TimeToFirstChunk(v) => hist(&self.time_to_first_chunk, &i.time_to_first_chunk, v),
+            Point::TimePerOutputChunk(v) => hist(&self.time_per_output_chunk, &i.time_per_output_chunk, v),
+            Point::Processing(v) => hist(&self.processing, &i.processing, v),
+            Point::Cost(v) => self.cost.get_or_init(|| i.cost.bind(labels)).add(v),
+            Point::Unpriced => count(&self.unpriced, &i.unpriced, 1),
+            Point::UsageMissing => count(&self.usage_missing, &i.usage_missing, 1),
+            Point::InputTokens(n) => count(&self.input_tokens, &i.input_tokens, n),
+            Point::OutputTokens(n) => count(&self.output_tokens, &i.output_tokens, n),
+            Point::CachedInputTokens(n) => count(&self.cached_input_tokens, &i.cached_input_tokens, n),
+            Point::ReasoningTokens(n) => count(&self.reasoning_tokens, &i.reasoning_tokens, n),
+            Point::TokenUsage("input", n) => typed(&self.input_token_usage, "input", n),
+            Point::TokenUsage(kind, n) => typed(&self.output_token_usage, kind, n),
+        });
     }
 }
 
@@ -446,42 +486,30 @@ impl Metrics {
         Some(series)
     }
 
-    fn record_unbound(&self, r: &CallRecord, mut labels: Vec<KeyValue>) {
+    /// Records `r` with its labels on each update (past [`MAX_BOUND_SERIES`] label sets).
+    fn record_unbound(&self, r: &CallRecord, labels: Vec<KeyValue>) {
         let i = &self.inner;
-        i.duration.record(r.timings.duration.as_secs_f64(), &labels);
-        if let Some(d) = r.timings.time_to_first_chunk {
-            i.time_to_first_chunk.record(d.as_secs_f64(), &labels);
-        }
-        if let Some(d) = r.timings.time_per_output_chunk {
-            i.time_per_output_chunk.record(d.as_secs_f64(), &labels);
-        }
-        if let Some(d) = r.meta.processing {
-            i.processing.record(d.as_secs_f64(), &labels);
-        }
-        if let Some(c) = r.cost {
-            i.cost.add(c.total, &labels);
-        } else if r.usage.is_some() {
-            i.unpriced.add(1, &labels);
-        }
-        if usage_missing(r) {
-            i.usage_missing.add(1, &labels);
-        }
-        if let Some(u) = r.usage {
-            i.input_tokens.add(u.input_tokens, &labels);
-            i.output_tokens.add(u.output_tokens, &labels);
-            if let Some(n) = u.cached_input_tokens {
-                i.cached_input_tokens.add(n, &labels);
+        let mut typed = labels.clone();
+        typed.push(KeyValue::new(GEN_AI_TOKEN_TYPE, ""));
+        points(r, |point| match point {
+            Point::Duration(v) => i.duration.record(v, &labels),
+            Point::TimeToFirstChunk(v) => i.time_to_first_chunk.record(v, &labels),
+            Point::TimePerOutputChunk(v) => i.time_per_output_chunk.record(v, &labels),
+            Point::Processing(v) => i.processing.record(v, &labels),
+            Point::Cost(v) => i.cost.add(v, &labels),
+            Point::Unpriced => i.unpriced.add(1, &labels),
+            Point::UsageMissing => i.usage_missing.add(1, &labels),
+            Point::InputTokens(n) => i.input_tokens.add(n, &labels),
+            Point::OutputTokens(n) => i.output_tokens.add(n, &labels),
+            Point::CachedInputTokens(n) => i.cached_input_tokens.add(n, &labels),
+            Point::ReasoningTokens(n) => i.reasoning_tokens.add(n, &labels),
+            Point::TokenUsage(kind, n) => {
+                if let Some(last) = typed.last_mut() {
+                    *last = KeyValue::new(GEN_AI_TOKEN_TYPE, kind);
+                }
+                i.token_usage.record(n, &typed);
             }
-            if let Some(n) = u.reasoning_tokens {
-                i.reasoning_tokens.add(n, &labels);
-            }
-            labels.push(KeyValue::new(GEN_AI_TOKEN_TYPE, "input"));
-            i.token_usage.record(u.input_tokens, &labels);
-            if let Some(last) = labels.last_mut() {
-                *last = KeyValue::new(GEN_AI_TOKEN_TYPE, "output");
-            }
-            i.token_usage.record(u.output_tokens, &labels);
-        }
+        });
     }
 
     /// Counts a call refused by `blocked` limits.

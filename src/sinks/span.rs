@@ -50,6 +50,24 @@ pub fn start_chat_span(
     }
 }
 
+/// Opens the server span of one request the proxy serves (`{method} {route}`), continuing the
+/// caller's trace when its headers carry W3C trace context. The chat span of the call becomes
+/// its child.
+pub fn start_server_span(method: &str, route: &str, headers: &HeaderMap) -> Span {
+    let span = tracing::info_span!(
+        target: "llm_meter",
+        "proxy",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        { HTTP_REQUEST_METHOD } = method,
+        { HTTP_ROUTE } = route,
+    );
+    if let Some(parent) = extract_trace_context(headers) {
+        let _ = span.set_parent(parent);
+    }
+    span
+}
+
 /// Writes W3C `traceparent` (and `tracestate`, when not empty) for the span in `cx`: the same
 /// header `TraceContextPropagator` writes, formatted directly into the header value.
 pub fn write_trace_context(cx: &opentelemetry::Context, headers: &mut HeaderMap) {

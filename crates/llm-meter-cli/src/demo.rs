@@ -21,8 +21,8 @@ use serde_json::json;
 use llm_meter::Annotations;
 use llm_meter::{prometheus, Telemetry};
 use llm_meter::{AdmissionMode, Ledger, LimitConfig, LimitKind, MemoryLedger};
+use llm_meter::{CallError, Client};
 use llm_meter::{CallRecord, ErrorType};
-use llm_meter::{Client, Error};
 use llm_meter_mock::{MockConfig, MockServer};
 use llm_meter_proxy::{Proxy, ProxySettings};
 
@@ -372,7 +372,7 @@ async fn through_client(client: &Client, body: &serde_json::Value, annotations: 
         }
     } else {
         match client.chat(body, annotations).await {
-            Ok(_) | Err(Error::LimitReached { .. }) => {}
+            Ok(_) | Err(CallError::LimitReached { .. }) => {}
             Err(e) => tracing::debug!(target: "llm_meter", "demo call failed: {e}"),
         }
     }

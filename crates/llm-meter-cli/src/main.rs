@@ -120,8 +120,7 @@ async fn run_proxy(
         .spawn(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    let registry = telemetry.registry().cloned().unwrap_or_default();
-    let admin = llm_meter::prometheus::serve(metrics_listen, registry)
+    let admin = llm_meter_proxy::spawn_admin(metrics_listen, &telemetry)
         .await
         .map_err(|e| format!("cannot serve /metrics on {metrics_listen}: {e}"))?;
     eprintln!("llm-meter proxy: http://{bound}/v1 -> {upstream}  (metrics: http://{admin}/metrics)");

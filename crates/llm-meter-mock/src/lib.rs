@@ -1054,13 +1054,13 @@ fn lorem_range(from: u64, n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use llm_meter::parse_reset_duration;
+    use llm_meter::parse_duration;
 
     #[test]
     fn reset_format_round_trips_through_the_parser() {
         for ms in [0u64, 38, 120, 999, 1000, 1500, 59_993, 60_000, 360_000, 3_723_000] {
             let d = Duration::from_millis(ms);
-            let back = parse_reset_duration(&format_reset(d)).unwrap();
+            let back = parse_duration(&format_reset(d)).unwrap();
             assert!(
                 (back.as_secs_f64() - d.as_secs_f64()).abs() < 0.001,
                 "{ms}: {}",

@@ -180,14 +180,16 @@ impl Config {
             message,
         };
         let url = |what: &str, text: &str| {
-            reqwest::Url::parse(text.trim_end_matches('/'))
-                .ok()
-                .filter(|u| matches!(u.scheme(), "http" | "https"))
-                .ok_or_else(|| err(format!("{what} {text:?} is not an http(s) URL")))
+            llm_meter::parse_api_base(text).map_err(|why| err(format!("{what} {text:?} is not an http(s) URL: {why}")))
         };
         let duration = |what: &str, text: &Option<String>, default: Duration| match text {
             None => Ok(default),
-            Some(t) => llm_meter::parse_period(t).map_err(|e| err(format!("{what}: {e}"))),
+            Some(t) => match llm_meter::parse_duration(t) {
+                Some(d) if !d.is_zero() => Ok(d),
+                _ => Err(err(format!(
+                    "{what} {t:?}: expected a duration longer than zero, like \"30s\", \"500ms\" or \"10m\""
+                ))),
+            },
         };
         let mut s = ProxySettings::default();
         if let Some(u) = upstream.or(self.upstream.as_deref()) {

@@ -1,0 +1,168 @@
+//! Requests the proxy answers itself: every reason as one [`Rejection`], which knows its HTTP
+//! status and its OpenAI-shaped body (`{"error": {"message", "type", "param", "code"}}`).
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use http::{header, HeaderValue, StatusCode};
+use serde_json::{json, Value};
+
+use llm_meter::{names, AnnotationError, ErrorType, XProxyResult};
+
+/// Why the proxy answered a request itself instead of relaying the provider's answer.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// Proxy keys are configured and `xProxy-Api-Key` is missing or wrong (401).
+    Unauthorized,
+    /// An `xProxy-*` annotation header is invalid (400, naming the header).
+    InvalidAnnotation(AnnotationError),
+    /// `xProxy-Provider-BaseUri` is unreadable or not an allowed upstream (400).
+    InvalidUpstreamChoice(&'static str),
+    /// The request path cannot be joined onto the upstream (400).
+    InvalidPath,
+    /// The request body is larger than the limit, in bytes (413).
+    BodyTooLarge(usize),
+    /// Block limits refused the call before the provider saw it (403), with Pay-i's
+    /// `xproxy_error` and the call's `xproxy_result`.
+    LimitReached {
+        /// The limits that refused the call.
+        blocked_limit_ids: Vec<String>,
+        /// The refused call's outcome.
+        outcome: Box<XProxyResult>,
+    },
+    /// The upstream could not be reached, timed out or failed mid-answer (502 or 504).
+    Upstream(ErrorType),
+}
+
+impl Rejection {
+    /// The HTTP status the caller gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Rejection::Unauthorized => StatusCode::UNAUTHORIZED,
+            Rejection::InvalidAnnotation(_) | Rejection::InvalidUpstreamChoice(_) | Rejection::InvalidPath => {
+                StatusCode::BAD_REQUEST
+            }
+            Rejection::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Rejection::LimitReached { .. } => StatusCode::FORBIDDEN,
+            Rejection::Upstream(ErrorType::Timeout) => StatusCode::GATEWAY_TIMEOUT,
+            Rejection::Upstream(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The OpenAI-shaped `error.code`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::Unauthorized => "invalid_proxy_key",
+            Rejection::InvalidAnnotation(_) | Rejection::InvalidUpstreamChoice(_) => "invalid_header",
+            Rejection::InvalidPath => "invalid_path",
+            Rejection::BodyTooLarge(_) => "body_too_large",
+            Rejection::LimitReached { .. } => "limit_reached",
+            Rejection::Upstream(ErrorType::Timeout) => "upstream_timeout",
+            Rejection::Upstream(ErrorType::Connect) => "upstream_unreachable",
+            Rejection::Upstream(_) => "upstream_failed",
+        }
+    }
+
+    /// The OpenAI-shaped `error.type`.
+    fn kind(&self) -> &'static str {
+        match self {
+            Rejection::Unauthorized => "authentication_error",
+            Rejection::LimitReached { .. } => "limit_reached",
+            Rejection::Upstream(_) => "upstream_error",
+            _ => "invalid_request_error",
+        }
+    }
+
+    /// The header the error is about (`error.param`).
+    fn param(&self) -> Option<&'static str> {
+        match self {
+            Rejection::Unauthorized => Some(names::HEADER_API_KEY),
+            Rejection::InvalidAnnotation(e) => Some(e.field.header()),
+            Rejection::InvalidUpstreamChoice(_) => Some(names::HEADER_PROVIDER_BASE_URI),
+            _ => None,
+        }
+    }
+
+    /// A sentence for people.
+    pub fn message(&self) -> String {
+        match self {
+            Rejection::Unauthorized => format!("missing or wrong {}", names::HEADER_API_KEY),
+            Rejection::InvalidAnnotation(e) => e.to_string(),
+            Rejection::InvalidUpstreamChoice(why) => format!("{}: {why}", names::HEADER_PROVIDER_BASE_URI),
+            Rejection::InvalidPath => "bad request path".into(),
+            Rejection::BodyTooLarge(limit) => format!("request body larger than {limit} bytes"),
+            Rejection::LimitReached { blocked_limit_ids, .. } => format!(
+                "refused by limit {}: the call would pass its max",
+                blocked_limit_ids.join(", ")
+            ),
+            Rejection::Upstream(ErrorType::Timeout) => "the upstream provider did not answer in time".into(),
+            Rejection::Upstream(ErrorType::Connect) => "cannot connect to the upstream provider".into(),
+            Rejection::Upstream(_) => "the upstream provider's answer failed".into(),
+        }
+    }
+
+    /// The JSON body the caller gets.
+    pub fn body(&self) -> Value {
+        let message = self.message();
+        let mut body = json!({
+            "error": {"message": message, "type": self.kind(), "param": self.param(), "code": self.code()},
+        });
+        if let Rejection::LimitReached { outcome, .. } = self {
+            body[names::XPROXY_ERROR] = json!({"code": self.code(), "message": message});
+            body[names::XPROXY_RESULT] = json!(outcome);
+        }
+        body
+    }
+}
+
+impl IntoResponse for Rejection {
+    fn into_response(self) -> Response {
+        let mut resp = Response::new(Body::from(self.body().to_string()));
+        *resp.status_mut() = self.status();
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rejection_has_an_openai_shaped_body_and_its_status() {
+        let cases = [
+            (
+                Rejection::Unauthorized,
+                401,
+                "invalid_proxy_key",
+                Some(names::HEADER_API_KEY),
+            ),
+            (
+                Rejection::InvalidUpstreamChoice("not a URL"),
+                400,
+                "invalid_header",
+                Some(names::HEADER_PROVIDER_BASE_URI),
+            ),
+            (Rejection::InvalidPath, 400, "invalid_path", None),
+            (Rejection::BodyTooLarge(10), 413, "body_too_large", None),
+            (Rejection::Upstream(ErrorType::Timeout), 504, "upstream_timeout", None),
+            (
+                Rejection::Upstream(ErrorType::Connect),
+                502,
+                "upstream_unreachable",
+                None,
+            ),
+            (Rejection::Upstream(ErrorType::Truncated), 502, "upstream_failed", None),
+        ];
+        for (rejection, status, code, param) in cases {
+            assert_eq!(rejection.status().as_u16(), status, "{rejection:?}");
+            let body = rejection.body();
+            assert_eq!(body["error"]["code"], code);
+            assert_eq!(body["error"]["param"].as_str(), param);
+            assert!(!body["error"]["message"].as_str().unwrap().is_empty());
+            assert!(body["error"]["type"].is_string());
+            assert!(body.get(names::XPROXY_ERROR).is_none());
+        }
+    }
+}

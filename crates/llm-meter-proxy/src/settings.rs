@@ -1,0 +1,41 @@
+//! What a proxy is set up with: where calls go, which keys it accepts, limits on bodies and waits.
+
+use std::time::Duration;
+
+/// Proxy settings. [`Default`] is OpenAI's API, no proxy keys, 8 MiB bodies and the library's
+/// default timeouts; the configuration file ([`crate::config`]) fills them from TOML.
+#[derive(Clone, Debug)]
+pub struct ProxySettings {
+    /// Where calls go: an OpenAI-compatible API base (`https://api.openai.com/v1`).
+    pub upstream: reqwest::Url,
+    /// Other API bases a request may choose with `xProxy-Provider-BaseUri`.
+    pub allowed_upstreams: Vec<reqwest::Url>,
+    /// Keys accepted in `xProxy-Api-Key`; empty: no proxy auth.
+    pub keys: Vec<String>,
+    /// Replaces the client's `Authorization` upstream when set.
+    pub upstream_api_key: Option<String>,
+    /// Largest request body accepted.
+    pub body_limit: usize,
+    /// Longest wait for a whole non-streaming answer.
+    pub timeout: Duration,
+    /// Longest wait to connect upstream.
+    pub connect_timeout: Duration,
+    /// Longest wait for the next bytes of an upstream answer (bounds a stalled stream).
+    pub read_timeout: Duration,
+}
+
+impl Default for ProxySettings {
+    #[expect(clippy::expect_used, reason = "a constant URL that parses (tests use the default)")]
+    fn default() -> Self {
+        ProxySettings {
+            upstream: llm_meter::parse_api_base(llm_meter::DEFAULT_BASE_URL).expect("valid default"),
+            allowed_upstreams: Vec::new(),
+            keys: Vec::new(),
+            upstream_api_key: None,
+            body_limit: 8 * 1024 * 1024,
+            timeout: llm_meter::DEFAULT_TIMEOUT,
+            connect_timeout: llm_meter::DEFAULT_CONNECT_TIMEOUT,
+            read_timeout: llm_meter::DEFAULT_READ_TIMEOUT,
+        }
+    }
+}
