@@ -3,8 +3,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
+#[path = "suite/common/mod.rs"]
 mod common;
-#[path = "common/receiver.rs"]
+#[path = "suite/common/receiver.rs"]
 mod receiver;
 
 use std::time::Duration;

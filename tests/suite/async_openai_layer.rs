@@ -3,11 +3,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers may fail loudly
 #![cfg(feature = "async-openai")]
 
-mod common;
+use crate::common;
 
 /// The example itself, compiled into this test so that the suite runs it.
 #[allow(dead_code)]
-#[path = "../examples/async_openai.rs"]
+#[path = "../../examples/async_openai.rs"]
 mod example;
 
 use std::sync::{Arc, Mutex};

@@ -3,9 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
-mod common;
-#[path = "common/receiver.rs"]
-mod receiver;
+use crate::receiver;
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
