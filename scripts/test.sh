@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 if [ -z "${LLM_METER_PYTHON:-}" ] && ! .venv/bin/python -c "import openai, payi, yaml" >/dev/null 2>&1; then
   echo "== making .venv with the OpenAI Python SDK, payi and PyYAML"
   python3 -m venv .venv && .venv/bin/pip install -q --disable-pip-version-check "openai>=1.40" payi pyyaml ||
-    echo "could not install the OpenAI Python SDK; tests/openai_sdk.rs will fail and say how to install it"
+    echo "could not install the OpenAI Python SDK; tests/suite/openai_sdk.rs will fail and say how to install it"
 fi
 
 echo "== cargo fmt --check"

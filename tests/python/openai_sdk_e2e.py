@@ -1,6 +1,6 @@
 """The real OpenAI Python SDK as a client of the llm-meter proxy.
 
-Run by tests/openai_sdk.rs with the proxy's base address and the mock provider's base address
+Run by tests/suite/openai_sdk.rs with the proxy's base address and the mock provider's base address
 (for direct calls to compare with); prints one line per check and a closing 'N passed, N failed'
 line; exits non-zero when any check failed. Checks use `check()`, not `assert` (which
 `python -O` removes). Every `xproxy_result` is parsed with Pay-i's own pydantic model
