@@ -152,7 +152,7 @@ impl ClientBuilder {
                 if let Some(t) = self.read_timeout {
                     b = b.read_timeout(t);
                 }
-                b.build().map_err(BuildError::Http)?
+                b.build().map_err(|e| BuildError::Http(Box::new(e)))?
             }
         };
         Ok(Client {
@@ -328,7 +328,7 @@ impl Client {
                 })
             }
             Err(e) => {
-                let err = CallError::http(e);
+                let err = CallError::from(e);
                 call.fail(err.error_type());
                 Err(err)
             }
@@ -347,7 +347,7 @@ impl Client {
                 Ok(call.observe_stream(status, headers, resp.bytes_stream(), sent, hide))
             }
             Err(e) => {
-                let err = CallError::http(e);
+                let err = CallError::from(e);
                 call.fail(err.error_type());
                 Err(err)
             }

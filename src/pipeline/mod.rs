@@ -27,7 +27,7 @@ use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
+use futures_util::{Stream, StreamExt, TryStreamExt};
 use http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value};
 use tracing::Span;
@@ -588,7 +588,7 @@ impl Call {
 
     /// Observes a streaming answer on its way to the caller; the record is finished when the
     /// stream ends, fails or is dropped. `sent` is when the request went out.
-    pub fn observe_stream<S>(
+    pub fn observe_stream<S, E>(
         self,
         status: StatusCode,
         headers: HeaderMap,
@@ -597,13 +597,14 @@ impl Call {
         hide_usage_chunk: bool,
     ) -> ChatStream
     where
-        S: Stream<Item = reqwest::Result<Bytes>> + Send + 'static,
+        S: Stream<Item = Result<Bytes, E>> + Send + 'static,
+        E: Into<CallError> + 'static,
     {
         let meta = ProviderMeta::from_headers(&headers);
         ChatStream {
             status,
             headers,
-            body: Box::pin(body),
+            body: Box::pin(body.map_err(Into::into)),
             observer: StreamObserver::new(sent),
             cutter: (hide_usage_chunk && status.is_success()).then(EventCutter::default),
             events: Vec::new(),
@@ -702,7 +703,7 @@ impl Call {
     }
 }
 
-type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, CallError>> + Send>>;
 
 /// A streaming answer: the provider's SSE bytes as they arrive, observed on the way through.
 /// Works with any SSE parser (e.g. `eventsource-stream`) on top.
@@ -921,9 +922,8 @@ impl Stream for ChatStream {
                         return Poll::Ready(Some(Ok(out)));
                     }
                 }
-                Poll::Ready(Some(Err(e))) => {
+                Poll::Ready(Some(Err(err))) => {
                     this.body_done = true;
-                    let err = CallError::http(e);
                     this.finish(Some(err.error_type()));
                     // The held chunk is the caller's: pass it on before the error.
                     if let Some(held) = this.release_held() {

@@ -440,7 +440,7 @@ pub enum BuildError {
     },
     /// The HTTP client could not be built (TLS set-up).
     #[error("HTTP client: {0}")]
-    Http(#[source] reqwest::Error),
+    Http(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Why a call through llm-meter itself failed (every door: client, async-openai layer, proxy).
@@ -457,9 +457,9 @@ pub enum CallError {
     Http {
         /// Low-cardinality class, as recorded on the span.
         kind: ErrorType,
-        /// The transport error.
+        /// The transport error (a `reqwest::Error` from the client, a hyper error from the proxy).
         #[source]
-        source: reqwest::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A block limit refused the call; the provider was not called.
     #[error("limit reached: refused by {}", blocked_limit_ids.join(", "))]
@@ -481,11 +481,18 @@ impl CallError {
         }
     }
 
-    pub(crate) fn http(source: reqwest::Error) -> Self {
+    /// A transport failure of class `kind`.
+    pub fn transport(kind: ErrorType, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         CallError::Http {
-            kind: ErrorType::from_reqwest(&source),
-            source,
+            kind,
+            source: source.into(),
         }
+    }
+}
+
+impl From<reqwest::Error> for CallError {
+    fn from(source: reqwest::Error) -> Self {
+        CallError::transport(ErrorType::from_reqwest(&source), source)
     }
 }
 

@@ -497,7 +497,7 @@ async fn an_empty_first_chunk_azure_style_records_no_empty_id_or_model() {
     let mut s = call.observe_stream(
         http::StatusCode::OK,
         http::HeaderMap::new(),
-        futures_util::stream::iter([Ok(Bytes::from(body))]),
+        futures_util::stream::iter([Ok::<_, llm_meter::CallError>(Bytes::from(body))]),
         std::time::Instant::now(),
         false,
     );

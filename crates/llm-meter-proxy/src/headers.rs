@@ -39,68 +39,53 @@ pub(crate) fn authorize(settings: &ProxySettings, headers: &HeaderMap) -> Result
     }
 }
 
-/// Headers that are per connection (RFC 9110 §7.6.1), plus those a `Connection` header names.
-fn is_hop_by_hop(name: &HeaderName, connection: &[String]) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "proxy-connection"
-            | "keep-alive"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "host"
-            | "content-length"
-    ) || connection.iter().any(|c| c.eq_ignore_ascii_case(name.as_str()))
-}
+/// Headers that are per connection (RFC 9110 §7.6.1), and `host` and `content-length`, which
+/// the client sets for the next hop.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::HOST,
+    header::CONTENT_LENGTH,
+];
 
-fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
-    headers
+/// Removes, in place, the per-connection headers and those a `Connection` header names.
+pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_owned())
-        .filter(|t| !t.is_empty())
-        .collect()
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in HOP_BY_HOP.iter().chain(&named) {
+        headers.remove(name);
+    }
 }
 
-/// Request headers to send upstream: no hop-by-hop, no `xProxy-*`, `upstream_auth` instead of
-/// the caller's `Authorization` when set. `observed` calls must read the body, so they ask the
-/// provider for it uncompressed.
-pub(crate) fn upstream_request_headers(
-    incoming: &HeaderMap,
-    upstream_auth: Option<&HeaderValue>,
-    observed: bool,
-) -> HeaderMap {
-    let connection = connection_tokens(incoming);
-    let mut out = HeaderMap::with_capacity(incoming.len());
-    for (name, value) in incoming {
-        if is_hop_by_hop(name, &connection) || name.as_str().starts_with(names::HEADER_XPROXY_PREFIX) {
-            continue;
-        }
-        if observed && name == header::ACCEPT_ENCODING {
-            continue;
-        }
-        out.append(name.clone(), value.clone());
+/// Makes the caller's request headers the upstream's, in place: no hop-by-hop, no `xProxy-*`,
+/// `upstream_auth` instead of the caller's `Authorization` when set. `observed` calls must read
+/// the body, so they ask the provider for it uncompressed.
+pub(crate) fn prepare_upstream_headers(headers: &mut HeaderMap, upstream_auth: Option<&HeaderValue>, observed: bool) {
+    remove_hop_by_hop(headers);
+    let annotations: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with(names::HEADER_XPROXY_PREFIX))
+        .cloned()
+        .collect();
+    for name in annotations {
+        headers.remove(name);
+    }
+    if observed {
+        headers.remove(header::ACCEPT_ENCODING);
     }
     if let Some(auth) = upstream_auth {
-        out.insert(header::AUTHORIZATION, auth.clone());
+        headers.insert(header::AUTHORIZATION, auth.clone());
     }
-    out
-}
-
-/// Response headers to send back: no hop-by-hop ones.
-pub(crate) fn downstream_headers(upstream: &HeaderMap) -> HeaderMap {
-    let connection = connection_tokens(upstream);
-    let mut out = HeaderMap::with_capacity(upstream.len());
-    for (name, value) in upstream {
-        if !is_hop_by_hop(name, &connection) {
-            out.append(name.clone(), value.clone());
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -118,14 +103,29 @@ mod tests {
     }
 
     #[test]
+    fn upstream_headers_lose_annotations_and_get_the_upstream_key() {
+        let mut h = HeaderMap::new();
+        h.insert("xproxy-user-id", HeaderValue::from_static("u"));
+        h.insert("xproxy-api-key", HeaderValue::from_static("proxy-secret"));
+        h.insert("authorization", HeaderValue::from_static("Bearer caller"));
+        h.insert("accept-encoding", HeaderValue::from_static("gzip"));
+        h.insert("openai-organization", HeaderValue::from_static("org"));
+        let key = HeaderValue::from_static("Bearer upstream");
+        prepare_upstream_headers(&mut h, Some(&key), true);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h["authorization"], "Bearer upstream");
+        assert!(h.contains_key("openai-organization"));
+    }
+
+    #[test]
     fn hop_by_hop_and_named_connection_headers_are_dropped() {
         let mut h = HeaderMap::new();
         h.insert("connection", HeaderValue::from_static("keep-alive, x-trace-hop"));
         h.insert("x-trace-hop", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-request-id", HeaderValue::from_static("req_1"));
-        let out = downstream_headers(&h);
-        assert_eq!(out.len(), 1);
-        assert!(out.contains_key("x-request-id"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-request-id"));
     }
 }

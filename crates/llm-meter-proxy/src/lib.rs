@@ -20,6 +20,7 @@ mod rejection;
 mod routes;
 mod settings;
 mod splicing;
+mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,7 +50,7 @@ pub struct Proxy {
 struct ProxyInner {
     settings: ProxySettings,
     meter: Meter,
-    http: reqwest::Client,
+    http: upstream::Upstream,
     upstream_auth: Option<HeaderValue>,
 }
 
@@ -69,12 +70,7 @@ impl Proxy {
             url: settings.upstream.to_string(),
             why,
         })?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(settings.connect_timeout)
-            .read_timeout(settings.read_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(BuildError::Http)?;
+        let http = upstream::Upstream::new(settings.connect_timeout, settings.read_timeout)?;
         let upstream_auth = match &settings.upstream_api_key {
             Some(key) => Some(llm_meter::bearer(key).ok_or(BuildError::ApiKey {
                 what: "upstream_api_key",

@@ -7,12 +7,12 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures_util::TryStreamExt;
-use http::{header, HeaderMap, HeaderValue};
+use http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use http_body_util::BodyExt;
 
-use llm_meter::{names, Annotations, ErrorType, Server, XProxyResult};
+use llm_meter::{names, Annotations, Server, XProxyResult};
 
-use crate::headers::{authorize, downstream_headers, upstream_request_headers};
+use crate::headers::{authorize, prepare_upstream_headers, remove_hop_by_hop};
 use crate::rejection::Rejection;
 use crate::settings::ProxySettings;
 use crate::splicing::with_xproxy_result;
@@ -36,17 +36,35 @@ fn upstream_base(settings: &ProxySettings, headers: &HeaderMap) -> Result<reqwes
     }
 }
 
-fn join(base: &reqwest::Url, rest: &str, query: Option<&str>) -> Result<reqwest::Url, Rejection> {
-    let mut url = format!(
+/// The upstream URI for `rest` (a path below the API base) and the caller's query.
+fn join(base: &reqwest::Url, rest: &str, query: Option<&str>) -> Result<Uri, Rejection> {
+    let mut uri = format!(
         "{}/{}",
         base.as_str().trim_end_matches('/'),
         rest.trim_start_matches('/')
     );
     if let Some(q) = query {
-        url.push('?');
-        url.push_str(q);
+        uri.push('?');
+        uri.push_str(q);
     }
-    reqwest::Url::parse(&url).map_err(|_| Rejection::InvalidPath)
+    Uri::try_from(uri).map_err(|_| Rejection::InvalidPath)
+}
+
+fn upstream_request(method: Method, uri: Uri, headers: HeaderMap, body: Body) -> http::Request<Body> {
+    let mut request = http::Request::new(body);
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.headers_mut() = headers;
+    request
+}
+
+/// A response with the upstream's status and headers (hop-by-hop ones removed) and `body`.
+fn downstream(status: StatusCode, mut headers: HeaderMap, body: Body) -> Response {
+    remove_hop_by_hop(&mut headers);
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    resp
 }
 
 /// `POST` on a chat completions path: an observed call.
@@ -76,11 +94,12 @@ async fn observed_chat(
     let body = axum::body::to_bytes(body, settings.body_limit)
         .await
         .map_err(|_| Rejection::BodyTooLarge(settings.body_limit))?;
-    let mut headers = upstream_request_headers(&parts.headers, inner.upstream_auth.as_ref(), true);
+    let mut headers = parts.headers;
+    prepare_upstream_headers(&mut headers, inner.upstream_auth.as_ref(), true);
     let prepared = match inner.meter.prepare(Vec::from(body.clone()), None) {
         Ok(p) => p,
         // Not a JSON object: the provider says what is wrong with it; nothing to observe.
-        Err(_) => return send_unobserved(inner, url, headers, body).await,
+        Err(_) => return relay(inner, upstream_request(Method::POST, url, headers, Body::from(body))).await,
     };
     let stream = prepared.facts.stream;
     let mut call = inner
@@ -95,89 +114,73 @@ async fn observed_chat(
     }
     call.inject_trace_context(&mut headers);
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    let mut upstream = inner.http.post(url).headers(headers).body(prepared.body);
-    if !stream {
-        upstream = upstream.timeout(settings.timeout);
-    }
+    let request = upstream_request(Method::POST, url, headers, Body::from(prepared.body));
     let sent = Instant::now();
-    let response = match upstream.send().await {
+    if !stream {
+        let (parts, body) = match inner.http.send_and_read(request, settings.timeout).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                let kind = e.kind();
+                call.fail(kind);
+                return Err(Rejection::Upstream(kind));
+            }
+        };
+        let record = call.finish_body(parts.status, &parts.headers, &body);
+        let body = if parts.status.is_success() {
+            match with_xproxy_result(&body, &XProxyResult::from_record(&record)) {
+                Some(extended) => Bytes::from(extended),
+                None => body,
+            }
+        } else {
+            body
+        };
+        return Ok(downstream(parts.status, parts.headers, Body::from(body)));
+    }
+    let response = match inner.http.send(request).await {
         Ok(r) => r,
         Err(e) => {
-            let kind = ErrorType::from_reqwest(&e);
+            let kind = e.kind();
             call.fail(kind);
             return Err(Rejection::Upstream(kind));
         }
     };
-    let status = response.status();
-    let upstream_headers = response.headers().clone();
-    let mut out_headers = downstream_headers(&upstream_headers);
-    if stream && status.is_success() {
-        let observed = call
-            .observe_stream(
-                status,
-                upstream_headers,
-                response.bytes_stream(),
-                sent,
-                prepared.hide_usage_chunk,
-            )
-            .with_outcome_field(names::XPROXY_RESULT, |record| {
-                XProxyResult::from_record(record).to_json_bytes()
-            });
-        let mut resp = Response::new(Body::from_stream(observed));
-        *resp.status_mut() = status;
-        *resp.headers_mut() = out_headers;
-        return Ok(resp);
+    let (parts, body) = response.into_parts();
+    if !parts.status.is_success() {
+        // An error answer to a stream request is a JSON body: observed whole, like any answer.
+        let body = match body.collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                let kind = e.kind();
+                call.fail(kind);
+                return Err(Rejection::Upstream(kind));
+            }
+        };
+        call.finish_body(parts.status, &parts.headers, &body);
+        return Ok(downstream(parts.status, parts.headers, Body::from(body)));
     }
-    let body = match response.bytes().await {
-        Ok(b) => b,
-        Err(e) => {
-            let kind = ErrorType::from_reqwest(&e);
-            call.fail(kind);
-            return Err(Rejection::Upstream(kind));
-        }
-    };
-    let record = call.finish_body(status, &upstream_headers, &body);
-    let body = if status.is_success() {
-        match with_xproxy_result(&body, &XProxyResult::from_record(&record)) {
-            Some(extended) => Bytes::from(extended),
-            None => body,
-        }
-    } else {
-        body
-    };
-    out_headers.remove(header::CONTENT_LENGTH);
-    let mut resp = Response::new(Body::from(body));
-    *resp.status_mut() = status;
-    *resp.headers_mut() = out_headers;
-    Ok(resp)
+    let observed = call
+        .observe_stream(
+            parts.status,
+            parts.headers.clone(),
+            body.into_data_stream(),
+            sent,
+            prepared.hide_usage_chunk,
+        )
+        .with_outcome_field(names::XPROXY_RESULT, |record| {
+            XProxyResult::from_record(record).to_json_bytes()
+        });
+    Ok(downstream(parts.status, parts.headers, Body::from_stream(observed)))
 }
 
-async fn send_unobserved(
-    inner: &ProxyInner,
-    url: reqwest::Url,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, Rejection> {
-    let sent = inner
+/// Sends `request` and relays the upstream's answer as it comes, unobserved.
+async fn relay(inner: &ProxyInner, request: http::Request<Body>) -> Result<Response, Rejection> {
+    let response = inner
         .http
-        .post(url)
-        .headers(headers)
-        .body(body)
-        .timeout(inner.settings.timeout)
-        .send()
-        .await;
-    relay(sent)
-}
-
-/// The upstream's answer as it came (minus hop-by-hop headers), its body streamed.
-fn relay(upstream: reqwest::Result<reqwest::Response>) -> Result<Response, Rejection> {
-    let upstream = upstream.map_err(|e| Rejection::Upstream(ErrorType::from_reqwest(&e)))?;
-    let status = upstream.status();
-    let headers = downstream_headers(upstream.headers());
-    let mut resp = Response::new(Body::from_stream(upstream.bytes_stream()));
-    *resp.status_mut() = status;
-    *resp.headers_mut() = headers;
-    Ok(resp)
+        .send(request)
+        .await
+        .map_err(|e| Rejection::Upstream(e.kind()))?;
+    let (parts, body) = response.into_parts();
+    Ok(downstream(parts.status, parts.headers, Body::new(body)))
 }
 
 /// Any other `/v1/*` request: forwarded as it is (minus `xProxy-*` and hop-by-hop headers).
@@ -196,14 +199,7 @@ async fn forwarded(inner: &ProxyInner, request: Request) -> Result<Response, Rej
     let rest = path.strip_prefix(PAYI_OPENAI_PREFIX).unwrap_or(path);
     let rest = rest.strip_prefix("/v1").unwrap_or(rest);
     let url = join(&base, rest, parts.uri.query())?;
-    let headers = upstream_request_headers(&parts.headers, inner.upstream_auth.as_ref(), false);
-    let body = reqwest::Body::wrap_stream(body.into_data_stream().map_err(std::io::Error::other));
-    let sent = inner
-        .http
-        .request(parts.method, url)
-        .headers(headers)
-        .body(body)
-        .send()
-        .await;
-    relay(sent)
+    let mut headers = parts.headers;
+    prepare_upstream_headers(&mut headers, inner.upstream_auth.as_ref(), false);
+    relay(inner, upstream_request(parts.method, url, headers, body)).await
 }

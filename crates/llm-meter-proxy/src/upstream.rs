@@ -1,0 +1,160 @@
+//! The pooled HTTP client to the provider: hyper-util's client over rustls (the platform's
+//! roots), as a bare relay uses it. Bodies go up and come back as frames, never buffered except
+//! a non-streaming answer the proxy must read to observe. Every wait is bounded: connecting, the
+//! time to the next bytes (`read_timeout`, also between stream chunks), and a whole
+//! non-streaming answer (`timeout`).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rustls_platform_verifier::ConfigVerifierExt;
+use tokio::time::{Instant, Sleep};
+
+use llm_meter::{BuildError, CallError, ErrorType};
+
+/// Why an exchange with the upstream failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UpstreamError {
+    /// No bytes (head or body) within the wait.
+    #[error("the upstream sent nothing for {0:?}")]
+    Timeout(Duration),
+    /// Connecting or sending the request failed, or the connection closed before the head.
+    #[error("upstream request failed: {0}")]
+    Request(#[source] hyper_util::client::legacy::Error),
+    /// The body failed mid-way (reset, malformed framing).
+    #[error("upstream body failed: {0}")]
+    Body(#[source] hyper::Error),
+}
+
+impl UpstreamError {
+    /// The `error.type` of the failure.
+    pub(crate) fn kind(&self) -> ErrorType {
+        match self {
+            UpstreamError::Timeout(_) => ErrorType::Timeout,
+            UpstreamError::Request(e) if e.is_connect() => ErrorType::Connect,
+            UpstreamError::Request(_) | UpstreamError::Body(_) => ErrorType::Transport,
+        }
+    }
+}
+
+impl From<UpstreamError> for CallError {
+    fn from(e: UpstreamError) -> Self {
+        CallError::transport(e.kind(), e)
+    }
+}
+
+/// The upstream client: one connection pool for every route.
+#[derive(Clone, Debug)]
+pub(crate) struct Upstream {
+    client: Client<HttpsConnector<HttpConnector>, Body>,
+    read_timeout: Duration,
+}
+
+impl Upstream {
+    /// A pool that connects within `connect_timeout` and waits at most `read_timeout` for bytes.
+    pub(crate) fn new(connect_timeout: Duration, read_timeout: Duration) -> Result<Self, BuildError> {
+        let tls = rustls::ClientConfig::with_platform_verifier().map_err(|e| BuildError::Http(Box::new(e)))?;
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(connect_timeout));
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(https);
+        Ok(Upstream { client, read_timeout })
+    }
+
+    /// Sends `request`; the answer's head within `read_timeout`, its body timed per frame.
+    pub(crate) async fn send(&self, request: http::Request<Body>) -> Result<http::Response<TimedBody>, UpstreamError> {
+        let wait = self.read_timeout;
+        let response = tokio::time::timeout(wait, self.client.request(request))
+            .await
+            .map_err(|_| UpstreamError::Timeout(wait))?
+            .map_err(UpstreamError::Request)?;
+        Ok(response.map(|body| TimedBody::new(body, wait)))
+    }
+
+    /// Sends `request` and reads the whole answer within `timeout`.
+    pub(crate) async fn send_and_read(
+        &self,
+        request: http::Request<Body>,
+        timeout: Duration,
+    ) -> Result<(http::response::Parts, Bytes), UpstreamError> {
+        let exchange = async {
+            let (parts, body) = self.send(request).await?.into_parts();
+            let bytes = body.collect().await?.to_bytes();
+            Ok((parts, bytes))
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| UpstreamError::Timeout(timeout))?
+    }
+}
+
+/// The upstream's body with a bound on the wait for each frame: one timer per answer, moved
+/// forward on every frame (no allocation per chunk).
+#[derive(Debug)]
+pub(crate) struct TimedBody {
+    inner: Incoming,
+    wait: Duration,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl TimedBody {
+    fn new(inner: Incoming, wait: Duration) -> Self {
+        TimedBody {
+            inner,
+            wait,
+            deadline: Box::pin(tokio::time::sleep(wait)),
+        }
+    }
+
+    /// The body's data frames as a stream, for the pipeline's stream observer.
+    pub(crate) fn into_data_stream(self) -> http_body_util::BodyDataStream<Self> {
+        http_body_util::BodyDataStream::new(self)
+    }
+}
+
+impl HttpBody for TimedBody {
+    type Data = Bytes;
+    type Error = UpstreamError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let wait = this.wait;
+                this.deadline.as_mut().reset(Instant::now() + wait);
+                Poll::Ready(frame.map(|f| f.map_err(UpstreamError::Body)))
+            }
+            Poll::Pending => match this.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(UpstreamError::Timeout(this.wait)))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
