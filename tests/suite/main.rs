@@ -23,4 +23,5 @@ mod proxy;
 mod proxy_spans;
 mod recorded;
 mod security;
+mod shutdown;
 mod streaming;

@@ -117,10 +117,11 @@ async fn run_proxy(
     // Listen for SIGINT and SIGTERM before announcing the address, so no signal is missed.
     let mut stop = Stop::new()?;
     let bound = proxy
+        .clone()
         .spawn(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    let admin = llm_meter_proxy::spawn_admin(metrics_listen, &telemetry)
+    let admin = llm_meter_proxy::spawn_admin(metrics_listen, &telemetry, &proxy)
         .await
         .map_err(|e| format!("cannot serve /metrics on {metrics_listen}: {e}"))?;
     eprintln!("llm-meter proxy: http://{bound}/v1 -> {upstream}  (metrics: http://{admin}/metrics)");

@@ -109,7 +109,71 @@ impl Proxy {
 
     /// Serves the proxy on `listener` until the future is dropped.
     pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
-        axum::serve(listener, self.router()).await
+        self.serve_until(listener, std::future::pending(), std::time::Duration::ZERO)
+            .await
+            .map(|_| ())
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then stops accepting connections and
+    /// lets the requests and streams in flight finish for at most `grace`; the connections still
+    /// open then are closed (streams cut that way are recorded as `cancelled`). Returns `true`
+    /// when everything in flight finished within the grace period.
+    pub async fn serve_until(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+        grace: std::time::Duration,
+    ) -> std::io::Result<bool> {
+        let router = self.router();
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut connections = tokio::task::JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            let stream = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait a little instead of spinning.
+                        tracing::warn!(target: "llm_meter", "accepting a connection failed: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let service = hyper_util::service::TowerToHyperService::new(router.clone());
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let connection = graceful.watch(connection);
+            connections.spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(target: "llm_meter", "connection ended: {e}");
+                }
+            });
+            while connections.try_join_next().is_some() {}
+        }
+        drop(listener);
+        let finished = tokio::time::timeout(grace, graceful.shutdown()).await.is_ok();
+        if !finished {
+            tracing::warn!(target: "llm_meter", "grace period of {grace:?} over: closing the connections still open");
+        }
+        connections.abort_all();
+        while connections.join_next().await.is_some() {}
+        Ok(finished)
+    }
+
+    /// True when the upstream accepts a TCP connection within `timeout` (the readiness check).
+    pub async fn upstream_reachable(&self, timeout: std::time::Duration) -> bool {
+        let url = &self.inner.settings.upstream;
+        let Some(host) = url.host_str() else {
+            return false;
+        };
+        let port = url.port_or_known_default().unwrap_or(443);
+        matches!(
+            tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host, port))).await,
+            Ok(Ok(_))
+        )
     }
 
     /// Binds `addr` and serves in the background; returns the bound address.
