@@ -29,7 +29,9 @@ pub use record::{
     BuildError, CallError, CallHook, CallId, CallRecord, ErrorType, RequestFacts, StreamOptions, Timings,
 };
 
-pub use sinks::export::{init, ExportStats, InitError, Protocol, Telemetry, TelemetryBuilder, TelemetryGuard, SCOPE};
+pub use sinks::export::{
+    init, ExportStats, InitError, LogFormat, Protocol, Telemetry, TelemetryBuilder, TelemetryGuard, SCOPE,
+};
 pub use sinks::metrics::{LabelPolicy, Metrics, DURATION_BUCKETS, MAX_BOUND_SERIES, TOKEN_BUCKETS};
 /// The Prometheus `/metrics` endpoint: encoding a registry, an axum router, a listener.
 #[cfg(feature = "prometheus")]

@@ -51,6 +51,17 @@ fn scope() -> opentelemetry::InstrumentationScope {
         .build()
 }
 
+/// How log lines are written (feature `log`): text for people, or one JSON object per line for
+/// a log pipeline.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// `tracing-subscriber`'s default text lines.
+    #[default]
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `target`, `fields`, `spans`).
+    Json,
+}
+
 /// OTLP transport.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
@@ -629,20 +640,29 @@ impl Telemetry {
     }
 
     /// Installs the global `tracing` subscriber: this OpenTelemetry layer, plus (feature `log`) a
-    /// `fmt` layer on stderr filtered by `RUST_LOG` (default `warn`). Fails when a global
-    /// subscriber is already set.
+    /// `fmt` layer on stderr filtered by `RUST_LOG` (default `warn`), as text. Fails when a
+    /// global subscriber is already set.
     pub fn install(self) -> Result<TelemetryGuard, InitError> {
+        self.install_with_logs(LogFormat::Text)
+    }
+
+    /// [`Self::install`] with log lines in `format` (feature `log`; without it there are no
+    /// log lines and `format` is ignored).
+    pub fn install_with_logs(self, format: LogFormat) -> Result<TelemetryGuard, InitError> {
         let registry = tracing_subscriber::registry().with(self.tracing_layer());
         #[cfg(feature = "log")]
         let registry = {
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-            registry.with(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::stderr)
-                    .with_filter(filter),
-            )
+            let text = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+            let lines: Box<dyn Layer<_> + Send + Sync> = match format {
+                LogFormat::Text => Box::new(text.with_filter(filter)),
+                LogFormat::Json => Box::new(text.json().with_filter(filter)),
+            };
+            registry.with(lines)
         };
+        #[cfg(not(feature = "log"))]
+        let _ = format;
         registry
             .try_init()
             .map_err(|e| InitError(format!("a global tracing subscriber is already set: {e}")))?;

@@ -1,11 +1,11 @@
-//! `llm-meter`: the demo and the mock provider (the proxy comes with its own issue).
+//! `llm-meter`: the demo, the observing proxy, the mock provider and a config check.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
-use llm_meter::Telemetry;
+use clap::{Parser, Subcommand, ValueEnum};
+use llm_meter::{LogFormat, Telemetry};
 use llm_meter_cli::demo::{self, DemoConfig};
 use llm_meter_mock::{self as mock, MockConfig};
 use llm_meter_proxy::config::Config;
@@ -13,8 +13,31 @@ use llm_meter_proxy::config::Config;
 #[derive(Parser)]
 #[command(name = "llm-meter", version, about = "Observability for LLM chat-completion calls")]
 struct Cli {
+    /// Log lines on stderr as text or as one JSON object per line (`RUST_LOG` filters them).
+    #[arg(long, global = true, value_enum, default_value_t = LogLines::Text)]
+    log_format: LogLines,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogLines {
+    Text,
+    Json,
+}
+
+impl From<LogLines> for LogFormat {
+    fn from(lines: LogLines) -> Self {
+        match lines {
+            LogLines::Text => LogFormat::Text,
+            LogLines::Json => LogFormat::Json,
+        }
+    }
+}
+
+/// A Go-style duration (`30s`, `500ms`, `2m`).
+fn duration(text: &str) -> Result<Duration, String> {
+    llm_meter::parse_duration(text).ok_or_else(|| format!("{text:?} is not a duration like 30s, 500ms or 2m"))
 }
 
 #[derive(Subcommand)]
@@ -48,6 +71,16 @@ enum Command {
         /// Configuration file (TOML): upstream, prices, limits, labels, proxy keys, model defaults.
         #[arg(long)]
         config: Option<std::path::PathBuf>,
+        /// On SIGTERM or SIGINT: how long calls and streams in flight may take to finish before
+        /// their connections are closed.
+        #[arg(long, default_value = "30s", value_parser = duration)]
+        grace: Duration,
+    },
+    /// Check a configuration file: exits 0 when the proxy would start with it, else 1 naming
+    /// the problem.
+    CheckConfig {
+        /// The configuration file (TOML).
+        file: std::path::PathBuf,
     },
     /// Run the mock OpenAI provider alone.
     Mock {
@@ -90,12 +123,25 @@ fn address(flag: Option<SocketAddr>, file: Option<&str>, what: &str, default: &s
     }
 }
 
-async fn run_proxy(
+/// What `llm-meter proxy` was asked for.
+struct ProxyArgs {
     listen: Option<SocketAddr>,
     upstream: Option<String>,
     metrics_listen: Option<SocketAddr>,
     config_path: Option<std::path::PathBuf>,
-) -> Result<(), BoxError> {
+    grace: Duration,
+    log_format: LogFormat,
+}
+
+async fn run_proxy(args: ProxyArgs) -> Result<(), BoxError> {
+    let ProxyArgs {
+        listen,
+        upstream,
+        metrics_listen,
+        config_path,
+        grace,
+        log_format,
+    } = args;
     let config = match &config_path {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
@@ -111,16 +157,15 @@ async fn run_proxy(
         .service_name("llm-meter-proxy")
         .labels(config.label_policy())
         .build()?
-        .install()?;
+        .install_with_logs(log_format)?;
     let (proxy, ledger) = llm_meter_proxy::from_config(&config, upstream.as_deref(), &telemetry)?;
     let upstream = config.proxy_settings(upstream.as_deref())?.upstream;
     // Listen for SIGINT and SIGTERM before announcing the address, so no signal is missed.
     let mut stop = Stop::new()?;
-    let bound = proxy
-        .clone()
-        .spawn(listen)
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let bound = listener.local_addr()?;
     let admin = llm_meter_proxy::spawn_admin(metrics_listen, &telemetry, &proxy)
         .await
         .map_err(|e| format!("cannot serve /metrics on {metrics_listen}: {e}"))?;
@@ -131,6 +176,14 @@ async fn run_proxy(
             tracing::warn!(target: "llm_meter", "saving the ledger failed: {e}");
         }
     };
+    let (shutdown, stopping) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(proxy.serve_until(
+        listener,
+        async {
+            let _ = stopping.await;
+        },
+        grace,
+    ));
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
     tick.tick().await;
     loop {
@@ -139,9 +192,33 @@ async fn run_proxy(
             _ = stop.wait() => break,
         }
     }
+    // Stop accepting, let what is in flight finish (up to the grace period), then save the
+    // ledger; spans and metrics are flushed when `telemetry` is dropped.
+    eprintln!("llm-meter proxy: stopping (grace {grace:?})");
+    let _ = shutdown.send(());
+    match serving.await {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => eprintln!("llm-meter proxy: grace period over, open connections closed"),
+        Ok(Err(e)) => tracing::warn!(target: "llm_meter", "proxy stopped: {e}"),
+        Err(e) => tracing::warn!(target: "llm_meter", "proxy task failed: {e}"),
+    }
     if let Some(path) = &snapshot {
         save(path);
     }
+    telemetry.flush();
+    Ok(())
+}
+
+fn check_config(path: &std::path::Path) -> Result<(), BoxError> {
+    let config = Config::from_file(path)?;
+    let settings = config.proxy_settings(None)?;
+    println!(
+        "{}: ok (upstream {}, {} limits, {} proxy keys)",
+        path.display(),
+        settings.upstream,
+        config.limits.len(),
+        settings.keys.len()
+    );
     Ok(())
 }
 
@@ -170,6 +247,7 @@ impl Stop {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let log_format = LogFormat::from(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -196,7 +274,7 @@ fn main() -> ExitCode {
                     .service_name(service)
                     .labels(labels)
                     .build()?
-                    .install()?;
+                    .install_with_logs(log_format)?;
                 let config = DemoConfig {
                     calls,
                     concurrency,
@@ -215,7 +293,19 @@ fn main() -> ExitCode {
                 upstream,
                 metrics_listen,
                 config,
-            } => run_proxy(listen, upstream, metrics_listen, config).await,
+                grace,
+            } => {
+                run_proxy(ProxyArgs {
+                    listen,
+                    upstream,
+                    metrics_listen,
+                    config_path: config,
+                    grace,
+                    log_format,
+                })
+                .await
+            }
+            Command::CheckConfig { file } => check_config(&file),
             Command::Mock {
                 listen,
                 latency_ms,

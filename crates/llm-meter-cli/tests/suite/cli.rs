@@ -244,3 +244,152 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+/// Starts `llm-meter proxy` on a free port in front of `upstream` with `extra` flags; returns
+/// the child and its address (from the `llm-meter proxy: http://ADDR/v1 -> …` line).
+fn start_proxy(upstream: &str, extra: &[&str]) -> (KillOnDrop, String, std::io::BufReader<std::process::ChildStderr>) {
+    let mut proxy = KillOnDrop(
+        bin()
+            .args(["proxy", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .args(["--upstream", upstream])
+            .args(extra)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stderr = std::io::BufReader::new(proxy.0.stderr.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+    let addr = line
+        .strip_prefix("llm-meter proxy: http://")
+        .and_then(|rest| rest.split_once("/v1"))
+        .map(|(addr, _)| addr.to_owned())
+        .unwrap_or_else(|| panic!("no address announced: {line}"));
+    (proxy, addr, stderr)
+}
+
+fn wait_exit(proxy: &mut KillOnDrop, within: Duration) -> std::process::ExitStatus {
+    let started = std::time::Instant::now();
+    while started.elapsed() < within {
+        if let Some(status) = proxy.0.try_wait().unwrap() {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("the proxy did not stop within {within:?}");
+}
+
+/// A stream through `addr`, read to its end; `(text, ended cleanly)`.
+async fn stream_through(addr: &str) -> (String, bool) {
+    use futures_util::StreamExt;
+    let resp = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/chat/completions"))
+        .json(&serde_json::json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    let mut body = resp.bytes_stream();
+    let mut text = Vec::new();
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(c) => text.extend_from_slice(&c),
+            Err(_) => return (String::from_utf8_lossy(&text).into_owned(), false),
+        }
+    }
+    (String::from_utf8_lossy(&text).into_owned(), true)
+}
+
+fn slow_mock(rt: &tokio::runtime::Runtime) -> llm_meter_mock::MockServer {
+    rt.block_on(llm_meter_mock::MockServer::start(llm_meter_mock::MockConfig {
+        chunk_delay: Duration::from_millis(100),
+        ..llm_meter_mock::MockConfig::default()
+    }))
+    .unwrap()
+}
+
+#[test]
+fn on_sigterm_a_stream_in_flight_finishes_within_the_grace_period() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mock = slow_mock(&rt);
+    let (mut proxy, addr, _stderr) = start_proxy(&mock.base_url(), &["--grace", "10s"]);
+    let pid = proxy.0.id().to_string();
+    let (text, clean) = rt.block_on(async {
+        let stream = tokio::spawn({
+            let addr = addr.clone();
+            async move { stream_through(&addr).await }
+        });
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        stream.await.unwrap()
+    });
+    assert!(clean && text.trim_end().ends_with("data: [DONE]"), "{text}");
+    let exit = wait_exit(&mut proxy, Duration::from_secs(5));
+    assert!(exit.success(), "{exit:?}");
+}
+
+#[test]
+fn past_the_grace_period_the_proxy_closes_what_is_open_and_logs_it_as_json() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mock = slow_mock(&rt);
+    let (mut proxy, addr, stderr) = start_proxy(&mock.base_url(), &["--grace", "100ms", "--log-format", "json"]);
+    let pid = proxy.0.id().to_string();
+    let (text, clean) = rt.block_on(async {
+        let stream = tokio::spawn({
+            let addr = addr.clone();
+            async move { stream_through(&addr).await }
+        });
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        stream.await.unwrap()
+    });
+    assert!(!clean || !text.contains("[DONE]"), "the stream was cut: {text}");
+    let exit = wait_exit(&mut proxy, Duration::from_secs(5));
+    assert!(exit.success(), "{exit:?}");
+    let lines: Vec<String> = std::io::BufRead::lines(stderr).map_while(Result::ok).collect();
+    let warning = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["level"] == "WARN")
+        .unwrap_or_else(|| panic!("a JSON warning line: {lines:?}"));
+    assert!(
+        warning["fields"]["message"].as_str().unwrap().contains("grace period"),
+        "{warning}"
+    );
+}
+
+#[test]
+fn check_config_passes_a_good_file_and_names_the_problem_in_a_bad_one() {
+    let dir = std::env::temp_dir().join(format!("llm-meter-check-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.toml");
+    std::fs::write(
+        &good,
+        "upstream = \"https://api.openai.com/v1\"\n[proxy]\ntimeout = \"90s\"\n[[limits]]\nid = \"daily\"\nmax = 5.0\nkind = \"block\"\n",
+    )
+    .unwrap();
+    let out = bin().arg("check-config").arg(&good).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("ok") && said.contains("1 limits"), "{said}");
+    for (name, text, words) in [
+        ("timeout.toml", "[proxy]\ntimeout = \"0s\"\n", "timeout"),
+        ("limit.toml", "[[limits]]\nid = \"a\"\nmax = -1\n", "max"),
+        ("typo.toml", "upstreem = \"x\"\n", "unknown field"),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        let out = bin().arg("check-config").arg(&path).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(name) && err.contains(words), "{name}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
