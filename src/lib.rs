@@ -20,10 +20,13 @@ pub use parse::provider::{
 pub use parse::stream::{EventCutter, EventOutcome, SseEvent, SseParser, StreamFault, StreamObserver};
 
 pub use record::limits::{
-    parse_period, AdmissionMode, Ledger, LimitConfig, LimitError, LimitKind, LimitState, LimitStatus, MemoryLedger,
+    parse_period, Admission, AdmissionMode, Hold, Ledger, LedgerError, LedgerFuture, LedgerHealth, LedgerObserver,
+    LedgerOp, LimitConfig, LimitError, LimitKind, LimitState, LimitStatus, MemoryLedger, OnLedgerError, Refusal,
     SharedLedger,
 };
 pub use record::pricing::{Cost, Price, PriceTable, PricingError, Rates, TierPrice};
+#[cfg(feature = "redis")]
+pub use record::redis_ledger::{redact_url, RedisLedger, RedisLedgerBuilder};
 pub use record::xproxy::{add_json_field, LimitOutcome, XProxyCost, XProxyResult};
 pub use record::{
     BuildError, CallError, CallHook, CallId, CallRecord, ErrorType, RequestFacts, StreamOptions, Timings,
@@ -32,7 +35,7 @@ pub use record::{
 pub use sinks::export::{
     init, ExportStats, InitError, LogFormat, Protocol, Telemetry, TelemetryBuilder, TelemetryGuard, SCOPE,
 };
-pub use sinks::metrics::{LabelPolicy, Metrics, DURATION_BUCKETS, MAX_BOUND_SERIES, TOKEN_BUCKETS};
+pub use sinks::metrics::{LabelPolicy, Metrics, DURATION_BUCKETS, LEDGER_BUCKETS, MAX_BOUND_SERIES, TOKEN_BUCKETS};
 /// The Prometheus `/metrics` endpoint: encoding a registry, an axum router, a listener.
 #[cfg(feature = "prometheus")]
 pub use sinks::prometheus;

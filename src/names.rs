@@ -269,3 +269,30 @@ pub const METRIC_LIMIT_BLOCKED: &str = "llm_meter.limit.blocked";
 pub const LIMIT_ID: &str = "limit.id";
 /// Metric label: a limit's kind (`allow` / `block`).
 pub const LIMIT_KIND: &str = "limit.kind";
+
+// ---- The ledger's own health -----------------------------------------------------------------
+
+/// Histogram, `s`: one ledger operation (a Redis round trip), by `llm_meter.ledger.operation`
+/// and `llm_meter.ledger.kind`.
+pub const METRIC_LEDGER_DURATION: &str = "llm_meter.ledger.operation.duration";
+/// Counter: ledger operations that failed, by operation, kind and `error.type` (`timeout`,
+/// `unavailable`).
+pub const METRIC_LEDGER_ERRORS: &str = "llm_meter.ledger.errors";
+/// Gauge: settlements waiting to be applied on the ledger (queued while it does not answer).
+pub const METRIC_LEDGER_QUEUED: &str = "llm_meter.ledger.queued";
+/// Counter: settlements dropped because the ledger's queue was full (spend the ledger lost).
+pub const METRIC_LEDGER_DROPPED: &str = "llm_meter.ledger.dropped";
+/// Counter: settlements applied after at least one failed attempt (replayed).
+pub const METRIC_LEDGER_REPLAYED: &str = "llm_meter.ledger.replayed";
+/// Gauge: 1 when the ledger's last operation succeeded, 0 when it failed.
+pub const METRIC_LEDGER_AVAILABLE: &str = "llm_meter.ledger.available";
+/// Gauge: always 1, by `llm_meter.ledger.kind`: which ledger holds the budgets.
+pub const METRIC_LEDGER_INFO: &str = "llm_meter.ledger.info";
+/// Metric label: which ledger (`memory`, `redis`).
+pub const LEDGER_KIND: &str = "llm_meter.ledger.kind";
+/// Metric label: which ledger operation (`admit`, `settle`, `refresh`).
+pub const LEDGER_OPERATION: &str = "llm_meter.ledger.operation";
+/// Value of `llm_meter.ledger.kind` for the in-memory ledger.
+pub const LEDGER_MEMORY: &str = "memory";
+/// Value of `llm_meter.ledger.kind` for the Redis ledger.
+pub const LEDGER_REDIS: &str = "redis";

@@ -20,6 +20,7 @@ use crate::parse::annotations::Annotations;
 use crate::parse::endpoint::{bearer, parse_api_base};
 use crate::parse::provider::{ChatCompletion, ProviderMeta, Usage};
 use crate::pipeline::{Call, ChatStream, Meter, Server};
+use crate::record::limits::Refusal;
 use crate::record::xproxy::XProxyResult;
 use crate::record::{BuildError, CallError, CallRecord};
 
@@ -268,7 +269,7 @@ impl Client {
         &self.inner.meter
     }
 
-    fn start(
+    async fn start(
         &self,
         body: &impl Serialize,
         annotations: &Annotations,
@@ -280,11 +281,14 @@ impl Client {
             .inner
             .meter
             .start(self.inner.server.clone(), annotations, prepared.facts);
-        if let Err(blocked) = call.admit(prepared.body.len()) {
-            let record = call.finish_blocked(blocked.clone());
-            return Err(CallError::LimitReached {
-                blocked_limit_ids: blocked,
-                record: Box::new(record),
+        if let Err(refusal) = call.admit(prepared.body.len()).await {
+            let record = Box::new(call.refuse(&refusal));
+            return Err(match refusal {
+                Refusal::LedgerUnavailable(source) => CallError::LedgerUnavailable { source, record },
+                Refusal::Blocked(blocked_limit_ids) => CallError::LimitReached {
+                    blocked_limit_ids,
+                    record,
+                },
             });
         }
         let mut headers = self.inner.headers.clone();
@@ -307,7 +311,7 @@ impl Client {
     /// Sends a non-streaming chat completion. Provider errors come back as a response with the
     /// provider's status and body; `Err` means no answer arrived.
     pub async fn chat(&self, body: &impl Serialize, annotations: &Annotations) -> Result<ChatResponse, CallError> {
-        let (call, req, _) = self.start(body, annotations, false)?;
+        let (call, req, _) = self.start(body, annotations, false).await?;
         let result = async {
             let resp = req.send().await?;
             let status = resp.status();
@@ -339,7 +343,7 @@ impl Client {
     /// stream yields the provider's bytes as they arrive; the call's span and record end when
     /// the stream ends, fails, or is dropped (then `error.type` is `cancelled`).
     pub async fn chat_stream(&self, body: &impl Serialize, annotations: &Annotations) -> Result<ChatStream, CallError> {
-        let (call, req, hide) = self.start(body, annotations, true)?;
+        let (call, req, hide) = self.start(body, annotations, true).await?;
         let sent = Instant::now();
         match req.send().instrument(call.span().clone()).await {
             Ok(resp) => {

@@ -30,6 +30,7 @@ use tracing::Instrument;
 
 use crate::parse::annotations::Annotations;
 use crate::pipeline::{Meter, Server};
+use crate::record::limits::Refusal;
 use crate::record::ErrorType;
 
 tokio::task_local! {
@@ -147,15 +148,26 @@ where
                 .meter
                 .start(Server::of(request.url()), &annotations, prepared.facts);
             // The same admission as every door: refused before the provider is called.
-            if let Err(blocked) = call.admit(prepared.body.len()) {
-                let message = format!("refused by limit {}: the budget is spent", blocked.join(", "));
-                call.finish_blocked(blocked);
+            if let Err(refusal) = call.admit(prepared.body.len()).await {
+                let (status, kind, message) = match &refusal {
+                    Refusal::LedgerUnavailable(e) => (
+                        http::StatusCode::SERVICE_UNAVAILABLE,
+                        ErrorType::LedgerUnavailable,
+                        format!("refused: {e}; calls naming a block limit are refused until it answers"),
+                    ),
+                    Refusal::Blocked(blocked) => (
+                        http::StatusCode::FORBIDDEN,
+                        ErrorType::LimitReached,
+                        format!("refused by limit {}: the budget is spent", blocked.join(", ")),
+                    ),
+                };
+                call.refuse(&refusal);
                 return Err(OpenAIError::ApiError(async_openai::error::ApiErrorResponse {
-                    status_code: http::StatusCode::FORBIDDEN,
+                    status_code: status,
                     api_error: async_openai::error::ApiError {
                         message,
-                        r#type: Some(ErrorType::LimitReached.as_str().to_owned()),
-                        code: Some(ErrorType::LimitReached.as_str().to_owned()),
+                        r#type: Some(kind.as_str().to_owned()),
+                        code: Some(kind.as_str().to_owned()),
                         ..Default::default()
                     },
                 }));

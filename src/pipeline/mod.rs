@@ -7,9 +7,9 @@
 //! 1. **Prepare** ([`Meter::prepare`]): read the request's facts (model, stream, params), merge
 //!    model defaults, ask for stream usage when the caller did not.
 //! 2. **Start** ([`Meter::start`]): open the span (a child of the caller's), start the clock.
-//! 3. **Admit** ([`Call::admit`]): when the meter enforces limits, reserve the worst case on
-//!    every limit the call names, or refuse it before the provider is called
-//!    ([`Call::finish_blocked`]).
+//! 3. **Admit** ([`Call::admit`], async: a network ledger is asked within its timeout): when
+//!    the meter enforces limits, reserve the worst case on every limit the call names, or
+//!    refuse it before the provider is called ([`Call::refuse`]).
 //! 4. **Send**: the door sends the prepared body, with trace context
 //!    ([`Call::inject_trace_context`]).
 //! 5. **Observe**: a whole body ([`Call::finish_body`]), a stream ([`Call::observe_stream`],
@@ -37,7 +37,7 @@ use crate::names;
 use crate::parse::annotations::Annotations;
 use crate::parse::provider::{ChatCompletion, ProviderMeta, ResponseFacts};
 use crate::parse::stream::{EventCutter, EventOutcome, StreamObserver};
-use crate::record::limits::{LimitState, SharedLedger};
+use crate::record::limits::{Hold, LimitState, Refusal, SharedLedger};
 use crate::record::pricing::{Cost, PriceTable};
 use crate::record::{
     BuildError, CallError, CallHook, CallId, CallRecord, ErrorType, RequestFacts, StreamOptions, Timings,
@@ -309,8 +309,8 @@ pub struct Call {
     request: RequestFacts,
     started_at: SystemTime,
     started: Instant,
-    /// USD reserved on the call's limits at admission.
-    reservation: f64,
+    /// What admission holds on the call's limits.
+    hold: Hold,
 }
 
 impl fmt::Debug for Call {
@@ -436,7 +436,7 @@ impl Meter {
             request,
             started_at: SystemTime::now(),
             started: Instant::now(),
-            reservation: 0.0,
+            hold: Hold::default(),
         }
     }
 
@@ -504,9 +504,10 @@ impl Meter {
 impl Call {
     /// Pre-flight check against block limits, the one admission decision of every door: when
     /// the meter enforces limits ([`MeterBuilder::enforce_limits`]), reserves the call's
-    /// worst-case cost on every limit it names, or returns the ids of the limits that refuse it.
-    /// A meter that does not enforce limits admits every call.
-    pub fn admit(&mut self, body_len: usize) -> Result<(), Vec<String>> {
+    /// worst-case cost on every limit it names, or says why the call is refused (finish it with
+    /// [`Call::refuse`]). A meter that does not enforce limits admits every call at once. A
+    /// network ledger is asked within its timeout.
+    pub async fn admit(&mut self, body_len: usize) -> Result<(), Refusal> {
         if !self.meter.enforces_limits() {
             return Ok(());
         }
@@ -518,12 +519,46 @@ impl Call {
             return Ok(());
         }
         let reservation = self.meter.worst_case_cost(&self.request, body_len);
-        let admission = ledger.admit(ids, reservation);
-        if admission.blocked.is_empty() {
-            self.reservation = reservation;
-            Ok(())
-        } else {
-            Err(admission.blocked)
+        match ledger.admit(ids, reservation).await {
+            Ok(admission) if admission.blocked.is_empty() => {
+                self.hold = admission.hold;
+                Ok(())
+            }
+            Ok(admission) => Err(Refusal::Blocked(admission.blocked)),
+            Err(e) => Err(Refusal::LedgerUnavailable(e)),
+        }
+    }
+
+    /// Finishes a call that admission refused: the provider was not called.
+    pub fn refuse(self, refusal: &Refusal) -> CallRecord {
+        match refusal {
+            Refusal::Blocked(blocked) => self.finish_blocked(blocked.clone()),
+            Refusal::LedgerUnavailable(_) => {
+                // The states as last known; nothing is settled (the ledger is not answering).
+                let limits = match &self.meter.inner.ledger {
+                    Some(ledger) => {
+                        let statuses = ledger.statuses();
+                        self.annotations
+                            .limit_ids()
+                            .iter()
+                            .map(|id| {
+                                let state = statuses
+                                    .iter()
+                                    .find(|s| &s.id == id)
+                                    .map_or(LimitState::Ok, |s| s.state);
+                                (id.clone(), state)
+                            })
+                            .collect()
+                    }
+                    None => Vec::new(),
+                };
+                let settled = Settled {
+                    cost: None,
+                    limits,
+                    blocked_limit_ids: Vec::new(),
+                };
+                self.finish_with(Answer::failed(ErrorType::LedgerUnavailable), None, settled)
+            }
         }
     }
 
@@ -531,7 +566,7 @@ impl Call {
     pub fn finish_blocked(self, blocked: Vec<String>) -> CallRecord {
         let mut limits = Vec::new();
         if let Some(ledger) = &self.meter.inner.ledger {
-            limits = ledger.settle(self.annotations.limit_ids(), 0.0, 0.0);
+            limits = ledger.settle(self.annotations.limit_ids(), Hold::default(), 0.0);
             for (id, state) in &mut limits {
                 if blocked.contains(id) {
                     *state = LimitState::Blocked;
@@ -628,11 +663,9 @@ impl Call {
             self.meter.inner.prices.cost_at(model, tier, &u)
         });
         let limits = match &self.meter.inner.ledger {
-            Some(ledger) if !self.annotations.limit_ids().is_empty() => ledger.settle(
-                self.annotations.limit_ids(),
-                self.reservation,
-                cost.map_or(0.0, |c| c.total),
-            ),
+            Some(ledger) if !self.annotations.limit_ids().is_empty() => {
+                ledger.settle(self.annotations.limit_ids(), self.hold, cost.map_or(0.0, |c| c.total))
+            }
             _ => Vec::new(),
         };
         let settled = Settled {

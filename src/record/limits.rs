@@ -17,7 +17,9 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -163,7 +165,7 @@ impl LimitConfig {
         Ok(())
     }
 
-    fn state(&self, spend: f64) -> LimitState {
+    pub(crate) fn state(&self, spend: f64) -> LimitState {
         match self.kind {
             LimitKind::Block if spend >= self.max => LimitState::Blocked,
             LimitKind::Allow if spend > self.max => LimitState::Overrun,
@@ -215,22 +217,184 @@ pub struct LimitStatus {
     pub window_end: Option<SystemTime>,
 }
 
+/// What admission holds for a call until it settles: the USD reserved on its limits, and the
+/// ledger's handle on that reservation (0: none). Hand it back to [`Ledger::settle`].
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Hold {
+    /// USD reserved on every limit the call named (0 when nothing is held).
+    pub usd: f64,
+    /// The ledger's id of the reservation (0: none; the memory ledger needs none).
+    pub id: u64,
+}
+
+impl Hold {
+    /// A reservation of `usd` with no ledger id (what the memory ledger holds).
+    pub fn of(usd: f64) -> Self {
+        Hold { usd, id: 0 }
+    }
+}
+
 /// The answer to a pre-flight check.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct Admission {
     /// Block limits that refuse the call; empty when it is admitted (and its reservation held).
     pub blocked: Vec<String>,
+    /// What is held for the admitted call (nothing when refused, or when the ledger could not
+    /// be asked and its policy admitted the call anyway).
+    pub hold: Hold,
 }
 
-/// Spend per limit id. Behind a trait so that deployments can keep it elsewhere.
+/// A ledger that could not be asked in time. The message never holds credentials.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LedgerError {
+    /// No answer within the configured timeout.
+    #[error("the {ledger} ledger did not answer within {} ms", after.as_millis())]
+    Timeout {
+        /// Which ledger (`redis`).
+        ledger: &'static str,
+        /// The timeout.
+        after: Duration,
+    },
+    /// Not reachable, or it answered with an error.
+    #[error("the {ledger} ledger is unavailable: {reason}")]
+    Unavailable {
+        /// Which ledger (`redis`).
+        ledger: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+impl LedgerError {
+    /// Low-cardinality class, for the ledger's error counter: `timeout` or `unavailable`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LedgerError::Timeout { .. } => "timeout",
+            LedgerError::Unavailable { .. } => "unavailable",
+        }
+    }
+    /// Which ledger failed.
+    pub fn ledger(&self) -> &'static str {
+        match self {
+            LedgerError::Timeout { ledger, .. } | LedgerError::Unavailable { ledger, .. } => ledger,
+        }
+    }
+}
+
+/// Why a call was refused before the provider was called.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// Block limits that would pass their max.
+    Blocked(Vec<String>),
+    /// The ledger could not be asked, and its policy (`on_redis_error = "closed"`) refuses calls
+    /// that name a block limit until it answers again.
+    LedgerUnavailable(LedgerError),
+}
+
+/// What a network ledger does when it cannot be asked in time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnLedgerError {
+    /// Refuse calls that name a block limit (default): a budget is never passed unseen. Other
+    /// calls are served and their spend is queued and replayed.
+    #[default]
+    Closed,
+    /// Serve every call that the last known spend admits; spend is queued (bounded, counted)
+    /// and replayed when the ledger answers again.
+    Open,
+}
+
+/// One kind of ledger operation, as its health metrics label it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LedgerOp {
+    /// A pre-flight check (one per admitted or refused call).
+    Admit,
+    /// Applying queued settlements (a batch per round trip).
+    Settle,
+    /// Reading every limit's spend.
+    Refresh,
+}
+
+impl LedgerOp {
+    /// The label value: `admit`, `settle`, `refresh`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LedgerOp::Admit => "admit",
+            LedgerOp::Settle => "settle",
+            LedgerOp::Refresh => "refresh",
+        }
+    }
+}
+
+/// Told of every operation a network ledger makes (the metrics sink is one).
+pub trait LedgerObserver: Send + Sync + 'static {
+    /// `op` took `took`, and failed with `error` if it did.
+    fn operation(&self, op: LedgerOp, took: Duration, error: Option<&LedgerError>);
+}
+
+/// How a ledger is doing, for its health metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LedgerHealth {
+    /// Which ledger: `memory` or `redis`.
+    pub kind: &'static str,
+    /// Whether its last operation succeeded.
+    pub available: bool,
+    /// Settlements waiting to be applied.
+    pub queued: u64,
+    /// Settlements dropped because the queue was full (their spend is lost to the ledger).
+    pub dropped: u64,
+    /// Settlements applied after at least one failed attempt.
+    pub replayed: u64,
+}
+
+impl LedgerHealth {
+    /// A ledger that is always there and queues nothing (the memory ledger).
+    pub fn local(kind: &'static str) -> Self {
+        LedgerHealth {
+            kind,
+            available: true,
+            queued: 0,
+            dropped: 0,
+            replayed: 0,
+        }
+    }
+}
+
+/// A boxed future of a ledger operation.
+pub type LedgerFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, LedgerError>> + Send + 'a>>;
+
+/// Spend per limit id. Behind a trait so that deployments can keep it elsewhere: in memory
+/// ([`MemoryLedger`], one process) or on Redis (`RedisLedger`, shared by replicas).
+///
+/// Admission is asynchronous (a network ledger is asked over the network, within a timeout);
+/// settlement is synchronous and never blocks (it runs where a call ends, in a stream's `Drop`
+/// too): a network ledger applies it in the background and answers with the states it knows.
 pub trait Ledger: Send + Sync + fmt::Debug + 'static {
     /// Pre-flight: reserves `reservation` USD on every id, unless a block limit among them would
-    /// pass its max (then nothing is reserved and the blocking ids are returned).
-    fn admit(&self, ids: &[String], reservation: f64) -> Admission;
-    /// Completion: releases `reservation` and adds `cost` on every id; returns each id's state.
-    fn settle(&self, ids: &[String], reservation: f64, cost: f64) -> Vec<(String, LimitState)>;
-    /// Every tracked limit.
+    /// pass its max (then nothing is reserved and the blocking ids are returned). An error means
+    /// the ledger could not be asked and its policy refuses the call.
+    fn admit<'a>(&'a self, ids: &'a [String], reservation: f64) -> LedgerFuture<'a, Admission>;
+    /// Completion: releases `hold` and adds `cost` on every id; returns each id's state (as far
+    /// as the ledger knows it now).
+    fn settle(&self, ids: &[String], hold: Hold, cost: f64) -> Vec<(String, LimitState)>;
+    /// Every tracked limit (a network ledger: as last read, refreshed in the background).
     fn statuses(&self) -> Vec<LimitStatus>;
+    /// Waits until every settlement handed in so far is applied, then reads every limit afresh.
+    fn flush(&self) -> LedgerFuture<'_, ()> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+    /// Health, for the ledger's own metrics.
+    fn health(&self) -> LedgerHealth {
+        LedgerHealth::local(crate::names::LEDGER_MEMORY)
+    }
+    /// Adds an observer of every operation (a network ledger's latency and errors).
+    fn add_observer(&self, observer: Arc<dyn LedgerObserver>) {
+        let _ = observer;
+    }
 }
 
 #[derive(Debug)]
@@ -271,6 +435,18 @@ impl Entry {
     }
 }
 
+/// Checks every limit's rules, and that no id is configured twice.
+pub(crate) fn check_limits(limits: &[LimitConfig]) -> Result<(), LimitError> {
+    let mut seen = std::collections::HashSet::new();
+    for limit in limits {
+        limit.validate()?;
+        if !seen.insert(limit.id.as_str()) {
+            return Err(LimitError::Config(format!("limit {:?} is configured twice", limit.id)));
+        }
+    }
+    Ok(())
+}
+
 /// The default ledger: in memory, with snapshots to a file.
 #[derive(Debug)]
 pub struct MemoryLedger {
@@ -306,12 +482,9 @@ impl MemoryLedger {
     /// A ledger for `limits` (validated; ids must be unique).
     pub fn new(limits: Vec<LimitConfig>) -> Result<Self, LimitError> {
         let now = SystemTime::now();
+        check_limits(&limits)?;
         let mut entries = HashMap::new();
         for limit in limits {
-            limit.validate()?;
-            if entries.contains_key(&limit.id) {
-                return Err(LimitError::Config(format!("limit {:?} is configured twice", limit.id)));
-            }
             entries.insert(limit.id.clone(), Entry::new(Some(limit), now));
         }
         Ok(MemoryLedger {
@@ -436,8 +609,9 @@ impl MemoryLedger {
     }
 }
 
-impl Ledger for MemoryLedger {
-    fn admit(&self, ids: &[String], reservation: f64) -> Admission {
+impl MemoryLedger {
+    /// Pre-flight, at once: [`Ledger::admit`] without the future.
+    pub fn admit(&self, ids: &[String], reservation: f64) -> Admission {
         let reservation = reservation.max(0.0);
         let now = SystemTime::now();
         let mut entries = self.lock();
@@ -456,17 +630,21 @@ impl Ledger for MemoryLedger {
                 }
             }
         }
+        let mut hold = Hold::default();
         if blocked.is_empty() {
             for id in ids {
                 if let Some(e) = entries.get_mut(id) {
                     e.reserved += reservation;
                 }
             }
+            hold = Hold::of(reservation);
         }
-        Admission { blocked }
+        Admission { blocked, hold }
     }
 
-    fn settle(&self, ids: &[String], reservation: f64, cost: f64) -> Vec<(String, LimitState)> {
+    /// Completion: releases `reservation` USD and adds `cost` on every id; returns each id's
+    /// state ([`Ledger::settle`] with a plain amount).
+    pub fn settle(&self, ids: &[String], reservation: f64, cost: f64) -> Vec<(String, LimitState)> {
         let cost = if cost.is_finite() { cost.max(0.0) } else { 0.0 };
         self.with_entries(ids, |id, e| {
             e.reserved = (e.reserved - reservation.max(0.0)).max(0.0);
@@ -478,7 +656,8 @@ impl Ledger for MemoryLedger {
         })
     }
 
-    fn statuses(&self) -> Vec<LimitStatus> {
+    /// Every tracked limit, sorted by id.
+    pub fn statuses(&self) -> Vec<LimitStatus> {
         let now = SystemTime::now();
         let mut entries = self.lock();
         let mut out: Vec<LimitStatus> = entries
@@ -497,6 +676,20 @@ impl Ledger for MemoryLedger {
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out
+    }
+}
+
+impl Ledger for MemoryLedger {
+    fn admit<'a>(&'a self, ids: &'a [String], reservation: f64) -> LedgerFuture<'a, Admission> {
+        Box::pin(std::future::ready(Ok(MemoryLedger::admit(self, ids, reservation))))
+    }
+
+    fn settle(&self, ids: &[String], hold: Hold, cost: f64) -> Vec<(String, LimitState)> {
+        MemoryLedger::settle(self, ids, hold.usd, cost)
+    }
+
+    fn statuses(&self) -> Vec<LimitStatus> {
+        MemoryLedger::statuses(self)
     }
 }
 

@@ -3,6 +3,8 @@
 
 pub mod limits;
 pub mod pricing;
+#[cfg(feature = "redis")]
+pub mod redis_ledger;
 pub mod xproxy;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +42,9 @@ pub enum ErrorType {
     InvalidRequest,
     /// A block limit refused the call; the provider was not called.
     LimitReached,
+    /// The call named a block limit and the ledger could not be asked (policy `closed`); the
+    /// provider was not called.
+    LedgerUnavailable,
 }
 
 impl ErrorType {
@@ -56,6 +61,7 @@ impl ErrorType {
             ErrorType::Transport => "transport",
             ErrorType::InvalidRequest => "invalid_request",
             ErrorType::LimitReached => "limit_reached",
+            ErrorType::LedgerUnavailable => "ledger_unavailable",
         }
     }
 
@@ -469,6 +475,16 @@ pub enum CallError {
         /// The record of the refused call.
         record: Box<CallRecord>,
     },
+    /// The call named a block limit and the ledger could not be asked in time (policy
+    /// `closed`); the provider was not called.
+    #[error("refused: {source}; calls naming a block limit are refused until it answers")]
+    LedgerUnavailable {
+        /// What the ledger did.
+        #[source]
+        source: crate::record::limits::LedgerError,
+        /// The record of the refused call.
+        record: Box<CallRecord>,
+    },
 }
 
 impl CallError {
@@ -478,6 +494,7 @@ impl CallError {
             CallError::InvalidRequest(_) => ErrorType::InvalidRequest,
             CallError::Http { kind, .. } => *kind,
             CallError::LimitReached { .. } => ErrorType::LimitReached,
+            CallError::LedgerUnavailable { .. } => ErrorType::LedgerUnavailable,
         }
     }
 

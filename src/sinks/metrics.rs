@@ -18,6 +18,10 @@
 //! | `llm_meter.limit.{spend.usd, max.usd, threshold.usd, state}` | gauges (state: 0 ok, 1 exceeded, 2 overrun, 3 blocked) | `limit.id`, `limit.kind` |
 //! | `llm_meter.limit.reset.timestamp` | gauge, `s` (Unix time the window resets) | `limit.id`, `limit.kind` |
 //! | `llm_meter.limit.blocked` | counter | `limit.id` |
+//! | `llm_meter.ledger.operation.duration` | histogram, `s` (a network ledger's round trips) | `llm_meter.ledger.operation`, `llm_meter.ledger.kind` |
+//! | `llm_meter.ledger.errors` | counter | operation, kind, `error.type` (`timeout`, `unavailable`) |
+//! | `llm_meter.ledger.{info, available, queued}` | gauges (info always 1; available 0/1; settlements queued) | `llm_meter.ledger.kind` |
+//! | `llm_meter.ledger.{dropped, replayed}` | counters (settlements dropped at the queue's bound; replayed after a failure) | `llm_meter.ledger.kind` |
 //!
 //! Default labels: `gen_ai.operation.name`, `gen_ai.provider.name`, `gen_ai.request.model`,
 //! `gen_ai.response.model`, `use_case.name`, `error.type` (each only when known). Models and use
@@ -32,7 +36,9 @@ use opentelemetry::metrics::{BoundCounter, BoundGauge, BoundHistogram, Counter, 
 use opentelemetry::{Key, KeyValue, StringValue, Value};
 
 use crate::names::*;
-use crate::record::limits::{LimitKind, LimitStatus, SharedLedger};
+use crate::record::limits::{
+    LedgerError, LedgerHealth, LedgerObserver, LedgerOp, LimitKind, LimitStatus, SharedLedger,
+};
 use crate::record::CallRecord;
 
 /// Bucket boundaries of the duration histograms (GenAI semconv): 0.01 s doubling to 81.92 s.
@@ -45,6 +51,33 @@ pub const TOKEN_BUCKETS: [f64; 14] = [
     1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
     67108864.0,
 ];
+
+/// Bucket boundaries of the ledger's operation duration, in seconds: 100 µs to 1 s (a Redis
+/// round trip is well under a millisecond on one network; the timeout is 250 ms by default).
+pub const LEDGER_BUCKETS: [f64; 13] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// The ledger operation instruments, told of every operation by the ledger.
+struct LedgerInstruments {
+    duration: Histogram<f64>,
+    errors: Counter<u64>,
+    kind: &'static str,
+}
+
+impl LedgerObserver for LedgerInstruments {
+    fn operation(&self, op: LedgerOp, took: std::time::Duration, error: Option<&LedgerError>) {
+        let labels = [
+            KeyValue::new(LEDGER_OPERATION, op.as_str()),
+            KeyValue::new(LEDGER_KIND, self.kind),
+        ];
+        self.duration.record(took.as_secs_f64(), &labels);
+        if let Some(e) = error {
+            let [a, b] = labels;
+            self.errors.add(1, &[a, b, KeyValue::new(ERROR_TYPE, e.kind())]);
+        }
+    }
+}
 
 /// Which labels metrics carry, and how many distinct values each may take.
 #[derive(Clone, Debug)]
@@ -522,6 +555,7 @@ impl Metrics {
 
     /// Reports spend, max and state of every limit in `ledger` as gauges, read at collection.
     pub fn watch_ledger(&self, ledger: SharedLedger) {
+        self.watch_ledger_health(&ledger);
         let m = &self.inner.otel_meter;
         let labels = |s: &LimitStatus| {
             let mut l = vec![KeyValue::new(LIMIT_ID, s.id.clone())];
@@ -583,6 +617,69 @@ impl Metrics {
             .build();
         if let Ok(mut w) = self.inner.watched.lock() {
             w.push(Box::new((spend, max, state, threshold, reset_at)));
+        }
+    }
+
+    /// Reports the health of `ledger` itself: which ledger, whether it answers, queued,
+    /// dropped and replayed settlements (observed at collection), and the latency and errors of
+    /// every operation of a network ledger (recorded as they happen).
+    fn watch_ledger_health(&self, ledger: &SharedLedger) {
+        let m = &self.inner.otel_meter;
+        let kind = ledger.health().kind;
+        let kind_label = [KeyValue::new(LEDGER_KIND, kind)];
+        let observer = Arc::new(LedgerInstruments {
+            duration: m
+                .f64_histogram(METRIC_LEDGER_DURATION)
+                .with_unit("s")
+                .with_description("Duration of one ledger operation (a Redis round trip).")
+                .with_boundaries(LEDGER_BUCKETS.to_vec())
+                .build(),
+            errors: m
+                .u64_counter(METRIC_LEDGER_ERRORS)
+                .with_description("Ledger operations that failed, by error.type (timeout, unavailable).")
+                .build(),
+            kind,
+        });
+        ledger.add_observer(observer);
+        let gauge = |name: &'static str, description: &'static str, read: fn(&LedgerHealth) -> u64| {
+            let (ledger, labels) = (ledger.clone(), kind_label.clone());
+            m.u64_observable_gauge(name)
+                .with_description(description)
+                .with_callback(move |o| o.observe(read(&ledger.health()), &labels))
+                .build()
+        };
+        let counter = |name: &'static str, description: &'static str, read: fn(&LedgerHealth) -> u64| {
+            let (ledger, labels) = (ledger.clone(), kind_label.clone());
+            m.u64_observable_counter(name)
+                .with_description(description)
+                .with_callback(move |o| o.observe(read(&ledger.health()), &labels))
+                .build()
+        };
+        let instruments = (
+            gauge(METRIC_LEDGER_INFO, "Which ledger holds the budgets (always 1).", |_| 1),
+            gauge(
+                METRIC_LEDGER_AVAILABLE,
+                "1 when the ledger's last operation succeeded, 0 when it failed.",
+                |h| u64::from(h.available),
+            ),
+            gauge(
+                METRIC_LEDGER_QUEUED,
+                "Settlements waiting to be applied on the ledger.",
+                |h| h.queued,
+            ),
+            counter(
+                METRIC_LEDGER_DROPPED,
+                "Settlements dropped because the ledger's queue was full.",
+                |h| h.dropped,
+            ),
+            counter(
+                METRIC_LEDGER_REPLAYED,
+                "Settlements applied after at least one failed attempt.",
+                |h| h.replayed,
+            ),
+        );
+        if let Ok(mut w) = self.inner.watched.lock() {
+            w.push(Box::new(instruments));
         }
     }
 

@@ -408,6 +408,49 @@ else:
         except json.JSONDecodeError as e:
             fail(f"dashboards/{dash.name}: not JSON: {e}")
 
+# ---- proxy replicas on the shared Redis ledger ---------------------------------------------------
+
+import tomllib  # noqa: E402  (Python 3.11+)
+
+redis_svc = services.get("redis")
+if redis_svc is None:
+    fail("docker-compose.yml: no service 'redis' (the proxy replicas' shared ledger)")
+elif "--appendonly" not in command(redis_svc) or flag(command(redis_svc), "appendonly") != "yes":
+    fail("docker-compose.yml: redis should run with --appendonly yes (budgets survive a Redis restart)")
+replicas = [n for n, svc in services.items() if command(svc)[:1] == ["proxy"]]
+if len(replicas) < 2:
+    fail(f"docker-compose.yml: want two or more proxy replicas, found {replicas}")
+scraped = set()
+if isinstance(prom_config, dict):
+    for job in prom_config.get("scrape_configs") or []:
+        for sc in job.get("static_configs") or []:
+            scraped |= {host_port(t)[0] for t in sc.get("targets") or []}
+for name in replicas:
+    svc = services[name]
+    cfg_path = flag(command(svc), "config")
+    hf = container_file(svc, cfg_path) if cfg_path else None
+    if hf is None or not hf.exists():
+        fail(f"docker-compose.yml: {name}: --config {cfg_path} is not a mounted file")
+        continue
+    try:
+        cfg = tomllib.loads(hf.read_text())
+    except tomllib.TOMLDecodeError as e:
+        fail(f"{hf.relative_to(ROOT)}: not TOML: {e}")
+        continue
+    url = (cfg.get("ledger") or {}).get("redis", "")
+    host, _ = host_port(url)
+    if host != "redis":
+        fail(f"{hf.relative_to(ROOT)}: [ledger] redis {url!r} does not name the redis service")
+    if "redis" not in (svc.get("depends_on") or []):
+        fail(f"docker-compose.yml: {name} does not depend on redis")
+    upstream_host, _ = host_port(cfg.get("upstream", ""))
+    if upstream_host not in names:
+        fail(f"{hf.relative_to(ROOT)}: upstream {cfg.get('upstream')!r} is not a compose service")
+    if not str(cfg.get("metrics_listen", "")).startswith("0.0.0.0:"):
+        fail(f"{hf.relative_to(ROOT)}: metrics_listen should be 0.0.0.0:PORT (reachable from Prometheus)")
+    if name not in scraped:
+        fail(f"prometheus: replica {name} is not scraped")
+
 # ---- report -------------------------------------------------------------------------------------
 
 if failures:

@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use llm_meter::opentelemetry::Value;
 use llm_meter::prometheus::encode;
 use llm_meter::Telemetry;
-use llm_meter::{AdmissionMode, Ledger, LimitConfig, LimitKind, LimitState, MemoryLedger};
+use llm_meter::{AdmissionMode, LimitConfig, LimitKind, LimitState, MemoryLedger};
 use llm_meter::{Annotations, CallError, Client, ErrorType, Meter};
 use llm_meter_mock::{MockConfig, MockServer};
 use llm_meter_proxy::config::Config;

@@ -52,6 +52,7 @@ fn default_features_build_no_server_cli_grpc_openssl_or_log_formatting() {
         "llm-meter-cli",
         "nu-ansi-term",
         "prometheus",
+        "redis",
     ] {
         assert!(!deps.contains(heavy), "{heavy} is in the default dependency tree");
     }
@@ -77,4 +78,5 @@ fn each_integration_brings_its_own_dependencies() {
     );
     assert!(normal_dependencies(&["rustls", "otlp-grpc"]).contains("tonic"));
     assert!(normal_dependencies(&["native-tls"]).contains("native-tls"));
+    assert!(normal_dependencies(&["rustls", "redis"]).contains("redis"));
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use llm_meter::{AdmissionMode, Ledger, LimitConfig, LimitKind, MemoryLedger};
+use llm_meter::{AdmissionMode, LimitConfig, LimitKind, MemoryLedger};
 use llm_meter::{CallRecord, ErrorType, Meter};
 use llm_meter_mock::{MockConfig, MockServer, StreamCounts};
 use llm_meter_proxy::{Proxy, ProxySettings};

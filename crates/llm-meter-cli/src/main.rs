@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use llm_meter::{LogFormat, Telemetry};
 use llm_meter_cli::demo::{self, DemoConfig};
 use llm_meter_mock::{self as mock, MockConfig};
-use llm_meter_proxy::config::Config;
+use llm_meter_proxy::config::{Config, ConfiguredLedger};
 
 #[derive(Parser)]
 #[command(name = "llm-meter", version, about = "Observability for LLM chat-completion calls")]
@@ -170,9 +170,20 @@ async fn run_proxy(args: ProxyArgs) -> Result<(), BoxError> {
         .await
         .map_err(|e| format!("cannot serve /metrics on {metrics_listen}: {e}"))?;
     eprintln!("llm-meter proxy: http://{bound}/v1 -> {upstream}  (metrics: http://{admin}/metrics)");
-    let snapshot = config.snapshot_path();
+    let memory = match &ledger {
+        ConfiguredLedger::Memory(m) => Some(m.clone()),
+        ConfiguredLedger::Redis(r) => {
+            eprintln!(
+                "llm-meter proxy: budgets on the shared Redis ledger {} (on error: {:?})",
+                r.url(),
+                r.on_error()
+            );
+            None
+        }
+    };
+    let snapshot = config.snapshot_path().filter(|_| memory.is_some());
     let save = |path: &std::path::Path| {
-        if let Err(e) = ledger.snapshot(path) {
+        if let Some(Err(e)) = memory.as_ref().map(|m| m.snapshot(path)) {
             tracing::warn!(target: "llm_meter", "saving the ledger failed: {e}");
         }
     };
@@ -204,6 +215,12 @@ async fn run_proxy(args: ProxyArgs) -> Result<(), BoxError> {
     }
     if let Some(path) = &snapshot {
         save(path);
+    }
+    if let ConfiguredLedger::Redis(r) = &ledger {
+        // Spend still queued (Redis was away) goes to Redis before the process ends.
+        if let Err(e) = llm_meter::Ledger::flush(r.as_ref()).await {
+            eprintln!("llm-meter proxy: settlements not applied to Redis at exit: {e}");
+        }
     }
     telemetry.flush();
     Ok(())

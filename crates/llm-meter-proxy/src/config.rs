@@ -17,6 +17,11 @@
 //!
 //! [ledger]
 //! snapshot = "ledger.json"        # restored at start, saved periodically and at exit
+//! # or, shared by every replica:
+//! # redis = "redis://127.0.0.1:6379/0"
+//! # redis_password_env = "REDIS_PASSWORD"
+//! # on_redis_error = "closed"     # or "open"
+//! # redis_timeout = "250ms"
 //!
 //! [labels]                        # opt-in metric labels, each with its cap
 //! user_id = 200
@@ -30,7 +35,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use llm_meter::{LimitConfig, LimitError, MemoryLedger};
+use llm_meter::{LimitConfig, LimitError, MemoryLedger, OnLedgerError, RedisLedger, SharedLedger};
 use std::time::Duration;
 
 use crate::ProxySettings;
@@ -47,12 +52,63 @@ pub struct ConfigError {
     pub message: String,
 }
 
-/// `[ledger]`.
-#[derive(Clone, Debug, Default, Deserialize)]
+/// `[ledger]`: where budgets are kept. Without `redis`, in memory (with its optional snapshot
+/// file); with it, on Redis, shared by every replica.
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LedgerConfig {
-    /// Snapshot file, relative to the config file's directory when relative.
+    /// Snapshot file, relative to the config file's directory when relative (memory ledger).
     pub snapshot: Option<PathBuf>,
+    /// The shared ledger's Redis URL (`redis://[user:password@]host:port/db`). Never logged.
+    pub redis: Option<String>,
+    /// Environment variable holding the Redis password (keeps it out of the file).
+    pub redis_password_env: Option<String>,
+    /// `closed` (default: calls naming a block limit are refused while Redis does not answer)
+    /// or `open` (served; spend queued and replayed).
+    #[serde(default)]
+    pub on_redis_error: OnLedgerError,
+    /// Longest wait for one Redis operation (default `250ms`).
+    pub redis_timeout: Option<String>,
+    /// Prefix of the ledger's keys (default `llm-meter`).
+    pub redis_key_prefix: Option<String>,
+    /// Settlements queued at most while Redis does not answer (default 100000).
+    pub redis_max_queued: Option<usize>,
+}
+
+impl std::fmt::Debug for LedgerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LedgerConfig")
+            .field("snapshot", &self.snapshot)
+            .field("redis", &self.redis.as_deref().map(llm_meter::redact_url))
+            .field("redis_password_env", &self.redis_password_env)
+            .field("on_redis_error", &self.on_redis_error)
+            .field("redis_timeout", &self.redis_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The ledger a configuration asks for.
+#[derive(Clone, Debug)]
+pub enum ConfiguredLedger {
+    /// In memory, snapshotted to a file when one is configured.
+    Memory(std::sync::Arc<MemoryLedger>),
+    /// On Redis, shared by replicas.
+    Redis(std::sync::Arc<RedisLedger>),
+}
+
+impl ConfiguredLedger {
+    /// As the meter takes it.
+    pub fn shared(&self) -> SharedLedger {
+        match self {
+            ConfiguredLedger::Memory(l) => l.clone(),
+            ConfiguredLedger::Redis(l) => l.clone(),
+        }
+    }
+
+    /// Every tracked limit (the Redis ledger: as last read).
+    pub fn statuses(&self) -> Vec<llm_meter::LimitStatus> {
+        self.shared().statuses()
+    }
 }
 
 /// `[labels]`: caps of opt-in labels (absent: label off), and of the default ones.
@@ -149,7 +205,59 @@ impl Config {
             limit.validate().map_err(|e| err(e.to_string()))?;
         }
         config.proxy_settings(None).map_err(|e| err(e.message))?;
+        config.redis_timeout().map_err(|e| err(e.message))?;
+        if config.ledger.redis.is_some() && config.ledger.snapshot.is_some() {
+            return Err(err(
+                "[ledger]: set either snapshot (memory ledger) or redis (shared ledger), not both".into(),
+            ));
+        }
+        if let Some(url) = &config.ledger.redis {
+            if !(url.starts_with("redis://") || url.starts_with("unix://")) {
+                return Err(err(format!(
+                    "[ledger] redis {:?}: expected a URL like \"redis://127.0.0.1:6379/0\"",
+                    llm_meter::redact_url(url)
+                )));
+            }
+        }
         Ok(config)
+    }
+
+    fn redis_timeout(&self) -> Result<Duration, ConfigError> {
+        match &self.ledger.redis_timeout {
+            None => Ok(Duration::from_millis(250)),
+            Some(t) => match llm_meter::parse_duration(t) {
+                Some(d) if !d.is_zero() => Ok(d),
+                _ => Err(ConfigError {
+                    path: self.dir.join("<config>"),
+                    message: format!("[ledger] redis_timeout {t:?}: expected a duration like \"250ms\""),
+                }),
+            },
+        }
+    }
+
+    /// The ledger this file asks for: on Redis when `[ledger] redis` is set (needs a tokio
+    /// runtime; connects when first used), else in memory, restored from its snapshot.
+    pub fn shared_ledger(&self) -> Result<ConfiguredLedger, Box<dyn std::error::Error + Send + Sync>> {
+        let Some(url) = &self.ledger.redis else {
+            return Ok(ConfiguredLedger::Memory(std::sync::Arc::new(self.ledger()?)));
+        };
+        let mut builder = RedisLedger::builder(url.clone(), self.limits.clone())
+            .on_error(self.ledger.on_redis_error)
+            .timeout(self.redis_timeout()?);
+        if let Some(var) = &self.ledger.redis_password_env {
+            let password = std::env::var(var).map_err(|_| ConfigError {
+                path: self.dir.join("<config>"),
+                message: format!("[ledger] redis_password_env: variable {var} is not set"),
+            })?;
+            builder = builder.password(password);
+        }
+        if let Some(prefix) = &self.ledger.redis_key_prefix {
+            builder = builder.key_prefix(prefix.clone());
+        }
+        if let Some(n) = self.ledger.redis_max_queued {
+            builder = builder.max_queued(n);
+        }
+        Ok(ConfiguredLedger::Redis(std::sync::Arc::new(builder.build()?)))
     }
 
     /// The embedded price table with this file's overrides.
@@ -288,9 +396,31 @@ mod tests {
             ("upstream = \"ftp://x\"", "http(s)"),
             ("[proxy]\nkeys = [\"short\"]", "16 characters"),
             ("[proxy]\ntimeout = \"soon\"", "timeout"),
+            ("[ledger]\nredis = \"http://u:secret@h\"", "redis://"),
+            ("[ledger]\nredis = \"redis://h\"\nsnapshot = \"l.json\"", "not both"),
+            ("[ledger]\non_redis_error = \"maybe\"", "unknown variant"),
+            ("[ledger]\nredis_timeout = \"soon\"", "redis_timeout"),
         ] {
             let e = Config::parse(text).unwrap_err().to_string();
             assert!(e.contains(words), "{text:?}: {e}");
+            assert!(!e.contains("secret"), "{e}");
         }
+    }
+
+    #[test]
+    fn the_redis_ledger_settings_parse_and_hide_the_password() {
+        let c = Config::parse(
+            "[ledger]\nredis = \"redis://app:hunter2hunter2@127.0.0.1:6379/0\"\non_redis_error = \"open\"\nredis_timeout = \"100ms\"",
+        )
+        .unwrap();
+        assert_eq!(c.ledger.on_redis_error, OnLedgerError::Open);
+        assert_eq!(c.redis_timeout().unwrap(), Duration::from_millis(100));
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("hunter2") && debug.contains("app:***"), "{debug}");
+        assert_eq!(
+            Config::parse("").unwrap().ledger.on_redis_error,
+            OnLedgerError::Closed,
+            "closed by default"
+        );
     }
 }

@@ -189,18 +189,19 @@ impl Proxy {
     }
 }
 
-/// A proxy assembled from a configuration file: prices, limits (ledger restored from its
-/// snapshot), model defaults and label policy, observing into `telemetry`'s metrics.
+/// A proxy assembled from a configuration file: prices, limits (on the Redis ledger when
+/// `[ledger] redis` is set, else in memory restored from its snapshot), model defaults and label
+/// policy, observing into `telemetry`'s metrics. Call it inside a tokio runtime.
 pub fn from_config(
     config: &crate::config::Config,
     upstream: Option<&str>,
     telemetry: &llm_meter::Telemetry,
-) -> Result<(Proxy, Arc<llm_meter::MemoryLedger>), Box<dyn std::error::Error + Send + Sync>> {
-    let ledger = Arc::new(config.ledger()?);
+) -> Result<(Proxy, crate::config::ConfiguredLedger), Box<dyn std::error::Error + Send + Sync>> {
+    let ledger = config.shared_ledger()?;
     let mut meter = telemetry
         .meter_builder()
         .prices(config.prices()?)
-        .ledger(ledger.clone());
+        .ledger(ledger.shared());
     for (model, defaults) in config.model_defaults_json() {
         meter = meter.model_defaults(model, defaults);
     }

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use http::{header, HeaderValue, StatusCode};
 use serde_json::{json, Value};
 
-use llm_meter::{names, AnnotationError, ErrorType, XProxyResult};
+use llm_meter::{names, AnnotationError, Call, ErrorType, LedgerError, Refusal, XProxyResult};
 
 /// Why the proxy answered a request itself instead of relaying the provider's answer.
 #[derive(Debug)]
@@ -30,6 +30,9 @@ pub enum Rejection {
         /// The refused call's outcome.
         outcome: Box<XProxyResult>,
     },
+    /// The call names a block limit and the budget ledger could not be asked in time (policy
+    /// `closed`): 503, naming the ledger, with `Retry-After`.
+    LedgerUnavailable(LedgerError),
     /// The upstream could not be reached, timed out or failed mid-answer (502 or 504).
     Upstream(ErrorType),
 }
@@ -44,6 +47,7 @@ impl Rejection {
             }
             Rejection::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::LimitReached { .. } => StatusCode::FORBIDDEN,
+            Rejection::LedgerUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Rejection::Upstream(ErrorType::Timeout) => StatusCode::GATEWAY_TIMEOUT,
             Rejection::Upstream(_) => StatusCode::BAD_GATEWAY,
         }
@@ -57,6 +61,7 @@ impl Rejection {
             Rejection::InvalidPath => "invalid_path",
             Rejection::BodyTooLarge(_) => "body_too_large",
             Rejection::LimitReached { .. } => "limit_reached",
+            Rejection::LedgerUnavailable(_) => "ledger_unavailable",
             Rejection::Upstream(ErrorType::Timeout) => "upstream_timeout",
             Rejection::Upstream(ErrorType::Connect) => "upstream_unreachable",
             Rejection::Upstream(_) => "upstream_failed",
@@ -68,6 +73,7 @@ impl Rejection {
         match self {
             Rejection::Unauthorized => "authentication_error",
             Rejection::LimitReached { .. } => "limit_reached",
+            Rejection::LedgerUnavailable(_) => "ledger_error",
             Rejection::Upstream(_) => "upstream_error",
             _ => "invalid_request_error",
         }
@@ -95,6 +101,10 @@ impl Rejection {
                 "refused by limit {}: the call would pass its max",
                 blocked_limit_ids.join(", ")
             ),
+            Rejection::LedgerUnavailable(e) => format!(
+                "the budget ledger ({}) is unavailable, so calls naming a block limit are refused until it answers: {e}",
+                e.ledger()
+            ),
             Rejection::Upstream(ErrorType::Timeout) => "the upstream provider did not answer in time".into(),
             Rejection::Upstream(ErrorType::Connect) => "cannot connect to the upstream provider".into(),
             Rejection::Upstream(_) => "the upstream provider's answer failed".into(),
@@ -115,12 +125,36 @@ impl Rejection {
     }
 }
 
+impl Rejection {
+    /// Finishes a call that admission refused and says how the caller is answered: a block
+    /// limit (403, Pay-i's `xproxy_error`) or an unavailable ledger (503).
+    pub fn refused(call: Call, refusal: Refusal) -> Self {
+        let record = call.refuse(&refusal);
+        match refusal {
+            Refusal::LedgerUnavailable(e) => Rejection::LedgerUnavailable(e),
+            Refusal::Blocked(blocked_limit_ids) => Rejection::LimitReached {
+                blocked_limit_ids,
+                outcome: Box::new(XProxyResult::from_record(&record)),
+            },
+            // A kind of refusal this proxy does not know yet: refused all the same.
+            _ => Rejection::LimitReached {
+                blocked_limit_ids: record.blocked_limit_ids.clone(),
+                outcome: Box::new(XProxyResult::from_record(&record)),
+            },
+        }
+    }
+}
+
 impl IntoResponse for Rejection {
     fn into_response(self) -> Response {
         let mut resp = Response::new(Body::from(self.body().to_string()));
         *resp.status_mut() = self.status();
         resp.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Rejection::LedgerUnavailable(_) = self {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         resp
     }
 }
@@ -154,6 +188,15 @@ mod tests {
                 None,
             ),
             (Rejection::Upstream(ErrorType::Truncated), 502, "upstream_failed", None),
+            (
+                Rejection::LedgerUnavailable(LedgerError::Timeout {
+                    ledger: "redis",
+                    after: std::time::Duration::from_millis(250),
+                }),
+                503,
+                "ledger_unavailable",
+                None,
+            ),
         ];
         for (rejection, status, code, param) in cases {
             assert_eq!(rejection.status().as_u16(), status, "{rejection:?}");

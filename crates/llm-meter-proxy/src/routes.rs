@@ -105,12 +105,8 @@ async fn observed_chat(
     let mut call = inner
         .meter
         .start_under(server_span, Server::of(&base), &annotations, prepared.facts);
-    if let Err(blocked) = call.admit(prepared.body.len()) {
-        let record = call.finish_blocked(blocked.clone());
-        return Err(Rejection::LimitReached {
-            blocked_limit_ids: blocked,
-            outcome: Box::new(XProxyResult::from_record(&record)),
-        });
+    if let Err(refusal) = call.admit(prepared.body.len()).await {
+        return Err(Rejection::refused(call, refusal));
     }
     call.inject_trace_context(&mut headers);
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));

@@ -20,6 +20,8 @@ use llm_meter::opentelemetry::Value;
 use llm_meter::opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use tracing_subscriber::layer::SubscriberExt;
 
+pub mod redis;
+
 pub const FIXTURE_BODY: &str = include_str!("../../fixtures/openai-chat-completion.json");
 pub const FIXTURE_HEADERS: &str = include_str!("../../fixtures/openai-chat-completion.headers");
 pub const FIXTURE_STREAM: &str = include_str!("../../fixtures/openai-chat-completion-stream.sse");
