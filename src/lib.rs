@@ -13,11 +13,16 @@ mod record;
 mod sinks;
 
 pub use parse::annotations::{AnnotationError, AnnotationField, Annotations, AnnotationsBuilder};
+pub use parse::anthropic::AnthropicMessage;
 pub use parse::endpoint::{bearer, parse_api_base};
 pub use parse::provider::{
-    parse_duration, BodyError, ChatCompletion, FinishReason, ProviderMeta, RateLimit, ResponseFacts, Usage,
+    parse_duration, parse_retry_after, parse_rfc3339, BodyError, ChatCompletion, FinishReason, ProviderMeta, RateLimit,
+    ResponseFacts, Usage,
 };
-pub use parse::stream::{EventCutter, EventOutcome, SseEvent, SseParser, StreamFault, StreamObserver};
+pub use parse::responses::OpenAiResponse;
+pub use parse::stream::{
+    EventCutter, EventOutcome, SseEvent, SseFrame, SseParser, StreamFault, StreamFormat, StreamObserver,
+};
 
 pub use record::limits::{
     parse_period, Admission, AdmissionMode, Hold, Ledger, LedgerError, LedgerFuture, LedgerHealth, LedgerObserver,

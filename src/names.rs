@@ -296,3 +296,82 @@ pub const LEDGER_OPERATION: &str = "llm_meter.ledger.operation";
 pub const LEDGER_MEMORY: &str = "memory";
 /// Value of `llm_meter.ledger.kind` for the Redis ledger.
 pub const LEDGER_REDIS: &str = "redis";
+
+// ---- Other providers: Anthropic Messages, OpenAI Responses, Azure OpenAI ---------------------
+
+/// Value of `gen_ai.provider.name` for Anthropic.
+pub const PROVIDER_ANTHROPIC: &str = "anthropic";
+/// Value of `gen_ai.provider.name` for Azure OpenAI.
+pub const PROVIDER_AZURE_OPENAI: &str = "azure.ai.openai";
+
+/// `retry-after` response header: seconds (or an HTTP date) to wait before retrying.
+pub const HEADER_RETRY_AFTER: &str = "retry-after";
+/// Anthropic's request id response header.
+pub const HEADER_ANTHROPIC_REQUEST_ID: &str = "request-id";
+/// `anthropic-organization-id` response header.
+pub const HEADER_ANTHROPIC_ORGANIZATION_ID: &str = "anthropic-organization-id";
+/// `anthropic-version` request header (the Messages API requires it).
+pub const HEADER_ANTHROPIC_VERSION: &str = "anthropic-version";
+/// `x-api-key` request header: Anthropic's API key, a secret never recorded.
+pub const HEADER_ANTHROPIC_API_KEY: &str = "x-api-key";
+/// `api-key` request header: Azure OpenAI's API key, a secret never recorded.
+pub const HEADER_AZURE_API_KEY: &str = "api-key";
+/// Every Anthropic rate-limit header starts with this.
+pub const HEADER_ANTHROPIC_RATELIMIT_PREFIX: &str = "anthropic-ratelimit-";
+/// `anthropic-ratelimit-requests-limit` header.
+pub const HEADER_ANTHROPIC_RATELIMIT_REQUESTS_LIMIT: &str = "anthropic-ratelimit-requests-limit";
+/// `anthropic-ratelimit-requests-remaining` header.
+pub const HEADER_ANTHROPIC_RATELIMIT_REQUESTS_REMAINING: &str = "anthropic-ratelimit-requests-remaining";
+/// `anthropic-ratelimit-requests-reset` header (RFC 3339 time).
+pub const HEADER_ANTHROPIC_RATELIMIT_REQUESTS_RESET: &str = "anthropic-ratelimit-requests-reset";
+/// `anthropic-ratelimit-tokens-limit` header.
+pub const HEADER_ANTHROPIC_RATELIMIT_TOKENS_LIMIT: &str = "anthropic-ratelimit-tokens-limit";
+/// `anthropic-ratelimit-tokens-remaining` header.
+pub const HEADER_ANTHROPIC_RATELIMIT_TOKENS_REMAINING: &str = "anthropic-ratelimit-tokens-remaining";
+/// `anthropic-ratelimit-tokens-reset` header (RFC 3339 time).
+pub const HEADER_ANTHROPIC_RATELIMIT_TOKENS_RESET: &str = "anthropic-ratelimit-tokens-reset";
+/// `anthropic-ratelimit-input-tokens-limit` header.
+pub const HEADER_ANTHROPIC_RATELIMIT_INPUT_TOKENS_LIMIT: &str = "anthropic-ratelimit-input-tokens-limit";
+/// `anthropic-ratelimit-input-tokens-remaining` header.
+pub const HEADER_ANTHROPIC_RATELIMIT_INPUT_TOKENS_REMAINING: &str = "anthropic-ratelimit-input-tokens-remaining";
+/// `anthropic-ratelimit-input-tokens-reset` header (RFC 3339 time).
+pub const HEADER_ANTHROPIC_RATELIMIT_INPUT_TOKENS_RESET: &str = "anthropic-ratelimit-input-tokens-reset";
+/// `anthropic-ratelimit-output-tokens-limit` header.
+pub const HEADER_ANTHROPIC_RATELIMIT_OUTPUT_TOKENS_LIMIT: &str = "anthropic-ratelimit-output-tokens-limit";
+/// `anthropic-ratelimit-output-tokens-remaining` header.
+pub const HEADER_ANTHROPIC_RATELIMIT_OUTPUT_TOKENS_REMAINING: &str = "anthropic-ratelimit-output-tokens-remaining";
+/// `anthropic-ratelimit-output-tokens-reset` header (RFC 3339 time).
+pub const HEADER_ANTHROPIC_RATELIMIT_OUTPUT_TOKENS_RESET: &str = "anthropic-ratelimit-output-tokens-reset";
+
+/// Anthropic stream event: the message, with its id, model and input usage.
+pub const EVENT_MESSAGE_START: &str = "message_start";
+/// Anthropic stream event: a content block begins.
+pub const EVENT_CONTENT_BLOCK_START: &str = "content_block_start";
+/// Anthropic stream event: content (never parsed).
+pub const EVENT_CONTENT_BLOCK_DELTA: &str = "content_block_delta";
+/// Anthropic stream event: a content block ends.
+pub const EVENT_CONTENT_BLOCK_STOP: &str = "content_block_stop";
+/// Anthropic stream event: the stop reason and the cumulative usage.
+pub const EVENT_MESSAGE_DELTA: &str = "message_delta";
+/// Anthropic stream event: the end of the stream.
+pub const EVENT_MESSAGE_STOP: &str = "message_stop";
+/// Anthropic stream event: keep-alive.
+pub const EVENT_PING: &str = "ping";
+/// Stream event of an error (Anthropic and the Responses API alike).
+pub const EVENT_ERROR: &str = "error";
+/// Responses stream event: the response was created.
+pub const EVENT_RESPONSE_CREATED: &str = "response.created";
+/// Responses stream event: the response is queued (background mode).
+pub const EVENT_RESPONSE_QUEUED: &str = "response.queued";
+/// Responses stream event: the response is being generated.
+pub const EVENT_RESPONSE_IN_PROGRESS: &str = "response.in_progress";
+/// Responses stream event: output text (never parsed).
+pub const EVENT_RESPONSE_OUTPUT_TEXT_DELTA: &str = "response.output_text.delta";
+/// Responses stream event (terminal): the response completed, with its usage.
+pub const EVENT_RESPONSE_COMPLETED: &str = "response.completed";
+/// Responses stream event (terminal): the response stopped early (`incomplete_details`).
+pub const EVENT_RESPONSE_INCOMPLETE: &str = "response.incomplete";
+/// Responses stream event (terminal): the response failed (`error`).
+pub const EVENT_RESPONSE_FAILED: &str = "response.failed";
+/// Every Responses stream event carrying output (text, arguments, reasoning) ends with this.
+pub const EVENT_DELTA_SUFFIX: &str = ".delta";

@@ -1,9 +1,11 @@
 //! What the provider tells us: response headers ([`ProviderMeta`]) and the chat completion body
-//! ([`ChatCompletion`], [`Usage`]). Pure parsing, no I/O; never panics on any input.
+//! ([`ChatCompletion`], [`Usage`]); the time formats providers send (Go-style durations,
+//! RFC 3339 timestamps, `retry-after`). Pure parsing, no I/O; never panics on any input.
+//! Anthropic's and the Responses API's own shapes are read in their modules into these types.
 
 use std::borrow::Cow;
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderValue};
 use serde::Deserialize;
@@ -12,6 +14,11 @@ use crate::names;
 
 /// Debug and rate-limit headers of one provider response. A header that is missing or does not
 /// parse is `None`: never 0, -1 or `u64::MAX` (Azure sends -1 for unknown).
+///
+/// One shape for every provider: OpenAI's headers are read by [`Self::from_headers`],
+/// Anthropic's by [`Self::from_anthropic_headers`] (its `request-id`,
+/// `anthropic-organization-id` and `anthropic-ratelimit-*`, whose input- and output-token limits
+/// fill [`Self::input_tokens`] and [`Self::output_tokens`]).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ProviderMeta {
     request_id: Option<HeaderValue>,
@@ -19,10 +26,18 @@ pub struct ProviderMeta {
     api_version: Option<HeaderValue>,
     /// `openai-processing-ms`: the provider's own processing time.
     pub processing: Option<Duration>,
-    /// `x-ratelimit-*-requests`.
+    /// `x-ratelimit-*-requests` (Anthropic: `anthropic-ratelimit-requests-*`).
     pub requests: RateLimit,
-    /// `x-ratelimit-*-tokens`.
+    /// `x-ratelimit-*-tokens` (Anthropic: `anthropic-ratelimit-tokens-*`, the most restrictive
+    /// of its token limits in effect).
     pub tokens: RateLimit,
+    /// Anthropic's `anthropic-ratelimit-input-tokens-*` (OpenAI has no such limit: empty).
+    pub input_tokens: RateLimit,
+    /// Anthropic's `anthropic-ratelimit-output-tokens-*` (OpenAI has no such limit: empty).
+    pub output_tokens: RateLimit,
+    /// `retry-after`: how long the provider asks to wait before retrying (seconds, or an
+    /// HTTP date relative to the time the headers were read).
+    pub retry_after: Option<Duration>,
 }
 
 /// One rate-limit dimension (requests or tokens) as last reported.
@@ -32,7 +47,8 @@ pub struct RateLimit {
     pub limit: Option<u64>,
     /// `x-ratelimit-remaining-*`.
     pub remaining: Option<u64>,
-    /// `x-ratelimit-reset-*`: time until the window resets.
+    /// `x-ratelimit-reset-*`: time until the window resets (Anthropic sends the time of the
+    /// reset: this is that time less the time the headers were read, zero when it has passed).
     pub reset: Option<Duration>,
 }
 
@@ -54,8 +70,9 @@ impl ProviderMeta {
         let mut meta = ProviderMeta::default();
         for (name, value) in headers {
             let name = name.as_str();
-            // Every header we read starts with `x-r` or `openai-`: skip the rest cheaply.
-            if !(name.starts_with("x-r") || name.starts_with(names::HEADER_OPENAI_PREFIX)) {
+            // Every header we read starts with `x-r`, `openai-` or is `retry-after`: skip the
+            // rest cheaply.
+            if !(name.starts_with("x-r") || name.starts_with(names::HEADER_OPENAI_PREFIX) || name.starts_with("re")) {
                 continue;
             }
             let Ok(text) = value.to_str() else { continue };
@@ -91,6 +108,10 @@ impl ProviderMeta {
                     meta.tokens.reset = parse_duration(text);
                     continue;
                 }
+                names::HEADER_RETRY_AFTER => {
+                    meta.retry_after = parse_retry_after(text, SystemTime::now());
+                    continue;
+                }
                 _ => continue,
             };
             if !text.is_empty() {
@@ -100,11 +121,21 @@ impl ProviderMeta {
         meta
     }
 
-    /// `x-request-id`.
+    /// Sets the provider's request id (empty values are absent).
+    pub(crate) fn set_request_id(&mut self, value: &HeaderValue) {
+        self.request_id = (!value.is_empty()).then(|| value.clone());
+    }
+
+    /// Sets the organization the provider billed (empty values are absent).
+    pub(crate) fn set_organization(&mut self, value: &HeaderValue) {
+        self.organization = (!value.is_empty()).then(|| value.clone());
+    }
+
+    /// `x-request-id` (Anthropic: `request-id`).
     pub fn request_id(&self) -> Option<&str> {
         text(&self.request_id)
     }
-    /// `openai-organization`.
+    /// `openai-organization` (Anthropic: `anthropic-organization-id`).
     pub fn organization(&self) -> Option<&str> {
         text(&self.organization)
     }
@@ -164,6 +195,190 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     (total.is_finite() && total < 1e12).then(|| Duration::from_secs_f64(total))
 }
 
+/// Days from 1970-01-01 to `year-month-day` of the proleptic Gregorian calendar (negative
+/// before 1970). Inputs are range-checked by the callers; the arithmetic cannot overflow.
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = i64::from(month);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn days_in_month(year: i64, month: u32) -> u32 {
+    match month {
+        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// The time `seconds` (and `nanos`) from the Unix epoch, either side of it.
+fn from_unix(seconds: i64, nanos: u32) -> Option<SystemTime> {
+    let whole = Duration::from_secs(seconds.unsigned_abs());
+    if seconds >= 0 {
+        UNIX_EPOCH
+            .checked_add(whole)?
+            .checked_add(Duration::from_nanos(u64::from(nanos)))
+    } else {
+        UNIX_EPOCH
+            .checked_sub(whole)?
+            .checked_add(Duration::from_nanos(u64::from(nanos)))
+    }
+}
+
+/// Parses an RFC 3339 timestamp, as Anthropic's `anthropic-ratelimit-*-reset` headers send them:
+/// `2025-08-21T12:40:59Z`, `2025-08-21T12:40:59.123456Z`, `2025-08-21T14:40:59+02:00` (`t`, `z`
+/// and a space for `T` accepted; a leap second `:60` counts as the next second). Anything else,
+/// including impossible dates, is `None`; never panics.
+pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
+    let b = s.trim().as_bytes();
+    let num = |range: std::ops::Range<usize>| -> Option<u32> {
+        let digits = b.get(range)?;
+        digits
+            .iter()
+            .try_fold(0u32, |n, &d| d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0')))
+    };
+    let sep = |at: usize, allowed: &[u8]| b.get(at).is_some_and(|c| allowed.contains(c));
+    if b.len() < 20 || !sep(4, b"-") || !sep(7, b"-") || !sep(10, b"Tt ") || !sep(13, b":") || !sep(16, b":") {
+        return None;
+    }
+    let (year, month, day) = (i64::from(num(0..4)?), num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month)
+        || day == 0
+        || day > days_in_month(year, month)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    let mut at = 19;
+    let mut nanos = 0u32;
+    if b.get(at) == Some(&b'.') {
+        at += 1;
+        let digits = b[at..].iter().take_while(|c| c.is_ascii_digit()).count();
+        if digits == 0 {
+            return None;
+        }
+        for (i, &d) in b[at..at + digits].iter().enumerate().take(9) {
+            nanos += u32::from(d - b'0') * 10u32.pow(8 - i as u32);
+        }
+        at += digits;
+    }
+    let offset = match b.get(at..)? {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), rest @ ..] if rest.len() == 5 && rest[2] == b':' => {
+            let (h, m) = (num(at + 1..at + 3)?, num(at + 4..at + 6)?);
+            if h > 23 || m > 59 {
+                return None;
+            }
+            let minutes = i64::from(h * 60 + m);
+            if *sign == b'+' {
+                minutes * 60
+            } else {
+                -minutes * 60
+            }
+        }
+        _ => return None,
+    };
+    let seconds = days_from_civil(year, month, day) * 86_400
+        + i64::from(hour) * 3600
+        + i64::from(minute) * 60
+        + i64::from(second)
+        - offset;
+    from_unix(seconds, nanos)
+}
+
+/// Parses an IMF-fixdate (`Wed, 21 Oct 2015 07:28:00 GMT`), the HTTP date `retry-after` may send.
+fn parse_http_date(s: &str) -> Option<SystemTime> {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let mut parts = s.split_ascii_whitespace();
+    let (_weekday, day, month, year, time, zone) = (
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+    );
+    if parts.next().is_some() || zone != "GMT" || day.len() != 2 || year.len() != 4 || time.len() != 8 {
+        return None;
+    }
+    let month = MONTHS.iter().position(|m| *m == month)? as u32 + 1;
+    // Reuse the RFC 3339 reader on the same fields.
+    parse_rfc3339(&format!("{year}-{month:02}-{day}T{time}Z"))
+}
+
+/// `retry-after`: whole (or decimal) seconds, or an HTTP date, which is read relative to `now`
+/// (zero when it has passed). Anything else is `None`.
+pub fn parse_retry_after(s: &str, now: SystemTime) -> Option<Duration> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<f64>() {
+        return (secs.is_finite() && (0.0..1e12).contains(&secs)).then(|| Duration::from_secs_f64(secs));
+    }
+    let at = parse_http_date(s)?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// The value of the top-level `"type"` key of a JSON object, found without parsing it (the
+/// Anthropic and Responses stream events name themselves there; the event's `event:` line is
+/// the usual way to tell them apart, this the fallback when a relay dropped it). Only a key at
+/// depth 1 counts; `None` when there is none or the value is not a plain string.
+pub(crate) fn top_level_type(data: &[u8]) -> Option<&[u8]> {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < data.len() {
+        match data[i] {
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.checked_sub(1)?,
+            b'"' => {
+                let start = i + 1;
+                let end = start + string_len(&data[start..])?;
+                i = end + 1;
+                if depth == 1 && &data[start..end] == b"type" {
+                    let rest = &data[i..];
+                    let colon = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+                    if rest[colon] != b':' {
+                        continue;
+                    }
+                    let rest = &rest[colon + 1..];
+                    let quote = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+                    if rest[quote] != b'"' {
+                        return None;
+                    }
+                    let value = &rest[quote + 1..];
+                    let len = string_len(value)?;
+                    let value = &value[..len];
+                    return (!value.contains(&b'\\')).then_some(value);
+                }
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Length of the JSON string body at the start of `s` (up to, not including, its closing quote).
+fn string_len(s: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    loop {
+        i += memchr::memchr2(b'"', b'\\', s.get(i..)?)?;
+        if s[i] == b'"' {
+            return Some(i);
+        }
+        i += 2;
+    }
+}
+
 /// Why a choice stopped. Known values need no allocation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FinishReason {
@@ -213,6 +428,10 @@ impl fmt::Display for FinishReason {
 }
 
 /// Token usage of one call, from the body's `usage` object.
+///
+/// The GenAI conventions' rule holds for every provider: input tokens include the cached ones,
+/// both those read from the cache and those written to it. (Anthropic's own `input_tokens`
+/// excludes both; its reader adds them.)
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Usage {
@@ -234,6 +453,13 @@ pub struct Usage {
     pub accepted_prediction_tokens: Option<u64>,
     /// `completion_tokens_details.rejected_prediction_tokens`.
     pub rejected_prediction_tokens: Option<u64>,
+    /// Input tokens written to the prompt cache (Anthropic's `cache_creation_input_tokens`),
+    /// part of `input_tokens` and billed at the cache-write rate.
+    pub cache_creation_input_tokens: Option<u64>,
+    /// Of `cache_creation_input_tokens`, those written with the 1-hour lifetime (Anthropic's
+    /// `cache_creation.ephemeral_1h_input_tokens`); the rest have the 5-minute one. `None`: the
+    /// provider did not say (billed at the 5-minute rate).
+    pub cache_creation_1h_input_tokens: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -285,6 +511,8 @@ impl<'de> Deserialize<'de> for Usage {
             output_audio_tokens: c.audio_tokens,
             accepted_prediction_tokens: c.accepted_prediction_tokens,
             rejected_prediction_tokens: c.rejected_prediction_tokens,
+            cache_creation_input_tokens: None,
+            cache_creation_1h_input_tokens: None,
         })
     }
 }
@@ -308,6 +536,9 @@ pub struct ResponseFacts {
     pub service_tier: Option<String>,
     /// `system_fingerprint`.
     pub system_fingerprint: Option<String>,
+    /// The Responses API's `status` (`completed`, `incomplete`, `failed`, …); `None` for APIs
+    /// without one.
+    pub status: Option<String>,
 }
 
 /// Typed view of a chat completion body: everything llm-meter observes, without the content.
@@ -418,7 +649,7 @@ pub struct BodyError(#[from] serde_json::Error);
 
 /// An owned copy of a string field; an empty string counts as absent (Azure OpenAI's first
 /// stream chunk has `"id": ""` and `"model": ""`: never recorded as an id or a model).
-fn owned(s: Option<Str<'_>>) -> Option<String> {
+pub(crate) fn owned(s: Option<Str<'_>>) -> Option<String> {
     s.filter(|s| !s.0.is_empty()).map(|s| s.0.into_owned())
 }
 
@@ -437,6 +668,7 @@ impl ChatCompletion {
                 finish_reasons: choices.iter().map(|(_, r)| FinishReason::parse(r.as_str())).collect(),
                 service_tier: owned(w.service_tier),
                 system_fingerprint: owned(w.system_fingerprint),
+                status: None,
             },
             usage: w.usage,
         })
@@ -562,6 +794,98 @@ mod tests {
         h.insert("x-request-id", HeaderValue::from_static(""));
         let m = ProviderMeta::from_headers(&h);
         assert_eq!(m, ProviderMeta::default());
+    }
+
+    #[test]
+    fn rfc3339_timestamps_parse_by_hand_and_bad_ones_are_none() {
+        let secs = |s: &str| parse_rfc3339(s).map(|t| t.duration_since(UNIX_EPOCH).unwrap().as_secs_f64());
+        assert_eq!(secs("1970-01-01T00:00:00Z"), Some(0.0));
+        assert_eq!(secs("2025-08-21T12:40:59Z"), Some(1_755_780_059.0));
+        assert_eq!(secs("2025-08-21t12:40:59z"), Some(1_755_780_059.0));
+        assert_eq!(secs("2025-08-21 12:40:59Z"), Some(1_755_780_059.0));
+        assert_eq!(secs("2025-08-21T14:40:59+02:00"), Some(1_755_780_059.0));
+        assert_eq!(secs("2025-08-21T07:10:59-05:30"), Some(1_755_780_059.0));
+        assert_eq!(secs("2025-08-21T12:40:59.25Z"), Some(1_755_780_059.25));
+        assert_eq!(secs("2024-02-29T00:00:00Z"), Some(1_709_164_800.0));
+        assert_eq!(secs("2000-03-01T00:00:00Z"), Some(951_868_800.0));
+        assert_eq!(
+            secs("2016-12-31T23:59:60Z"),
+            Some(1_483_228_800.0),
+            "a leap second is the next second"
+        );
+        let before = parse_rfc3339("1969-12-31T23:59:59Z").unwrap();
+        assert_eq!(UNIX_EPOCH.duration_since(before).unwrap(), Duration::from_secs(1));
+        for bad in [
+            "",
+            "2025-08-21",
+            "2025-08-21T12:40:59",
+            "2025-08-21T12:40:59+0200",
+            "2025-13-01T00:00:00Z",
+            "2025-02-29T00:00:00Z",
+            "2025-04-31T00:00:00Z",
+            "2025-01-01T24:00:00Z",
+            "2025-01-01T00:60:00Z",
+            "2025-01-01T00:00:00.Z",
+            "2025-01-01T00:00:00+24:00",
+            "2025-01-01T00:00:00Zjunk",
+            "+025-01-01T00:00:00Z",
+            "2025-01-01T00:00:00\u{e9}Z",
+            "１２３４-01-01T00:00:00Z",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        let now = parse_rfc3339("2015-10-21T07:27:00Z").unwrap();
+        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after(" 1.5 ", now), Some(Duration::from_millis(1500)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:20:00 GMT", now),
+            Some(Duration::ZERO),
+            "a date that has passed"
+        );
+        for bad in [
+            "",
+            "-1",
+            "NaN",
+            "inf",
+            "soon",
+            "Wed, 21 Oct 2015 07:28:00 PST",
+            "Wed, 21 Foo 2015 07:28:00 GMT",
+        ] {
+            assert_eq!(parse_retry_after(bad, now), None, "{bad}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert(names::HEADER_RETRY_AFTER, HeaderValue::from_static("3"));
+        assert_eq!(ProviderMeta::from_headers(&h).retry_after, Some(Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn top_level_type_finds_the_key_at_depth_one_only() {
+        let t = |s: &str| top_level_type(s.as_bytes()).map(|v| String::from_utf8(v.to_vec()).unwrap());
+        assert_eq!(t(r#"{"type":"ping"}"#).as_deref(), Some("ping"));
+        assert_eq!(t(r#"{ "type" : "message_stop" }"#).as_deref(), Some("message_stop"));
+        assert_eq!(
+            t(r#"{"delta":{"type":"text_delta","text":"{\"type\":\"x\"}"},"type":"content_block_delta"}"#).as_deref(),
+            Some("content_block_delta")
+        );
+        assert_eq!(
+            t(r#"{"text":"type","type":"a"}"#).as_deref(),
+            Some("a"),
+            "a value \"type\" is no key"
+        );
+        assert_eq!(t(r#"{"items":[{"type":"inner"}]}"#), None);
+        assert_eq!(t(r#"{"type":1}"#), None);
+        assert_eq!(t(r#"{"type":"esc\"aped"}"#), None);
+        assert_eq!(t(r#"{"type":"unterminated"#), None);
+        assert_eq!(t("}}}{"), None);
+        assert_eq!(t(""), None);
     }
 
     #[test]

@@ -9,7 +9,9 @@
 
 use std::time::Instant;
 
+use crate::parse::anthropic::{self, MessagesEvent, MessagesUsage};
 use crate::parse::provider::{apply_chunk, ChunkKind, ResponseFacts, Usage};
+use crate::parse::responses::{self, ResponsesEvent};
 
 /// A problem in the stream itself (the record layer maps it to an `error.type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,6 +33,9 @@ pub struct SseParser {
     line: Vec<u8>,
     /// `data` of the event being built (lines joined with `\n`), when it is not in the chunk.
     data: Vec<u8>,
+    /// `event` field (the event type) of the event being built; empty when it has none. Reused:
+    /// streams without `event:` lines (OpenAI Chat Completions) never touch it.
+    event: Vec<u8>,
     pending: Pending,
     /// The previous chunk ended in CR: a leading LF in the next one belongs to it.
     skip_lf: bool,
@@ -71,13 +76,20 @@ impl SseParser {
     /// Feeds one network chunk; calls `on_event(event, end)` for every complete event, where
     /// `end` is the offset in `chunk` just past the blank line that completed it.
     pub fn feed(&mut self, chunk: &[u8], mut on_event: impl FnMut(SseEvent<'_>, usize)) {
+        self.feed_typed(chunk, |event, _, end| on_event(event, end));
+    }
+
+    /// Like [`Self::feed`], also handing out each event's type: the value of its last `event:`
+    /// line (`message_start`, `response.completed`, …), empty when it has none (and for
+    /// [`SseEvent::Tail`]). The type is kept in a reused buffer: no allocation once warm.
+    pub fn feed_typed(&mut self, chunk: &[u8], mut on_event: impl FnMut(SseEvent<'_>, &[u8], usize)) {
         let mut pos = 0;
         if self.skip_lf && !chunk.is_empty() {
             self.skip_lf = false;
             if chunk[0] == b'\n' {
                 pos = 1;
                 if self.skip_lf_ends_event {
-                    on_event(SseEvent::Tail, 1);
+                    on_event(SseEvent::Tail, &[], 1);
                 }
             }
         }
@@ -108,8 +120,9 @@ impl SseParser {
                     Pending::InChunk(a, b) => &chunk[a..b],
                     _ => &self.data[..],
                 };
-                on_event(SseEvent::Data(data), next);
+                on_event(SseEvent::Data(data), &self.event, next);
                 self.data.clear();
+                self.event.clear();
                 self.pending = Pending::None;
             }
             pos = next;
@@ -128,7 +141,13 @@ impl SseParser {
             Line::Carried => (0, &self.line[..]),
         };
         if text.is_empty() {
-            return self.pending != Pending::None;
+            // A blank line ends the event; one without data is not dispatched, and its type is
+            // forgotten (WHATWG).
+            if self.pending == Pending::None {
+                self.event.clear();
+                return false;
+            }
+            return true;
         }
         if text[0] == b':' {
             return false;
@@ -138,6 +157,13 @@ impl SseParser {
             None => (text, text.len()),
         };
         if field != b"data" {
+            if field == b"event" {
+                self.event.clear();
+                match line {
+                    Line::Chunk(a, b) => self.event.extend_from_slice(&chunk[a + value_start..b]),
+                    Line::Carried => self.event.extend_from_slice(&self.line[value_start..]),
+                }
+            }
             return false;
         }
         match (self.pending, line) {
@@ -209,114 +235,290 @@ fn is_plain_delta(data: &[u8]) -> bool {
 pub enum EventOutcome {
     /// A chunk the caller should see.
     Chunk,
-    /// A chunk the caller should see that carries a finish reason.
+    /// A chunk the caller should see that carries a finish reason (Chat Completions: a choice's
+    /// `finish_reason`; Anthropic: `message_delta`, with the stop reason and the final usage).
     Finish,
-    /// The usage-only chunk.
+    /// The usage-only chunk (Chat Completions with `include_usage`).
     UsageOnly,
-    /// `[DONE]`.
+    /// The end of the stream: `[DONE]`; Anthropic's `message_stop`; the Responses API's
+    /// terminal `response.completed`, `response.incomplete` or `response.failed` (which also
+    /// carries the final response and its usage).
     Done,
     /// An event we could not read, or an error event; passed on unchanged.
     Unreadable,
 }
 
-/// Folds a chat completion stream into the facts of the call.
+/// Which API a stream speaks: it decides how events are read. The framing (SSE) is the same.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StreamFormat {
+    /// OpenAI Chat Completions (also Azure OpenAI and OpenAI-compatible providers): `data:`
+    /// chunks and `data: [DONE]`.
+    #[default]
+    ChatCompletions,
+    /// Anthropic Messages: `event:` + `data:` pairs from `message_start` to `message_stop`.
+    AnthropicMessages,
+    /// OpenAI Responses: typed events from `response.created` to a terminal `response.*`.
+    Responses,
+}
+
+/// One complete event as [`StreamObserver::observe_typed`] hands it out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SseFrame<'a> {
+    /// The `event:` field (empty when the event has none, as in Chat Completions streams).
+    /// A caller that re-emits an event it held back must write this line again: the Anthropic
+    /// and OpenAI SDKs dispatch on it.
+    pub event: &'a [u8],
+    /// The `data` (lines joined with `\n`).
+    pub data: &'a [u8],
+}
+
+/// Folds a streaming answer into the facts of the call: Chat Completions by default, or another
+/// [`StreamFormat`] ([`Self::with_format`]). Content is never kept, and content deltas are not
+/// parsed: a warm observer allocates nothing per delta.
 #[derive(Debug)]
 pub struct StreamObserver {
     parser: SseParser,
+    format: StreamFormat,
     /// When the request was sent.
     pub started: Instant,
     /// When the first chunk (data event) arrived.
     pub first_chunk: Option<Instant>,
+    /// When the first output arrived: Chat Completions' first chunk that names the model (sent
+    /// with the first token; Azure OpenAI's first chunk, with only the prompt's filter results,
+    /// comes before it); Anthropic's first `content_block_delta`; the Responses API's first
+    /// `*.delta` event. Anthropic's `message_start`, the Responses API's `response.created` and
+    /// Azure's filter chunk can come before any output is generated: this, not `first_chunk`, is
+    /// the time to first token.
+    pub first_output: Option<Instant>,
     /// When the latest chunk arrived.
     pub last_chunk: Option<Instant>,
-    /// Data events seen, `[DONE]` excluded.
+    /// Data events seen, the end marker (`[DONE]`, `message_stop`) and Anthropic's `ping`
+    /// excluded.
     pub chunks: u32,
     /// Response facts gathered from the chunks.
     pub facts: ResponseFacts,
-    /// The usage chunk's usage.
+    /// The usage the stream reported (Chat Completions: the usage chunk's; Anthropic: the
+    /// `message_start` usage updated by `message_delta`; Responses: the terminal event's).
     pub usage: Option<Usage>,
-    /// `[DONE]` seen.
+    /// The end of the stream was seen ([`EventOutcome::Done`]).
     pub done: bool,
     /// First problem seen in the stream itself (`decode` or `stream_error`).
     pub error: Option<StreamFault>,
+    /// Anthropic's usage as sent so far (`message_start`, then each `message_delta`).
+    messages_usage: MessagesUsage,
     last_outcome: EventOutcome,
 }
 
 impl StreamObserver {
-    /// A fresh observer for a request sent at `started`.
+    /// A fresh observer of a Chat Completions stream for a request sent at `started`.
     pub fn new(started: Instant) -> Self {
+        Self::with_format(started, StreamFormat::ChatCompletions)
+    }
+
+    /// A fresh observer of a stream in `format` for a request sent at `started`.
+    pub fn with_format(started: Instant, format: StreamFormat) -> Self {
         StreamObserver {
             parser: SseParser::default(),
+            format,
             started,
             first_chunk: None,
+            first_output: None,
             last_chunk: None,
             chunks: 0,
             facts: ResponseFacts::default(),
             usage: None,
             done: false,
             error: None,
+            messages_usage: MessagesUsage::default(),
             last_outcome: EventOutcome::Chunk,
         }
+    }
+
+    /// The format this observer reads.
+    pub fn format(&self) -> StreamFormat {
+        self.format
     }
 
     /// Observes one network chunk; `on_event(outcome, end)` is told about every complete event.
     ///
     /// The clock is read for the first chunk and for chunks that carry more than content (the
-    /// finish, usage and `[DONE]` events), not for every content delta: the last output chunk
+    /// finish, usage and end events), not for every content delta: the last output chunk
     /// time is that of the finish chunk, which follows the last delta.
     pub fn observe(&mut self, chunk: &[u8], mut on_event: impl FnMut(EventOutcome, usize)) {
-        self.observe_events(chunk, |outcome, end, _| on_event(outcome, end));
+        self.observe_typed(chunk, |outcome, end, _| on_event(outcome, end));
     }
 
     /// Like [`Self::observe`], also handing out each event's `data` (`None` for the tail of an
     /// event completed in the previous chunk: see [`SseEvent::Tail`]).
     pub fn observe_events(&mut self, chunk: &[u8], mut on_event: impl FnMut(EventOutcome, usize, Option<&[u8]>)) {
+        self.observe_typed(chunk, |outcome, end, frame| {
+            on_event(outcome, end, frame.map(|f| f.data))
+        });
+    }
+
+    /// Like [`Self::observe_events`], with the event's type (`event:` field) beside its data.
+    pub fn observe_typed(&mut self, chunk: &[u8], mut on_event: impl FnMut(EventOutcome, usize, Option<SseFrame<'_>>)) {
         let Self {
             parser,
+            format,
             first_chunk,
+            first_output,
             last_chunk,
             chunks,
             facts,
             usage,
             done,
             error,
+            messages_usage,
             last_outcome,
             ..
         } = self;
-        parser.feed(chunk, |event, end| {
+        let format = *format;
+        parser.feed_typed(chunk, |event, name, end| {
             let data = match event {
                 SseEvent::Tail => return on_event(*last_outcome, end, None),
                 SseEvent::Data(data) => data,
             };
-            let outcome = if data == b"[DONE]" {
-                *done = true;
-                EventOutcome::Done
-            } else {
-                *chunks += 1;
-                if first_chunk.is_some() && facts.model.is_some() && is_plain_delta(data) {
-                    // A plain content delta: nothing in it changes the record.
-                    *last_outcome = EventOutcome::Chunk;
-                    return on_event(EventOutcome::Chunk, end, Some(data));
-                }
-                let now = Instant::now();
-                first_chunk.get_or_insert(now);
-                *last_chunk = Some(now);
-                match apply_chunk(data, facts, usage) {
-                    Ok(ChunkKind::Delta) => EventOutcome::Chunk,
-                    Ok(ChunkKind::Finish) => EventOutcome::Finish,
-                    Ok(ChunkKind::UsageOnly) => EventOutcome::UsageOnly,
-                    Ok(ChunkKind::Error) => {
-                        error.get_or_insert(StreamFault::ErrorEvent);
-                        EventOutcome::Unreadable
+            let frame = SseFrame { event: name, data };
+            let outcome = match format {
+                StreamFormat::ChatCompletions => {
+                    if data == b"[DONE]" {
+                        *done = true;
+                        EventOutcome::Done
+                    } else {
+                        *chunks += 1;
+                        if first_chunk.is_some() && facts.model.is_some() && is_plain_delta(data) {
+                            // A plain content delta: nothing in it changes the record.
+                            *last_outcome = EventOutcome::Chunk;
+                            return on_event(EventOutcome::Chunk, end, Some(frame));
+                        }
+                        let now = Instant::now();
+                        first_chunk.get_or_insert(now);
+                        *last_chunk = Some(now);
+                        let applied = apply_chunk(data, facts, usage);
+                        if first_output.is_none() && facts.model.is_some() {
+                            *first_output = Some(now);
+                        }
+                        match applied {
+                            Ok(ChunkKind::Delta) => EventOutcome::Chunk,
+                            Ok(ChunkKind::Finish) => EventOutcome::Finish,
+                            Ok(ChunkKind::UsageOnly) => EventOutcome::UsageOnly,
+                            Ok(ChunkKind::Error) => {
+                                error.get_or_insert(StreamFault::ErrorEvent);
+                                EventOutcome::Unreadable
+                            }
+                            Err(_) => {
+                                error.get_or_insert(StreamFault::Decode);
+                                EventOutcome::Unreadable
+                            }
+                        }
                     }
-                    Err(_) => {
-                        error.get_or_insert(StreamFault::Decode);
-                        EventOutcome::Unreadable
+                }
+                StreamFormat::AnthropicMessages => {
+                    let kind = anthropic::event_kind(name, data);
+                    if kind == MessagesEvent::Ping {
+                        // Keep-alive: not a chunk of the answer.
+                        *last_outcome = EventOutcome::Chunk;
+                        return on_event(EventOutcome::Chunk, end, Some(frame));
+                    }
+                    if kind != MessagesEvent::MessageStop {
+                        *chunks += 1;
+                    }
+                    let quiet = match kind {
+                        MessagesEvent::ContentDelta => first_output.is_some(),
+                        MessagesEvent::BlockEdge | MessagesEvent::Other => first_chunk.is_some(),
+                        _ => false,
+                    };
+                    if quiet {
+                        // Content, or a block boundary: never parsed, no clock read.
+                        *last_outcome = EventOutcome::Chunk;
+                        return on_event(EventOutcome::Chunk, end, Some(frame));
+                    }
+                    let now = Instant::now();
+                    first_chunk.get_or_insert(now);
+                    if kind == MessagesEvent::ContentDelta {
+                        first_output.get_or_insert(now);
+                    }
+                    *last_chunk = Some(now);
+                    match anthropic::apply_event(kind, data, facts, messages_usage) {
+                        Err(_) => {
+                            error.get_or_insert(StreamFault::Decode);
+                            EventOutcome::Unreadable
+                        }
+                        Ok(()) => match kind {
+                            MessagesEvent::MessageStart => {
+                                *usage = messages_usage.to_usage();
+                                EventOutcome::Chunk
+                            }
+                            MessagesEvent::MessageDelta => {
+                                *usage = messages_usage.to_usage();
+                                EventOutcome::Finish
+                            }
+                            MessagesEvent::MessageStop => {
+                                *done = true;
+                                EventOutcome::Done
+                            }
+                            MessagesEvent::Error => {
+                                error.get_or_insert(StreamFault::ErrorEvent);
+                                EventOutcome::Unreadable
+                            }
+                            MessagesEvent::Unreadable => {
+                                error.get_or_insert(StreamFault::Decode);
+                                EventOutcome::Unreadable
+                            }
+                            _ => EventOutcome::Chunk,
+                        },
+                    }
+                }
+                StreamFormat::Responses => {
+                    let kind = responses::event_kind(name, data);
+                    *chunks += 1;
+                    let quiet = match kind {
+                        ResponsesEvent::OutputDelta => first_output.is_some(),
+                        ResponsesEvent::Other => first_chunk.is_some(),
+                        _ => false,
+                    };
+                    if quiet {
+                        // Output, or an item or part boundary: never parsed, no clock read.
+                        *last_outcome = EventOutcome::Chunk;
+                        return on_event(EventOutcome::Chunk, end, Some(frame));
+                    }
+                    let now = Instant::now();
+                    first_chunk.get_or_insert(now);
+                    if kind == ResponsesEvent::OutputDelta {
+                        first_output.get_or_insert(now);
+                    }
+                    *last_chunk = Some(now);
+                    if kind.is_terminal() {
+                        *done = true;
+                    }
+                    match responses::apply_event(kind, data, facts, usage) {
+                        Err(_) => {
+                            error.get_or_insert(StreamFault::Decode);
+                            EventOutcome::Unreadable
+                        }
+                        Ok(()) => match kind {
+                            ResponsesEvent::Error => {
+                                error.get_or_insert(StreamFault::ErrorEvent);
+                                EventOutcome::Unreadable
+                            }
+                            ResponsesEvent::Unreadable => {
+                                error.get_or_insert(StreamFault::Decode);
+                                EventOutcome::Unreadable
+                            }
+                            ResponsesEvent::Failed => {
+                                error.get_or_insert(StreamFault::ErrorEvent);
+                                EventOutcome::Done
+                            }
+                            ResponsesEvent::Completed | ResponsesEvent::Incomplete => EventOutcome::Done,
+                            _ => EventOutcome::Chunk,
+                        },
                     }
                 }
             };
             *last_outcome = outcome;
-            on_event(outcome, end, Some(data));
+            on_event(outcome, end, Some(frame));
         });
     }
 
@@ -424,6 +626,56 @@ mod tests {
             events(&[b": ping\n\nevent: x\nid: 1\ndata: one\ndata:  two\nretry: 5\n\n"]),
             ["one\n two"]
         );
+    }
+
+    fn typed_events(input: &[&[u8]]) -> Vec<(String, String)> {
+        let mut p = SseParser::default();
+        let mut out = Vec::new();
+        for chunk in input {
+            p.feed_typed(chunk, |e, name, _| {
+                if let SseEvent::Data(d) = e {
+                    out.push((
+                        String::from_utf8(name.to_vec()).unwrap(),
+                        String::from_utf8(d.to_vec()).unwrap(),
+                    ))
+                }
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn sse_event_types_are_handed_out_and_forgotten_after_each_event() {
+        let pairs = |v: &[(&str, &str)]| {
+            v.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            typed_events(&[b"event: message_start\ndata: {}\n\ndata: plain\n\nevent:ping\r\ndata: p\r\n\r\n"]),
+            pairs(&[("message_start", "{}"), ("", "plain"), ("ping", "p")])
+        );
+        // Split mid-name and mid-line; the last `event:` line wins; a blank-line event without
+        // data forgets its type.
+        assert_eq!(
+            typed_events(&[
+                b"event: a\nevent: content_bl",
+                b"ock_delta\nda",
+                b"ta: x\n\nevent: lost\n\ndata: y\n\n"
+            ]),
+            pairs(&[("content_block_delta", "x"), ("", "y")])
+        );
+    }
+
+    #[test]
+    fn azures_filter_chunk_is_a_chunk_but_not_the_first_output() {
+        let mut o = StreamObserver::new(Instant::now());
+        o.observe_all(b"data: {\"choices\":[],\"created\":0,\"id\":\"\",\"model\":\"\",\"object\":\"\",\"prompt_filter_results\":[{\"prompt_index\":0,\"content_filter_results\":{}}]}\n\n");
+        assert!(o.first_chunk.is_some() && o.first_output.is_none());
+        o.observe_all(b"data: {\"id\":\"chatcmpl-1\",\"model\":\"gpt-4o-2024-08-06\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\n");
+        assert!(o.first_output.is_some() && o.first_chunk <= o.first_output);
+        assert_eq!(o.chunks, 2);
+        assert_eq!(o.facts.id.as_deref(), Some("chatcmpl-1"));
     }
 
     #[test]

@@ -12,6 +12,12 @@
 //! (OpenAI) and `standard` (Anthropic), or no tier reported, use the entry's own prices; any
 //! other tier uses the entry's `tiers.<name>` prices (`flex`, `priority`, `batch`, …), and a
 //! tier with no price there makes the call unpriced: never costed at another tier's price.
+//!
+//! Prompt-cache writes (Anthropic) are billed at their own rates: `cache_write_5m` for the
+//! 5-minute lifetime and `cache_write_1h` for the 1-hour one, as the usage reports the split;
+//! writes whose lifetime the usage does not give are billed at the 5-minute rate. A price
+//! without write rates bills writes as input (and 1-hour writes at the 5-minute rate when only
+//! that one is known).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -31,6 +37,14 @@ pub struct Price {
     /// Input tokens read from the prompt cache; `None` bills them as input.
     #[serde(default)]
     pub cached_input: Option<f64>,
+    /// Input tokens written to the prompt cache with the 5-minute lifetime (Anthropic), and
+    /// writes of unknown lifetime; `None` bills them as input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_5m: Option<f64>,
+    /// Input tokens written to the prompt cache with the 1-hour lifetime; `None` bills them at
+    /// `cache_write_5m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_1h: Option<f64>,
     /// Output tokens (reasoning included).
     pub output: f64,
     /// When the price was read.
@@ -53,6 +67,12 @@ pub struct TierPrice {
     /// Cached input tokens; `None` bills them as input.
     #[serde(default)]
     pub cached_input: Option<f64>,
+    /// Prompt-cache writes, 5-minute lifetime (and unknown lifetime); `None` bills them as input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_5m: Option<f64>,
+    /// Prompt-cache writes, 1-hour lifetime; `None` bills them at `cache_write_5m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_1h: Option<f64>,
     /// Output tokens (reasoning included).
     pub output: f64,
     /// When the price was read.
@@ -63,26 +83,42 @@ pub struct TierPrice {
     pub source: Option<String>,
 }
 
-/// The three rates a cost is computed from, USD per million tokens.
+/// The rates a cost is computed from, USD per million tokens.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Rates {
     /// Uncached input.
     pub input: f64,
     /// Cached input (`None`: as input).
     pub cached_input: Option<f64>,
+    /// Prompt-cache writes, 5-minute (or unknown) lifetime (`None`: as input).
+    pub cache_write_5m: Option<f64>,
+    /// Prompt-cache writes, 1-hour lifetime (`None`: as `cache_write_5m`).
+    pub cache_write_1h: Option<f64>,
     /// Output.
     pub output: f64,
 }
 
 impl Rates {
-    /// Cost of `usage` at these rates: uncached input at the input rate, cached input at the
-    /// cached rate (or the input rate), output (reasoning included) at the output rate.
+    /// Cost of `usage` at these rates: input read from the cache at the cached rate, input
+    /// written to it at the write rate of its lifetime (5-minute when the usage does not say),
+    /// the rest of the input at the input rate, output (reasoning included) at the output rate.
+    /// A rate that is `None` falls back as documented on each field.
     pub fn cost(&self, usage: &Usage) -> Cost {
         let cached = usage.cached_input_tokens.unwrap_or(0).min(usage.input_tokens);
-        let uncached = usage.input_tokens - cached;
+        let writes = usage
+            .cache_creation_input_tokens
+            .unwrap_or(0)
+            .min(usage.input_tokens - cached);
+        let writes_1h = usage.cache_creation_1h_input_tokens.unwrap_or(0).min(writes);
+        let writes_5m = writes - writes_1h;
+        let uncached = usage.input_tokens - cached - writes;
         let per_token = |per_million: f64| per_million / 1_000_000.0;
+        let write_5m = self.cache_write_5m.unwrap_or(self.input);
+        let write_1h = self.cache_write_1h.unwrap_or(write_5m);
         let input = uncached as f64 * per_token(self.input)
-            + cached as f64 * per_token(self.cached_input.unwrap_or(self.input));
+            + cached as f64 * per_token(self.cached_input.unwrap_or(self.input))
+            + writes_5m as f64 * per_token(write_5m)
+            + writes_1h as f64 * per_token(write_1h);
         let output = usage.output_tokens as f64 * per_token(self.output);
         Cost {
             input,
@@ -94,7 +130,11 @@ impl Rates {
     /// Every rate a finite number >= 0.
     fn is_valid(&self) -> bool {
         let ok = |v: f64| v.is_finite() && v >= 0.0;
-        ok(self.input) && ok(self.output) && self.cached_input.is_none_or(ok)
+        ok(self.input)
+            && ok(self.output)
+            && self.cached_input.is_none_or(ok)
+            && self.cache_write_5m.is_none_or(ok)
+            && self.cache_write_1h.is_none_or(ok)
     }
 }
 
@@ -103,6 +143,8 @@ impl TierPrice {
         Rates {
             input: self.input,
             cached_input: self.cached_input,
+            cache_write_5m: self.cache_write_5m,
+            cache_write_1h: self.cache_write_1h,
             output: self.output,
         }
     }
@@ -128,6 +170,8 @@ impl Price {
         Rates {
             input: self.input,
             cached_input: self.cached_input,
+            cache_write_5m: self.cache_write_5m,
+            cache_write_1h: self.cache_write_1h,
             output: self.output,
         }
     }
@@ -146,7 +190,7 @@ impl Price {
 /// Cost of one call in USD.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct Cost {
-    /// Uncached plus cached input.
+    /// Uncached plus cached input, prompt-cache writes included.
     pub input: f64,
     /// Output (reasoning included).
     pub output: f64,
@@ -280,6 +324,16 @@ mod tests {
                 p.cached_input.is_none_or(|c| c <= p.input),
                 "{model}: cached input costs more than input"
             );
+            assert!(
+                p.cache_write_5m.is_none_or(|w| w >= p.input) && p.cache_write_1h.is_none_or(|w| w >= p.input),
+                "{model}: a cache write costs less than input"
+            );
+            if model.starts_with("claude-") {
+                assert!(
+                    p.cache_write_5m.is_some() && p.cache_write_1h.is_some() && p.cached_input.is_some(),
+                    "{model}: Anthropic prices cache reads and both cache writes"
+                );
+            }
         }
     }
 
@@ -345,6 +399,10 @@ mod tests {
             ("claude-3-5-haiku-20241022", Some("claude-3-5-haiku")),
             ("claude-3-opus-20240229", Some("claude-3-opus")),
             ("claude-3-haiku-20240307", Some("claude-3-haiku")),
+            ("claude-opus-4-5-20251101", Some("claude-opus-4-5")),
+            ("claude-opus-4-5", Some("claude-opus-4-5")),
+            ("claude-sonnet-4-6", Some("claude-sonnet-4-6")),
+            ("claude-opus-4-7", Some("claude-opus-4-7")),
             // On purpose unpriced: other modalities, fine-tunes, unknown names, bad dates.
             ("gpt-4o-audio-preview-2024-12-17", None),
             ("gpt-4o-realtime-preview", None),
@@ -442,6 +500,86 @@ mod tests {
         assert!(t.cost("unknown-model", &u).is_none());
     }
 
+    /// Anthropic usage with cache reads and both kinds of cache writes, costed by hand.
+    #[test]
+    fn cache_writes_are_billed_at_their_lifetimes_rate() {
+        let t = PriceTable::embedded();
+        // claude-sonnet-4-5: $3 in, $0.30 cache read, $3.75 5-minute write, $6 1-hour write,
+        // $15 out. 12 uncached + 2048 read + 1536 written (1024 for an hour, 512 for 5 minutes).
+        let u = Usage {
+            input_tokens: 12 + 2048 + 1536,
+            output_tokens: 58,
+            cached_input_tokens: Some(2048),
+            cache_creation_input_tokens: Some(1536),
+            cache_creation_1h_input_tokens: Some(1024),
+            ..Usage::default()
+        };
+        let c = t.cost("claude-sonnet-4-5-20250929", &u).unwrap();
+        // 12 × 3 + 2048 × 0.30 + 512 × 3.75 + 1024 × 6 = 36 + 614.4 + 1920 + 6144 = 8714.4
+        assert!((c.input - 8714.4e-6).abs() < 1e-12, "{c:?}");
+        assert!((c.output - 870e-6).abs() < 1e-12, "{c:?}");
+        assert!((c.total - 9584.4e-6).abs() < 1e-12, "{c:?}");
+        // Lifetime not given: every write at the 5-minute rate. 36 + 614.4 + 1536 × 3.75 = 6410.4
+        let unsplit = Usage {
+            cache_creation_1h_input_tokens: None,
+            ..u
+        };
+        let c = t.cost("claude-sonnet-4-5", &unsplit).unwrap();
+        assert!((c.input - 6410.4e-6).abs() < 1e-12, "{c:?}");
+        // claude-opus-4-1 ($15, $1.50, $18.75, $30, $75): 100 uncached, 1000 written for an hour.
+        let opus = Usage {
+            input_tokens: 1100,
+            output_tokens: 10,
+            cache_creation_input_tokens: Some(1000),
+            cache_creation_1h_input_tokens: Some(1000),
+            ..Usage::default()
+        };
+        let c = t.cost("claude-opus-4-1-20250805", &opus).unwrap();
+        assert!((c.input - (100.0 * 15.0 + 1000.0 * 30.0) / 1e6).abs() < 1e-12, "{c:?}");
+        assert!((c.total - (31_500.0 + 750.0) / 1e6).abs() < 1e-12, "{c:?}");
+    }
+
+    #[test]
+    fn missing_write_rates_fall_back_and_counts_never_exceed_the_input() {
+        let price = |toml: &str| {
+            let models = toml::from_str::<TableFile>(toml).unwrap().models;
+            PriceTable::empty().with_overrides(models).unwrap()
+        };
+        let u = Usage {
+            input_tokens: 1_000_000,
+            output_tokens: 0,
+            cache_creation_input_tokens: Some(400_000),
+            cache_creation_1h_input_tokens: Some(100_000),
+            ..Usage::default()
+        };
+        // No write rates: writes are input.
+        let t = price("[models.m]\ninput = 2\noutput = 1\n");
+        assert!((t.cost("m", &u).unwrap().input - 2.0).abs() < 1e-12);
+        // Only the 5-minute rate: 1-hour writes at it too. 0.6 × 2 + 0.4 × 3 = 2.4
+        let t = price("[models.m]\ninput = 2\ncache_write_5m = 3\noutput = 1\n");
+        assert!((t.cost("m", &u).unwrap().input - 2.4).abs() < 1e-12);
+        // Both: 0.6 × 2 + 0.3 × 3 + 0.1 × 5 = 2.6
+        let t = price("[models.m]\ninput = 2\ncache_write_5m = 3\ncache_write_1h = 5\noutput = 1\n");
+        assert!((t.cost("m", &u).unwrap().input - 2.6).abs() < 1e-12);
+        // Reported counts larger than the input are capped: reads first, then writes, then 1h.
+        let odd = Usage {
+            input_tokens: 10,
+            output_tokens: 0,
+            cached_input_tokens: Some(8),
+            cache_creation_input_tokens: Some(5),
+            cache_creation_1h_input_tokens: Some(9),
+            ..Usage::default()
+        };
+        let t = price("[models.m]\ninput = 1000000\ncached_input = 0\ncache_write_5m = 7000000\ncache_write_1h = 1000000\noutput = 1\n");
+        // 8 read at 0, 2 written for an hour at $1 each.
+        assert!((t.cost("m", &odd).unwrap().input - 2.0).abs() < 1e-9);
+        // A negative write rate is refused.
+        let bad = toml::from_str::<TableFile>("[models.x]\ninput = 1\noutput = 1\ncache_write_1h = -1\n")
+            .unwrap()
+            .models;
+        assert!(PriceTable::empty().with_overrides(bad).is_err());
+    }
+
     #[test]
     fn overrides_replace_and_extend_and_are_checked() {
         let t = PriceTable::embedded();
@@ -451,6 +589,8 @@ mod tests {
             Price {
                 input: 1.0,
                 cached_input: None,
+                cache_write_5m: None,
+                cache_write_1h: None,
                 output: 2.0,
                 as_of: None,
                 source: None,
@@ -462,6 +602,8 @@ mod tests {
             Price {
                 input: 0.0,
                 cached_input: None,
+                cache_write_5m: None,
+                cache_write_1h: None,
                 output: 0.0,
                 as_of: None,
                 source: None,
@@ -477,6 +619,8 @@ mod tests {
             Price {
                 input: -1.0,
                 cached_input: None,
+                cache_write_5m: None,
+                cache_write_1h: None,
                 output: 0.0,
                 as_of: None,
                 source: None,

@@ -17,6 +17,7 @@ mod ledger_parity;
 mod light;
 mod metrics;
 mod mock;
+mod mock_providers;
 mod names;
 mod openai_sdk;
 mod otlp;

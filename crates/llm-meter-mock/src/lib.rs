@@ -3,6 +3,17 @@
 //! reset on schedule), SSE streams with `data: [DONE]` and the usage chunk when
 //! `stream_options.include_usage` is set, and OpenAI-shaped 400/401/429/500 errors.
 //!
+//! It also speaks the other APIs llm-meter observes, each in its documented wire format:
+//! - Anthropic Messages, `POST /v1/messages` (`x-api-key` and `anthropic-version` headers,
+//!   `request-id` and `anthropic-ratelimit-*` headers with RFC 3339 resets, the
+//!   `message_start` … `message_stop` event stream with its `ping`, Anthropic-shaped errors,
+//!   529 `overloaded_error` when the error rate strikes);
+//! - OpenAI Responses, `POST /v1/responses` (the response object, its typed event stream from
+//!   `response.created` to `response.completed` or `response.incomplete`);
+//! - Azure OpenAI chat completions, `POST /openai/deployments/{deployment}/chat/completions?api-version=…`
+//!   and `POST /openai/v1/chat/completions` (`api-key` header, content-filter results, and the
+//!   empty first stream chunk that carries only `prompt_filter_results`).
+//!
 //! It is the embedded upstream of the demo, the tests and the benchmarks. Behaviour per request
 //! can be forced with `x-mock-*` request headers (see [`MockServer`]). For tests it keeps every
 //! request it receives, on any route ([`MockServer::received`]), and counts how its streams
@@ -16,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::post;
@@ -28,6 +39,9 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Semaphore};
+
+mod anthropic;
+mod responses;
 
 // ---- Wire shapes, in the key order OpenAI sends -------------------------------------------
 
@@ -74,14 +88,22 @@ struct Completion<'a> {
     object: &'static str,
     created: u64,
     model: &'a str,
+    /// Azure OpenAI: the prompt's content-filter results.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt_filter_results: Option<Value>,
     choices: Vec<CompletionChoice>,
     usage: UsageBody,
-    service_tier: &'static str,
+    /// OpenAI only (Azure OpenAI does not report it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service_tier: Option<&'static str>,
     system_fingerprint: &'a str,
 }
 
 #[derive(Serialize)]
 struct CompletionChoice {
+    /// Azure OpenAI: the completion's content-filter results.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content_filter_results: Option<Value>,
     index: u64,
     message: Message,
     logprobs: Option<()>,
@@ -102,7 +124,8 @@ struct Chunk<'a> {
     object: &'static str,
     created: u64,
     model: &'a str,
-    service_tier: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service_tier: Option<&'static str>,
     system_fingerprint: &'a str,
     choices: Vec<ChunkChoice>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -111,6 +134,9 @@ struct Chunk<'a> {
 
 #[derive(Serialize)]
 struct ChunkChoice {
+    /// Azure OpenAI: the content-filter results of this delta.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content_filter_results: Option<Value>,
     index: u64,
     delta: Delta,
     logprobs: Option<()>,
@@ -127,7 +153,7 @@ struct Delta {
     refusal: Option<Option<()>>,
 }
 
-fn to_bytes(body: &impl Serialize) -> Bytes {
+pub(crate) fn to_bytes(body: &impl Serialize) -> Bytes {
     Bytes::from(serde_json::to_vec(body).unwrap_or_default())
 }
 
@@ -144,9 +170,14 @@ pub struct MockConfig {
     pub completion_tokens: u64,
     /// Reasoning tokens reported (for o-series style usage).
     pub reasoning_tokens: u64,
-    /// Fraction of input tokens reported as cached.
+    /// Fraction of input tokens reported as cached (read from the prompt cache).
     pub cached_fraction: f64,
-    /// Fraction of calls answered with an error (half 429, half 500), deterministic by seed.
+    /// Anthropic: fraction of input tokens reported as written to the prompt cache
+    /// (`cache_creation_input_tokens`; 1-hour writes when the request's `cache_control` asks
+    /// for `"ttl": "1h"`, else 5-minute ones).
+    pub cache_write_fraction: f64,
+    /// Fraction of calls answered with an error, deterministic by seed: OpenAI and Azure half
+    /// 429, half 500; Anthropic 529 `overloaded_error`.
     pub error_rate: f64,
     /// Requests allowed per window (`x-ratelimit-limit-requests`).
     pub limit_requests: u64,
@@ -154,7 +185,8 @@ pub struct MockConfig {
     pub limit_tokens: u64,
     /// Rate-limit window.
     pub window: Duration,
-    /// Require this API key (`Authorization: Bearer …`), answering 401 otherwise.
+    /// Require this API key, answering 401 otherwise: `Authorization: Bearer …` (OpenAI
+    /// routes), `x-api-key` (Anthropic), `api-key` (Azure OpenAI).
     pub api_key: Option<String>,
     /// Seed of the id and fault generator.
     pub seed: u64,
@@ -169,6 +201,7 @@ impl Default for MockConfig {
             completion_tokens: 44,
             reasoning_tokens: 0,
             cached_fraction: 0.0,
+            cache_write_fraction: 0.0,
             error_rate: 0.0,
             limit_requests: 500,
             limit_tokens: 30_000,
@@ -212,12 +245,21 @@ struct Window {
     tokens: u64,
 }
 
-struct MockState {
-    config: MockConfig,
-    counter: AtomicU64,
+/// Anthropic's limits, counted apart from OpenAI's (another provider, another account).
+pub(crate) struct AnthropicWindow {
+    pub(crate) started: Instant,
+    pub(crate) requests: u64,
+    pub(crate) input_tokens: u64,
+    pub(crate) output_tokens: u64,
+}
+
+pub(crate) struct MockState {
+    pub(crate) config: MockConfig,
+    pub(crate) counter: AtomicU64,
     window: Mutex<Window>,
+    pub(crate) anthropic_window: Mutex<AnthropicWindow>,
     received: Mutex<VecDeque<ReceivedRequest>>,
-    gate: Semaphore,
+    pub(crate) gate: Semaphore,
     streams_finished: AtomicU64,
     streams_abandoned: AtomicU64,
 }
@@ -225,9 +267,11 @@ struct MockState {
 /// A running mock provider on 127.0.0.1. Stops when dropped.
 ///
 /// Request headers that force behaviour, for tests:
-/// - `x-mock-error`: `400`, `401`, `429`, `500`, `503` (OpenAI-shaped error), `truncate` (stream
-///   ends without `[DONE]`), `reset` (connection dropped mid-body), `stall` (no answer for an hour),
-///   `garbage` (200 with a body that is not JSON);
+/// - `x-mock-error`: `400`, `401`, `429`, `500`, `503` (OpenAI-shaped error; on `/v1/messages`
+///   also `403`, `404`, `413` and `529`, Anthropic-shaped), `truncate` (stream ends without its
+///   end event), `reset` (connection dropped mid-body), `stall` (no answer for an hour),
+///   `garbage` (200 with a body that is not JSON), `stream-error` (a stream that fails half way:
+///   Anthropic's `error` event with `overloaded_error`, the Responses API's `response.failed`);
 /// - `x-mock-completion-tokens`, `x-mock-chunks`: override the config for this request;
 /// - `x-mock-gate: 1`: each stream chunk after the first waits for [`MockServer::release`].
 pub struct MockServer {
@@ -257,6 +301,12 @@ impl MockServer {
                 requests: 0,
                 tokens: 0,
             }),
+            anthropic_window: Mutex::new(AnthropicWindow {
+                started: Instant::now(),
+                requests: 0,
+                input_tokens: 0,
+                output_tokens: 0,
+            }),
             received: Mutex::new(VecDeque::new()),
             gate: Semaphore::new(0),
             streams_finished: AtomicU64::new(0),
@@ -285,9 +335,16 @@ impl MockServer {
         self.addr
     }
 
-    /// API base for clients: `http://127.0.0.1:PORT/v1`.
+    /// API base for clients: `http://127.0.0.1:PORT/v1` (OpenAI's and Anthropic's routes both
+    /// live under it: `/v1/chat/completions`, `/v1/responses`, `/v1/messages`).
     pub fn base_url(&self) -> String {
         format!("http://{}/v1", self.addr)
+    }
+
+    /// Azure OpenAI endpoint for clients: `http://127.0.0.1:PORT` (the resource's root, under
+    /// which `/openai/deployments/{deployment}/…` and `/openai/v1/…` live).
+    pub fn azure_endpoint(&self) -> String {
+        format!("http://{}", self.addr)
     }
 
     /// The most recent requests received on any route (the chat routes, `/v1/models`, and
@@ -325,12 +382,21 @@ impl Drop for MockServer {
 }
 
 /// The mock's routes: `POST /v1/chat/completions` and `POST /chat/completions`,
-/// `GET /v1/chat/completions` and `GET /v1/models`; any other path gets OpenAI's 404. Every
-/// request is recorded first.
+/// `GET /v1/chat/completions` and `GET /v1/models`; `POST /v1/responses`; `POST /v1/messages`;
+/// Azure's `POST /openai/deployments/{deployment}/chat/completions` and
+/// `POST /openai/v1/chat/completions`; any other path gets OpenAI's 404. Every request is
+/// recorded first.
 fn router(state: Arc<MockState>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat).get(stored_completions))
         .route("/chat/completions", post(chat))
+        .route("/v1/responses", post(responses::create))
+        .route("/v1/messages", post(anthropic::messages))
+        .route(
+            "/openai/deployments/{deployment}/chat/completions",
+            post(azure_deployment_chat),
+        )
+        .route("/openai/v1/chat/completions", post(azure_v1_chat))
         .route("/v1/models", axum::routing::get(models))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), record_request))
@@ -402,7 +468,7 @@ pub async fn serve_forever(addr: SocketAddr, config: MockConfig) -> std::io::Res
     Ok(())
 }
 
-fn splitmix(state: &AtomicU64) -> u64 {
+pub(crate) fn splitmix(state: &AtomicU64) -> u64 {
     let mut z = state
         .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
         .wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -411,7 +477,7 @@ fn splitmix(state: &AtomicU64) -> u64 {
     z ^ (z >> 31)
 }
 
-fn random_id(state: &AtomicU64, prefix: &str, len: usize, alphabet: &[u8]) -> String {
+pub(crate) fn random_id(state: &AtomicU64, prefix: &str, len: usize, alphabet: &[u8]) -> String {
     let mut s = String::with_capacity(prefix.len() + len);
     s.push_str(prefix);
     let mut bits = 0u64;
@@ -425,8 +491,8 @@ fn random_id(state: &AtomicU64, prefix: &str, len: usize, alphabet: &[u8]) -> St
     s
 }
 
-const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-const HEX: &[u8] = b"0123456789abcdef";
+pub(crate) const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+pub(crate) const HEX: &[u8] = b"0123456789abcdef";
 
 /// Resolves an alias to the dated snapshot OpenAI answers with.
 pub fn snapshot_of(model: &str) -> &str {
@@ -486,7 +552,7 @@ fn estimate_prompt_tokens(req: &Value) -> u64 {
     (chars as u64).div_ceil(4) + 4 * messages + 3
 }
 
-fn error_body(message: &str, kind: &str, param: Option<&str>, code: Option<&str>) -> Bytes {
+pub(crate) fn error_body(message: &str, kind: &str, param: Option<&str>, code: Option<&str>) -> Bytes {
     to_bytes(&ErrorBody {
         error: ErrorDetail {
             message,
@@ -507,8 +573,9 @@ struct Plan {
     finish_reason: &'static str,
     chunks: u32,
     /// The tier that serves the call, as OpenAI reports it: the requested `flex` or
-    /// `priority`, else `default` (also for `auto`).
-    service_tier: &'static str,
+    /// `priority`, else `default` (also for `auto`). Azure OpenAI reports none.
+    service_tier: Option<&'static str>,
+    azure: bool,
 }
 
 /// Most output tokens one mock answer carries, whatever the request or a header asks for.
@@ -516,13 +583,141 @@ pub const MAX_COMPLETION_TOKENS: u64 = 100_000;
 /// Most chunks one mock stream has, whatever `x-mock-chunks` asks for.
 pub const MAX_CHUNKS: u32 = 10_000;
 
-fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(crate) fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// Whose chat completions API a request came in on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Flavor<'a> {
+    OpenAi,
+    /// Azure OpenAI, with the deployment named in the path (`None` on the `/openai/v1` path,
+    /// where the body's `model` names it).
+    Azure(Option<&'a str>),
+}
+
+/// Azure OpenAI's content-filter verdict on a harmless text (keys in Azure's order).
+fn azure_filters() -> Value {
+    let safe = json!({"filtered": false, "severity": "safe"});
+    json!({"hate": safe, "self_harm": safe, "sexual": safe, "violence": safe})
+}
+
+/// Azure OpenAI's `prompt_filter_results`.
+fn azure_prompt_filters() -> Value {
+    json!([{"prompt_index": 0, "content_filter_results": azure_filters()}])
+}
+
+/// Azure-shaped error (`code` and `message` only).
+fn azure_error(status: StatusCode, head: HeaderMap, code: &str, message: &str) -> Response {
+    respond(
+        status,
+        head,
+        Bytes::from(json!({"error": {"code": code, "message": message}}).to_string()),
+    )
+}
+
+/// Whether the request carries the API key in the header its flavor uses (`Authorization:
+/// Bearer …` for OpenAI, `api-key` for Azure OpenAI).
+fn key_ok(headers: &HeaderMap, flavor: Flavor<'_>, key: &str) -> bool {
+    match flavor {
+        Flavor::OpenAi => header_str(headers, "authorization").and_then(|v| v.strip_prefix("Bearer ")) == Some(key),
+        Flavor::Azure(_) => header_str(headers, names::HEADER_AZURE_API_KEY) == Some(key),
+    }
+}
+
 async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) -> Response {
+    chat_as(&state, &headers, &body, Flavor::OpenAi).await
+}
+
+/// `POST /openai/deployments/{deployment}/chat/completions?api-version=…` (Azure OpenAI).
+async fn azure_deployment_chat(
+    State(state): State<Arc<MockState>>,
+    Path(deployment): Path<String>,
+    uri: http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let has_version = uri.query().is_some_and(|q| {
+        q.split('&')
+            .any(|kv| kv.strip_prefix("api-version=").is_some_and(|v| !v.is_empty()))
+    });
+    if !has_version {
+        // What Azure answers when `api-version` is missing.
+        return azure_error(StatusCode::NOT_FOUND, HeaderMap::new(), "404", "Resource not found");
+    }
+    chat_as(&state, &headers, &body, Flavor::Azure(Some(&deployment))).await
+}
+
+/// `POST /openai/v1/chat/completions` (Azure OpenAI's v1 API: no `api-version` needed).
+async fn azure_v1_chat(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) -> Response {
+    chat_as(&state, &headers, &body, Flavor::Azure(None)).await
+}
+
+/// Counts a request and its worst-case tokens against OpenAI's window: the requests and tokens
+/// left and the time to the window's end, or which limit (`requests`, `tokens`) it hit.
+pub(crate) fn admit_openai(state: &MockState, cost: u64) -> Result<(u64, u64, Duration), (&'static str, Duration)> {
     let cfg = &state.config;
-    let started = Instant::now();
+    let mut w = state.window.lock().unwrap_or_else(|p| p.into_inner());
+    if w.started.elapsed() >= cfg.window {
+        *w = Window {
+            started: Instant::now(),
+            requests: 0,
+            tokens: 0,
+        };
+    }
+    let reset = cfg.window.saturating_sub(w.started.elapsed());
+    if w.requests >= cfg.limit_requests {
+        return Err(("requests", reset));
+    }
+    if w.tokens.saturating_add(cost) > cfg.limit_tokens {
+        return Err(("tokens", reset));
+    }
+    w.requests += 1;
+    w.tokens = w.tokens.saturating_add(cost);
+    Ok((cfg.limit_requests - w.requests, cfg.limit_tokens - w.tokens, reset))
+}
+
+pub(crate) fn put(head: &mut HeaderMap, name: &'static str, v: String) {
+    if let Ok(v) = HeaderValue::from_str(&v) {
+        head.insert(name, v);
+    }
+}
+
+/// OpenAI's rate-limit headers for the counts `admit_openai` left.
+pub(crate) fn openai_rate_headers(head: &mut HeaderMap, cfg: &MockConfig, remaining: (u64, u64, Duration)) {
+    let (remaining_requests, remaining_tokens, reset) = remaining;
+    put(
+        head,
+        names::HEADER_RATELIMIT_LIMIT_REQUESTS,
+        cfg.limit_requests.to_string(),
+    );
+    put(head, names::HEADER_RATELIMIT_LIMIT_TOKENS, cfg.limit_tokens.to_string());
+    put(
+        head,
+        names::HEADER_RATELIMIT_REMAINING_REQUESTS,
+        remaining_requests.to_string(),
+    );
+    put(
+        head,
+        names::HEADER_RATELIMIT_REMAINING_TOKENS,
+        remaining_tokens.to_string(),
+    );
+    // Requests replenish one by one, tokens in proportion: report time to a full refill.
+    let per_request = cfg.window / u32::try_from(cfg.limit_requests.max(1)).unwrap_or(u32::MAX);
+    put(
+        head,
+        names::HEADER_RATELIMIT_RESET_REQUESTS,
+        format_reset(per_request.min(reset)),
+    );
+    put(
+        head,
+        names::HEADER_RATELIMIT_RESET_TOKENS,
+        format_reset(reset.mul_f64((cfg.limit_tokens - remaining_tokens) as f64 / cfg.limit_tokens.max(1) as f64)),
+    );
+}
+
+/// The debug headers OpenAI sends with every answer.
+pub(crate) fn openai_head(state: &MockState) -> HeaderMap {
     let request_id = random_id(&state.counter, "req_", 32, HEX);
     let mut head = HeaderMap::new();
     if let Ok(id) = HeaderValue::from_str(&request_id) {
@@ -533,10 +728,123 @@ async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Byt
         HeaderValue::from_static("user-mockorg0000000000000000"),
     );
     head.insert(names::HEADER_OPENAI_VERSION, HeaderValue::from_static("2020-10-01"));
+    head
+}
+
+/// The headers Azure OpenAI sends with every answer (ids, region, deployment).
+fn azure_head(state: &MockState, deployment: &str) -> HeaderMap {
+    let mut head = HeaderMap::new();
+    let uuid = |state: &MockState| {
+        let h = random_id(&state.counter, "", 32, HEX);
+        format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+    };
+    put(&mut head, names::HEADER_REQUEST_ID, uuid(state));
+    put(&mut head, "apim-request-id", uuid(state));
+    head.insert("x-ms-region", HeaderValue::from_static("East US"));
+    put(&mut head, "x-ms-deployment-name", deployment.to_owned());
+    head
+}
+
+/// A random fault by the configured error rate, unless one is forced: OpenAI's mix (half
+/// `429`, half `500`).
+pub(crate) fn openai_fault(state: &MockState, forced: String) -> String {
+    let cfg = &state.config;
+    let random_fault = cfg.error_rate > 0.0 && (splitmix(&state.counter) % 10_000) as f64 / 10_000.0 < cfg.error_rate;
+    if forced.is_empty() && random_fault {
+        if splitmix(&state.counter) % 2 == 0 {
+            "429".to_owned()
+        } else {
+            "500".to_owned()
+        }
+    } else {
+        forced
+    }
+}
+
+/// The OpenAI-shaped answer to a forced error code, or `None` to go on (`stall` waits first).
+pub(crate) async fn openai_forced_error(
+    state: &MockState,
+    forced: &str,
+    head: &HeaderMap,
+    model: &str,
+) -> Option<Response> {
+    let cfg = &state.config;
+    let error = |status, message: &str, kind: &str, param, code| {
+        Some(respond(status, head.clone(), error_body(message, kind, param, code)))
+    };
+    match forced {
+        "400" => error(
+            StatusCode::BAD_REQUEST,
+            "Invalid value for 'temperature': expected a number between 0 and 2.",
+            "invalid_request_error",
+            Some("temperature"),
+            Some("invalid_value"),
+        ),
+        "401" => error(
+            StatusCode::UNAUTHORIZED,
+            "Incorrect API key provided.",
+            "invalid_request_error",
+            None,
+            Some("invalid_api_key"),
+        ),
+        "429" => {
+            let w = state.window.lock().unwrap_or_else(|p| p.into_inner());
+            Some(rate_limited(
+                head.clone(),
+                cfg,
+                &w,
+                "requests",
+                model,
+                Duration::from_millis(120),
+                false,
+            ))
+        }
+        "500" => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "The server had an error while processing your request. Sorry about that!",
+            "server_error",
+            None,
+            None,
+        ),
+        "503" => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The engine is currently overloaded, please try again later.",
+            "server_error",
+            None,
+            None,
+        ),
+        "stall" => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            None
+        }
+        "garbage" => Some(respond(
+            StatusCode::OK,
+            head.clone(),
+            Bytes::from_static(b"<html>upstream proxy error</html>"),
+        )),
+        _ => None,
+    }
+}
+
+async fn chat_as(state: &Arc<MockState>, headers: &HeaderMap, body: &Bytes, flavor: Flavor<'_>) -> Response {
+    let cfg = &state.config;
+    let started = Instant::now();
+    let azure = matches!(flavor, Flavor::Azure(_));
+    let mut head = match flavor {
+        Flavor::OpenAi => openai_head(state),
+        Flavor::Azure(deployment) => azure_head(state, deployment.unwrap_or_default()),
+    };
 
     if let Some(key) = &cfg.api_key {
-        let ok = header_str(&headers, "authorization").and_then(|v| v.strip_prefix("Bearer ")) == Some(key.as_str());
-        if !ok {
+        if !key_ok(headers, flavor, key) {
+            if azure {
+                return azure_error(
+                    StatusCode::UNAUTHORIZED,
+                    head,
+                    "401",
+                    "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an active subscription and use a correct regional API endpoint for your resource.",
+                );
+            }
             let msg = "Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys.";
             return respond(
                 StatusCode::UNAUTHORIZED,
@@ -546,8 +854,8 @@ async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Byt
         }
     }
 
-    let forced = header_str(&headers, "x-mock-error").unwrap_or("").to_owned();
-    let req: Value = match serde_json::from_slice(&body) {
+    let forced = header_str(headers, "x-mock-error").unwrap_or("").to_owned();
+    let req: Value = match serde_json::from_slice(body) {
         Ok(v @ Value::Object(_)) => v,
         _ => {
             let msg = "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON.)";
@@ -558,7 +866,12 @@ async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Byt
             );
         }
     };
-    let Some(model) = req.get("model").and_then(Value::as_str) else {
+    // Azure's deployment path names the model; its v1 path and OpenAI take the body's.
+    let model = match flavor {
+        Flavor::Azure(Some(deployment)) => Some(req.get("model").and_then(Value::as_str).unwrap_or(deployment)),
+        _ => req.get("model").and_then(Value::as_str),
+    };
+    let Some(model) = model else {
         return respond(
             StatusCode::BAD_REQUEST,
             head,
@@ -570,6 +883,9 @@ async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Byt
             ),
         );
     };
+    if flavor == Flavor::Azure(None) {
+        put(&mut head, "x-ms-deployment-name", model.to_owned());
+    }
     if !req.get("messages").is_some_and(Value::is_array) {
         return respond(
             StatusCode::BAD_REQUEST,
@@ -586,7 +902,7 @@ async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Byt
         .get("max_completion_tokens")
         .or_else(|| req.get("max_tokens"))
         .and_then(Value::as_u64);
-    let wanted = header_str(&headers, "x-mock-completion-tokens")
+    let wanted = header_str(headers, "x-mock-completion-tokens")
         .and_then(|v| v.parse().ok())
         .unwrap_or(cfg.completion_tokens);
     // Request-controlled sizes are bounded: the mock never allocates or overflows on them.
@@ -600,176 +916,71 @@ async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Byt
         prompt_tokens: estimate_prompt_tokens(&req),
         completion_tokens,
         finish_reason: if completion_tokens < wanted { "length" } else { "stop" },
-        chunks: header_str(&headers, "x-mock-chunks")
+        chunks: header_str(headers, "x-mock-chunks")
             .and_then(|v| v.parse().ok())
             .unwrap_or(cfg.chunks)
             .clamp(1, MAX_CHUNKS),
-        service_tier: match req.get("service_tier").and_then(Value::as_str) {
+        service_tier: (!azure).then(|| match req.get("service_tier").and_then(Value::as_str) {
             Some("flex") => "flex",
             Some("priority") => "priority",
             Some("scale") => "scale",
             _ => "default",
-        },
+        }),
+        azure,
     };
 
     // Rate limits: count this request and its worst-case tokens against the window.
-    let (remaining_requests, remaining_tokens, reset) = {
-        let mut w = state.window.lock().unwrap_or_else(|p| p.into_inner());
-        if w.started.elapsed() >= cfg.window {
-            *w = Window {
-                started: Instant::now(),
-                requests: 0,
-                tokens: 0,
-            };
+    let cost = plan.prompt_tokens.saturating_add(
+        max_tokens
+            .unwrap_or(plan.completion_tokens)
+            .saturating_mul(plan.choices),
+    );
+    match admit_openai(state, cost) {
+        Ok(remaining) if azure => {
+            // Azure sends the remaining counts only.
+            put(
+                &mut head,
+                names::HEADER_RATELIMIT_REMAINING_REQUESTS,
+                remaining.0.to_string(),
+            );
+            put(
+                &mut head,
+                names::HEADER_RATELIMIT_REMAINING_TOKENS,
+                remaining.1.to_string(),
+            );
         }
-        let reset = cfg.window.saturating_sub(w.started.elapsed());
-        let cost = plan.prompt_tokens.saturating_add(
-            max_tokens
-                .unwrap_or(plan.completion_tokens)
-                .saturating_mul(plan.choices),
-        );
-        let over = if w.requests >= cfg.limit_requests {
-            Some("requests")
-        } else if w.tokens.saturating_add(cost) > cfg.limit_tokens {
-            Some("tokens")
-        } else {
-            w.requests += 1;
-            w.tokens = w.tokens.saturating_add(cost);
-            None
-        };
-        if let Some(kind) = over {
-            return rate_limited(head, cfg, &w, kind, model, reset);
+        Ok(remaining) => openai_rate_headers(&mut head, cfg, remaining),
+        Err((kind, reset)) if azure => {
+            let w = state.window.lock().unwrap_or_else(|p| p.into_inner());
+            return rate_limited(head, cfg, &w, kind, model, reset, true);
         }
-        (cfg.limit_requests - w.requests, cfg.limit_tokens - w.tokens, reset)
-    };
-    let put = |head: &mut HeaderMap, name: &'static str, v: String| {
-        if let Ok(v) = HeaderValue::from_str(&v) {
-            head.insert(name, v);
-        }
-    };
-    put(
-        &mut head,
-        names::HEADER_RATELIMIT_LIMIT_REQUESTS,
-        cfg.limit_requests.to_string(),
-    );
-    put(
-        &mut head,
-        names::HEADER_RATELIMIT_LIMIT_TOKENS,
-        cfg.limit_tokens.to_string(),
-    );
-    put(
-        &mut head,
-        names::HEADER_RATELIMIT_REMAINING_REQUESTS,
-        remaining_requests.to_string(),
-    );
-    put(
-        &mut head,
-        names::HEADER_RATELIMIT_REMAINING_TOKENS,
-        remaining_tokens.to_string(),
-    );
-    // Requests replenish one by one, tokens in proportion: report time to a full refill.
-    let per_request = cfg.window / u32::try_from(cfg.limit_requests.max(1)).unwrap_or(u32::MAX);
-    put(
-        &mut head,
-        names::HEADER_RATELIMIT_RESET_REQUESTS,
-        format_reset(per_request.min(reset)),
-    );
-    put(
-        &mut head,
-        names::HEADER_RATELIMIT_RESET_TOKENS,
-        format_reset(reset.mul_f64((cfg.limit_tokens - remaining_tokens) as f64 / cfg.limit_tokens.max(1) as f64)),
-    );
+        Err((kind, reset)) => return rate_limited_now(state, head, kind, model, reset),
+    }
 
-    let random_fault = cfg.error_rate > 0.0 && (splitmix(&state.counter) % 10_000) as f64 / 10_000.0 < cfg.error_rate;
-    let forced = if forced.is_empty() && random_fault {
-        if splitmix(&state.counter) % 2 == 0 {
-            "429".to_owned()
-        } else {
-            "500".to_owned()
-        }
-    } else {
-        forced
-    };
-
+    let forced = openai_fault(state, forced);
     if !cfg.latency.is_zero() {
         tokio::time::sleep(cfg.latency).await;
     }
-    match forced.as_str() {
-        "400" => {
-            return respond(
-                StatusCode::BAD_REQUEST,
-                head,
-                error_body(
-                    "Invalid value for 'temperature': expected a number between 0 and 2.",
-                    "invalid_request_error",
-                    Some("temperature"),
-                    Some("invalid_value"),
-                ),
-            )
-        }
-        "401" => {
-            return respond(
-                StatusCode::UNAUTHORIZED,
-                head,
-                error_body(
-                    "Incorrect API key provided.",
-                    "invalid_request_error",
-                    None,
-                    Some("invalid_api_key"),
-                ),
-            )
-        }
-        "429" => {
-            let w = state.window.lock().unwrap_or_else(|p| p.into_inner());
-            return rate_limited(head, cfg, &w, "requests", model, Duration::from_millis(120));
-        }
-        "500" => {
-            return respond(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                head,
-                error_body(
-                    "The server had an error while processing your request. Sorry about that!",
-                    "server_error",
-                    None,
-                    None,
-                ),
-            )
-        }
-        "503" => {
-            return respond(
-                StatusCode::SERVICE_UNAVAILABLE,
-                head,
-                error_body(
-                    "The engine is currently overloaded, please try again later.",
-                    "server_error",
-                    None,
-                    None,
-                ),
-            )
-        }
-        "stall" => {
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-        }
-        "garbage" => {
-            return respond(
-                StatusCode::OK,
-                head,
-                Bytes::from_static(b"<html>upstream proxy error</html>"),
-            )
-        }
-        _ => {}
+    if forced == "429" && azure {
+        let w = state.window.lock().unwrap_or_else(|p| p.into_inner());
+        return rate_limited(head, cfg, &w, "requests", model, Duration::from_secs(1), true);
+    }
+    if let Some(error) = openai_forced_error(state, &forced, &head, model).await {
+        return error;
     }
 
     let id = random_id(&state.counter, "chatcmpl-", 29, ALNUM);
     let fingerprint = random_id(&state.counter, "fp_", 10, HEX);
     let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let usage = usage_body(&plan, cfg);
-    let processing = started.elapsed() + cfg.chunk_delay * plan.chunks;
-    put(
-        &mut head,
-        names::HEADER_OPENAI_PROCESSING_MS,
-        processing.as_millis().max(1).to_string(),
-    );
+    if !azure {
+        let processing = started.elapsed() + cfg.chunk_delay * plan.chunks;
+        put(
+            &mut head,
+            names::HEADER_OPENAI_PROCESSING_MS,
+            processing.as_millis().max(1).to_string(),
+        );
+    }
 
     if !plan.stream {
         let body = Completion {
@@ -777,8 +988,10 @@ async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Byt
             object: "chat.completion",
             created,
             model: &plan.model,
+            prompt_filter_results: azure.then(azure_prompt_filters),
             choices: (0..plan.choices)
                 .map(|index| CompletionChoice {
+                    content_filter_results: azure.then(azure_filters),
                     index,
                     message: Message {
                         role: "assistant",
@@ -797,11 +1010,22 @@ async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Byt
         return respond(StatusCode::OK, head, to_bytes(&body));
     }
 
-    let gated = header_str(&headers, "x-mock-gate") == Some("1");
     let events = stream_events(&plan, &id, created, &fingerprint, usage);
-    let fault = forced;
+    stream_response(state, headers, head, events, forced)
+}
+
+/// A streamed answer of `events` (SSE), paced by the config, gated by `x-mock-gate`, cut
+/// short by a forced `truncate` or `reset` half way.
+pub(crate) fn stream_response(
+    state: &Arc<MockState>,
+    headers: &HeaderMap,
+    mut head: HeaderMap,
+    events: Vec<Bytes>,
+    fault: String,
+) -> Response {
+    let gated = header_str(headers, "x-mock-gate") == Some("1");
     let state2 = state.clone();
-    let chunk_delay = cfg.chunk_delay;
+    let chunk_delay = state.config.chunk_delay;
     let end = StreamEnd {
         state: state.clone(),
         ended: false,
@@ -871,8 +1095,18 @@ fn stream_events(plan: &Plan, id: &str, created: u64, fingerprint: &str, usage: 
         };
         Bytes::from(format!("data: {}\n\n", serde_json::to_string(&c).unwrap_or_default()))
     };
-    let choice = |index, delta, finish_reason| {
+    // Azure puts its content-filter verdict on each content delta (and an empty one on the
+    // role and finish chunks).
+    let choice = |index, delta: Delta, finish_reason| {
+        let filters = plan.azure.then(|| {
+            if delta.content.as_ref().is_some_and(|c| !c.is_empty()) {
+                azure_filters()
+            } else {
+                json!({})
+            }
+        });
         vec![ChunkChoice {
+            content_filter_results: filters,
             index,
             delta,
             logprobs: None,
@@ -880,6 +1114,11 @@ fn stream_events(plan: &Plan, id: &str, created: u64, fingerprint: &str, usage: 
         }]
     };
     let mut out = Vec::new();
+    if plan.azure {
+        // Azure's first chunk: no choices, empty id and model, the prompt's filter results.
+        let first = json!({"choices": [], "created": 0, "id": "", "model": "", "object": "", "prompt_filter_results": azure_prompt_filters()});
+        out.push(Bytes::from(format!("data: {first}\n\n")));
+    }
     for i in 0..plan.choices {
         let role = Delta {
             role: Some("assistant"),
@@ -915,17 +1154,17 @@ fn stream_events(plan: &Plan, id: &str, created: u64, fingerprint: &str, usage: 
     out
 }
 
-enum Step {
+pub(crate) enum Step {
     Send,
     End,
     Fail,
 }
 
 /// Counts a stream as finished or abandoned when its body is dropped.
-struct StreamEnd {
-    state: Arc<MockState>,
+pub(crate) struct StreamEnd {
+    pub(crate) state: Arc<MockState>,
     /// Set once the mock has ended the stream itself (last event sent, or a forced fault).
-    ended: bool,
+    pub(crate) ended: bool,
 }
 
 impl StreamEnd {
@@ -947,7 +1186,7 @@ impl Drop for StreamEnd {
 
 /// A body that sends `events` one by one, asking `before(i, total)` what to do before each;
 /// `end` tells, when the body is dropped, whether the stream got to its end.
-fn async_stream<F, Fut>(events: Vec<Bytes>, end: StreamEnd, before: F) -> Body
+pub(crate) fn async_stream<F, Fut>(events: Vec<Bytes>, end: StreamEnd, before: F) -> Body
 where
     F: Fn(usize, usize) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Step> + Send,
@@ -984,6 +1223,18 @@ where
     Body::from_stream(s)
 }
 
+/// OpenAI's 429 for the limit `kind` that `admit_openai` found reached.
+pub(crate) fn rate_limited_now(
+    state: &MockState,
+    head: HeaderMap,
+    kind: &str,
+    model: &str,
+    reset: Duration,
+) -> Response {
+    let w = state.window.lock().unwrap_or_else(|p| p.into_inner());
+    rate_limited(head, &state.config, &w, kind, model, reset, false)
+}
+
 fn rate_limited(
     mut head: HeaderMap,
     cfg: &MockConfig,
@@ -991,28 +1242,15 @@ fn rate_limited(
     kind: &str,
     model: &str,
     reset: Duration,
+    azure: bool,
 ) -> Response {
     let (limit, used, unit) = match kind {
         "tokens" => (cfg.limit_tokens, w.tokens, "tokens per min (TPM)"),
         _ => (cfg.limit_requests, w.requests, "requests per min (RPM)"),
     };
-    let mut msg = String::new();
-    let _ = write!(
-        msg,
-        "Rate limit reached for {model} in organization org-mock on {unit}: Limit {limit}, Used {used}, Requested 1. Please try again in {}. Visit https://platform.openai.com/account/rate-limits to learn more.",
-        format_reset(reset)
-    );
     let secs = reset.as_secs_f64().ceil().max(1.0) as u64;
-    head.insert("retry-after", HeaderValue::from(secs));
+    head.insert(names::HEADER_RETRY_AFTER, HeaderValue::from(secs));
     head.insert("retry-after-ms", HeaderValue::from(reset.as_millis().max(1) as u64));
-    head.insert(
-        names::HEADER_RATELIMIT_LIMIT_REQUESTS,
-        HeaderValue::from(cfg.limit_requests),
-    );
-    head.insert(
-        names::HEADER_RATELIMIT_LIMIT_TOKENS,
-        HeaderValue::from(cfg.limit_tokens),
-    );
     head.insert(
         names::HEADER_RATELIMIT_REMAINING_REQUESTS,
         HeaderValue::from(cfg.limit_requests.saturating_sub(w.requests)),
@@ -1020,6 +1258,27 @@ fn rate_limited(
     head.insert(
         names::HEADER_RATELIMIT_REMAINING_TOKENS,
         HeaderValue::from(cfg.limit_tokens.saturating_sub(w.tokens)),
+    );
+    if azure {
+        let message = format!(
+            "Requests to the ChatCompletions_Create Operation under Azure OpenAI API version 2024-10-21 have exceeded {} rate limit of your current OpenAI S0 pricing tier. Please retry after {secs} seconds. Please go here: https://aka.ms/oai/quotaincrease if you would like to further increase the default rate limit.",
+            if kind == "tokens" { "token" } else { "call" }
+        );
+        return azure_error(StatusCode::TOO_MANY_REQUESTS, head, "429", &message);
+    }
+    let mut msg = String::new();
+    let _ = write!(
+        msg,
+        "Rate limit reached for {model} in organization org-mock on {unit}: Limit {limit}, Used {used}, Requested 1. Please try again in {}. Visit https://platform.openai.com/account/rate-limits to learn more.",
+        format_reset(reset)
+    );
+    head.insert(
+        names::HEADER_RATELIMIT_LIMIT_REQUESTS,
+        HeaderValue::from(cfg.limit_requests),
+    );
+    head.insert(
+        names::HEADER_RATELIMIT_LIMIT_TOKENS,
+        HeaderValue::from(cfg.limit_tokens),
     );
     if let Ok(v) = HeaderValue::from_str(&format_reset(reset)) {
         head.insert(names::HEADER_RATELIMIT_RESET_REQUESTS, v.clone());
@@ -1032,7 +1291,7 @@ fn rate_limited(
     )
 }
 
-fn respond(status: StatusCode, mut head: HeaderMap, body: Bytes) -> Response {
+pub(crate) fn respond(status: StatusCode, mut head: HeaderMap, body: Bytes) -> Response {
     head.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     let mut resp = Response::new(Body::from(body));
     *resp.status_mut() = status;
@@ -1041,12 +1300,12 @@ fn respond(status: StatusCode, mut head: HeaderMap, body: Bytes) -> Response {
 }
 
 /// Deterministic filler text of about `tokens` tokens.
-fn lorem(tokens: u64) -> String {
+pub(crate) fn lorem(tokens: u64) -> String {
     lorem_range(0, tokens)
 }
 
 /// Tokens `from..from + n` of the filler text, so stream deltas join into `lorem`'s text.
-fn lorem_range(from: u64, n: u64) -> String {
+pub(crate) fn lorem_range(from: u64, n: u64) -> String {
     const WORDS: [&str; 8] = ["Hello", " there", "!", " How", " can", " I", " help", " today?"];
     (from..from + n).map(|i| WORDS[i as usize % WORDS.len()]).collect()
 }
