@@ -15,7 +15,7 @@ Every server is its own process, on 127.0.0.1, and the load comes from oha in it
   proxy-otlp     llm-meter proxy exporting spans (sampler BENCH_SAMPLER, default always_on:
                  every call) and metrics over OTLP/HTTP (protobuf) to llm-meter-bench-otlp-sink
 
-Each round runs every arm (order rotated per round) through:
+Each round runs every arm (in a shuffled order, seeded by the round) through:
   1. latency: 1 client, sequential calls for BENCH_LATENCY_SECS; p50 and p99 from oha.
      "Added" = arm - direct in the same round.
   2. throughput at 32 and at 256 in flight for BENCH_LOAD_SECS each: 2xx calls/s and errors
@@ -27,12 +27,23 @@ Each round runs every arm (order rotated per round) through:
      first chunk, difference / streams.
 Reported: medians over rounds of the per-round values and of the per-round ratios to `relay`.
 
-Knobs (environment): BENCH_ROUNDS (5), BENCH_LATENCY_SECS (3), BENCH_LOAD_SECS (3),
-BENCH_WARMUP_SECS (1), BENCH_STREAMS (1000), BENCH_STREAM_ROUNDS (= rounds), BENCH_CHUNK_DELAY_MS
-(600000), BENCH_SAMPLER (always_on), BENCH_ARMS (comma list, default all), BENCH_SERVER_CPUS
-(e.g. "0": servers under test, not mock/sink/oha, run under `taskset -c`), BENCH_NGINX_WORKERS
-(auto), BENCH_OUT (write the raw per-round numbers as JSON there), BENCH_KEEP=1 (keep the temp
-dir with logs and configs). `--quick`: 1 round, 1 s runs, 200 streams (a smoke check).
+Knobs (environment variables; defaults in brackets):
+  BENCH_ROUNDS [5]             rounds of the load phases (1 with --quick)
+  BENCH_LATENCY_SECS [3]       length of each 1-client run (1 with --quick)
+  BENCH_LOAD_SECS [3]          length of each 32- and 256-in-flight run (1 with --quick)
+  BENCH_WARMUP_SECS [1]        warm-up per arm at 32 in flight, before the rounds
+  BENCH_STREAMS [1000]         streams held open per memory measurement (200 with --quick)
+  BENCH_STREAM_ROUNDS [rounds] rounds of the memory phase (0 skips it)
+  BENCH_CHUNK_DELAY_MS [600000] the stream mock's delay after each stream's first chunk
+  BENCH_SAMPLER [always_on]    OTEL_TRACES_SAMPLER of proxy-otlp (BENCH_SAMPLER_ARG: its argument)
+  BENCH_ARMS [all]             comma-separated arms (direct and relay are always added)
+  BENCH_SERVER_CPUS            e.g. "0": the servers under test run under `taskset -c`
+  BENCH_LOAD_CPUS              e.g. "1": the mock, the OTLP sink and oha run under `taskset -c`
+  BENCH_NGINX_WORKERS [auto]   nginx worker_processes (auto: one per core)
+  BENCH_WAIT_IDLE_SECS [0]     before each round wait up to this long for other processes to use
+                               under 5% of the machine (their share is reported per round anyway)
+  BENCH_OUT                    write the raw per-round numbers there, as JSON
+  BENCH_KEEP=1                 keep the temp dir with the logs and generated configs
 """
 
 import argparse
@@ -41,6 +52,7 @@ import ctypes
 import json
 import os
 import pwd
+import random
 import resource
 import shutil
 import signal
@@ -215,6 +227,58 @@ def rss_kib(pids):
     return total
 
 
+def machine_cpu():
+    """(busy, steal) CPU-seconds of the whole machine since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq) / CLK_TCK, steal / CLK_TCK
+
+
+def own_cpu():
+    """CPU-seconds of this script and of every child it has waited for (servers once stopped,
+    oha runs; nginx workers through their master)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def ours_cpu(procs):
+    """CPU-seconds of this benchmark so far: itself, waited-for children, live servers."""
+    live = sum(cpu_seconds(process_tree(p.pid)) for p in procs.children if p.poll() is None)
+    return own_cpu() + live
+
+
+class Foreign:
+    """CPU the rest of the machine used over an interval (other builds or tests skew every number)."""
+
+    def __init__(self, procs):
+        self.procs = procs
+        self.busy0, _ = machine_cpu()
+        self.ours0 = ours_cpu(procs)
+        self.t0 = time.monotonic()
+
+    def share(self):
+        """(CPU-seconds, fraction of the machine) used by other processes since creation."""
+        busy, _ = machine_cpu()
+        cpu = max(0.0, (busy - self.busy0) - (ours_cpu(self.procs) - self.ours0))
+        wall = max(1e-6, time.monotonic() - self.t0)
+        return cpu, cpu / wall / (os.cpu_count() or 1)
+
+
+def wait_quiet(procs, limit_secs, threshold=0.05):
+    """Waits (up to limit_secs) until other processes use under `threshold` of the machine over
+    a 1 s sample. Returns the last sample's share."""
+    deadline = time.monotonic() + limit_secs
+    while True:
+        f = Foreign(procs)
+        time.sleep(1.0)
+        _, share = f.share()
+        if share < threshold or time.monotonic() >= deadline:
+            return share
+        log(f"  machine busy with other work ({share:.0%} of it); waiting ...")
+
+
 # --- the servers -----------------------------------------------------------------------------
 
 
@@ -225,6 +289,7 @@ class Bench:
         self.procs = Procs(tmp)
         self.bin = args.bin_dir
         self.cpus = os.environ.get("BENCH_SERVER_CPUS", "").strip() or None
+        self.load_cpus = os.environ.get("BENCH_LOAD_CPUS", "").strip() or None
         base = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_") and k != "RUST_LOG"}
         base["RUST_LOG"] = "warn"
         self.base_env = base
@@ -238,14 +303,14 @@ class Bench:
         argv = [self.exe("llm-meter"), "mock", "--listen", f"127.0.0.1:{port}"] + MOCK_LIMITS
         if chunk_delay_ms:
             argv += ["--chunk-delay-ms", str(chunk_delay_ms), "--chunks", "2"]
-        p = self.procs.start(name, argv, env=self.base_env)
+        p = self.procs.start(name, argv, env=self.base_env, cpus=self.load_cpus)
         wait_port(port, p, name)
         return p, port
 
     def start_sink(self):
         port = free_port()
         argv = [self.exe("llm-meter-bench-otlp-sink"), "--listen", f"127.0.0.1:{port}", "--threads", "1"]
-        p = self.procs.start("otlp-sink", argv, env=self.base_env)
+        p = self.procs.start("otlp-sink", argv, env=self.base_env, cpus=self.load_cpus)
         wait_port(port, p, "otlp-sink")
         self.sink_port = port
         return p, port
@@ -351,14 +416,15 @@ http {{
 # --- load ------------------------------------------------------------------------------------
 
 
-def oha(oha_bin, port, concurrency, seconds):
-    """One oha run; returns the parsed JSON."""
+def oha(oha_bin, port, concurrency, seconds, cpus=None):
+    """One oha run (under `taskset -c cpus` if given); returns the parsed JSON."""
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     duration = f"{max(1, int(round(seconds * 1000)))}ms"
     argv = [
         oha_bin,
         "--no-tui",
-        "-j",
+        "--output-format",  # oha ≥ 1.5; older ones spelled it -j
+        "json",
         "-z",
         duration,
         "-w",  # let the calls in flight at the deadline finish (not errors)
@@ -374,6 +440,8 @@ def oha(oha_bin, port, concurrency, seconds):
         BODY,
         url,
     ]
+    if cpus:
+        argv = ["taskset", "-c", cpus] + argv
     out = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=seconds + 60)
     if out.returncode != 0:
         raise RuntimeError(f"oha failed ({out.returncode}): {out.stderr.decode(errors='replace')[-2000:]}")
@@ -496,6 +564,14 @@ def stream_memory(bench, arm, streams, chunk_delay_ms):
         if server is not None and server is not mock:
             bench.procs.stop(server)
         bench.procs.stop(mock)
+
+
+def round_order(arms, r):
+    """The arms' order in round r: a shuffle seeded by the round, so that no arm always runs
+    first or always right after the same neighbour, and a rerun uses the same orders."""
+    order = list(arms)
+    random.Random(r).shuffle(order)
+    return order
 
 
 # --- statistics and the table ----------------------------------------------------------------
@@ -635,6 +711,7 @@ def main():
     streams = env_num("BENCH_STREAMS", 200 if quick else 1000, int)
     stream_rounds_n = env_num("BENCH_STREAM_ROUNDS", rounds_n, int)
     chunk_delay_ms = env_num("BENCH_CHUNK_DELAY_MS", 600_000, int)
+    wait_idle = env_num("BENCH_WAIT_IDLE_SECS", 0.0)
     arms = [a.strip() for a in os.environ.get("BENCH_ARMS", ",".join(ALL_ARMS)).split(",") if a.strip()]
     for a in arms:
         if a not in ALL_ARMS:
@@ -659,6 +736,7 @@ def main():
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
     started = time.monotonic()
+    _, steal0 = machine_cpu()
     try:
         log(f"llm-meter proxy benchmark: {rounds_n} round(s), arms {', '.join(arms)}; logs in {tmp}")
         mock, mock_port = bench.start_mock("mock")
@@ -674,21 +752,24 @@ def main():
                 log(f"note: {arm} answered without xproxy_result")
         log(f"warm-up: {warm_secs:g} s at 32 in flight per arm")
         for arm in arms:
-            oha(args.oha, servers[arm][1], 32, warm_secs)
+            oha(args.oha, servers[arm][1], 32, warm_secs, bench.load_cpus)
 
         rounds = []
         for r in range(rounds_n):
-            order = arms[r % len(arms):] + arms[: r % len(arms)]
+            if wait_idle:
+                wait_quiet(bench.procs, wait_idle)
+            foreign = Foreign(bench.procs)
+            order = round_order(arms, r)
             got = {arm: {} for arm in arms}
             for arm in order:
-                ok, bad, _s, p50, p99, errs = summarize(oha(args.oha, servers[arm][1], 1, lat_secs))
+                ok, bad, _s, p50, p99, errs = summarize(oha(args.oha, servers[arm][1], 1, lat_secs, bench.load_cpus))
                 got[arm].update(p50_us=p50 * 1e6, p99_us=p99 * 1e6, errors1=bad)
                 if bad:
                     log(f"round {r + 1} {arm} @1: {bad} errors {errs}")
             for arm in order:
                 pids = process_tree(servers[arm][0].pid)
                 cpu0 = cpu_seconds(pids)
-                ok, bad, secs, *_rest, errs = summarize(oha(args.oha, servers[arm][1], 32, load_secs))
+                ok, bad, secs, *_rest, errs = summarize(oha(args.oha, servers[arm][1], 32, load_secs, bench.load_cpus))
                 cpu1 = cpu_seconds(process_tree(servers[arm][0].pid))
                 got[arm].update(
                     rps32=ok / secs if secs else 0.0,
@@ -699,7 +780,7 @@ def main():
                 if bad:
                     log(f"round {r + 1} {arm} @32: {bad} errors {errs}")
             for arm in order:
-                ok, bad, secs, *_rest, errs = summarize(oha(args.oha, servers[arm][1], 256, load_secs))
+                ok, bad, secs, *_rest, errs = summarize(oha(args.oha, servers[arm][1], 256, load_secs, bench.load_cpus))
                 got[arm].update(rps256=ok / secs if secs else 0.0, errors256=bad)
                 if bad:
                     log(f"round {r + 1} {arm} @256: {bad} errors {errs}")
@@ -707,8 +788,10 @@ def main():
                 got[arm]["added_p50_us"] = got[arm]["p50_us"] - got["direct"]["p50_us"]
                 got[arm]["added_p99_us"] = got[arm]["p99_us"] - got["direct"]["p99_us"]
             rounds.append(got)
+            foreign_cpu, foreign_share = foreign.share()
+            got["_foreign"] = {"cpu_s": foreign_cpu, "share": foreign_share}
             log(
-                f"round {r + 1}/{rounds_n}: "
+                f"round {r + 1}/{rounds_n} (other processes: {foreign_share:.0%} of the machine): "
                 + ", ".join(
                     f"{a} +{got[a]['added_p50_us']:.0f}µs {got[a]['rps32']:,.0f}/s" for a in arms if a != "direct"
                 )
@@ -716,15 +799,20 @@ def main():
 
         streams_rounds = []
         for r in range(stream_rounds_n):
-            order = arms[r % len(arms):] + arms[: r % len(arms)]
+            if wait_idle:
+                wait_quiet(bench.procs, wait_idle)
+            foreign = Foreign(bench.procs)
+            order = round_order(arms, r)
             got = {}
             for arm in order:
                 got[arm] = stream_memory(bench, arm, streams, chunk_delay_ms)
                 if got[arm]["failures"]:
                     log(f"streams round {r + 1} {arm}: {streams - got[arm]['opened']} failed, e.g. {got[arm]['failures'][0]}")
             streams_rounds.append(got)
+            foreign_cpu, foreign_share = foreign.share()
+            got["_foreign"] = {"cpu_s": foreign_cpu, "share": foreign_share}
             log(
-                f"streams round {r + 1}/{stream_rounds_n}: "
+                f"streams round {r + 1}/{stream_rounds_n} (other processes: {foreign_share:.0%}): "
                 + ", ".join(f"{a} {got[a]['per_stream_kib']:.1f} KiB" for a in arms)
             )
 
@@ -743,11 +831,18 @@ def main():
                 ]
 
         elapsed = time.monotonic() - started
+        # Everything stopped and waited for: what the machine did besides this benchmark.
+        bench.procs.stop_all()
+        _, steal1 = machine_cpu()
+        shares = [r["_foreign"]["share"] for r in rounds]
+        stream_shares = [r["_foreign"]["share"] for r in streams_rounds]
+        foreign = sum(r["_foreign"]["cpu_s"] for r in rounds + streams_rounds)
         print()
         print(
             f"llm-meter proxy benchmark — {rounds_n} round(s) × ({lat_secs:g} s @1, {load_secs:g} s @32, "
             f"{load_secs:g} s @256), {stream_rounds_n} stream round(s) × {streams} streams; "
-            f"{os.cpu_count()} CPUs{', servers on CPUs ' + bench.cpus if bench.cpus else ''}; {elapsed:.0f} s"
+            f"{os.cpu_count()} CPUs{', servers under test on CPUs ' + bench.cpus if bench.cpus else ''}"
+            f"{', mock/sink/oha on CPUs ' + bench.load_cpus if bench.load_cpus else ''}; {elapsed:.0f} s"
         )
         print(
             "medians over rounds; added = arm − direct in the same round; ratios are medians of per-round "
@@ -769,6 +864,15 @@ def main():
         for arm, lines in exports.items():
             if lines:
                 print(f"{arm} span export counters: " + "; ".join(lines))
+        print(
+            f"other processes used {foreign:.1f} CPU-s while rounds ran (share of the {os.cpu_count()} CPUs "
+            "per load round: "
+            + ", ".join(f"{x:.0%}" for x in shares)
+            + "; per stream round: "
+            + ", ".join(f"{x:.0%}" for x in stream_shares)
+            + f"); steal {steal1 - steal0:.1f} CPU-s"
+            + ("  <- some rounds skewed by other work" if max(shares + stream_shares + [0]) > 0.05 else "")
+        )
         out = os.environ.get("BENCH_OUT")
         if out:
             with open(out, "w") as f:
