@@ -12,12 +12,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use llm_meter::{names, Annotations, ChatCompletion, Meter, ProviderMeta, RequestFacts, StreamObserver};
+use llm_meter::{
+    names, Annotations, AnthropicMessage, ChatCompletion, Meter, OpenAiResponse, ProviderMeta, RequestFacts,
+    StreamFormat, StreamObserver,
+};
 use llm_meter_proxy::config::Config;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, TestRunner};
 
 use crate::common::{FIXTURE_BODY, FIXTURE_HEADERS, FIXTURE_STREAM};
+
+const ANTHROPIC_BODY: &str = include_str!("../fixtures/anthropic-message.json");
+const ANTHROPIC_STREAM: &str = include_str!("../fixtures/anthropic-message-stream.sse");
+const RESPONSES_BODY: &str = include_str!("../fixtures/openai-response.json");
+const RESPONSES_STREAM: &str = include_str!("../fixtures/openai-response-stream.sse");
 
 const REQUEST: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":false},"max_completion_tokens":64,"temperature":0.2,"top_p":0.9,"stop":["END"],"n":2,"seed":7}"#;
 
@@ -227,9 +235,13 @@ fn response_bodies_never_panic() {
 
 /// A stream cut at `cuts` (positions modulo its length).
 fn observe(bytes: &[u8], cuts: &[usize]) -> String {
+    observe_as(StreamFormat::ChatCompletions, bytes, cuts)
+}
+
+fn observe_as(format: StreamFormat, bytes: &[u8], cuts: &[usize]) -> String {
     let mut positions: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
     positions.sort_unstable();
-    let mut observer = StreamObserver::new(Instant::now());
+    let mut observer = StreamObserver::with_format(Instant::now(), format);
     let mut start = 0;
     for p in positions.into_iter().chain([bytes.len()]) {
         observer.observe_all(&bytes[start..p]);
@@ -251,6 +263,28 @@ fn sse_streams_never_panic_and_are_observed_the_same_however_they_are_cut() {
         prop_assert_eq!(whole, cut);
         Ok(())
     });
+}
+
+#[test]
+fn anthropic_and_responses_bodies_and_streams_never_panic_and_streams_are_cut_invariant() {
+    fuzz("anthropic body", input(ANTHROPIC_BODY), |bytes| {
+        let _ = AnthropicMessage::parse(&bytes);
+        Ok(())
+    });
+    fuzz("responses body", input(RESPONSES_BODY), |bytes| {
+        let _ = OpenAiResponse::parse(&bytes);
+        Ok(())
+    });
+    for (target, format, seed) in [
+        ("anthropic stream", StreamFormat::AnthropicMessages, ANTHROPIC_STREAM),
+        ("responses stream", StreamFormat::Responses, RESPONSES_STREAM),
+    ] {
+        let strategy = (input(seed), proptest::collection::vec(any::<usize>(), 0..12));
+        fuzz(target, strategy, |(bytes, cuts)| {
+            prop_assert_eq!(observe_as(format, &bytes, &[]), observe_as(format, &bytes, &cuts));
+            Ok(())
+        });
+    }
 }
 
 #[test]
@@ -303,4 +337,13 @@ fn seeds_are_valid_inputs() {
     assert!(restored.is_ok(), "{restored:?}");
     let whole = observe(FIXTURE_STREAM.as_bytes(), &[]);
     assert!(whole.contains("Usage {"), "{whole}");
+    assert!(AnthropicMessage::parse(ANTHROPIC_BODY.as_bytes()).is_ok());
+    assert!(OpenAiResponse::parse(RESPONSES_BODY.as_bytes()).is_ok());
+    for (format, seed) in [
+        (StreamFormat::AnthropicMessages, ANTHROPIC_STREAM),
+        (StreamFormat::Responses, RESPONSES_STREAM),
+    ] {
+        let seen = observe_as(format, seed.as_bytes(), &[]);
+        assert!(seen.contains("Usage {") && seen.contains("true"), "{format:?}: {seen}");
+    }
 }
