@@ -214,6 +214,8 @@ pub const METRIC_RATELIMIT_RESET: &str = "llm_meter.ratelimit.reset";
 pub const METRIC_RATELIMIT_RESET_TIME: &str = "llm_meter.ratelimit.reset.timestamp";
 /// Counter: successful calls for which the provider reported no usage, default labels.
 pub const METRIC_USAGE_MISSING: &str = "llm_meter.calls.usage_missing";
+/// Up-down counter: calls started and not yet finished (answered, failed, refused or cancelled).
+pub const METRIC_CALLS_IN_FLIGHT: &str = "llm_meter.calls.in_flight";
 /// Counter: a label value folded into `other` because its label reached its cap.
 pub const METRIC_LABEL_OVERFLOW: &str = "llm_meter.label.overflow";
 /// Counter: spans handed to the exporter pipeline, by `outcome` (exported, failed, dropped).

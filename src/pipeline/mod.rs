@@ -311,6 +311,9 @@ pub struct Call {
     started: Instant,
     /// What admission holds on the call's limits.
     hold: Hold,
+    /// The record is built (set by the one finishing step; a call dropped before it is
+    /// finished as `cancelled` by `Drop`).
+    finished: bool,
 }
 
 impl fmt::Debug for Call {
@@ -427,6 +430,9 @@ impl Meter {
         } else {
             Span::none()
         };
+        if let Some(metrics) = &self.inner.metrics {
+            metrics.call_started();
+        }
         Call {
             meter: self.clone(),
             server,
@@ -437,6 +443,7 @@ impl Meter {
             started_at: SystemTime::now(),
             started: Instant::now(),
             hold: Hold::default(),
+            finished: false,
         }
     }
 
@@ -530,7 +537,7 @@ impl Call {
     }
 
     /// Finishes a call that admission refused: the provider was not called.
-    pub fn refuse(self, refusal: &Refusal) -> CallRecord {
+    pub fn refuse(mut self, refusal: &Refusal) -> CallRecord {
         match refusal {
             Refusal::Blocked(blocked) => self.finish_blocked(blocked.clone()),
             Refusal::LedgerUnavailable(_) => {
@@ -563,7 +570,7 @@ impl Call {
     }
 
     /// Finishes a call that a block limit refused: the provider was not called.
-    pub fn finish_blocked(self, blocked: Vec<String>) -> CallRecord {
+    pub fn finish_blocked(mut self, blocked: Vec<String>) -> CallRecord {
         let mut limits = Vec::new();
         if let Some(ledger) = &self.meter.inner.ledger {
             limits = ledger.settle(self.annotations.limit_ids(), Hold::default(), 0.0);
@@ -596,12 +603,12 @@ impl Call {
     }
 
     /// Finishes a call that got no answer.
-    pub fn fail(self, error: ErrorType) -> CallRecord {
+    pub fn fail(mut self, error: ErrorType) -> CallRecord {
         self.finish(Answer::failed(error), None)
     }
 
     /// Finishes a call from the provider's whole (non-streaming) answer.
-    pub fn finish_body(self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> CallRecord {
+    pub fn finish_body(mut self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> CallRecord {
         let meta = ProviderMeta::from_headers(headers);
         let mut error = status_error(status);
         let (facts, usage) = match ChatCompletion::parse(body) {
@@ -656,7 +663,7 @@ impl Call {
     }
 
     /// Prices the answer, settles it on the ledger and finishes the record.
-    fn finish(self, answer: Answer, stream: Option<&StreamObserver>) -> CallRecord {
+    fn finish(&mut self, answer: Answer, stream: Option<&StreamObserver>) -> CallRecord {
         let model = answer.response.model.as_deref().unwrap_or(&self.request.model);
         let cost = answer.usage.and_then(|u| {
             let tier = answer.response.service_tier.as_deref();
@@ -678,7 +685,8 @@ impl Call {
 
     /// Builds the one [`CallRecord`] of the call and hands it to every sink: span, metrics,
     /// hooks.
-    fn finish_with(mut self, answer: Answer, stream: Option<&StreamObserver>, settled: Settled) -> CallRecord {
+    fn finish_with(&mut self, answer: Answer, stream: Option<&StreamObserver>, settled: Settled) -> CallRecord {
+        self.finished = true;
         let Answer {
             status,
             meta,
@@ -702,10 +710,10 @@ impl Call {
             id: CallId::new(),
             operation: names::OPERATION_CHAT,
             provider: self.meter.inner.provider.clone(),
-            server_address: self.server.address,
+            server_address: self.server.address.clone(),
             server_port: self.server.port,
-            annotations: self.annotations,
-            request: self.request,
+            annotations: std::mem::replace(&mut self.annotations, Annotations::none()),
+            request: std::mem::take(&mut self.request),
             status: status.map(|s| s.as_u16()),
             meta,
             response,
@@ -725,14 +733,26 @@ impl Call {
         record_on_span(&self.span, self.otel.take(), &record);
         if let Some(metrics) = &self.meter.inner.metrics {
             metrics.record(&record);
+            metrics.call_ended();
         }
         for hook in &self.meter.inner.hooks {
             if std::panic::catch_unwind(AssertUnwindSafe(|| hook.on_call(&record))).is_err() {
                 tracing::warn!(target: "llm_meter", "a call hook panicked; the call result is unaffected");
             }
         }
-        drop(self.span);
+        drop(std::mem::replace(&mut self.span, Span::none()));
         record
+    }
+}
+
+impl Drop for Call {
+    /// A call dropped before it finished (the caller's future went away: a client that
+    /// disconnected, a timeout around the call) is finished as `cancelled`: its hold is settled,
+    /// its span ended and its record handed to every sink, once.
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = self.finish(Answer::failed(ErrorType::Cancelled), None);
+        }
     }
 }
 
@@ -858,7 +878,7 @@ impl ChatStream {
     }
 
     fn finish(&mut self, error: Option<ErrorType>) {
-        if let Some((call, meta)) = self.pending.take() {
+        if let Some((mut call, meta)) = self.pending.take() {
             let o = &mut self.observer;
             // A stream dropped after `[DONE]` was not cancelled: it was complete.
             let error = error.filter(|e| !(*e == ErrorType::Cancelled && o.done));

@@ -15,6 +15,7 @@
 //! | `llm_meter.cost.usd` | counter, USD | default labels |
 //! | `llm_meter.calls.unpriced` | counter | default labels |
 //! | `llm_meter.calls.usage_missing` | counter: successful calls with no usage reported | default labels |
+//! | `llm_meter.calls.in_flight` | up-down counter: calls started and not yet finished | none |
 //! | `llm_meter.limit.{spend.usd, max.usd, threshold.usd, state}` | gauges (state: 0 ok, 1 exceeded, 2 overrun, 3 blocked) | `limit.id`, `limit.kind` |
 //! | `llm_meter.limit.reset.timestamp` | gauge, `s` (Unix time the window resets) | `limit.id`, `limit.kind` |
 //! | `llm_meter.limit.blocked` | counter | `limit.id` |
@@ -32,7 +33,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
-use opentelemetry::metrics::{BoundCounter, BoundGauge, BoundHistogram, Counter, Gauge, Histogram, Meter as OtelMeter};
+use opentelemetry::metrics::{
+    BoundCounter, BoundGauge, BoundHistogram, Counter, Gauge, Histogram, Meter as OtelMeter, UpDownCounter,
+};
 use opentelemetry::{Key, KeyValue, StringValue, Value};
 
 use crate::names::*;
@@ -308,6 +311,7 @@ struct Instruments {
     cost: Counter<f64>,
     unpriced: Counter<u64>,
     usage_missing: Counter<u64>,
+    in_flight: UpDownCounter<i64>,
     blocked: Counter<u64>,
     limit_ids: CappedLabel,
     otel_meter: OtelMeter,
@@ -414,6 +418,11 @@ impl Metrics {
                     .u64_counter(METRIC_USAGE_MISSING)
                     .with_description("Successful calls for which the provider reported no usage.")
                     .build(),
+                in_flight: meter
+                    .i64_up_down_counter(METRIC_CALLS_IN_FLIGHT)
+                    .with_unit("{call}")
+                    .with_description("Calls started and not yet finished.")
+                    .build(),
                 blocked: meter
                     .u64_counter(METRIC_LIMIT_BLOCKED)
                     .with_description("Calls refused by a block limit before the provider was called.")
@@ -478,6 +487,16 @@ impl Metrics {
             }
         }
         labels
+    }
+
+    /// Counts a call in on `llm_meter.calls.in_flight` (the pipeline does, when a call starts).
+    pub fn call_started(&self) {
+        self.inner.in_flight.add(1, &[]);
+    }
+
+    /// Counts a call out of `llm_meter.calls.in_flight` (the pipeline does, when it finishes).
+    pub fn call_ended(&self) {
+        self.inner.in_flight.add(-1, &[]);
     }
 
     /// Records one finished call on every instrument it concerns. The instruments of each

@@ -11,6 +11,7 @@ mod receiver;
 mod async_openai_layer;
 mod client_spans;
 mod cost_limits;
+mod disconnect;
 mod exposition;
 mod fuzz;
 mod ledger_parity;
