@@ -241,7 +241,10 @@ async fn three_replicas(admission: AdmissionMode) {
         status.spend - MAX,
         (status.spend - MAX) / max_cost
     );
-    assert!(admitted >= 5 && blocked >= 1, "admitted {admitted}, refused {blocked}");
+    // `spent` refuses only once settled spend reached max: on a slow machine all 300 calls can be
+    // in flight before the first settles, and none is refused. What must hold is the bound
+    // below (overshoot within the calls in flight) and the refusal right after.
+    assert!(admitted >= 5, "admitted {admitted}, refused {blocked}");
     if admission == AdmissionMode::Reserve {
         assert!(
             blocked >= 100,
