@@ -7,13 +7,13 @@ Every server is its own process, on 127.0.0.1, and the load comes from oha in it
   relay          oha -> llm-meter-bench-relay (bare hyper relay) -> mock: the floor
   relay-b        a second relay instance: the A-vs-A arm, i.e. the noise floor of every ratio
   nginx          oha -> nginx (keep-alive upstream, no buffering) -> mock
-  proxy-quiet    llm-meter proxy, no OTLP, OTEL_TRACES_SAMPLER=always_off. The CLI has no switch
-                 for "telemetry off": metrics always go to its Prometheus registry, and spans
-                 are always opened; this is the closest (spans unsampled, nothing exported)
-  proxy-default  llm-meter proxy as it starts with no OTEL_* variables: metrics on, spans built
-                 and sampled (parentbased_always_on), no span exporter
-  proxy-otlp     llm-meter proxy exporting spans (sampler BENCH_SAMPLER, default always_on:
-                 every call) and metrics over OTLP/HTTP (protobuf) to llm-meter-bench-otlp-sink
+  proxy-off      llm-meter proxy, `--telemetry off`: no metrics, no spans (calls are still
+                 parsed, priced and answered with xproxy_result)
+  proxy-metrics  llm-meter proxy as it starts with no OTEL_* variables: metrics on its
+                 Prometheus registry; no spans (nothing would export them)
+  proxy-otlp     llm-meter proxy with metrics and sampled spans exported in batches (sampler
+                 BENCH_SAMPLER, default always_on: every call) over OTLP/HTTP (protobuf) to
+                 llm-meter-bench-otlp-sink
 
 Each round runs every arm (in a shuffled order, seeded by the round) through:
   1. latency: 1 client, sequential calls for BENCH_LATENCY_SECS; p50 and p99 from oha.
@@ -86,8 +86,8 @@ AUTH = "Bearer sk-test"
 # The mock's rate limits, out of the way: the benchmark must never see a 429.
 MOCK_LIMITS = ["--limit-requests", "1000000000000", "--limit-tokens", "1000000000000000"]
 
-ALL_ARMS = ["direct", "relay", "relay-b", "nginx", "proxy-quiet", "proxy-default", "proxy-otlp"]
-PROXY_ARMS = ["proxy-quiet", "proxy-default", "proxy-otlp"]
+ALL_ARMS = ["direct", "relay", "relay-b", "nginx", "proxy-off", "proxy-metrics", "proxy-otlp"]
+PROXY_ARMS = ["proxy-off", "proxy-metrics", "proxy-otlp"]
 
 # DESIGN §8, as ratios to the hyper relay.
 TARGET_LATENCY = 1.25
@@ -392,12 +392,12 @@ http {{
                 f"127.0.0.1:{port}",
                 "--upstream",
                 f"http://127.0.0.1:{upstream_port}/v1",
+                "--telemetry",
+                "off" if arm == "proxy-off" else "auto",
                 "--metrics-listen",
                 f"127.0.0.1:{free_port()}",
             ]
-            if arm == "proxy-quiet":
-                env["OTEL_TRACES_SAMPLER"] = "always_off"
-            elif arm == "proxy-otlp":
+            if arm == "proxy-otlp":
                 env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{self.sink_port}"
                 env["OTEL_EXPORTER_OTLP_PROTOCOL"] = "http/protobuf"
                 env["OTEL_TRACES_SAMPLER"] = os.environ.get("BENCH_SAMPLER", "always_on")

@@ -361,6 +361,7 @@ impl TelemetryBuilder {
                 metrics,
                 stats,
                 otlp: self.otlp_traces.is_some() || self.otlp_metrics.is_some(),
+                spans_exported: self.otlp_traces.is_some() && !sampler_always_off(),
                 _export_counter: export_counter,
             }),
         })
@@ -373,6 +374,11 @@ fn http_endpoint(base: &str, path: &str) -> String {
 }
 
 /// The settings both transports share; the signal's HTTP path is appended to a base endpoint.
+/// `OTEL_TRACES_SAMPLER=always_off`: the SDK's sampler records no span.
+fn sampler_always_off() -> bool {
+    std::env::var("OTEL_TRACES_SAMPLER").is_ok_and(|s| s.trim().eq_ignore_ascii_case("always_off"))
+}
+
 #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
 fn configure<B: opentelemetry_otlp::WithExportConfig>(
     b: B,
@@ -585,6 +591,7 @@ struct TelemetryInner {
     metrics: Metrics,
     stats: Arc<ExportStats>,
     otlp: bool,
+    spans_exported: bool,
     _export_counter: opentelemetry::metrics::ObservableCounter<u64>,
 }
 
@@ -618,6 +625,13 @@ impl Telemetry {
     /// Whether OTLP export is on.
     pub fn otlp_enabled(&self) -> bool {
         self.inner.otlp
+    }
+
+    /// Whether spans go anywhere: OTLP trace export is on and `OTEL_TRACES_SAMPLER` is not
+    /// `always_off`. A server that installs only this crate's subscriber (the proxy) can turn
+    /// spans off when this is false: nothing would read them.
+    pub fn spans_exported(&self) -> bool {
+        self.inner.spans_exported
     }
 
     /// Span export counts (drops included).

@@ -534,7 +534,8 @@ async fn a_config_file_sets_prices_limits_and_model_defaults() {
     ))
     .unwrap();
     let telemetry = llm_meter::Telemetry::builder().without_otlp().build().unwrap();
-    let (proxy, ledger) = llm_meter_proxy::from_config(&config, None, &telemetry).unwrap();
+    let (proxy, ledger) =
+        llm_meter_proxy::from_config(&config, None, &telemetry, llm_meter_proxy::Observation::Full).unwrap();
     let addr = proxy.spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let body = json!({"model": "house-model", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.9});
     let resp: Value = reqwest::Client::new()
@@ -557,4 +558,36 @@ async fn a_config_file_sets_prices_limits_and_model_defaults() {
     assert_eq!(usage["completion_tokens"], 7);
     assert_eq!(resp["xproxy_result"]["limits"]["house"]["state"], "ok");
     assert!((ledger.statuses()[0].spend - want).abs() < 1e-12);
+}
+
+#[tokio::test]
+async fn the_observation_mode_chooses_what_is_recorded() {
+    use llm_meter_proxy::Observation;
+    let mock = MockServer::start(MockConfig::default()).await.unwrap();
+    let config = llm_meter_proxy::config::Config::parse(&format!("upstream = \"{}\"\n", mock.base_url())).unwrap();
+    let calls_metric = llm_meter::names::METRIC_OPERATION_DURATION.replace('.', "_");
+    for (mode, metrics, spans) in [
+        (Observation::Auto, true, false), // no OTLP trace export: nothing would read spans
+        (Observation::Full, true, true),
+        (Observation::Metrics, true, false),
+        (Observation::Off, false, false),
+    ] {
+        let telemetry = llm_meter::Telemetry::builder().without_otlp().build().unwrap();
+        assert!(!telemetry.spans_exported());
+        let (proxy, _) = llm_meter_proxy::from_config(&config, None, &telemetry, mode).unwrap();
+        assert_eq!(proxy.meter().spans_enabled(), spans, "{mode:?}");
+        let addr = proxy.spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let resp = reqwest::Client::new()
+            .post(format!("http://{addr}/v1/chat/completions"))
+            .json(&chat(false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let answer: Value = resp.json().await.unwrap();
+        assert!(answer["xproxy_result"]["cost"].is_object(), "{mode:?}: still priced");
+        let text = llm_meter::prometheus::encode(telemetry.registry().unwrap()).unwrap();
+        let recorded = text.lines().any(|l| l.starts_with(&calls_metric) && !l.starts_with('#'));
+        assert_eq!(recorded, metrics, "{mode:?}: metrics\n{text}");
+    }
 }

@@ -75,6 +75,11 @@ enum Command {
         /// their connections are closed.
         #[arg(long, default_value = "30s", value_parser = duration)]
         grace: Duration,
+        /// What is recorded of each call: `auto` (metrics, plus spans when OTLP trace export is
+        /// on and OTEL_TRACES_SAMPLER is not always_off), `full` (metrics and spans), `metrics`,
+        /// or `off` (calls are still priced, limited and answered with xproxy_result).
+        #[arg(long, value_enum, default_value_t = ObserveArg::Auto)]
+        telemetry: ObserveArg,
     },
     /// Check a configuration file: exits 0 when the proxy would start with it, else 1 naming
     /// the problem.
@@ -131,6 +136,27 @@ struct ProxyArgs {
     config_path: Option<std::path::PathBuf>,
     grace: Duration,
     log_format: LogFormat,
+    observation: llm_meter_proxy::Observation,
+}
+
+/// `--telemetry`: see [`llm_meter_proxy::Observation`].
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ObserveArg {
+    Auto,
+    Full,
+    Metrics,
+    Off,
+}
+
+impl From<ObserveArg> for llm_meter_proxy::Observation {
+    fn from(arg: ObserveArg) -> Self {
+        match arg {
+            ObserveArg::Auto => Self::Auto,
+            ObserveArg::Full => Self::Full,
+            ObserveArg::Metrics => Self::Metrics,
+            ObserveArg::Off => Self::Off,
+        }
+    }
 }
 
 async fn run_proxy(args: ProxyArgs) -> Result<(), BoxError> {
@@ -141,6 +167,7 @@ async fn run_proxy(args: ProxyArgs) -> Result<(), BoxError> {
         config_path,
         grace,
         log_format,
+        observation,
     } = args;
     let config = match &config_path {
         Some(path) => Config::from_file(path)?,
@@ -158,7 +185,7 @@ async fn run_proxy(args: ProxyArgs) -> Result<(), BoxError> {
         .labels(config.label_policy())
         .build()?
         .install_with_logs(log_format)?;
-    let (proxy, ledger) = llm_meter_proxy::from_config(&config, upstream.as_deref(), &telemetry)?;
+    let (proxy, ledger) = llm_meter_proxy::from_config(&config, upstream.as_deref(), &telemetry, observation)?;
     let upstream = config.proxy_settings(upstream.as_deref())?.upstream;
     // Listen for SIGINT and SIGTERM before announcing the address, so no signal is missed.
     let mut stop = Stop::new()?;
@@ -311,6 +338,7 @@ fn main() -> ExitCode {
                 metrics_listen,
                 config,
                 grace,
+                telemetry,
             } => {
                 run_proxy(ProxyArgs {
                     listen,
@@ -319,6 +347,7 @@ fn main() -> ExitCode {
                     config_path: config,
                     grace,
                     log_format,
+                    observation: telemetry.into(),
                 })
                 .await
             }

@@ -189,17 +189,51 @@ impl Proxy {
     }
 }
 
+/// What the proxy records of each call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Observation {
+    /// Metrics, plus spans when they go somewhere ([`llm_meter::Telemetry::spans_exported`]:
+    /// OTLP trace export on and a sampler that can record). The default.
+    #[default]
+    Auto,
+    /// Metrics and spans, exported or not.
+    Full,
+    /// Metrics only.
+    Metrics,
+    /// Nothing: calls are still priced, limited and answered with `xproxy_result`.
+    Off,
+}
+
+impl Observation {
+    fn metrics(self) -> bool {
+        self != Observation::Off
+    }
+    fn spans(self, telemetry: &llm_meter::Telemetry) -> bool {
+        match self {
+            Observation::Auto => telemetry.spans_exported(),
+            Observation::Full => true,
+            Observation::Metrics | Observation::Off => false,
+        }
+    }
+}
+
 /// A proxy assembled from a configuration file: prices, limits (on the Redis ledger when
 /// `[ledger] redis` is set, else in memory restored from its snapshot), model defaults and label
-/// policy, observing into `telemetry`'s metrics. Call it inside a tokio runtime.
+/// policy, observing into `telemetry` as `observation` says. Call it inside a tokio runtime.
 pub fn from_config(
     config: &crate::config::Config,
     upstream: Option<&str>,
     telemetry: &llm_meter::Telemetry,
+    observation: Observation,
 ) -> Result<(Proxy, crate::config::ConfiguredLedger), Box<dyn std::error::Error + Send + Sync>> {
     let ledger = config.shared_ledger()?;
-    let mut meter = telemetry
-        .meter_builder()
+    let meter = if observation.metrics() {
+        telemetry.meter_builder()
+    } else {
+        Meter::builder()
+    };
+    let mut meter = meter
+        .spans(observation.spans(telemetry))
         .prices(config.prices()?)
         .ledger(ledger.shared());
     for (model, defaults) in config.model_defaults_json() {
