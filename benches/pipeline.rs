@@ -3,8 +3,9 @@
 //! Arms, interleaved in every round (DESIGN §8 method): the same work a bare caller does
 //! (serialize the request, parse the response into `serde_json::Value`), then that work plus
 //! llm-meter's pipeline (prepare, span, headers, body, record, hooks) with spans disabled (no
-//! subscriber), with a tracing-opentelemetry subscriber exporting to a null exporter, and the
-//! per-chunk cost of the SSE observer. A second bare arm is the noise floor. Reports medians of
+//! subscriber), with a tracing-opentelemetry subscriber exporting to a null exporter, with spans
+//! built on the tracer directly (what a meter from `Telemetry` does) exporting to the same null
+//! exporter, and the per-chunk cost of the SSE observer. A second bare arm is the noise floor. Reports medians of
 //! per-round differences (ns per call) and allocation counts.
 //!
 //! Run: `cargo bench --bench pipeline` (results go to bench/RESULTS.md by hand). Under
@@ -144,6 +145,8 @@ const RECORDED_ALLOCS_NO_SUBSCRIBER: f64 = 10.0;
 const RECORDED_ALLOCS_TELEMETRY_OFF: f64 = 10.0;
 /// Added per call, tracing-opentelemetry subscriber, sampled.
 const RECORDED_ALLOCS_OTEL: f64 = 45.0;
+/// Added per call, spans on the tracer directly, sampled.
+const RECORDED_ALLOCS_DIRECT: f64 = 45.0;
 /// Per chunk, the whole fixture stream (first-chunk fields included).
 const RECORDED_ALLOCS_PER_STREAM_CHUNK: f64 = 0.64;
 
@@ -178,6 +181,7 @@ fn main() {
     let otel =
         tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(provider.tracer("bench")));
     let otel = tracing::Dispatch::new(otel);
+    let direct = Meter::builder().tracer(provider.tracer("bench")).build().unwrap();
 
     tracing::dispatcher::with_default(&otel, || {
         let facts = meter.prepare(serde_json::to_vec(&req).unwrap(), None).unwrap().facts;
@@ -187,9 +191,10 @@ fn main() {
     let chunks: Vec<&[u8]> = STREAM.split_inclusive("\n\n").map(str::as_bytes).collect();
     let stream_bytes: usize = chunks.iter().map(|c| c.len()).sum();
 
-    let (mut noise, mut off, mut quiet_d, mut on, mut per_chunk) = (vec![], vec![], vec![], vec![], vec![]);
-    let (mut allocs_bare, mut allocs_off, mut allocs_quiet, mut allocs_on, mut allocs_chunk) =
-        (0.0, 0.0, 0.0, 0.0, 0.0);
+    let (mut noise, mut off, mut quiet_d, mut on, mut direct_d, mut per_chunk) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut allocs_bare, mut allocs_off, mut allocs_quiet, mut allocs_on, mut allocs_direct, mut allocs_chunk) =
+        (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
     let mut bare_ns = vec![];
     for _ in 0..rounds {
         let (b1, ab) = per_call(iters, || bare(&req, body));
@@ -198,6 +203,7 @@ fn main() {
         let (m_on, a_on) = tracing::dispatcher::with_default(&otel, || {
             per_call(iters, || metered(&meter, &server, &annotations, &h, &req, body))
         });
+        let (m_direct, a_direct) = per_call(iters, || metered(&direct, &server, &annotations, &h, &req, body));
         let (b2, _) = per_call(iters, || bare(&req, body));
         let (stream_ns, a_stream) = per_call(iters / 4, || {
             let mut o = StreamObserver::new(Instant::now());
@@ -212,9 +218,23 @@ fn main() {
         off.push(m_off - base);
         quiet_d.push(m_quiet - base);
         on.push(m_on - base);
+        direct_d.push(m_direct - base);
         per_chunk.push(stream_ns / chunks.len() as f64);
-        (allocs_bare, allocs_off, allocs_quiet, allocs_on, allocs_chunk) =
-            (ab, a_off - ab, a_quiet - ab, a_on - ab, a_stream / chunks.len() as f64);
+        (
+            allocs_bare,
+            allocs_off,
+            allocs_quiet,
+            allocs_on,
+            allocs_direct,
+            allocs_chunk,
+        ) = (
+            ab,
+            a_off - ab,
+            a_quiet - ab,
+            a_on - ab,
+            a_direct - ab,
+            a_stream / chunks.len() as f64,
+        );
     }
     // Allocation cost per chunk once warm: feed a long stream through one observer.
     let mut o = StreamObserver::new(Instant::now());
@@ -258,6 +278,10 @@ fn main() {
         median(on)
     );
     println!(
+        "  added, spans on the tracer directly (sampled):       {:>+8.0} ns/call, {allocs_direct:+.0} allocs",
+        median(direct_d)
+    );
+    println!(
         "  SSE observer: {:.0} ns/chunk ({} chunks, {stream_bytes} bytes per stream), {allocs_chunk:.2} allocs/chunk incl. first-chunk fields, {warm_chunk_allocs:.3} allocs/chunk warm",
         median(per_chunk),
         chunks.len()
@@ -273,7 +297,7 @@ fn main() {
     // bench/RESULTS.md records. Per-call figures are averages over a round; the rounding
     // margin (half an allocation) absorbs a round's one-off allocations.
     println!(
-        "  allocation counts: {allocs_off:+.3} / {allocs_quiet:+.3} / {allocs_on:+.3} per call, {allocs_chunk:.3} per stream chunk, {warm_chunk_allocs:.3} per warm chunk"
+        "  allocation counts: {allocs_off:+.3} / {allocs_quiet:+.3} / {allocs_on:+.3} / {allocs_direct:+.3} per call, {allocs_chunk:.3} per stream chunk, {warm_chunk_allocs:.3} per warm chunk"
     );
     let within = |what: &str, measured: f64, recorded: f64| {
         assert!(
@@ -292,6 +316,7 @@ fn main() {
         RECORDED_ALLOCS_TELEMETRY_OFF,
     );
     within("added per call, tracing-opentelemetry", allocs_on, RECORDED_ALLOCS_OTEL);
+    within("added per call, tracer directly", allocs_direct, RECORDED_ALLOCS_DIRECT);
     let per_stream = allocs_chunk * chunks.len() as f64;
     let recorded_per_stream = (RECORDED_ALLOCS_PER_STREAM_CHUNK * chunks.len() as f64).round();
     assert!(

@@ -44,7 +44,7 @@ pub use sinks::metrics::{LabelPolicy, Metrics, DURATION_BUCKETS, LEDGER_BUCKETS,
 /// The Prometheus `/metrics` endpoint: encoding a registry, an axum router, a listener.
 #[cfg(feature = "prometheus")]
 pub use sinks::prometheus;
-pub use sinks::span::extract_trace_context;
+pub use sinks::span::{extract_trace_context, ServerSpan};
 
 pub use pipeline::{Call, ChatStream, Meter, MeterBuilder, Prepared, Server, StreamUsage};
 

@@ -29,6 +29,7 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use http::{HeaderMap, StatusCode};
+use opentelemetry_sdk::trace::SdkTracer;
 use serde_json::{Map, Value};
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -43,7 +44,9 @@ use crate::record::{
     BuildError, CallError, CallHook, CallId, CallRecord, ErrorType, RequestFacts, StreamOptions, Timings,
 };
 use crate::sinks::metrics::Metrics;
-use crate::sinks::span::{record_on_span, start_chat_span, start_server_span, write_trace_context};
+use crate::sinks::span::{
+    start_chat_span, start_chat_span_on, start_server_span, start_server_span_on, CallSpan, ServerSpan,
+};
 
 /// What the client does about usage on streams whose request did not ask for it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -70,6 +73,7 @@ struct MeterInner {
     propagate: bool,
     stream_usage: StreamUsage,
     spans: bool,
+    tracer: Option<SdkTracer>,
     defaults: HashMap<String, Map<String, Value>>,
     metrics: Option<Metrics>,
     hooks: Vec<Arc<dyn CallHook>>,
@@ -104,6 +108,7 @@ pub struct MeterBuilder {
     propagate: bool,
     stream_usage: StreamUsage,
     spans: bool,
+    tracer: Option<SdkTracer>,
     defaults: HashMap<String, Value>,
     metrics: Option<Metrics>,
     hooks: Vec<Arc<dyn CallHook>>,
@@ -120,6 +125,7 @@ impl Default for MeterBuilder {
             propagate: true,
             stream_usage: StreamUsage::default(),
             spans: true,
+            tracer: None,
             defaults: HashMap::new(),
             metrics: None,
             hooks: Vec::new(),
@@ -147,9 +153,18 @@ impl MeterBuilder {
         self.stream_usage = policy;
         self
     }
-    /// Open `tracing` spans (default on). Hooks still see every record when off.
+    /// Open spans (default on). Hooks still see every record when off.
     pub fn spans(mut self, on: bool) -> Self {
         self.spans = on;
+        self
+    }
+    /// Builds spans on this OpenTelemetry tracer directly instead of through `tracing` (what
+    /// [`Telemetry::meter_builder`](crate::Telemetry::meter_builder) does): leaner, the same
+    /// span data. The call's span is then not a `tracing` span ([`Call::span`] is disabled);
+    /// its parent is the caller's current `tracing` span's OpenTelemetry context, or the
+    /// server span of a server door.
+    pub fn tracer(mut self, tracer: SdkTracer) -> Self {
+        self.tracer = Some(tracer);
         self
     }
     /// Request defaults for `model`: each field is added to a request for that model only when
@@ -214,6 +229,7 @@ impl MeterBuilder {
                 propagate: self.propagate,
                 stream_usage: self.stream_usage,
                 spans: self.spans,
+                tracer: self.tracer,
                 defaults,
                 metrics: self.metrics.clone(),
                 hooks: self.hooks,
@@ -232,9 +248,10 @@ impl MeterBuilder {
 }
 
 impl crate::sinks::export::Telemetry {
-    /// A meter builder already wired to these metrics.
+    /// A meter builder already wired to these metrics and building its spans on this
+    /// telemetry's tracer.
     pub fn meter_builder(&self) -> MeterBuilder {
-        Meter::builder().metrics(self.metrics())
+        Meter::builder().metrics(self.metrics()).tracer(self.tracer())
     }
 }
 
@@ -302,9 +319,7 @@ impl Answer {
 pub struct Call {
     meter: Meter,
     server: Server,
-    span: Span,
-    /// The OpenTelemetry context of `span`, once looked up.
-    otel: Option<opentelemetry::Context>,
+    span: CallSpan,
     annotations: Annotations,
     request: RequestFacts,
     started_at: SystemTime,
@@ -414,21 +429,44 @@ impl Meter {
     /// (saves entering a span on every poll of the caller's future).
     pub fn start_under(
         &self,
-        parent: Option<&Span>,
+        parent: Option<&ServerSpan>,
         server: Server,
         annotations: &Annotations,
         request: RequestFacts,
     ) -> Call {
-        let span = if self.inner.spans {
-            start_chat_span(
-                &request.model,
-                &self.inner.provider,
-                &server.address,
-                annotations,
-                parent,
-            )
-        } else {
-            Span::none()
+        let m = &self.inner;
+        let span = match (m.spans, &m.tracer) {
+            (false, _) => CallSpan::Off,
+            (true, Some(tracer)) => {
+                let caller;
+                let parent = match parent {
+                    Some(ServerSpan::Otel(cx)) => cx,
+                    Some(ServerSpan::Tracing(span)) => {
+                        caller = span.context();
+                        &caller
+                    }
+                    None => {
+                        caller = Span::current().context();
+                        &caller
+                    }
+                };
+                CallSpan::Otel(start_chat_span_on(
+                    tracer,
+                    &request.model,
+                    &m.provider,
+                    &server.address,
+                    annotations,
+                    parent,
+                ))
+            }
+            (true, None) => {
+                let parent = match parent {
+                    Some(ServerSpan::Tracing(span)) => Some(span),
+                    Some(ServerSpan::Otel(_)) | None => None,
+                };
+                let span = start_chat_span(&request.model, &m.provider, &server.address, annotations, parent);
+                CallSpan::Tracing(span, None)
+            }
         };
         if let Some(metrics) = &self.inner.metrics {
             metrics.call_started();
@@ -437,7 +475,6 @@ impl Meter {
             meter: self.clone(),
             server,
             span,
-            otel: None,
             annotations: annotations.clone(),
             request,
             started_at: SystemTime::now(),
@@ -449,8 +486,12 @@ impl Meter {
 
     /// The server span of one request a server door (the proxy) serves, continuing the
     /// caller's trace; `None` when spans are off. Pass it to [`Self::start_under`].
-    pub fn server_span(&self, method: &str, route: &str, headers: &HeaderMap) -> Option<Span> {
-        self.inner.spans.then(|| start_server_span(method, route, headers))
+    pub fn server_span(&self, method: &str, route: &str, headers: &HeaderMap) -> Option<ServerSpan> {
+        let m = &self.inner;
+        m.spans.then(|| match &m.tracer {
+            Some(tracer) => ServerSpan::Otel(start_server_span_on(tracer, method, route, headers)),
+            None => ServerSpan::Tracing(start_server_span(method, route, headers)),
+        })
     }
 
     /// Whether calls open spans.
@@ -589,16 +630,15 @@ impl Call {
         self.finish_with(answer, None, settled)
     }
 
-    /// The call's span (disabled when spans are off).
+    /// The call's `tracing` span (disabled when spans are off or built on a tracer directly).
     pub fn span(&self) -> &Span {
-        &self.span
+        self.span.tracing()
     }
 
     /// Adds W3C trace context headers for the provider, when enabled.
     pub fn inject_trace_context(&mut self, headers: &mut HeaderMap) {
-        if self.meter.inner.propagate && !self.span.is_disabled() {
-            let cx = self.otel.get_or_insert_with(|| self.span.context());
-            write_trace_context(cx, headers);
+        if self.meter.inner.propagate {
+            self.span.write_trace_context(headers);
         }
     }
 
@@ -730,7 +770,7 @@ impl Call {
             limits: settled.limits,
             blocked_limit_ids: settled.blocked_limit_ids,
         };
-        record_on_span(&self.span, self.otel.take(), &record);
+        std::mem::replace(&mut self.span, CallSpan::Off).finish(&record);
         if let Some(metrics) = &self.meter.inner.metrics {
             metrics.record(&record);
             metrics.call_ended();
@@ -740,7 +780,6 @@ impl Call {
                 tracing::warn!(target: "llm_meter", "a call hook panicked; the call result is unaffected");
             }
         }
-        drop(std::mem::replace(&mut self.span, Span::none()));
         record
     }
 }

@@ -611,6 +611,11 @@ impl Telemetry {
         &self.inner.tracer_provider
     }
 
+    /// A tracer on this telemetry's provider, under llm-meter's instrumentation scope.
+    pub fn tracer(&self) -> opentelemetry_sdk::trace::SdkTracer {
+        self.inner.tracer_provider.tracer_with_scope(scope())
+    }
+
     /// The meter provider (Prometheus and OTLP readers).
     pub fn meter_provider(&self) -> &SdkMeterProvider {
         &self.inner.meter_provider
@@ -647,7 +652,7 @@ impl Telemetry {
         S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
     {
         tracing_opentelemetry::layer()
-            .with_tracer(self.inner.tracer_provider.tracer_with_scope(scope()))
+            .with_tracer(self.tracer())
             .with_tracked_inactivity(false)
             .with_threads(false)
             .with_location(false)

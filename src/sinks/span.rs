@@ -1,14 +1,22 @@
 //! The `chat {model}` span: opened when a call starts, filled in one pass from the finished
 //! [`CallRecord`], closed when the call (or stream) ends.
 //!
-//! Scalar attributes known at the start are `tracing` fields (visible to any subscriber); the
-//! rest, including the arrays (`gen_ai.response.finish_reasons`, `limit.ids`, `request.tags`),
-//! are set through [`OpenTelemetrySpanExt::set_attribute`], since `tracing` fields cannot hold
-//! arrays. Spans are recorded under the `llm_meter` target at `INFO` level.
+//! A span takes one of two routes. Through `tracing` (the default, for a meter without its own
+//! tracer): scalar attributes known at the start are `tracing` fields (visible to any
+//! subscriber); the rest, including the arrays (`gen_ai.response.finish_reasons`, `limit.ids`,
+//! `request.tags`), are set on the OpenTelemetry span behind it, since `tracing` fields cannot
+//! hold arrays; spans are recorded under the `llm_meter` target at `INFO` level. Or straight on
+//! an OpenTelemetry tracer (a meter built from [`Telemetry`](crate::Telemetry), or given
+//! [`MeterBuilder::tracer`](crate::MeterBuilder::tracer)): the same name, kind, attributes and
+//! status, without a `tracing` span in between; the sampler decides when the span starts, and
+//! an unsampled span costs next to nothing.
+
+use std::sync::LazyLock;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use opentelemetry::trace::TraceContextExt;
+use opentelemetry::trace::{Span as _, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _};
 use opentelemetry::{Array, KeyValue, StringValue, Value};
+use opentelemetry_sdk::trace::{SdkTracer, Span as OtelSpan};
 use tracing::field::Empty;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -68,12 +76,125 @@ pub fn start_server_span(method: &str, route: &str, headers: &HeaderMap) -> Span
     span
 }
 
-/// Writes W3C `traceparent` (and `tracestate`, when not empty) for the span in `cx`: the same
+/// The server span of one request on `tracer` directly: [`start_server_span`]'s name, kind and
+/// attributes, as the context that holds it (the span ends when its last clone is dropped).
+pub fn start_server_span_on(
+    tracer: &SdkTracer,
+    method: &str,
+    route: &str,
+    headers: &HeaderMap,
+) -> opentelemetry::Context {
+    let parent = extract_trace_context(headers).unwrap_or_default();
+    let span = tracer
+        .span_builder(format!("{method} {route}"))
+        .with_kind(SpanKind::Server)
+        .with_attributes([
+            KeyValue::new(HTTP_REQUEST_METHOD, method.to_owned()),
+            KeyValue::new(HTTP_ROUTE, route.to_owned()),
+        ])
+        .start_with_context(tracer, &parent);
+    parent.with_span(span)
+}
+
+/// The chat span of a call on `tracer` directly, under `parent`: [`start_chat_span`]'s name,
+/// kind and opening attributes.
+pub fn start_chat_span_on(
+    tracer: &SdkTracer,
+    model: &str,
+    provider: &str,
+    server_address: &str,
+    annotations: &Annotations,
+    parent: &opentelemetry::Context,
+) -> OtelSpan {
+    let mut opening = Vec::with_capacity(5);
+    opening.push(KeyValue::new(GEN_AI_OPERATION_NAME, OPERATION_CHAT));
+    opening.push(KeyValue::new(GEN_AI_PROVIDER_NAME, provider.to_owned()));
+    opening.push(KeyValue::new(GEN_AI_REQUEST_MODEL, model.to_owned()));
+    opening.push(KeyValue::new(SERVER_ADDRESS, server_address.to_owned()));
+    if let Some(use_case) = annotations.use_case_name() {
+        opening.push(KeyValue::new(USE_CASE_NAME, use_case.to_owned()));
+    }
+    tracer
+        .span_builder(format!("{OPERATION_CHAT} {model}"))
+        .with_kind(SpanKind::Client)
+        .with_attributes(opening)
+        .start_with_context(tracer, parent)
+}
+
+/// A call's span, on whichever route the meter sends spans.
+#[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per call, held in place for its life; boxing would add an allocation per call"
+)]
+pub enum CallSpan {
+    /// Spans are off.
+    Off,
+    /// A `tracing` span (exported by the subscriber's OpenTelemetry layer, if it has one), and
+    /// its OpenTelemetry context once looked up.
+    Tracing(Span, Option<opentelemetry::Context>),
+    /// An OpenTelemetry span on the meter's tracer.
+    Otel(OtelSpan),
+}
+
+/// The parent a server door gives its calls' spans (see [`crate::Meter::server_span`]).
+#[derive(Clone, Debug)]
+pub enum ServerSpan {
+    /// A `tracing` span.
+    Tracing(Span),
+    /// An OpenTelemetry context holding the server span.
+    Otel(opentelemetry::Context),
+}
+
+static NO_SPAN: LazyLock<Span> = LazyLock::new(Span::none);
+
+impl CallSpan {
+    /// The `tracing` span of the call (a disabled one unless spans go through `tracing`).
+    pub fn tracing(&self) -> &Span {
+        match self {
+            CallSpan::Tracing(span, _) => span,
+            CallSpan::Off | CallSpan::Otel(_) => &NO_SPAN,
+        }
+    }
+
+    /// W3C trace context for the provider, when the call has a valid span.
+    pub fn write_trace_context(&mut self, headers: &mut HeaderMap) {
+        match self {
+            CallSpan::Off => {}
+            CallSpan::Tracing(span, cx) => {
+                if !span.is_disabled() {
+                    let cx = cx.get_or_insert_with(|| span.context());
+                    write_trace_context(cx.span().span_context(), headers);
+                }
+            }
+            CallSpan::Otel(span) => write_trace_context(span.span_context(), headers),
+        }
+    }
+
+    /// Writes everything the record holds onto the span and ends it.
+    pub fn finish(self, r: &CallRecord) {
+        match self {
+            CallSpan::Off => {}
+            CallSpan::Tracing(span, cx) => record_on_span(&span, cx, r),
+            CallSpan::Otel(mut span) => {
+                if span.is_recording() {
+                    let mut all = attributes(r);
+                    if let Some(e) = r.error {
+                        all.push(KeyValue::new(ERROR_TYPE, e.as_str()));
+                        span.set_status(Status::error(""));
+                    }
+                    span.set_attributes(all);
+                }
+                span.end();
+            }
+        }
+    }
+}
+
+/// Writes W3C `traceparent` (and `tracestate`, when not empty) for the span `sc`: the same
 /// header `TraceContextPropagator` writes, formatted directly into the header value.
-pub fn write_trace_context(cx: &opentelemetry::Context, headers: &mut HeaderMap) {
+pub fn write_trace_context(sc: &SpanContext, headers: &mut HeaderMap) {
     use std::fmt::Write as _;
-    let span = cx.span();
-    let sc = span.span_context();
     if !sc.is_valid() {
         return;
     }

@@ -41,6 +41,32 @@ fn client(base: &str) -> Client {
     Client::builder().base_url(base).api_key(SECRET).build().unwrap()
 }
 
+/// The two routes a meter's spans take: through `tracing` (a meter without a tracer) and
+/// straight onto an OpenTelemetry tracer (a meter from `Telemetry`). Both must give the same
+/// span data.
+#[derive(Clone, Copy, Debug)]
+enum Route {
+    Tracing,
+    Tracer,
+}
+const ROUTES: [Route; 2] = [Route::Tracing, Route::Tracer];
+
+fn meter_on(route: Route, capture: &SpanCapture) -> Meter {
+    match route {
+        Route::Tracing => Meter::default(),
+        Route::Tracer => Meter::builder().tracer(capture.tracer()).build().unwrap(),
+    }
+}
+
+fn client_on(base: &str, route: Route, capture: &SpanCapture) -> Client {
+    Client::builder()
+        .base_url(base)
+        .api_key(SECRET)
+        .meter(meter_on(route, capture))
+        .build()
+        .unwrap()
+}
+
 fn annotation_attrs() -> Vec<(&'static str, Value)> {
     vec![
         ("use_case.name", s("support.triage")),
@@ -115,23 +141,25 @@ fn assert_attrs(span: &llm_meter::opentelemetry_sdk::trace::SpanData, expected: 
 #[tokio::test]
 async fn non_streaming_fixture_call_has_the_exact_attribute_set() {
     let server = FixtureServer::start(Canned::json(StatusCode::OK, fixture_headers(), FIXTURE_BODY)).await;
-    let capture = capture_spans();
-    let resp = client(&server.base_url())
-        .chat(&body(false), &annotations())
-        .await
-        .unwrap();
-    assert_eq!(
-        resp.body(),
-        FIXTURE_BODY.as_bytes(),
-        "body reaches the caller byte for byte"
-    );
+    for route in ROUTES {
+        let capture = capture_spans();
+        let resp = client_on(&server.base_url(), route, &capture)
+            .chat(&body(false), &annotations())
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.body(),
+            FIXTURE_BODY.as_bytes(),
+            "body reaches the caller byte for byte"
+        );
 
-    let span = capture.chat_span();
-    assert_eq!(span.name, "chat gpt-4o");
-    assert_eq!(span.span_kind, SpanKind::Client);
-    assert_eq!(span.status, Status::Unset);
-    let want = fixture_call_attrs(server.addr.port(), false);
-    assert_attrs(&span, want);
+        let span = capture.chat_span();
+        assert_eq!(span.name, "chat gpt-4o", "{route:?}");
+        assert_eq!(span.span_kind, SpanKind::Client, "{route:?}");
+        assert_eq!(span.status, Status::Unset, "{route:?}");
+        let want = fixture_call_attrs(server.addr.port(), false);
+        assert_attrs(&span, want);
+    }
 }
 
 #[tokio::test]
@@ -141,8 +169,14 @@ async fn streaming_call_span_covers_the_stream_with_usage_and_chunk_timings() {
         .map(|p| bytes::Bytes::copy_from_slice(p.as_bytes()))
         .collect();
     let server = FixtureServer::start(Canned::sse(fixture_headers(), pieces, Duration::from_millis(2))).await;
+    for route in ROUTES {
+        streaming_call_on(&server, route).await;
+    }
+}
+
+async fn streaming_call_on(server: &FixtureServer, route: Route) {
     let capture = capture_spans();
-    let mut stream = client(&server.base_url())
+    let mut stream = client_on(&server.base_url(), route, &capture)
         .chat_stream(&body(true), &annotations())
         .await
         .unwrap();
@@ -207,10 +241,23 @@ async fn provider_error_keeps_its_body_and_marks_the_span() {
 }
 
 async fn error_type_of(mock_error: &str, stream: bool, client_timeout: Option<Duration>) -> (ErrorType, Status) {
+    let (kind, status) = error_type_on(Route::Tracing, mock_error, stream, client_timeout).await;
+    let direct = error_type_on(Route::Tracer, mock_error, stream, client_timeout).await;
+    assert_eq!((kind, &status), (direct.0, &direct.1), "both span routes agree");
+    (kind, status)
+}
+
+async fn error_type_on(
+    route: Route,
+    mock_error: &str,
+    stream: bool,
+    client_timeout: Option<Duration>,
+) -> (ErrorType, Status) {
     let mock = MockServer::start(MockConfig::default()).await.unwrap();
     let capture = capture_spans();
     let mut b = Client::builder()
         .base_url(mock.base_url())
+        .meter(meter_on(route, &capture))
         .default_header("x-mock-error".parse().unwrap(), mock_error.parse().unwrap());
     if let Some(t) = client_timeout {
         b = b.timeout(Some(t)).read_timeout(Some(t));
@@ -302,28 +349,31 @@ async fn span_nests_under_the_callers_span_and_trace_context_reaches_the_provide
     use tracing::Instrument;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
     let server = FixtureServer::start(Canned::json(StatusCode::OK, HeaderMap::new(), FIXTURE_BODY)).await;
-    let capture = capture_spans();
-    let parent = tracing::info_span!("handle_ticket");
-    let c = client(&server.base_url());
-    c.chat(&body(false), &annotations())
-        .instrument(parent.clone())
-        .await
-        .unwrap();
-    let parent_ctx = parent.context();
-    drop(parent);
-    let spans = capture.spans();
-    let chat = spans.iter().find(|s| s.name == "chat gpt-4o").unwrap();
-    let parent = spans.iter().find(|s| s.name == "handle_ticket").unwrap();
-    assert_eq!(chat.parent_span_id, parent.span_context.span_id());
-    assert_eq!(chat.span_context.trace_id(), parent.span_context.trace_id());
-    let _ = parent_ctx;
+    for route in ROUTES {
+        let capture = capture_spans();
+        let parent = tracing::info_span!("handle_ticket");
+        let c = client_on(&server.base_url(), route, &capture);
+        c.chat(&body(false), &annotations())
+            .instrument(parent.clone())
+            .await
+            .unwrap();
+        let parent_ctx = parent.context();
+        drop(parent);
+        let spans = capture.spans();
+        let chat = spans.iter().find(|s| s.name == "chat gpt-4o").unwrap();
+        let parent = spans.iter().find(|s| s.name == "handle_ticket").unwrap();
+        assert_eq!(chat.parent_span_id, parent.span_context.span_id(), "{route:?}");
+        assert_eq!(chat.span_context.trace_id(), parent.span_context.trace_id());
+        let _ = parent_ctx;
 
-    let (headers, _) = server.last_request();
-    let traceparent = headers["traceparent"].to_str().unwrap().to_owned();
-    assert_eq!(
-        traceparent,
-        format!("00-{}-{}-01", chat.span_context.trace_id(), chat.span_context.span_id())
-    );
+        let (headers, _) = server.last_request();
+        let traceparent = headers["traceparent"].to_str().unwrap().to_owned();
+        assert_eq!(
+            traceparent,
+            format!("00-{}-{}-01", chat.span_context.trace_id(), chat.span_context.span_id()),
+            "{route:?}"
+        );
+    }
 
     let off = Client::builder()
         .base_url(server.base_url())

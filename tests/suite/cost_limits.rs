@@ -44,12 +44,12 @@ async fn cost_matches_hand_computed_prices_streaming_and_not() {
     .await
     .unwrap();
     let t = Telemetry::builder().without_otlp().build().unwrap();
+    let capture = capture_spans();
     let client = Client::builder()
         .base_url(mock.base_url())
-        .meter(t.meter_builder().build().unwrap())
+        .meter(t.meter_builder().tracer(capture.tracer()).build().unwrap())
         .build()
         .unwrap();
-    let capture = capture_spans();
     let a = Annotations::builder().use_case_name("cost").build().unwrap();
 
     let r = client.chat(&body("gpt-4o-mini", false), &a).await.unwrap();
@@ -90,12 +90,12 @@ async fn cost_matches_hand_computed_prices_streaming_and_not() {
 async fn unpriced_models_get_no_invented_cost() {
     let mock = MockServer::start(MockConfig::default()).await.unwrap();
     let t = Telemetry::builder().without_otlp().build().unwrap();
+    let capture = capture_spans();
     let client = Client::builder()
         .base_url(mock.base_url())
-        .meter(t.meter_builder().build().unwrap())
+        .meter(t.meter_builder().tracer(capture.tracer()).build().unwrap())
         .build()
         .unwrap();
-    let capture = capture_spans();
     let r = client
         .chat(&body("my-finetune-v3", false), &Annotations::none())
         .await

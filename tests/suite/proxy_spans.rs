@@ -16,12 +16,16 @@ use llm_meter_proxy::{Proxy, ProxySettings};
 use serde_json::json;
 
 async fn proxy(upstream: String, timeout: Duration) -> String {
+    proxy_with(upstream, timeout, Meter::default()).await
+}
+
+async fn proxy_with(upstream: String, timeout: Duration, meter: Meter) -> String {
     let settings = ProxySettings {
         upstream: upstream.parse().unwrap(),
         timeout,
         ..ProxySettings::default()
     };
-    let addr = Proxy::new(settings, Meter::default())
+    let addr = Proxy::new(settings, meter)
         .unwrap()
         .spawn("127.0.0.1:0".parse().unwrap())
         .await
@@ -35,9 +39,21 @@ fn body() -> serde_json::Value {
 
 #[tokio::test]
 async fn server_span_continues_the_callers_trace_and_parents_the_chat_span() {
+    for direct in [false, true] {
+        server_and_chat_spans(direct).await;
+    }
+}
+
+/// Through `tracing` spans, or (`direct`) on a tracer, as a meter from `Telemetry` does.
+async fn server_and_chat_spans(direct: bool) {
     let capture = capture_spans();
     let mock = MockServer::start(MockConfig::default()).await.unwrap();
-    let url = proxy(mock.base_url(), Duration::from_secs(10)).await;
+    let meter = if direct {
+        Meter::builder().tracer(capture.tracer()).build().unwrap()
+    } else {
+        Meter::default()
+    };
+    let url = proxy_with(mock.base_url(), Duration::from_secs(10), meter).await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let resp = reqwest::Client::new()
         .post(&url)

@@ -27,6 +27,7 @@ async fn a_recorded_openai_chat_completion_replays_exactly_through_the_proxy() {
     let sink = records.clone();
     let meter = telemetry
         .meter_builder()
+        .tracer(capture.tracer())
         .ledger(Arc::new(MemoryLedger::new(vec![]).unwrap()))
         .hook(move |r: &CallRecord| sink.lock().unwrap().push(r.clone()))
         .build()

@@ -83,6 +83,7 @@ async fn no_key_reaches_spans_metrics_logs_error_bodies_records_or_the_ledger_sn
     let sink = records.clone();
     let meter = telemetry
         .meter_builder()
+        .tracer(provider.tracer("security"))
         .ledger(ledger.clone())
         .hook(move |r: &CallRecord| sink.lock().unwrap().push(r.clone()))
         .build()

@@ -83,7 +83,7 @@ pub(crate) async fn chat(State(proxy): State<Proxy>, request: Request) -> Respon
 async fn observed_chat(
     inner: &ProxyInner,
     request: Request,
-    server_span: Option<&tracing::Span>,
+    server_span: Option<&llm_meter::ServerSpan>,
 ) -> Result<Response, Rejection> {
     let settings = &inner.settings;
     let (parts, body) = request.into_parts();

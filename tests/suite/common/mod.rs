@@ -53,6 +53,13 @@ pub fn capture_spans() -> SpanCapture {
 }
 
 impl SpanCapture {
+    /// A tracer on the capturing provider, for meters that build spans directly
+    /// ([`llm_meter::MeterBuilder::tracer`]; a meter from `Telemetry::meter_builder` does).
+    pub fn tracer(&self) -> llm_meter::opentelemetry_sdk::trace::SdkTracer {
+        use llm_meter::opentelemetry::trace::TracerProvider as _;
+        self.provider.tracer("test")
+    }
+
     pub fn spans(&self) -> Vec<SpanData> {
         let _ = self.provider.force_flush();
         self.exporter.get_finished_spans().expect("in-memory exporter")
