@@ -647,6 +647,12 @@ impl<'de: 'a, 'a> Deserialize<'de> for Choices<'a> {
 #[error("unreadable chat completion body: {0}")]
 pub struct BodyError(#[from] serde_json::Error);
 
+/// `bytes` as text, or why they are not JSON: JSON is UTF-8, and serde checks only the strings
+/// it reads, not the ones it skips (the content).
+fn utf8(bytes: &[u8]) -> Result<&str, BodyError> {
+    std::str::from_utf8(bytes).map_err(|e| BodyError(serde::de::Error::custom(e)))
+}
+
 /// An owned copy of a string field; an empty string counts as absent (Azure OpenAI's first
 /// stream chunk has `"id": ""` and `"model": ""`: never recorded as an id or a model).
 pub(crate) fn owned(s: Option<Str<'_>>) -> Option<String> {
@@ -656,7 +662,7 @@ pub(crate) fn owned(s: Option<Str<'_>>) -> Option<String> {
 impl ChatCompletion {
     /// Parses a non-streaming chat completion body (unknown fields ignored).
     pub fn parse(body: &[u8]) -> Result<Self, BodyError> {
-        let w: BodyWire<'_> = serde_json::from_slice(body)?;
+        let w: BodyWire<'_> = serde_json::from_str(utf8(body)?)?;
         let mut choices = w.choices.0;
         choices.sort_by_key(|(i, _)| *i);
         Ok(ChatCompletion {
@@ -690,7 +696,7 @@ pub enum ChunkKind {
 
 /// Folds one stream chunk into `facts` and `usage`. Allocates only when a field is first seen.
 pub fn apply_chunk(data: &[u8], facts: &mut ResponseFacts, usage: &mut Option<Usage>) -> Result<ChunkKind, BodyError> {
-    let w: BodyWire<'_> = serde_json::from_slice(data)?;
+    let w: BodyWire<'_> = serde_json::from_str(utf8(data)?)?;
     if w.error.is_some() {
         return Ok(ChunkKind::Error);
     }
@@ -908,5 +914,17 @@ mod tests {
         let err = br#"{"error":{"message":"boom","type":"server_error"}}"#;
         assert_eq!(apply_chunk(err, &mut facts, &mut usage).unwrap(), ChunkKind::Error);
         assert!(apply_chunk(b"{not json", &mut facts, &mut usage).is_err());
+    }
+
+    #[test]
+    fn content_that_is_not_utf8_makes_a_body_or_chunk_unreadable() {
+        let body = b"{\"id\":\"c1\",\"model\":\"m\",\"choices\":[{\"index\":0,\"message\":{\"content\":\"\xFFi\"},\"finish_reason\":\"stop\"}]}";
+        assert!(ChatCompletion::parse(body).is_err());
+        let chunk =
+            b"{\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"\xFF\"},\"finish_reason\":null}]}";
+        assert!(apply_chunk(chunk, &mut ResponseFacts::default(), &mut None).is_err());
+        let fine =
+            "{\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"h\u{e9}\"},\"finish_reason\":null}]}";
+        assert!(apply_chunk(fine.as_bytes(), &mut ResponseFacts::default(), &mut None).is_ok());
     }
 }

@@ -199,8 +199,8 @@ impl SseParser {
     }
 }
 
-/// Whether a chunk is a plain delta that cannot change the record: shaped like a JSON object
-/// (else the full parse reports it as `decode`), not an `{"error": …}` event, and with no
+/// Whether a chunk is a plain delta that cannot change the record: UTF-8 and shaped like a JSON
+/// object (else the full parse reports it as `decode`), not an `{"error": …}` event, and with no
 /// non-null `finish_reason` or `usage`. Keys are found as raw `"key"` bytes, which cannot occur
 /// inside a JSON string (quotes are escaped there); a false alarm only costs a full parse.
 fn is_plain_delta(data: &[u8]) -> bool {
@@ -208,7 +208,7 @@ fn is_plain_delta(data: &[u8]) -> bool {
     static KEYS: LazyLock<[memchr::memmem::Finder<'static>; 2]> =
         LazyLock::new(|| [b"\"finish_reason\"".as_slice(), b"\"usage\""].map(memchr::memmem::Finder::new));
     let trimmed = data.trim_ascii();
-    if trimmed.first() != Some(&b'{') || trimmed.last() != Some(&b'}') {
+    if trimmed.first() != Some(&b'{') || trimmed.last() != Some(&b'}') || std::str::from_utf8(trimmed).is_err() {
         return false;
     }
     if trimmed[1..].trim_ascii_start().starts_with(b"\"error\"") {
@@ -676,6 +676,16 @@ mod tests {
         assert!(o.first_output.is_some() && o.first_chunk <= o.first_output);
         assert_eq!(o.chunks, 2);
         assert_eq!(o.facts.id.as_deref(), Some("chatcmpl-1"));
+    }
+
+    #[test]
+    fn a_content_delta_that_is_not_utf8_is_a_decode_fault() {
+        let mut o = StreamObserver::new(Instant::now());
+        o.observe_all(b"data: {\"id\":\"c1\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\n");
+        o.observe_all(b"data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"ok\"},\"finish_reason\":null}]}\n\n");
+        assert_eq!(o.error, None);
+        o.observe_all(b"data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"\xFF\"},\"finish_reason\":null}]}\n\n");
+        assert_eq!(o.error, Some(StreamFault::Decode));
     }
 
     #[test]

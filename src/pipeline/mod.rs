@@ -339,6 +339,20 @@ impl fmt::Debug for Call {
     }
 }
 
+/// Why a stream ended without its end: cut short (`truncated`), or not a stream at all (no
+/// event, and a content type other than `text/event-stream`: an HTML error page, a JSON body),
+/// which could not be read as one (`decode`).
+fn unfinished(observer: &StreamObserver, headers: &HeaderMap) -> ErrorType {
+    let media_type = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or_default().trim());
+    match media_type {
+        Some(t) if observer.chunks == 0 && !t.eq_ignore_ascii_case("text/event-stream") => ErrorType::Decode,
+        _ => ErrorType::Truncated,
+    }
+}
+
 fn status_error(status: StatusCode) -> Option<ErrorType> {
     (!status.is_success()).then(|| ErrorType::Status(status.as_u16()))
 }
@@ -924,7 +938,7 @@ impl ChatStream {
             let error = status_error(self.status)
                 .or(error)
                 .or(o.error.map(ErrorType::from))
-                .or_else(|| (!o.done).then_some(ErrorType::Truncated));
+                .or_else(|| (!o.done).then_some(unfinished(o, &self.headers)));
             let answer = Answer {
                 status: Some(self.status),
                 meta,

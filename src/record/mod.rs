@@ -65,12 +65,16 @@ impl ErrorType {
         }
     }
 
-    /// Classifies a reqwest error.
+    /// Classifies a reqwest error. reqwest reports a body that failed while it was read (the
+    /// connection reset mid-body) as a decode error caused by a body error: that is `transport`;
+    /// `decode` is for a body that arrived and could not be read.
     pub fn from_reqwest(e: &reqwest::Error) -> Self {
         if e.is_timeout() {
             ErrorType::Timeout
         } else if e.is_connect() {
             ErrorType::Connect
+        } else if e.is_body() || caused_by_body(e) {
+            ErrorType::Transport
         } else if e.is_decode() {
             ErrorType::Decode
         } else if e.is_builder() {
@@ -79,6 +83,18 @@ impl ErrorType {
             ErrorType::Transport
         }
     }
+}
+
+/// Whether reading the body failed somewhere down `e`'s causes.
+fn caused_by_body(e: &reqwest::Error) -> bool {
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<reqwest::Error>().is_some_and(reqwest::Error::is_body) {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 impl std::fmt::Display for ErrorType {

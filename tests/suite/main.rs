@@ -13,6 +13,7 @@ mod client_spans;
 mod cost_limits;
 mod disconnect;
 mod exposition;
+mod faults;
 mod fuzz;
 mod ledger_parity;
 mod light;

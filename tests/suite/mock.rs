@@ -175,8 +175,11 @@ async fn errors_are_openai_shaped() {
     let auth = [("authorization", "Bearer sk-test")];
     for (forced, status, kind) in [
         ("400", 400, "invalid_request_error"),
+        ("404", 404, "invalid_request_error"),
+        ("413", 413, "invalid_request_error"),
         ("500", 500, "server_error"),
         ("503", 503, "server_error"),
+        ("529", 529, "server_error"),
     ] {
         let r = post(&mock, chat("gpt-4o"), &[auth[0], ("x-mock-error", forced)]).await;
         assert_eq!(r.status(), status);
@@ -308,6 +311,105 @@ async fn streams_count_as_finished_or_abandoned() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(mock.streams(), want);
+}
+
+#[tokio::test]
+async fn requests_count_as_answered_or_abandoned() {
+    use llm_meter_mock::RequestCounts;
+    let mock = MockServer::start(MockConfig::default()).await.unwrap();
+    post(&mock, chat("gpt-4o"), &[]).await.bytes().await.unwrap();
+    let gone = reqwest::Client::new()
+        .post(format!("{}/chat/completions", mock.base_url()))
+        .header("x-mock-error", "stall")
+        .json(&chat("gpt-4o"))
+        .timeout(Duration::from_millis(100))
+        .send()
+        .await;
+    assert!(gone.is_err());
+    let want = RequestCounts {
+        answered: 1,
+        abandoned: 1,
+    };
+    for _ in 0..250 {
+        if mock.requests() == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(mock.requests(), want);
+}
+
+/// The raw bytes the mock answers `body` with, forcing `fault`, up to the connection's end.
+async fn raw_answer(mock: &MockServer, fault: &str, body: &Value) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = body.to_string();
+    let mut conn = tokio::net::TcpStream::connect(mock.addr()).await.unwrap();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: mock\r\ncontent-type: application/json\r\nx-mock-error: {fault}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = conn.read_to_end(&mut out).await; // a reset ends it too
+    out
+}
+
+#[tokio::test]
+async fn transport_faults_are_what_the_wire_shows() {
+    let mock = MockServer::start(MockConfig::default()).await.unwrap();
+    let mut stream = chat("gpt-4o");
+    stream["stream"] = json!(true);
+    assert_eq!(
+        raw_answer(&mock, "reset-head", &chat("gpt-4o")).await,
+        b"",
+        "no byte of an answer"
+    );
+
+    let huge = String::from_utf8(raw_answer(&mock, "huge-head", &chat("gpt-4o")).await).unwrap();
+    let (head, body) = huge.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.starts_with("HTTP/1.1 200") && head.len() > 1024 * 1024,
+        "{} bytes",
+        head.len()
+    );
+    assert!(
+        head.lines().count() < 100,
+        "under the usual cap on the number of headers"
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(body).unwrap()["object"],
+        "chat.completion"
+    );
+
+    // A reset mid-body: the head and part of the body, then no end of the chunked body.
+    for body in [&chat("gpt-4o"), &stream] {
+        let cut = String::from_utf8_lossy(&raw_answer(&mock, "reset", body).await).into_owned();
+        assert!(cut.starts_with("HTTP/1.1 200") && cut.contains("\r\n\r\n"), "{cut}");
+        assert!(!cut.ends_with("\r\n0\r\n\r\n"), "the body never ends: {cut}");
+    }
+
+    let text = post(&mock, stream.clone(), &[("x-mock-error", "malformed-sse")])
+        .await
+        .text()
+        .await
+        .unwrap();
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    let bad: Vec<&&str> = events
+        .iter()
+        .filter(|e| *e != &"data: [DONE]" && serde_json::from_str::<Value>(&e[6..]).is_err())
+        .collect();
+    assert_eq!(bad.len(), 1, "one chunk cut mid-JSON: {text}");
+    assert_eq!(events.last(), Some(&"data: [DONE]"));
+
+    for body in [&chat("gpt-4o"), &stream] {
+        let bytes = post(&mock, body.clone(), &[("x-mock-error", "bad-utf8")])
+            .await
+            .bytes()
+            .await
+            .unwrap();
+        assert!(std::str::from_utf8(&bytes).is_err());
+        assert_eq!(bytes.iter().filter(|b| **b == 0xFF).count(), 1, "one byte replaced");
+    }
 }
 
 #[tokio::test]

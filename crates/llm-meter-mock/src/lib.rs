@@ -1,7 +1,8 @@
 //! A mock OpenAI chat-completions provider, faithful to the wire format: bodies as in the API
 //! reference, the debug and rate-limit headers (limits count down per request and token and
 //! reset on schedule), SSE streams with `data: [DONE]` and the usage chunk when
-//! `stream_options.include_usage` is set, and OpenAI-shaped 400/401/429/500 errors.
+//! `stream_options.include_usage` is set, and OpenAI-shaped errors (400, 401, 404, 413, 429,
+//! 500, 503, and 529).
 //!
 //! It also speaks the other APIs llm-meter observes, each in its documented wire format:
 //! - Anthropic Messages, `POST /v1/messages` (`x-api-key` and `anthropic-version` headers,
@@ -16,8 +17,9 @@
 //!
 //! It is the embedded upstream of the demo, the tests and the benchmarks. Behaviour per request
 //! can be forced with `x-mock-*` request headers (see [`MockServer`]). For tests it keeps every
-//! request it receives, on any route ([`MockServer::received`]), and counts how its streams
-//! ended ([`MockServer::streams`]).
+//! request it receives, on any route ([`MockServer::received`]), counts the requests it
+//! answered and those whose caller went away first ([`MockServer::requests`]), and counts how its
+//! streams ended ([`MockServer::streams`]).
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -228,7 +230,20 @@ pub struct ReceivedRequest {
     pub body: Bytes,
 }
 
-/// How the mock's streamed answers ended (see [`MockServer::streams`]).
+/// Whether the mock answered the requests it received (see [`MockServer::requests`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequestCounts {
+    /// Requests the mock answered: their response head was ready to send (how a streamed body
+    /// then ended is counted by [`MockServer::streams`]).
+    pub answered: u64,
+    /// Requests dropped before the mock answered them: whoever sent the request went away
+    /// (closed the connection) while the mock was still waiting (`latency`, a forced `stall`).
+    /// Requests forced to `reset-head` count in neither.
+    pub abandoned: u64,
+}
+
+/// How the mock's answers sent piece by piece ended (see [`MockServer::streams`]): streams,
+/// and the non-streaming bodies cut by a forced `reset` or `stall-body`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StreamCounts {
     /// Streams the mock ended itself: every event sent, or cut short on purpose by a forced
@@ -262,16 +277,27 @@ pub(crate) struct MockState {
     pub(crate) gate: Semaphore,
     streams_finished: AtomicU64,
     streams_abandoned: AtomicU64,
+    requests_answered: AtomicU64,
+    requests_abandoned: AtomicU64,
 }
 
 /// A running mock provider on 127.0.0.1. Stops when dropped.
 ///
 /// Request headers that force behaviour, for tests:
-/// - `x-mock-error`: `400`, `401`, `429`, `500`, `503` (OpenAI-shaped error; on `/v1/messages`
-///   also `403`, `404`, `413` and `529`, Anthropic-shaped), `truncate` (stream ends without its
-///   end event), `reset` (connection dropped mid-body), `stall` (no answer for an hour),
-///   `garbage` (200 with a body that is not JSON), `stream-error` (a stream that fails half way:
+/// - `x-mock-error`: `400`, `401`, `404`, `413`, `429`, `500`, `503`, `529` (the error in the
+///   route's own shape: OpenAI's `{"error": {"message", "type", "param", "code"}}`, Anthropic's
+///   on `/v1/messages`, which also has `403`; OpenAI documents no 529, Anthropic's "overloaded",
+///   so its OpenAI routes answer it with the 503 body), `truncate` (stream ends without its end
+///   event), `reset` (connection dropped mid-body: half way through a stream, or after half of a
+///   chat completion's body), `stall` (no answer for an hour), `stall-body` (the head and half the
+///   body or stream, then nothing for an hour; chat completions, and every stream), `garbage`
+///   (200 with a body that is not JSON), `stream-error` (a stream that fails half way:
 ///   Anthropic's `error` event with `overloaded_error`, the Responses API's `response.failed`);
+///   on the chat completions routes also `malformed-sse` (a stream with one chunk cut short
+///   mid-JSON, then the rest to `[DONE]`) and `bad-utf8` (a content delta, or the completion's
+///   content, with a byte that is not UTF-8); on every route `reset-head` (the connection closed
+///   without an answer) and `huge-head` (the answer with a 1 MiB head, over the 400 KiB or so an
+///   HTTP client such as hyper reads at most);
 /// - `x-mock-completion-tokens`, `x-mock-chunks`: override the config for this request;
 /// - `x-mock-gate: 1`: each stream chunk after the first waits for [`MockServer::release`].
 pub struct MockServer {
@@ -311,6 +337,8 @@ impl MockServer {
             gate: Semaphore::new(0),
             streams_finished: AtomicU64::new(0),
             streams_abandoned: AtomicU64::new(0),
+            requests_answered: AtomicU64::new(0),
+            requests_abandoned: AtomicU64::new(0),
             config,
         });
         let (tx, rx) = oneshot::channel::<()>();
@@ -362,6 +390,16 @@ impl MockServer {
         self.state.gate.add_permits(n);
     }
 
+    /// How many requests the mock answered, and how many were dropped before it did: a request
+    /// counts once its handling ends, so one still waiting counts in neither. A client that goes
+    /// away before the answer shows as `abandoned` once the mock notices its closed connection.
+    pub fn requests(&self) -> RequestCounts {
+        RequestCounts {
+            answered: self.state.requests_answered.load(Ordering::SeqCst),
+            abandoned: self.state.requests_abandoned.load(Ordering::SeqCst),
+        }
+    }
+
     /// How the streams answered so far ended: a stream counts once its body is dropped, so one
     /// still being sent counts in neither. A client that goes away mid-stream shows as
     /// `abandoned` once the mock notices (at its next chunk at the latest).
@@ -406,15 +444,47 @@ fn router(state: Arc<MockState>) -> Router {
 /// Largest request body the mock keeps a copy of (larger ones get a 413).
 const RECORD_LIMIT: usize = 64 * 1024 * 1024;
 
-/// Keeps a copy of every request (method, path, query, headers, body) before it is answered.
+/// Counts a request as answered or abandoned when its handling ends.
+struct Answering {
+    state: Arc<MockState>,
+    answered: bool,
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        let counter = if self.answered {
+            &self.state.requests_answered
+        } else {
+            &self.state.requests_abandoned
+        };
+        counter.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Headers of `huge-head`: this many, of [`HUGE_HEADER_LEN`] bytes each (1 MiB in all, under
+/// the usual cap on the number of headers, 100).
+const HUGE_HEADERS: usize = 64;
+const HUGE_HEADER_LEN: usize = 16 * 1024;
+
+/// A body that fails before its first byte: the server drops the connection without sending
+/// the head it had not flushed yet (hyper buffers the head until the body's first frame).
+fn reset_before_head() -> Response {
+    let fail = futures_util::stream::once(async {
+        Err::<Bytes, _>(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "mock reset before the head",
+        ))
+    });
+    Response::new(Body::from_stream(fail))
+}
+
+/// Keeps a copy of every request (method, path, query, headers, body) before it is answered;
+/// counts it as answered or abandoned; forces the faults of every route (`reset-head`,
+/// `huge-head`).
 async fn record_request(State(state): State<Arc<MockState>>, request: Request, next: Next) -> Response {
     let (parts, body) = request.into_parts();
     let Ok(body) = axum::body::to_bytes(body, RECORD_LIMIT).await else {
-        return respond(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            HeaderMap::new(),
-            error_body("Request body too large.", "invalid_request_error", None, None),
-        );
+        return too_large(HeaderMap::new());
     };
     if let Ok(mut r) = state.received.lock() {
         if r.len() == MockServer::KEPT_REQUESTS {
@@ -428,7 +498,31 @@ async fn record_request(State(state): State<Arc<MockState>>, request: Request, n
             body: body.clone(),
         });
     }
-    next.run(Request::from_parts(parts, Body::from(body))).await
+    let forced = header_str(&parts.headers, "x-mock-error").map(str::to_owned);
+    if forced.as_deref() == Some("reset-head") {
+        return reset_before_head();
+    }
+    let mut answering = Answering { state, answered: false };
+    let mut response = next.run(Request::from_parts(parts, Body::from(body))).await;
+    if forced.as_deref() == Some("huge-head") {
+        let padding = HeaderValue::from_str(&"a".repeat(HUGE_HEADER_LEN)).unwrap_or(HeaderValue::from_static("a"));
+        for i in 0..HUGE_HEADERS {
+            if let Ok(name) = http::HeaderName::try_from(format!("x-mock-padding-{i}")) {
+                response.headers_mut().insert(name, padding.clone());
+            }
+        }
+    }
+    answering.answered = true;
+    response
+}
+
+/// OpenAI-shaped 413: the request body is larger than the mock takes (or a forced `413`).
+fn too_large(head: HeaderMap) -> Response {
+    respond(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        head,
+        error_body("Request body too large.", "invalid_request_error", None, None),
+    )
 }
 
 /// Any path the mock does not serve: OpenAI's answer to an unknown URL.
@@ -787,6 +881,14 @@ pub(crate) async fn openai_forced_error(
             None,
             Some("invalid_api_key"),
         ),
+        "404" => error(
+            StatusCode::NOT_FOUND,
+            &format!("The model `{model}` does not exist or you do not have access to it."),
+            "invalid_request_error",
+            None,
+            Some("model_not_found"),
+        ),
+        "413" => Some(too_large(head.clone())),
         "429" => {
             let w = state.window.lock().unwrap_or_else(|p| p.into_inner());
             Some(rate_limited(
@@ -808,6 +910,15 @@ pub(crate) async fn openai_forced_error(
         ),
         "503" => error(
             StatusCode::SERVICE_UNAVAILABLE,
+            "The engine is currently overloaded, please try again later.",
+            "server_error",
+            None,
+            None,
+        ),
+        // Not an OpenAI status (Anthropic's "overloaded"): the 503 body, for relays that must
+        // pass any status through.
+        "529" => error(
+            StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
             "The engine is currently overloaded, please try again later.",
             "server_error",
             None,
@@ -1007,15 +1118,81 @@ async fn chat_as(state: &Arc<MockState>, headers: &HeaderMap, body: &Bytes, flav
             service_tier: plan.service_tier,
             system_fingerprint: &fingerprint,
         };
-        return respond(StatusCode::OK, head, to_bytes(&body));
+        let body = to_bytes(&body);
+        return match forced.as_str() {
+            "bad-utf8" => respond(StatusCode::OK, head, not_utf8(&body)),
+            "reset" | "stall-body" => body_in_halves(state, head, body, forced),
+            _ => respond(StatusCode::OK, head, body),
+        };
     }
 
-    let events = stream_events(&plan, &id, created, &fingerprint, usage);
+    let mut events = stream_events(&plan, &id, created, &fingerprint, usage);
+    let mid = events.len() / 2;
+    if let Some(event) = events.get_mut(mid) {
+        match forced.as_str() {
+            "malformed-sse" => *event = cut_short(event),
+            "bad-utf8" => *event = not_utf8(event),
+            _ => {}
+        }
+    }
     stream_response(state, headers, head, events, forced)
 }
 
+/// A JSON answer sent in two halves, the second replaced by a dropped connection (a forced
+/// `reset`) or by an hour's wait (`stall-body`). Counted by [`MockServer::streams`].
+fn body_in_halves(state: &Arc<MockState>, mut head: HeaderMap, body: Bytes, fault: String) -> Response {
+    let half = body.len() / 2;
+    let pieces = vec![body.slice(..half), body.slice(half..)];
+    let end = StreamEnd {
+        state: state.clone(),
+        ended: false,
+    };
+    let body = async_stream(pieces, end, move |i, _| {
+        let reset = fault == "reset";
+        async move {
+            match i {
+                0 => Step::Send,
+                _ if reset => {
+                    // The first half goes out first: the server flushes while the body waits.
+                    tokio::task::yield_now().await;
+                    Step::Fail
+                }
+                _ => {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    Step::Send
+                }
+            }
+        }
+    });
+    head.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let mut resp = Response::new(body);
+    *resp.headers_mut() = head;
+    resp
+}
+
+/// `bytes` with the first byte of its first non-empty `"content"` string replaced by 0xFF,
+/// which is never UTF-8 (the JSON around it stays whole).
+fn not_utf8(bytes: &[u8]) -> Bytes {
+    const KEY: &[u8] = br#""content":""#;
+    let mut out = bytes.to_vec();
+    let at = out
+        .windows(KEY.len() + 1)
+        .position(|w| w.starts_with(KEY) && w[KEY.len()] != b'"');
+    if let Some(b) = at.and_then(|at| out.get_mut(at + KEY.len())) {
+        *b = 0xFF;
+    }
+    Bytes::from(out)
+}
+
+/// An SSE event cut half way through its JSON, still ended by its blank line.
+fn cut_short(event: &[u8]) -> Bytes {
+    let mut out = event[..event.len() / 2].to_vec();
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
+
 /// A streamed answer of `events` (SSE), paced by the config, gated by `x-mock-gate`, cut
-/// short by a forced `truncate` or `reset` half way.
+/// short by a forced `truncate` or `reset` half way, or stalled there by `stall-body`.
 pub(crate) fn stream_response(
     state: &Arc<MockState>,
     headers: &HeaderMap,
@@ -1046,7 +1223,15 @@ pub(crate) fn stream_response(
             }
             match fault.as_str() {
                 "truncate" if i >= total / 2 => Step::End,
-                "reset" if i >= total / 2 => Step::Fail,
+                "reset" if i >= total / 2 => {
+                    // What came before goes out first: the server flushes while the body waits.
+                    tokio::task::yield_now().await;
+                    Step::Fail
+                }
+                "stall-body" if i >= total / 2 => {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    Step::Send
+                }
                 _ => Step::Send,
             }
         }

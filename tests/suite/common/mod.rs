@@ -20,6 +20,7 @@ use llm_meter::opentelemetry::Value;
 use llm_meter::opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use tracing_subscriber::layer::SubscriberExt;
 
+pub mod metered;
 pub mod redis;
 
 pub const FIXTURE_BODY: &str = include_str!("../../fixtures/openai-chat-completion.json");
