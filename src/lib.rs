@@ -14,15 +14,13 @@ mod sinks;
 
 pub use parse::annotations::{AnnotationError, AnnotationField, Annotations, AnnotationsBuilder};
 pub use parse::anthropic::AnthropicMessage;
-pub use parse::endpoint::{bearer, parse_api_base};
+pub use parse::endpoint::{bearer, parse_api_base, Api};
 pub use parse::provider::{
     parse_duration, parse_retry_after, parse_rfc3339, BodyError, ChatCompletion, FinishReason, ProviderMeta, RateLimit,
     ResponseFacts, Usage,
 };
 pub use parse::responses::OpenAiResponse;
-pub use parse::stream::{
-    EventCutter, EventOutcome, SseEvent, SseFrame, SseParser, StreamFault, StreamFormat, StreamObserver,
-};
+pub use parse::stream::{EventCutter, EventOutcome, SseEvent, SseFrame, SseParser, StreamFault, StreamObserver};
 
 pub use record::limits::{
     parse_period, Admission, AdmissionMode, Hold, Ledger, LedgerError, LedgerFuture, LedgerHealth, LedgerObserver,
@@ -49,8 +47,8 @@ pub use sinks::span::{extract_trace_context, ServerSpan};
 pub use pipeline::{Call, ChatStream, Meter, MeterBuilder, Prepared, Server, StreamUsage};
 
 pub use doors::client::{
-    ChatResponse, Client, ClientBuilder, DEFAULT_BASE_URL, DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT,
-    DEFAULT_TIMEOUT,
+    ChatResponse, Client, ClientBuilder, ANTHROPIC_VERSION, DEFAULT_BASE_URL, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_READ_TIMEOUT, DEFAULT_TIMEOUT,
 };
 #[cfg(feature = "async-openai")]
 pub use doors::openai_layer;

@@ -45,6 +45,8 @@ pub const GEN_AI_USAGE_OUTPUT_TOKENS: &str = "gen_ai.usage.output_tokens";
 pub const GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: &str = "gen_ai.usage.cache_read.input_tokens";
 /// `usage.completion_tokens_details.reasoning_tokens`.
 pub const GEN_AI_USAGE_REASONING_OUTPUT_TOKENS: &str = "gen_ai.usage.reasoning.output_tokens";
+/// `usage.cache_creation_input_tokens` (Anthropic): input tokens written to the prompt cache.
+pub const GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS: &str = "gen_ai.usage.cache_creation.input_tokens";
 /// Provider host.
 pub const SERVER_ADDRESS: &str = "server.address";
 /// Provider port.
@@ -201,6 +203,9 @@ pub const METRIC_OUTPUT_TOKENS: &str = "gen_ai.client.inference.usage.output_tok
 pub const METRIC_CACHED_INPUT_TOKENS: &str = "gen_ai.client.inference.usage.cache_read.input_tokens";
 /// Counter, `{token}`: reasoning output tokens.
 pub const METRIC_REASONING_TOKENS: &str = "gen_ai.client.inference.usage.reasoning.output_tokens";
+/// Counter, `{token}`: input tokens written to the provider's cache (Anthropic's
+/// `cache_creation_input_tokens`; part of the input tokens).
+pub const METRIC_CACHE_CREATION_INPUT_TOKENS: &str = "gen_ai.client.inference.usage.cache_creation.input_tokens";
 /// Histogram, `s`: the provider's own processing time (`openai-processing-ms`).
 pub const METRIC_PROVIDER_PROCESSING: &str = "llm_meter.provider.processing.duration";
 /// Gauge, `{request}` or `{token}` by kind: rate-limit budget left in the window, as last reported.
@@ -225,6 +230,14 @@ pub const METRIC_EXPORT_SPANS: &str = "llm_meter.export.spans";
 pub const GEN_AI_TOKEN_TYPE: &str = "gen_ai.token.type";
 /// Metric label: which rate limit (`requests` / `tokens`).
 pub const RATELIMIT_KIND: &str = "llm_meter.ratelimit.kind";
+/// [`RATELIMIT_KIND`]: requests per window.
+pub const RATELIMIT_KIND_REQUESTS: &str = "requests";
+/// [`RATELIMIT_KIND`]: tokens per window (Anthropic: the most restrictive token limit).
+pub const RATELIMIT_KIND_TOKENS: &str = "tokens";
+/// [`RATELIMIT_KIND`]: input tokens per window (Anthropic).
+pub const RATELIMIT_KIND_INPUT_TOKENS: &str = "input_tokens";
+/// [`RATELIMIT_KIND`]: output tokens per window (Anthropic).
+pub const RATELIMIT_KIND_OUTPUT_TOKENS: &str = "output_tokens";
 /// Metric label: the label that overflowed.
 pub const LABEL_NAME: &str = "llm_meter.label";
 /// Metric label: export outcome.

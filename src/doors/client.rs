@@ -1,7 +1,8 @@
-//! The instrumented chat-completion client over `reqwest`.
+//! The instrumented LLM client over `reqwest`.
 //!
-//! [`Client::chat`] and [`Client::chat_stream`] send any `serde::Serialize` body to
-//! `{base_url}/chat/completions`, hand back the provider's answer as it came (status, headers,
+//! [`Client::chat`] and [`Client::chat_stream`] send any `serde::Serialize` body to the API the
+//! client speaks ([`ClientBuilder::api`]: `{base_url}/chat/completions` by default,
+//! `{base_url}/messages` for Anthropic Messages, `{base_url}/responses`), hand back the provider's answer as it came (status, headers,
 //! body bytes) and observe the call on the way: a `chat {model}` span, a [`CallRecord`] for every
 //! hook. Telemetry never changes the caller's outcome: a provider error is returned as the
 //! provider sent it, and nothing in the observation path panics into the caller.
@@ -17,7 +18,7 @@ use serde::Serialize;
 use tracing::Instrument;
 
 use crate::parse::annotations::Annotations;
-use crate::parse::endpoint::{bearer, parse_api_base};
+use crate::parse::endpoint::{bearer, parse_api_base, Api};
 use crate::parse::provider::{ChatCompletion, ProviderMeta, Usage};
 use crate::pipeline::{Call, ChatStream, Meter, Server};
 use crate::record::limits::Refusal;
@@ -47,7 +48,11 @@ pub struct ClientBuilder {
     send_annotation_headers: bool,
     headers: HeaderMap,
     meter: Option<Meter>,
+    api: Api,
 }
+
+/// The `anthropic-version` a client of the Messages API sends unless told otherwise.
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 
 impl fmt::Debug for ClientBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -70,6 +75,7 @@ impl Default for ClientBuilder {
             send_annotation_headers: false,
             headers: HeaderMap::new(),
             meter: None,
+            api: Api::ChatCompletions,
         }
     }
 }
@@ -80,7 +86,8 @@ impl ClientBuilder {
         self.base_url = url.into();
         self
     }
-    /// API key, sent as `Authorization: Bearer …`; never recorded.
+    /// API key, sent as `Authorization: Bearer …` (Anthropic Messages: `x-api-key`); never
+    /// recorded.
     pub fn api_key(mut self, key: impl Into<String>) -> Self {
         self.api_key = Some(key.into());
         self
@@ -115,6 +122,13 @@ impl ClientBuilder {
         self.headers.insert(name, value);
         self
     }
+    /// The API calls speak (default Chat Completions): it decides the path below the base URL
+    /// and how answers are read. For [`Api::AnthropicMessages`] the key goes in `x-api-key`
+    /// and `anthropic-version` is [`ANTHROPIC_VERSION`] unless a default header sets it.
+    pub fn api(mut self, api: Api) -> Self {
+        self.api = api;
+        self
+    }
     /// Observes calls with `meter` (spans, metrics, hooks, prices, limits, stream usage; see
     /// [`Meter::builder`]), which may be shared with other clients or the proxy. Default: a
     /// meter with spans on, no metrics, the embedded prices, no limits.
@@ -130,7 +144,7 @@ impl ClientBuilder {
             url: self.base_url.clone(),
             why,
         })?;
-        let chat_url = reqwest::Url::parse(&format!("{}/chat/completions", base.as_str().trim_end_matches('/')))
+        let chat_url = reqwest::Url::parse(&format!("{}/{}", base.as_str().trim_end_matches('/'), self.api.path()))
             .map_err(|_| BuildError::ApiBase {
                 what: "base_url",
                 url: self.base_url.clone(),
@@ -142,8 +156,19 @@ impl ClientBuilder {
         };
         let mut headers = self.headers;
         if let Some(key) = &self.api_key {
-            let value = bearer(key).ok_or(BuildError::ApiKey { what: "api_key" })?;
-            headers.insert(http::header::AUTHORIZATION, value);
+            if self.api == Api::AnthropicMessages {
+                let mut value = HeaderValue::from_str(key).map_err(|_| BuildError::ApiKey { what: "api_key" })?;
+                value.set_sensitive(true);
+                headers.insert(HeaderName::from_static("x-api-key"), value);
+            } else {
+                let value = bearer(key).ok_or(BuildError::ApiKey { what: "api_key" })?;
+                headers.insert(http::header::AUTHORIZATION, value);
+            }
+        }
+        if self.api == Api::AnthropicMessages {
+            headers
+                .entry(HeaderName::from_static("anthropic-version"))
+                .or_insert(HeaderValue::from_static(ANTHROPIC_VERSION));
         }
         headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         let http = match self.http {
@@ -159,6 +184,7 @@ impl ClientBuilder {
         Ok(Client {
             inner: Arc::new(Inner {
                 server: Server::of(&chat_url),
+                api: self.api,
                 chat_url,
                 http,
                 headers,
@@ -177,7 +203,9 @@ pub struct Client {
 }
 
 struct Inner {
+    /// Where calls go: the base URL and the API's path.
     chat_url: reqwest::Url,
+    api: Api,
     server: Server,
     http: reqwest::Client,
     headers: HeaderMap,
@@ -276,7 +304,7 @@ impl Client {
         stream: bool,
     ) -> Result<(Call, reqwest::RequestBuilder, bool), CallError> {
         let bytes = serde_json::to_vec(body).map_err(|e| CallError::InvalidRequest(e.to_string()))?;
-        let prepared = self.inner.meter.prepare(bytes, Some(stream))?;
+        let prepared = self.inner.meter.prepare_for(self.inner.api, bytes, Some(stream))?;
         let mut call = self
             .inner
             .meter

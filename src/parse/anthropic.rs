@@ -1,7 +1,7 @@
 //! Anthropic's Messages API (`POST /v1/messages`): the response body ([`AnthropicMessage`]),
 //! the response headers (read into the common [`ProviderMeta`]), and the stream events that
 //! [`StreamObserver`](crate::parse::stream::StreamObserver) folds in its
-//! [`AnthropicMessages`](crate::parse::stream::StreamFormat::AnthropicMessages) format.
+//! [`AnthropicMessages`](crate::parse::endpoint::Api::AnthropicMessages) format.
 //!
 //! Usage follows the GenAI conventions' rule that input tokens include cached ones: Anthropic's
 //! `input_tokens` counts only the tokens after the last cache breakpoint, so the input tokens
@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 use crate::names;
 use crate::parse::provider::{
-    owned, parse_count, parse_retry_after, parse_rfc3339, top_level_type, BodyError, FinishReason, ProviderMeta,
+    owned, parse_count, parse_retry_after, parse_rfc3339, top_level_type, utf8, BodyError, FinishReason, ProviderMeta,
     RateLimit, ResponseFacts, Str, Usage,
 };
 
@@ -243,7 +243,7 @@ impl AnthropicMessage {
     /// Parses a Messages API response body (unknown fields ignored, content skipped unread).
     /// An error body (`{"type":"error","error":{…}}`) parses too, with only `error_type` set.
     pub fn parse(body: &[u8]) -> Result<Self, BodyError> {
-        let w: MessageWire<'_> = serde_json::from_slice(body)?;
+        let w: MessageWire<'_> = serde_json::from_str(utf8(body)?)?;
         let (counts, tier) = match w.usage {
             Some(u) => (Some(u.counts()), u.service_tier),
             None => (None, None),
@@ -343,6 +343,8 @@ pub(crate) fn apply_event(
     facts: &mut ResponseFacts,
     usage: &mut MessagesUsage,
 ) -> Result<(), BodyError> {
+    // JSON is UTF-8; serde checks only the strings it reads, and content is skipped.
+    utf8(data)?;
     fn first(slot: &mut Option<String>, v: Option<Str<'_>>) {
         if slot.is_none() {
             *slot = owned(v);
@@ -533,11 +535,12 @@ mod tests {
     /// network may cut it), and checks the facts are the same each time.
     #[test]
     fn stream_fixture_folds_into_facts_and_usage_however_it_is_cut() {
-        use crate::parse::stream::{EventOutcome, StreamFormat, StreamObserver};
+        use crate::parse::endpoint::Api;
+        use crate::parse::stream::{EventOutcome, StreamObserver};
         let bytes = STREAM.as_bytes();
         let mut outcomes_whole = Vec::new();
         for cut in 0..bytes.len() {
-            let mut o = StreamObserver::with_format(std::time::Instant::now(), StreamFormat::AnthropicMessages);
+            let mut o = StreamObserver::for_api(std::time::Instant::now(), Api::AnthropicMessages);
             let mut outcomes = Vec::new();
             for part in [&bytes[..cut], &bytes[cut..]] {
                 o.observe(part, |outcome, _| outcomes.push(outcome));
@@ -610,14 +613,15 @@ mod tests {
 
     #[test]
     fn an_error_event_is_a_stream_fault_and_the_stream_is_not_done() {
-        use crate::parse::stream::{StreamFault, StreamFormat, StreamObserver};
-        let mut o = StreamObserver::with_format(std::time::Instant::now(), StreamFormat::AnthropicMessages);
+        use crate::parse::endpoint::Api;
+        use crate::parse::stream::{StreamFault, StreamObserver};
+        let mut o = StreamObserver::for_api(std::time::Instant::now(), Api::AnthropicMessages);
         o.observe_all(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_2\",\"model\":\"claude-opus-4-1-20250805\",\"usage\":{\"input_tokens\":9,\"output_tokens\":1}}}\n\n");
         o.observe_all(b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n");
         assert_eq!(o.error, Some(StreamFault::ErrorEvent));
         assert!(!o.done);
         assert_eq!(o.usage.unwrap().input_tokens, 9);
-        let mut bad = StreamObserver::with_format(std::time::Instant::now(), StreamFormat::AnthropicMessages);
+        let mut bad = StreamObserver::for_api(std::time::Instant::now(), Api::AnthropicMessages);
         bad.observe_all(b"event: message_start\ndata: {\"message\": 42}\n\n");
         assert_eq!(bad.error, Some(StreamFault::Decode));
     }
@@ -626,7 +630,8 @@ mod tests {
         use proptest::prelude::*;
 
         use super::*;
-        use crate::parse::stream::{StreamFormat, StreamObserver};
+        use crate::parse::endpoint::Api;
+        use crate::parse::stream::StreamObserver;
 
         /// The fixture with a few bytes overwritten.
         fn mutated(base: &'static str) -> impl Strategy<Value = Vec<u8>> {
@@ -644,7 +649,7 @@ mod tests {
         fn observe(bytes: &[u8], cuts: &[usize]) -> String {
             let mut at: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
             at.sort_unstable();
-            let mut o = StreamObserver::with_format(std::time::Instant::now(), StreamFormat::AnthropicMessages);
+            let mut o = StreamObserver::for_api(std::time::Instant::now(), Api::AnthropicMessages);
             let mut start = 0;
             for end in at.into_iter().chain([bytes.len()]) {
                 o.observe_all(&bytes[start..end]);

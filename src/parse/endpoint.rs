@@ -1,8 +1,61 @@
-//! The provider's address and credentials as every door sends them: one check of an API base
-//! URL and one `Authorization` header, for the client, the proxy and its configuration file.
+//! The provider's address, API and credentials as every door sends them: one check of an API
+//! base URL, which API a path speaks, and one `Authorization` header, for the client, the proxy
+//! and its configuration file.
 
 use http::HeaderValue;
 use reqwest::Url;
+
+use crate::names;
+
+/// Which API a call speaks: it decides how the request, the answer, its headers and its stream
+/// are read. The framing of streams (SSE) is the same for all.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Api {
+    /// OpenAI Chat Completions (also Azure OpenAI and OpenAI-compatible providers): `data:`
+    /// chunks and `data: [DONE]`.
+    #[default]
+    ChatCompletions,
+    /// Anthropic Messages: `event:` + `data:` pairs from `message_start` to `message_stop`.
+    AnthropicMessages,
+    /// OpenAI Responses: typed events from `response.created` to a terminal `response.*`.
+    Responses,
+}
+
+impl Api {
+    /// The API of a request path by its last segments: `…/chat/completions`, `…/messages`,
+    /// `…/responses`; `None` for any other path.
+    pub fn of_path(path: &str) -> Option<Api> {
+        let path = path.trim_end_matches('/');
+        if path.ends_with("/chat/completions") {
+            Some(Api::ChatCompletions)
+        } else if path.ends_with("/messages") {
+            Some(Api::AnthropicMessages)
+        } else if path.ends_with("/responses") {
+            Some(Api::Responses)
+        } else {
+            None
+        }
+    }
+
+    /// The path below an API base (`chat/completions`, `messages`, `responses`).
+    pub fn path(self) -> &'static str {
+        match self {
+            Api::ChatCompletions => "chat/completions",
+            Api::AnthropicMessages => "messages",
+            Api::Responses => "responses",
+        }
+    }
+
+    /// The provider that defines this API (`gen_ai.provider.name` when the door names none):
+    /// `anthropic` for Messages, `openai` for the others.
+    pub fn default_provider(self) -> &'static str {
+        match self {
+            Api::AnthropicMessages => names::PROVIDER_ANTHROPIC,
+            Api::ChatCompletions | Api::Responses => names::PROVIDER_OPENAI,
+        }
+    }
+}
 
 /// Parses an OpenAI-compatible API base (`https://api.openai.com/v1`): an absolute `http` or
 /// `https` URL, a trailing `/` dropped. The error says why in a few words.
@@ -28,6 +81,25 @@ pub fn bearer(key: &str) -> Option<HeaderValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_api_of_a_path() {
+        assert_eq!(Api::of_path("/v1/chat/completions"), Some(Api::ChatCompletions));
+        assert_eq!(
+            Api::of_path("/openai/deployments/gpt-4o/chat/completions"),
+            Some(Api::ChatCompletions)
+        );
+        assert_eq!(
+            Api::of_path("/api/v1/proxy/anthropic/v1/messages"),
+            Some(Api::AnthropicMessages)
+        );
+        assert_eq!(Api::of_path("/v1/responses/"), Some(Api::Responses));
+        assert_eq!(Api::of_path("/v1/models"), None);
+        assert_eq!(Api::of_path("/v1/messages/batches"), None);
+        for api in [Api::ChatCompletions, Api::AnthropicMessages, Api::Responses] {
+            assert_eq!(Api::of_path(&format!("/v1/{}", api.path())), Some(api));
+        }
+    }
 
     #[test]
     fn api_bases_are_absolute_http_urls() {

@@ -649,7 +649,7 @@ pub struct BodyError(#[from] serde_json::Error);
 
 /// `bytes` as text, or why they are not JSON: JSON is UTF-8, and serde checks only the strings
 /// it reads, not the ones it skips (the content).
-fn utf8(bytes: &[u8]) -> Result<&str, BodyError> {
+pub(crate) fn utf8(bytes: &[u8]) -> Result<&str, BodyError> {
     std::str::from_utf8(bytes).map_err(|e| BodyError(serde::de::Error::custom(e)))
 }
 

@@ -1,6 +1,6 @@
 //! OpenAI's Responses API (`POST /v1/responses`): the response body ([`OpenAiResponse`]) and the
 //! stream events that [`StreamObserver`](crate::parse::stream::StreamObserver) folds in its
-//! [`Responses`](crate::parse::stream::StreamFormat::Responses) format. The response headers
+//! [`Responses`](crate::parse::endpoint::Api::Responses) format. The response headers
 //! are OpenAI's ([`ProviderMeta::from_headers`](crate::parse::provider::ProviderMeta::from_headers)).
 //!
 //! The Responses API has no finish reason; one is derived from `status`: `completed` is
@@ -13,7 +13,7 @@
 use serde::Deserialize;
 
 use crate::names;
-use crate::parse::provider::{owned, top_level_type, BodyError, FinishReason, ResponseFacts, Str, Usage};
+use crate::parse::provider::{owned, top_level_type, utf8, BodyError, FinishReason, ResponseFacts, Str, Usage};
 
 /// `usage` as the Responses API sends it.
 #[derive(Deserialize)]
@@ -154,7 +154,7 @@ pub struct OpenAiResponse {
 impl OpenAiResponse {
     /// Parses a Responses API body (unknown fields ignored, output content skipped unread).
     pub fn parse(body: &[u8]) -> Result<Self, BodyError> {
-        let w: ResponseWire<'_> = serde_json::from_slice(body)?;
+        let w: ResponseWire<'_> = serde_json::from_str(utf8(body)?)?;
         let text = |s: Option<&Str<'_>>| s.filter(|s| !s.as_str().is_empty()).map(|s| s.as_str().to_owned());
         let incomplete_reason = text(w.incomplete_details.as_ref().and_then(|d| d.reason.as_ref()));
         let error_code = text(w.error.as_ref().and_then(|e| e.code.as_ref()));
@@ -261,6 +261,8 @@ pub(crate) fn apply_event(
     facts: &mut ResponseFacts,
     usage: &mut Option<Usage>,
 ) -> Result<(), BodyError> {
+    // JSON is UTF-8; serde checks only the strings it reads, and content is skipped.
+    utf8(data)?;
     match kind {
         ResponsesEvent::Created if facts.model.is_none() => {
             let w: EventWire<'_> = serde_json::from_slice(data)?;
@@ -284,7 +286,8 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::parse::stream::{EventOutcome, StreamFault, StreamFormat, StreamObserver};
+    use crate::parse::endpoint::Api;
+    use crate::parse::stream::{EventOutcome, StreamFault, StreamObserver};
 
     const BODY: &str = include_str!("../../tests/fixtures/openai-response.json");
     const STREAM: &str = include_str!("../../tests/fixtures/openai-response-stream.sse");
@@ -353,7 +356,7 @@ mod tests {
     fn stream_fixture_folds_into_facts_and_usage_however_it_is_cut() {
         let bytes = STREAM.as_bytes();
         for cut in 0..bytes.len() {
-            let mut o = StreamObserver::with_format(Instant::now(), StreamFormat::Responses);
+            let mut o = StreamObserver::for_api(Instant::now(), Api::Responses);
             let mut outcomes = Vec::new();
             for part in [&bytes[..cut], &bytes[cut..]] {
                 o.observe(part, |outcome, _| outcomes.push(outcome));
@@ -398,7 +401,7 @@ mod tests {
 
     #[test]
     fn a_failed_response_ends_the_stream_with_a_fault_and_keeps_its_usage() {
-        let mut o = StreamObserver::with_format(Instant::now(), StreamFormat::Responses);
+        let mut o = StreamObserver::for_api(Instant::now(), Api::Responses);
         o.observe_all(b"event: response.created\ndata: {\"type\":\"response.created\",\"sequence_number\":0,\"response\":{\"id\":\"resp_1\",\"object\":\"response\",\"model\":\"o4-mini-2025-04-16\",\"status\":\"in_progress\",\"usage\":null}}\n\n");
         o.observe_all(b"event: response.failed\ndata: {\"type\":\"response.failed\",\"sequence_number\":1,\"response\":{\"id\":\"resp_1\",\"status\":\"failed\",\"error\":{\"code\":\"server_error\",\"message\":\"The model failed.\"},\"usage\":{\"input_tokens\":5,\"output_tokens\":0,\"total_tokens\":5}}}\n\n");
         assert!(o.done);
@@ -406,7 +409,7 @@ mod tests {
         assert_eq!(o.facts.status.as_deref(), Some("failed"));
         assert_eq!(o.usage.unwrap().input_tokens, 5);
 
-        let mut e = StreamObserver::with_format(Instant::now(), StreamFormat::Responses);
+        let mut e = StreamObserver::for_api(Instant::now(), Api::Responses);
         let mut outcomes = Vec::new();
         e.observe(
             b"event: error\ndata: {\"type\":\"error\",\"code\":\"rate_limit_exceeded\",\"message\":\"Slow down.\",\"param\":null,\"sequence_number\":1}\n\n",
@@ -419,7 +422,7 @@ mod tests {
 
     #[test]
     fn an_unreadable_terminal_event_still_ends_the_stream() {
-        let mut o = StreamObserver::with_format(Instant::now(), StreamFormat::Responses);
+        let mut o = StreamObserver::for_api(Instant::now(), Api::Responses);
         o.observe_all(b"event: response.completed\ndata: {\"response\": 7}\n\n");
         assert!(o.done);
         assert_eq!(o.error, Some(StreamFault::Decode));
@@ -429,7 +432,8 @@ mod tests {
         use proptest::prelude::*;
 
         use super::*;
-        use crate::parse::stream::{StreamFormat, StreamObserver};
+        use crate::parse::endpoint::Api;
+        use crate::parse::stream::StreamObserver;
 
         /// The fixture with a few bytes overwritten.
         fn mutated(base: &'static str) -> impl Strategy<Value = Vec<u8>> {
@@ -447,7 +451,7 @@ mod tests {
         fn observe(bytes: &[u8], cuts: &[usize]) -> String {
             let mut at: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
             at.sort_unstable();
-            let mut o = StreamObserver::with_format(std::time::Instant::now(), StreamFormat::Responses);
+            let mut o = StreamObserver::for_api(std::time::Instant::now(), Api::Responses);
             let mut start = 0;
             for end in at.into_iter().chain([bytes.len()]) {
                 o.observe_all(&bytes[start..end]);

@@ -10,6 +10,7 @@
 use std::time::Instant;
 
 use crate::parse::anthropic::{self, MessagesEvent, MessagesUsage};
+use crate::parse::endpoint::Api;
 use crate::parse::provider::{apply_chunk, ChunkKind, ResponseFacts, Usage};
 use crate::parse::responses::{self, ResponsesEvent};
 
@@ -248,20 +249,6 @@ pub enum EventOutcome {
     Unreadable,
 }
 
-/// Which API a stream speaks: it decides how events are read. The framing (SSE) is the same.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum StreamFormat {
-    /// OpenAI Chat Completions (also Azure OpenAI and OpenAI-compatible providers): `data:`
-    /// chunks and `data: [DONE]`.
-    #[default]
-    ChatCompletions,
-    /// Anthropic Messages: `event:` + `data:` pairs from `message_start` to `message_stop`.
-    AnthropicMessages,
-    /// OpenAI Responses: typed events from `response.created` to a terminal `response.*`.
-    Responses,
-}
-
 /// One complete event as [`StreamObserver::observe_typed`] hands it out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SseFrame<'a> {
@@ -274,12 +261,12 @@ pub struct SseFrame<'a> {
 }
 
 /// Folds a streaming answer into the facts of the call: Chat Completions by default, or another
-/// [`StreamFormat`] ([`Self::with_format`]). Content is never kept, and content deltas are not
+/// [`Api`] ([`Self::for_api`]). Content is never kept, and content deltas are not
 /// parsed: a warm observer allocates nothing per delta.
 #[derive(Debug)]
 pub struct StreamObserver {
     parser: SseParser,
-    format: StreamFormat,
+    format: Api,
     /// When the request was sent.
     pub started: Instant,
     /// When the first chunk (data event) arrived.
@@ -313,11 +300,11 @@ pub struct StreamObserver {
 impl StreamObserver {
     /// A fresh observer of a Chat Completions stream for a request sent at `started`.
     pub fn new(started: Instant) -> Self {
-        Self::with_format(started, StreamFormat::ChatCompletions)
+        Self::for_api(started, Api::ChatCompletions)
     }
 
     /// A fresh observer of a stream in `format` for a request sent at `started`.
-    pub fn with_format(started: Instant, format: StreamFormat) -> Self {
+    pub fn for_api(started: Instant, format: Api) -> Self {
         StreamObserver {
             parser: SseParser::default(),
             format,
@@ -335,8 +322,8 @@ impl StreamObserver {
         }
     }
 
-    /// The format this observer reads.
-    pub fn format(&self) -> StreamFormat {
+    /// The API whose stream this observer reads.
+    pub fn api(&self) -> Api {
         self.format
     }
 
@@ -382,7 +369,7 @@ impl StreamObserver {
             };
             let frame = SseFrame { event: name, data };
             let outcome = match format {
-                StreamFormat::ChatCompletions => {
+                Api::ChatCompletions => {
                     if data == b"[DONE]" {
                         *done = true;
                         EventOutcome::Done
@@ -415,7 +402,7 @@ impl StreamObserver {
                         }
                     }
                 }
-                StreamFormat::AnthropicMessages => {
+                Api::AnthropicMessages => {
                     let kind = anthropic::event_kind(name, data);
                     if kind == MessagesEvent::Ping {
                         // Keep-alive: not a chunk of the answer.
@@ -430,7 +417,7 @@ impl StreamObserver {
                         MessagesEvent::BlockEdge | MessagesEvent::Other => first_chunk.is_some(),
                         _ => false,
                     };
-                    if quiet {
+                    if quiet && std::str::from_utf8(data).is_ok() {
                         // Content, or a block boundary: never parsed, no clock read.
                         *last_outcome = EventOutcome::Chunk;
                         return on_event(EventOutcome::Chunk, end, Some(frame));
@@ -471,7 +458,7 @@ impl StreamObserver {
                         },
                     }
                 }
-                StreamFormat::Responses => {
+                Api::Responses => {
                     let kind = responses::event_kind(name, data);
                     *chunks += 1;
                     let quiet = match kind {
@@ -479,7 +466,7 @@ impl StreamObserver {
                         ResponsesEvent::Other => first_chunk.is_some(),
                         _ => false,
                     };
-                    if quiet {
+                    if quiet && std::str::from_utf8(data).is_ok() {
                         // Output, or an item or part boundary: never parsed, no clock read.
                         *last_outcome = EventOutcome::Chunk;
                         return on_event(EventOutcome::Chunk, end, Some(frame));

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
@@ -36,7 +36,10 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::names;
 use crate::parse::annotations::Annotations;
+use crate::parse::anthropic::AnthropicMessage;
+use crate::parse::endpoint::Api;
 use crate::parse::provider::{ChatCompletion, ProviderMeta, ResponseFacts};
+use crate::parse::responses::OpenAiResponse;
 use crate::parse::stream::{EventCutter, EventOutcome, StreamObserver};
 use crate::record::limits::{Hold, LimitState, Refusal, SharedLedger};
 use crate::record::pricing::{Cost, PriceTable};
@@ -69,7 +72,7 @@ pub struct Meter {
 
 #[derive(Clone)]
 struct MeterInner {
-    provider: Arc<str>,
+    provider: Option<Arc<str>>,
     propagate: bool,
     stream_usage: StreamUsage,
     spans: bool,
@@ -104,7 +107,7 @@ impl Default for Meter {
 
 /// Builder for [`Meter`].
 pub struct MeterBuilder {
-    provider: String,
+    provider: Option<String>,
     propagate: bool,
     stream_usage: StreamUsage,
     spans: bool,
@@ -121,7 +124,7 @@ pub struct MeterBuilder {
 impl Default for MeterBuilder {
     fn default() -> Self {
         MeterBuilder {
-            provider: names::PROVIDER_OPENAI.to_owned(),
+            provider: None,
             propagate: true,
             stream_usage: StreamUsage::default(),
             spans: true,
@@ -138,9 +141,10 @@ impl Default for MeterBuilder {
 }
 
 impl MeterBuilder {
-    /// `gen_ai.provider.name` (default `openai`).
+    /// `gen_ai.provider.name` of every call (default: the door's, else the API's: `anthropic`
+    /// for Anthropic Messages, `openai` for the others).
     pub fn provider_name(mut self, name: impl Into<String>) -> Self {
-        self.provider = name.into();
+        self.provider = Some(name.into());
         self
     }
     /// Send W3C `traceparent`/`tracestate` to the provider (default on).
@@ -225,7 +229,7 @@ impl MeterBuilder {
         }
         Ok(Meter {
             inner: Arc::new(MeterInner {
-                provider: self.provider.into(),
+                provider: self.provider.map(Into::into),
                 propagate: self.propagate,
                 stream_usage: self.stream_usage,
                 spans: self.spans,
@@ -268,11 +272,15 @@ pub struct Prepared {
 
 /// Where a call goes, for `server.address` and `server.port`.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Server {
     /// Host.
     pub address: Arc<str>,
     /// Port.
     pub port: Option<u16>,
+    /// The provider behind it (`gen_ai.provider.name`), when the door knows it (the proxy's
+    /// Azure OpenAI routes); else the meter's, else the API's.
+    pub provider: Option<Arc<str>>,
 }
 
 impl Server {
@@ -281,7 +289,23 @@ impl Server {
         Server {
             address: url.host_str().unwrap_or_default().into(),
             port: url.port_or_known_default(),
+            provider: None,
         }
+    }
+
+    /// A host and port (`server.address`, `server.port`).
+    pub fn new(address: impl Into<Arc<str>>, port: Option<u16>) -> Self {
+        Server {
+            address: address.into(),
+            port,
+            provider: None,
+        }
+    }
+
+    /// The provider behind this server.
+    pub fn with_provider(mut self, provider: impl Into<Arc<str>>) -> Self {
+        self.provider = Some(provider.into());
+        self
     }
 }
 
@@ -319,6 +343,8 @@ impl Answer {
 pub struct Call {
     meter: Meter,
     server: Server,
+    /// `gen_ai.provider.name`.
+    provider: Arc<str>,
     span: CallSpan,
     annotations: Annotations,
     request: RequestFacts,
@@ -353,6 +379,25 @@ fn unfinished(observer: &StreamObserver, headers: &HeaderMap) -> ErrorType {
     }
 }
 
+/// `gen_ai.provider.name` of a call to `api` when neither the door nor the meter names one
+/// (shared: no allocation per call).
+fn api_provider(api: Api) -> Arc<str> {
+    static OPENAI: LazyLock<Arc<str>> = LazyLock::new(|| Api::ChatCompletions.default_provider().into());
+    static ANTHROPIC: LazyLock<Arc<str>> = LazyLock::new(|| Api::AnthropicMessages.default_provider().into());
+    match api {
+        Api::AnthropicMessages => ANTHROPIC.clone(),
+        Api::ChatCompletions | Api::Responses => OPENAI.clone(),
+    }
+}
+
+/// The provider's response headers, read the way `api`'s provider sends them.
+fn provider_meta(api: Api, headers: &HeaderMap) -> ProviderMeta {
+    match api {
+        Api::AnthropicMessages => ProviderMeta::from_anthropic_headers(headers, SystemTime::now()),
+        Api::ChatCompletions | Api::Responses => ProviderMeta::from_headers(headers),
+    }
+}
+
 fn status_error(status: StatusCode) -> Option<ErrorType> {
     (!status.is_success()).then(|| ErrorType::Status(status.as_u16()))
 }
@@ -367,9 +412,22 @@ impl Meter {
         MeterBuilder::default()
     }
 
-    /// Applies model defaults and the stream usage policy to a serialized JSON object body.
-    /// `expect_stream` checks the body's `stream` flag when the caller's method implies one.
-    pub fn prepare(&self, mut bytes: Vec<u8>, expect_stream: Option<bool>) -> Result<Prepared, CallError> {
+    /// Applies model defaults and the stream usage policy to a serialized JSON object body of
+    /// a Chat Completions request. `expect_stream` checks the body's `stream` flag when the
+    /// caller's method implies one.
+    pub fn prepare(&self, bytes: Vec<u8>, expect_stream: Option<bool>) -> Result<Prepared, CallError> {
+        self.prepare_for(Api::ChatCompletions, bytes, expect_stream)
+    }
+
+    /// [`Self::prepare`] for a request of `api`. Only Chat Completions streams need asking for
+    /// usage (`stream_options.include_usage`); Anthropic's and the Responses API's streams
+    /// always report it.
+    pub fn prepare_for(
+        &self,
+        api: Api,
+        mut bytes: Vec<u8>,
+        expect_stream: Option<bool>,
+    ) -> Result<Prepared, CallError> {
         if bytes.first() != Some(&b'{') || bytes.last() != Some(&b'}') {
             return Err(CallError::InvalidRequest(
                 "the request body must be a JSON object".into(),
@@ -391,7 +449,8 @@ impl Meter {
         }
         let stream = facts.stream;
         let m = &self.inner;
-        let wants_usage = stream && m.stream_usage != StreamUsage::Leave && !facts.include_usage;
+        let wants_usage =
+            api == Api::ChatCompletions && stream && m.stream_usage != StreamUsage::Leave && !facts.include_usage;
         let defaults = m.defaults.get(&facts.model);
         let mut changed = false;
         if wants_usage && options == StreamOptions::Absent && defaults.is_none() {
@@ -427,6 +486,7 @@ impl Meter {
         if changed {
             facts = RequestFacts::parse(&bytes).map_err(invalid)?.0;
         }
+        facts.api = api;
         Ok(Prepared {
             body: bytes,
             facts,
@@ -449,6 +509,10 @@ impl Meter {
         request: RequestFacts,
     ) -> Call {
         let m = &self.inner;
+        let provider: Arc<str> = match (&server.provider, &m.provider) {
+            (Some(p), _) | (None, Some(p)) => p.clone(),
+            (None, None) => api_provider(request.api),
+        };
         let span = match (m.spans, &m.tracer) {
             (false, _) => CallSpan::Off,
             (true, Some(tracer)) => {
@@ -467,7 +531,7 @@ impl Meter {
                 CallSpan::Otel(start_chat_span_on(
                     tracer,
                     &request.model,
-                    &m.provider,
+                    &provider,
                     &server.address,
                     annotations,
                     parent,
@@ -478,7 +542,7 @@ impl Meter {
                     Some(ServerSpan::Tracing(span)) => Some(span),
                     Some(ServerSpan::Otel(_)) | None => None,
                 };
-                let span = start_chat_span(&request.model, &m.provider, &server.address, annotations, parent);
+                let span = start_chat_span(&request.model, &provider, &server.address, annotations, parent);
                 CallSpan::Tracing(span, None)
             }
         };
@@ -488,6 +552,7 @@ impl Meter {
         Call {
             meter: self.clone(),
             server,
+            provider,
             span,
             annotations: annotations.clone(),
             request,
@@ -663,10 +728,16 @@ impl Call {
 
     /// Finishes a call from the provider's whole (non-streaming) answer.
     pub fn finish_body(mut self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> CallRecord {
-        let meta = ProviderMeta::from_headers(headers);
+        let api = self.request.api;
+        let meta = provider_meta(api, headers);
         let mut error = status_error(status);
-        let (facts, usage) = match ChatCompletion::parse(body) {
-            Ok(c) => (c.facts, c.usage),
+        let parsed = match api {
+            Api::ChatCompletions => ChatCompletion::parse(body).map(|c| (c.facts, c.usage)),
+            Api::AnthropicMessages => AnthropicMessage::parse(body).map(|m| (m.facts, m.usage)),
+            Api::Responses => OpenAiResponse::parse(body).map(|r| (r.facts, r.usage)),
+        };
+        let (facts, usage) = match parsed {
+            Ok(parsed) => parsed,
             Err(_) => {
                 error.get_or_insert(ErrorType::Decode);
                 (ResponseFacts::default(), None)
@@ -696,12 +767,13 @@ impl Call {
         S: Stream<Item = Result<Bytes, E>> + Send + 'static,
         E: Into<CallError> + 'static,
     {
-        let meta = ProviderMeta::from_headers(&headers);
+        let api = self.request.api;
+        let meta = provider_meta(api, &headers);
         ChatStream {
             status,
             headers,
             body: Box::pin(body.map_err(Into::into)),
-            observer: StreamObserver::new(sent),
+            observer: StreamObserver::for_api(sent, api),
             cutter: (hide_usage_chunk && status.is_success()).then(EventCutter::default),
             events: Vec::new(),
             inserts: Vec::new(),
@@ -763,7 +835,7 @@ impl Call {
         let record = CallRecord {
             id: CallId::new(),
             operation: names::OPERATION_CHAT,
-            provider: self.meter.inner.provider.clone(),
+            provider: self.provider.clone(),
             server_address: self.server.address.clone(),
             server_port: self.server.port,
             annotations: std::mem::replace(&mut self.annotations, Annotations::none()),
@@ -832,8 +904,9 @@ pub struct ChatStream {
     hide_usage_chunk: bool,
     /// A field to add, from the finished record, to the chunk that ends the caller's stream.
     outcome: Option<OutcomeField>,
-    /// The `data` of the chunk that will carry `outcome`, held back until the record is done.
-    held: Option<Vec<u8>>,
+    /// The `event:` name and `data` of the event that will carry `outcome`, held back until the
+    /// record is done.
+    held: Option<(Vec<u8>, Vec<u8>)>,
     /// An upstream error to report once the held chunk has been passed on.
     deferred_error: Option<CallError>,
 }
@@ -849,9 +922,15 @@ struct OutcomeField {
     carrier: EventOutcome,
 }
 
-/// One SSE event carrying `data` (each of its lines a `data:` line).
-fn sse_event(data: &[u8]) -> Bytes {
-    let mut out = Vec::with_capacity(data.len() + 16);
+/// One SSE event: `event: {event}` when it has a name (the Anthropic and OpenAI SDKs dispatch on
+/// it), then `data` (each of its lines a `data:` line).
+fn sse_event(event: &[u8], data: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(event.len() + data.len() + 24);
+    if !event.is_empty() {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(event);
+        out.push(b'\n');
+    }
     for line in data.split(|&b| b == b'\n') {
         out.extend_from_slice(b"data: ");
         out.extend_from_slice(line);
@@ -884,12 +963,15 @@ impl ChatStream {
         self.record.as_ref()
     }
 
-    /// Adds `"key": value` (JSON made from the finished record) to the chunk that ends the
-    /// caller's stream, the way Pay-i's proxy carries `xproxy_result`: the usage chunk when the
-    /// caller asked for usage, otherwise the last chunk with a finish reason, so that every chunk
-    /// the caller gets still has `choices`. That one chunk is held back until the record is
-    /// finished (it is followed at once by the usage chunk and `[DONE]`); content deltas are
-    /// never held. A stream with no such chunk gets no field. Events are then passed on whole.
+    /// Adds `"key": value` (JSON made from the finished record) to the event that ends the
+    /// caller's stream, the way Pay-i's proxy carries `xproxy_result`. Chat Completions: the
+    /// usage chunk when the caller asked for usage, otherwise the last chunk with a finish
+    /// reason, so that every chunk the caller gets still has `choices`; that one chunk is held
+    /// back until the record is finished (it is followed at once by the usage chunk and
+    /// `[DONE]`). Anthropic Messages and Responses: the terminal event (`message_stop`,
+    /// `response.completed` / `incomplete` / `failed`), re-emitted with its `event:` line, a
+    /// sibling of its `type`. Content deltas are never held. A stream with no such event gets
+    /// no field. Events are then passed on whole.
     pub fn with_outcome_field(
         mut self,
         key: &'static str,
@@ -901,15 +983,16 @@ impl ChatStream {
                     .pending
                     .as_ref()
                     .is_some_and(|(call, _)| call.request.include_usage);
+            let carrier = match self.observer.api() {
+                Api::ChatCompletions if caller_sees_usage => EventOutcome::UsageOnly,
+                Api::ChatCompletions => EventOutcome::Finish,
+                Api::AnthropicMessages | Api::Responses => EventOutcome::Done,
+            };
             self.cutter.get_or_insert_with(EventCutter::default);
             self.outcome = Some(OutcomeField {
                 key,
                 value: Box::new(value),
-                carrier: if caller_sees_usage {
-                    EventOutcome::UsageOnly
-                } else {
-                    EventOutcome::Finish
-                },
+                carrier,
             });
         }
         self
@@ -953,12 +1036,13 @@ impl ChatStream {
     /// The held chunk with the outcome field added, once the record is finished.
     fn release_held(&mut self) -> Option<Bytes> {
         let record = self.record.as_ref()?;
-        let data = self.held.take()?;
+        let (event, data) = self.held.take()?;
         let Some(outcome) = self.outcome.take() else {
-            return Some(sse_event(&data));
+            return Some(sse_event(&event, &data));
         };
         let value = (outcome.value)(record);
         Some(sse_event(
+            &event,
             &crate::record::xproxy::add_json_field(&data, outcome.key, &value).unwrap_or(data),
         ))
     }
@@ -976,20 +1060,19 @@ impl ChatStream {
         *done_at = None;
         let hide = self.hide_usage_chunk;
         let carrier = self.outcome.as_ref().map(|o| o.carrier);
-        self.observer.observe_events(&chunk, |outcome, end, data| {
+        self.observer.observe_typed(&chunk, |outcome, end, frame| {
             let index = events.len();
+            if outcome == EventOutcome::Done {
+                done_at.get_or_insert(index);
+            }
             let keep = match outcome {
-                EventOutcome::Done => {
-                    done_at.get_or_insert(index);
-                    true
-                }
                 EventOutcome::UsageOnly if hide => false,
-                // The carrier is held (its tail, `data` None, goes with it). An earlier one
+                // The carrier is held (its tail, `frame` None, goes with it). An earlier one
                 // (another choice's finish chunk) is passed on unchanged in its place.
                 o if Some(o) == carrier => {
-                    if let Some(data) = data {
-                        if let Some(earlier) = held.replace(data.to_vec()) {
-                            inserts.push((index, sse_event(&earlier)));
+                    if let Some(frame) = frame {
+                        if let Some((event, data)) = held.replace((frame.event.to_vec(), frame.data.to_vec())) {
+                            inserts.push((index, sse_event(&event, &data)));
                         }
                     }
                     false

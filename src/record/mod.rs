@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use serde::Deserialize;
 
 use crate::parse::annotations::Annotations;
+use crate::parse::endpoint::Api;
 use crate::parse::provider::{ProviderMeta, ResponseFacts, Str, Usage};
 use crate::record::limits::LimitState;
 use crate::record::pricing::Cost;
@@ -117,13 +118,16 @@ fn status_str(code: u16) -> &'static str {
 #[derive(Clone, Debug, Default, PartialEq)]
 #[non_exhaustive]
 pub struct RequestFacts {
+    /// The API the request is for (it decides how the answer is read).
+    pub api: Api,
     /// `model`.
     pub model: String,
     /// `stream`.
     pub stream: bool,
     /// `stream_options.include_usage` as sent (after the client may have added it).
     pub include_usage: bool,
-    /// `max_completion_tokens`, or the legacy `max_tokens`.
+    /// `max_completion_tokens`, or the legacy `max_tokens` (Anthropic's `max_tokens`, the
+    /// Responses API's `max_output_tokens`).
     pub max_tokens: Option<u64>,
     /// `temperature`.
     pub temperature: Option<f64>,
@@ -137,7 +141,7 @@ pub struct RequestFacts {
     pub seed: Option<i64>,
     /// `n`.
     pub choice_count: Option<u64>,
-    /// `stop` (a string or an array).
+    /// `stop` (a string or an array; Anthropic's `stop_sequences`).
     pub stop_sequences: Vec<String>,
     /// `service_tier`.
     pub service_tier: Option<String>,
@@ -156,6 +160,8 @@ struct RequestWire<'a> {
     #[serde(default)]
     max_tokens: Option<u64>,
     #[serde(default)]
+    max_output_tokens: Option<u64>,
+    #[serde(default)]
     temperature: Option<f64>,
     #[serde(default)]
     top_p: Option<f64>,
@@ -169,6 +175,8 @@ struct RequestWire<'a> {
     n: Option<u64>,
     #[serde(default)]
     stop: Option<Stop>,
+    #[serde(default)]
+    stop_sequences: Option<Vec<String>>,
     #[serde(borrow, default)]
     service_tier: Option<Str<'a>>,
 }
@@ -199,7 +207,9 @@ pub enum StreamOptions {
 }
 
 impl RequestFacts {
-    /// Reads the facts from a JSON request body; also says where `stream_options` stands.
+    /// Reads the facts from a JSON request body of any [`Api`] (the field names do not clash:
+    /// each API's are read); also says where `stream_options` stands. `api` is left at its
+    /// default: the caller knows which API it sends to.
     pub fn parse(body: &[u8]) -> Result<(Self, StreamOptions), serde_json::Error> {
         let w: RequestWire<'_> = serde_json::from_slice(body)?;
         let options = match &w.stream_options {
@@ -209,20 +219,21 @@ impl RequestFacts {
             },
         };
         let facts = RequestFacts {
+            api: Api::default(),
             model: w.model.map(|m| m.0.into_owned()).unwrap_or_default(),
             stream: w.stream == Some(true),
             include_usage: matches!(options, StreamOptions::Present { include_usage: true }),
-            max_tokens: w.max_completion_tokens.or(w.max_tokens),
+            max_tokens: w.max_completion_tokens.or(w.max_tokens).or(w.max_output_tokens),
             temperature: w.temperature,
             top_p: w.top_p,
             frequency_penalty: w.frequency_penalty,
             presence_penalty: w.presence_penalty,
             seed: w.seed,
             choice_count: w.n,
-            stop_sequences: match w.stop {
-                None => Vec::new(),
-                Some(Stop::One(s)) => vec![s],
-                Some(Stop::Many(v)) => v,
+            stop_sequences: match (w.stop, w.stop_sequences) {
+                (Some(Stop::One(s)), _) => vec![s],
+                (Some(Stop::Many(v)), _) | (None, Some(v)) => v,
+                (None, None) => Vec::new(),
             },
             service_tier: w.service_tier.map(|t| t.0.into_owned()),
         };

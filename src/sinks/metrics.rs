@@ -6,7 +6,7 @@
 //! | `gen_ai.client.token.usage` | histogram, `{token}` | default + `gen_ai.token.type` |
 //! | `gen_ai.client.operation.time_to_first_chunk` | histogram, `s`, streams | default labels |
 //! | `gen_ai.client.operation.time_per_output_chunk` | histogram, `s`, streams | default labels |
-//! | `gen_ai.client.inference.usage.{input_tokens, output_tokens, cache_read.input_tokens, reasoning.output_tokens}` | counters, `{token}` | default labels |
+//! | `gen_ai.client.inference.usage.{input_tokens, output_tokens, cache_read.input_tokens, cache_creation.input_tokens, reasoning.output_tokens}` | counters, `{token}` | default labels |
 //! | `llm_meter.provider.processing.duration` | histogram, `s` (`openai-processing-ms`) | default labels |
 //! | `llm_meter.ratelimit.{remaining, limit}` | gauges | provider, `server.address`, model, `llm_meter.ratelimit.kind` |
 //! | `llm_meter.ratelimit.reset` | gauge, `s` | same |
@@ -175,6 +175,7 @@ struct Series {
     input_tokens: OnceLock<BoundCounter<u64>>,
     output_tokens: OnceLock<BoundCounter<u64>>,
     cached_input_tokens: OnceLock<BoundCounter<u64>>,
+    cache_creation_input_tokens: OnceLock<BoundCounter<u64>>,
     reasoning_tokens: OnceLock<BoundCounter<u64>>,
     input_token_usage: OnceLock<BoundHistogram<u64>>,
     output_token_usage: OnceLock<BoundHistogram<u64>>,
@@ -195,6 +196,7 @@ enum Point {
     InputTokens(u64),
     OutputTokens(u64),
     CachedInputTokens(u64),
+    CacheCreationInputTokens(u64),
     ReasoningTokens(u64),
     /// `gen_ai.client.token.usage` with `gen_ai.token.type` `input` or `output`.
     TokenUsage(&'static str, u64),
@@ -225,6 +227,9 @@ fn points(r: &CallRecord, mut emit: impl FnMut(Point)) {
         emit(Point::OutputTokens(u.output_tokens));
         if let Some(n) = u.cached_input_tokens {
             emit(Point::CachedInputTokens(n));
+        }
+        if let Some(n) = u.cache_creation_input_tokens {
+            emit(Point::CacheCreationInputTokens(n));
         }
         if let Some(n) = u.reasoning_tokens {
             emit(Point::ReasoningTokens(n));
@@ -262,6 +267,9 @@ impl Series {
             Point::InputTokens(n) => count(&self.input_tokens, &i.input_tokens, n),
             Point::OutputTokens(n) => count(&self.output_tokens, &i.output_tokens, n),
             Point::CachedInputTokens(n) => count(&self.cached_input_tokens, &i.cached_input_tokens, n),
+            Point::CacheCreationInputTokens(n) => {
+                count(&self.cache_creation_input_tokens, &i.cache_creation_input_tokens, n)
+            }
             Point::ReasoningTokens(n) => count(&self.reasoning_tokens, &i.reasoning_tokens, n),
             Point::TokenUsage("input", n) => typed(&self.input_token_usage, "input", n),
             Point::TokenUsage(kind, n) => typed(&self.output_token_usage, kind, n),
@@ -277,13 +285,14 @@ fn usage_missing(r: &CallRecord) -> bool {
 /// Provider, server and model of a rate-limit series.
 type RateKey = (Arc<str>, Arc<str>, StringValue);
 
-/// Bound rate-limit gauges of one provider, server and model, by kind (requests, tokens).
+/// Bound rate-limit gauges of one provider, server and model, by kind (requests, tokens,
+/// input tokens, output tokens).
 #[derive(Debug, Default)]
 struct RateSeries {
-    remaining: [OnceLock<BoundGauge<u64>>; 2],
-    limit: [OnceLock<BoundGauge<u64>>; 2],
-    reset: [OnceLock<BoundGauge<f64>>; 2],
-    reset_at: [OnceLock<BoundGauge<f64>>; 2],
+    remaining: [OnceLock<BoundGauge<u64>>; 4],
+    limit: [OnceLock<BoundGauge<u64>>; 4],
+    reset: [OnceLock<BoundGauge<f64>>; 4],
+    reset_at: [OnceLock<BoundGauge<f64>>; 4],
 }
 
 /// Every instrument, built once; records one [`CallRecord`] per call. Cheap to clone.
@@ -301,6 +310,7 @@ struct Instruments {
     input_tokens: Counter<u64>,
     output_tokens: Counter<u64>,
     cached_input_tokens: Counter<u64>,
+    cache_creation_input_tokens: Counter<u64>,
     reasoning_tokens: Counter<u64>,
     processing: Histogram<f64>,
     ratelimit_remaining: Gauge<u64>,
@@ -375,6 +385,10 @@ impl Metrics {
                 cached_input_tokens: tokens(
                     METRIC_CACHED_INPUT_TOKENS,
                     "Input tokens read from the provider's cache.",
+                ),
+                cache_creation_input_tokens: tokens(
+                    METRIC_CACHE_CREATION_INPUT_TOKENS,
+                    "Input tokens written to the provider's cache (Anthropic's cache writes).",
                 ),
                 reasoning_tokens: tokens(METRIC_REASONING_TOKENS, "Output tokens spent on reasoning."),
                 processing: seconds(
@@ -554,6 +568,7 @@ impl Metrics {
             Point::InputTokens(n) => i.input_tokens.add(n, &labels),
             Point::OutputTokens(n) => i.output_tokens.add(n, &labels),
             Point::CachedInputTokens(n) => i.cached_input_tokens.add(n, &labels),
+            Point::CacheCreationInputTokens(n) => i.cache_creation_input_tokens.add(n, &labels),
             Point::ReasoningTokens(n) => i.reasoning_tokens.add(n, &labels),
             Point::TokenUsage(kind, n) => {
                 if let Some(last) = typed.last_mut() {
@@ -705,7 +720,13 @@ impl Metrics {
     fn record_rate_limits(&self, r: &CallRecord) {
         let i = &self.inner;
         let m = &r.meta;
-        if m.requests.is_empty() && m.tokens.is_empty() {
+        let kinds = [
+            (RATELIMIT_KIND_REQUESTS, &m.requests),
+            (RATELIMIT_KIND_TOKENS, &m.tokens),
+            (RATELIMIT_KIND_INPUT_TOKENS, &m.input_tokens),
+            (RATELIMIT_KIND_OUTPUT_TOKENS, &m.output_tokens),
+        ];
+        if kinds.iter().all(|(_, limit)| limit.is_empty()) {
             return;
         }
         // Rate limits are per model as the caller names it, whatever snapshot answered.
@@ -730,10 +751,10 @@ impl Metrics {
         // When the reported window resets: the answer's time plus the reported reset.
         let observed = crate::record::limits::unix(r.timings.started_at) + r.timings.duration.as_secs_f64();
         let series = self.rate_series(key);
-        for (k, (kind, limit)) in [("requests", &m.requests), ("tokens", &m.tokens)]
-            .into_iter()
-            .enumerate()
-        {
+        for (k, (kind, limit)) in kinds.into_iter().enumerate() {
+            if limit.is_empty() {
+                continue;
+            }
             match &series {
                 Some(s) => {
                     if let Some(v) = limit.remaining {

@@ -307,6 +307,10 @@ pub fn attributes(r: &CallRecord) -> Vec<KeyValue> {
             r.usage.and_then(|u| u.cached_input_tokens).map(int),
         ),
         (
+            GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS,
+            r.usage.and_then(|u| u.cache_creation_input_tokens).map(int),
+        ),
+        (
             GEN_AI_USAGE_REASONING_OUTPUT_TOKENS,
             r.usage.and_then(|u| u.reasoning_tokens).map(int),
         ),

@@ -13,8 +13,8 @@ use std::time::Instant;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use llm_meter::{
-    names, Annotations, AnthropicMessage, ChatCompletion, Meter, OpenAiResponse, ProviderMeta, RequestFacts,
-    StreamFormat, StreamObserver,
+    names, Annotations, AnthropicMessage, Api, ChatCompletion, Meter, OpenAiResponse, ProviderMeta, RequestFacts,
+    StreamObserver,
 };
 use llm_meter_proxy::config::Config;
 use proptest::prelude::*;
@@ -235,13 +235,13 @@ fn response_bodies_never_panic() {
 
 /// A stream cut at `cuts` (positions modulo its length).
 fn observe(bytes: &[u8], cuts: &[usize]) -> String {
-    observe_as(StreamFormat::ChatCompletions, bytes, cuts)
+    observe_as(Api::ChatCompletions, bytes, cuts)
 }
 
-fn observe_as(format: StreamFormat, bytes: &[u8], cuts: &[usize]) -> String {
+fn observe_as(format: Api, bytes: &[u8], cuts: &[usize]) -> String {
     let mut positions: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
     positions.sort_unstable();
-    let mut observer = StreamObserver::with_format(Instant::now(), format);
+    let mut observer = StreamObserver::for_api(Instant::now(), format);
     let mut start = 0;
     for p in positions.into_iter().chain([bytes.len()]) {
         observer.observe_all(&bytes[start..p]);
@@ -276,8 +276,8 @@ fn anthropic_and_responses_bodies_and_streams_never_panic_and_streams_are_cut_in
         Ok(())
     });
     for (target, format, seed) in [
-        ("anthropic stream", StreamFormat::AnthropicMessages, ANTHROPIC_STREAM),
-        ("responses stream", StreamFormat::Responses, RESPONSES_STREAM),
+        ("anthropic stream", Api::AnthropicMessages, ANTHROPIC_STREAM),
+        ("responses stream", Api::Responses, RESPONSES_STREAM),
     ] {
         let strategy = (input(seed), proptest::collection::vec(any::<usize>(), 0..12));
         fuzz(target, strategy, |(bytes, cuts)| {
@@ -340,8 +340,8 @@ fn seeds_are_valid_inputs() {
     assert!(AnthropicMessage::parse(ANTHROPIC_BODY.as_bytes()).is_ok());
     assert!(OpenAiResponse::parse(RESPONSES_BODY.as_bytes()).is_ok());
     for (format, seed) in [
-        (StreamFormat::AnthropicMessages, ANTHROPIC_STREAM),
-        (StreamFormat::Responses, RESPONSES_STREAM),
+        (Api::AnthropicMessages, ANTHROPIC_STREAM),
+        (Api::Responses, RESPONSES_STREAM),
     ] {
         let seen = observe_as(format, seed.as_bytes(), &[]);
         assert!(seen.contains("Usage {") && seen.contains("true"), "{format:?}: {seen}");

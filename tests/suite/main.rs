@@ -24,6 +24,7 @@ mod names;
 mod openai_sdk;
 mod otlp;
 mod proxy;
+mod proxy_providers;
 mod proxy_spans;
 mod recorded;
 mod redis_ledger;

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use llm_meter::{
-    names, AnthropicMessage, FinishReason, OpenAiResponse, ProviderMeta, StreamFault, StreamFormat, StreamObserver,
+    names, AnthropicMessage, Api, FinishReason, OpenAiResponse, ProviderMeta, StreamFault, StreamObserver,
 };
 use llm_meter_mock::{MockConfig, MockServer};
 use serde_json::{json, Value};
@@ -48,8 +48,8 @@ fn sse(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn observe(format: StreamFormat, text: &str) -> StreamObserver {
-    let mut o = StreamObserver::with_format(Instant::now(), format);
+fn observe(format: Api, text: &str) -> StreamObserver {
+    let mut o = StreamObserver::for_api(Instant::now(), format);
     o.observe_all(text.as_bytes());
     o
 }
@@ -433,7 +433,7 @@ async fn anthropic_stream_has_the_documented_event_sequence_and_reads_back() {
     let content: String = data.iter().filter_map(|d| d["delta"]["text"].as_str()).collect();
     assert!(content.starts_with("Hello there!"), "{content}");
 
-    let o = observe(StreamFormat::AnthropicMessages, &text);
+    let o = observe(Api::AnthropicMessages, &text);
     assert!(o.done);
     assert_eq!(o.error, None);
     assert_eq!(o.facts.id.as_deref(), start["id"].as_str());
@@ -467,7 +467,7 @@ async fn anthropic_stream_error_is_an_error_event_and_no_message_stop() {
         json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
     );
     assert!(!events.iter().any(|(k, _)| k == "message_stop"));
-    let o = observe(StreamFormat::AnthropicMessages, &text);
+    let o = observe(Api::AnthropicMessages, &text);
     assert_eq!(o.error, Some(StreamFault::ErrorEvent));
     assert!(!o.done);
     assert!(o.usage.is_some(), "message_start's usage is kept");
@@ -569,7 +569,7 @@ async fn responses_stream_runs_from_created_to_completed_without_done() {
     let deltas: String = data.iter().filter_map(|d| d["delta"].as_str()).collect();
     assert_eq!(done["output"][0]["content"][0]["text"], deltas.as_str());
 
-    let o = observe(StreamFormat::Responses, &text);
+    let o = observe(Api::Responses, &text);
     assert!(o.done);
     assert_eq!(o.error, None);
     assert_eq!(o.facts.status.as_deref(), Some("completed"));
@@ -601,7 +601,7 @@ async fn responses_max_output_tokens_makes_it_incomplete() {
         .await
         .unwrap();
     assert_eq!(sse(&text).last().unwrap().0, "response.incomplete");
-    let o = observe(StreamFormat::Responses, &text);
+    let o = observe(Api::Responses, &text);
     assert!(o.done);
     assert_eq!(o.facts.finish_reasons, [FinishReason::Length]);
     assert_eq!(o.usage.unwrap().output_tokens, 16);
@@ -626,7 +626,7 @@ async fn responses_stream_error_ends_in_response_failed() {
     assert_eq!(last, "response.failed");
     let v: Value = serde_json::from_str(data).unwrap();
     assert_eq!(v["response"]["error"]["code"], "server_error");
-    let o = observe(StreamFormat::Responses, &text);
+    let o = observe(Api::Responses, &text);
     assert!(o.done);
     assert_eq!(o.error, Some(StreamFault::ErrorEvent));
     assert_eq!(o.facts.status.as_deref(), Some("failed"));
@@ -742,7 +742,7 @@ async fn azure_stream_starts_with_the_empty_prompt_filter_chunk() {
         "safe"
     );
     // The library's Chat Completions observer takes the id and model from the real chunks.
-    let o = observe(StreamFormat::ChatCompletions, &text);
+    let o = observe(Api::ChatCompletions, &text);
     assert!(o.done);
     assert_eq!(o.error, None);
     assert!(o.facts.id.as_deref().unwrap().starts_with("chatcmpl-"));

@@ -305,10 +305,7 @@ async fn with_outcome(pieces: Vec<Result<Bytes, ()>>, caller_usage: bool) -> (St
         body["stream_options"] = json!({"include_usage": true});
     }
     let prepared = meter.prepare(serde_json::to_vec(&body).unwrap(), Some(true)).unwrap();
-    let server = llm_meter::Server {
-        address: "api.openai.com".into(),
-        port: Some(443),
-    };
+    let server = llm_meter::Server::new("api.openai.com", Some(443));
     let call = meter.start(server, &Annotations::none(), prepared.facts);
     // A body error needs a real reqwest error: a connection refused by a closed port.
     let mut refused = match pieces.iter().any(Result::is_err) {
@@ -401,10 +398,7 @@ async fn content_is_never_held_back_for_the_outcome() {
     let prepared = meter
         .prepare(serde_json::to_vec(&stream_body()).unwrap(), Some(true))
         .unwrap();
-    let server = llm_meter::Server {
-        address: "h".into(),
-        port: None,
-    };
+    let server = llm_meter::Server::new("h", None);
     let call = meter.start(server, &Annotations::none(), prepared.facts);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<reqwest::Result<Bytes>>();
     let rx = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
@@ -489,10 +483,7 @@ async fn an_empty_first_chunk_azure_style_records_no_empty_id_or_model() {
     let prepared = meter
         .prepare(serde_json::to_vec(&stream_body()).unwrap(), Some(true))
         .unwrap();
-    let server = llm_meter::Server {
-        address: "my-resource.openai.azure.com".into(),
-        port: Some(443),
-    };
+    let server = llm_meter::Server::new("my-resource.openai.azure.com", Some(443));
     let call = meter.start(server, &Annotations::none(), prepared.facts);
     let mut s = call.observe_stream(
         http::StatusCode::OK,

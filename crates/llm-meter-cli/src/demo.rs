@@ -1,5 +1,6 @@
 //! `llm-meter demo`: the embedded mock provider, the proxy in front of it, and the library client,
-//! driven with a realistic mix of annotated traffic — several use cases and users, streaming and
+//! driven with a realistic mix of annotated traffic — several use cases and users on OpenAI Chat
+//! Completions, Anthropic Messages, the OpenAI Responses API and Azure OpenAI, streaming and
 //! not, a budget that passes its threshold, a block limit that refuses calls, and some 429s —
 //! with `/metrics` served, OTLP exported when the environment asks, and a live summary. Needs no
 //! API key and no network.
@@ -18,9 +19,9 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::json;
 
-use llm_meter::Annotations;
 use llm_meter::{prometheus, Telemetry};
 use llm_meter::{AdmissionMode, Ledger, LimitConfig, LimitKind, MemoryLedger};
+use llm_meter::{Annotations, Api};
 use llm_meter::{CallError, Client};
 use llm_meter::{CallRecord, ErrorType};
 use llm_meter_mock::{MockConfig, MockServer};
@@ -148,16 +149,33 @@ impl Tally {
     }
 }
 
-/// Use cases: name, model, streamed, and relative volume when running on.
-const USE_CASES: [(&str, &str, bool, u32); 4] = [
-    ("support.triage", "gpt-4o-mini", false, 5),
-    ("support.reply", "gpt-4o", true, 2),
-    ("search.rerank", "gpt-4.1-mini", false, 3),
-    ("docs.summarize", "gpt-4o", true, 1),
+/// Which provider and API a demo use case calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Provider {
+    /// OpenAI Chat Completions.
+    OpenAi,
+    /// Anthropic Messages.
+    Anthropic,
+    /// The OpenAI Responses API.
+    Responses,
+    /// Azure OpenAI chat completions on a deployment (through the proxy only).
+    Azure,
+}
+
+/// A demo use case: name, model, streamed, relative volume when running on, provider.
+type UseCase = (&'static str, &'static str, bool, u32, Provider);
+
+/// Use cases: name, model, streamed, relative volume when running on, and provider.
+const USE_CASES: [UseCase; 5] = [
+    ("support.triage", "gpt-4o-mini", false, 5, Provider::OpenAi),
+    ("support.reply", "claude-sonnet-4-5", true, 2, Provider::Anthropic),
+    ("search.rerank", "gpt-4.1-mini", false, 3, Provider::Responses),
+    ("docs.summarize", "gpt-4o", true, 1, Provider::OpenAi),
+    ("billing.explain", "gpt-4o", false, 1, Provider::Azure),
 ];
 
 /// A use case on a model with no price: its calls show as unpriced.
-const UNPRICED: (&str, &str, bool, u32) = ("labs.experiment", "acme-finetune-v1", false, 0);
+const UNPRICED: UseCase = ("labs.experiment", "acme-finetune-v1", false, 0, Provider::OpenAi);
 
 /// The running demo's traffic over time, compressed: a "day" is 10 minutes.
 #[derive(Clone, Copy, Debug)]
@@ -206,11 +224,11 @@ impl Shape {
 
     /// The use case of call `i` of a round: by volume, the spiking one 30 times its volume,
     /// one call in 40 on the unpriced model.
-    fn use_case(&self, i: usize) -> (&'static str, &'static str, bool, u32) {
+    fn use_case(&self, i: usize) -> UseCase {
         if i % 40 == 39 {
             return UNPRICED;
         }
-        let weight = |(name, _, _, w): &(&str, &str, bool, u32)| {
+        let weight = |(name, _, _, w, _): &UseCase| {
             if *name == "docs.summarize" && self.spiking() {
                 w * Self::SPIKE_FACTOR
             } else {
@@ -234,9 +252,55 @@ impl Shape {
 /// How one demo call goes out.
 #[derive(Clone)]
 struct Doors {
-    client: Client,
-    proxy_url: String,
+    /// Library clients: Chat Completions, Anthropic Messages, Responses.
+    chat: Client,
+    anthropic: Client,
+    responses: Client,
+    proxy: String,
     http: reqwest::Client,
+}
+
+impl Doors {
+    fn client(&self, provider: Provider) -> Option<&Client> {
+        match provider {
+            Provider::OpenAi => Some(&self.chat),
+            Provider::Anthropic => Some(&self.anthropic),
+            Provider::Responses => Some(&self.responses),
+            Provider::Azure => None,
+        }
+    }
+}
+
+/// The request body of a demo call to `provider`.
+fn demo_body(provider: Provider, model: &str, stream: bool, i: usize) -> serde_json::Value {
+    let question = format!("Demo question number {i}: how do I reset my password?");
+    match provider {
+        Provider::OpenAi => json!({
+            "model": model,
+            "messages": [{"role": "user", "content": question}],
+            "max_completion_tokens": 64,
+            "stream": stream,
+        }),
+        // The deployment in the path names the model.
+        Provider::Azure => json!({
+            "messages": [{"role": "user", "content": question}],
+            "max_completion_tokens": 64,
+            "stream": stream,
+        }),
+        Provider::Anthropic => json!({
+            "model": model,
+            "max_tokens": 64,
+            "system": "You answer support questions.",
+            "messages": [{"role": "user", "content": question}],
+            "stream": stream,
+        }),
+        Provider::Responses => json!({
+            "model": model,
+            "input": question,
+            "max_output_tokens": 64,
+            "stream": stream,
+        }),
+    }
 }
 
 /// Runs the demo with `telemetry` (its metrics, and its spans when its layer is installed) and
@@ -256,6 +320,7 @@ pub async fn run(config: DemoConfig, telemetry: &Telemetry) -> Result<(), Box<dy
         },
         limit_tokens: 2_000_000,
         cached_fraction: 0.25,
+        cache_write_fraction: 0.1,
         ..MockConfig::default()
     })
     .await?;
@@ -283,20 +348,28 @@ pub async fn run(config: DemoConfig, telemetry: &Telemetry) -> Result<(), Box<dy
         .build()?;
     let settings = ProxySettings {
         upstream: mock.base_url().parse()?,
+        anthropic_upstream: mock.azure_endpoint().parse()?,
+        azure_openai_upstream: Some(mock.azure_endpoint().parse()?),
         ..ProxySettings::default()
     };
     let proxy_addr = Proxy::new(settings, meter.clone())?
         .spawn("127.0.0.1:0".parse()?)
         .await?;
     println!("mock provider:  {}", mock.base_url());
-    println!("proxy:          http://{proxy_addr}/v1 (Pay-i route: /api/v1/proxy/openai/v1)");
-    let doors = Doors {
-        client: Client::builder()
+    println!("proxy:          http://{proxy_addr}/v1 (Pay-i route: /api/v1/proxy/openai/v1; also /v1/messages, /v1/responses, /openai/deployments/…)");
+    let client = |api: Api| {
+        Client::builder()
             .base_url(mock.base_url())
             .api_key("sk-demo-not-a-real-key")
-            .meter(meter)
-            .build()?,
-        proxy_url: format!("http://{proxy_addr}/v1/chat/completions"),
+            .api(api)
+            .meter(meter.clone())
+            .build()
+    };
+    let doors = Doors {
+        chat: client(Api::ChatCompletions)?,
+        anthropic: client(Api::AnthropicMessages)?,
+        responses: client(Api::Responses)?,
+        proxy: format!("http://{proxy_addr}"),
         http: reqwest::Client::new(),
     };
 
@@ -320,7 +393,7 @@ async fn drive(doors: &Doors, config: &DemoConfig, round: usize, shape: Option<S
         .map(|i| {
             let doors = doors.clone();
             async move {
-                let (use_case, model, stream, _) = match shape {
+                let (use_case, model, stream, _, provider) = match shape {
                     Some(shape) => shape.use_case(i),
                     None => USE_CASES[i % USE_CASES.len()],
                 };
@@ -340,16 +413,10 @@ async fn drive(doors: &Doors, config: &DemoConfig, round: usize, shape: Option<S
                     tracing::warn!(target: "llm_meter", "demo annotations rejected: {annotations:?}");
                     return;
                 };
-                let body = json!({
-                    "model": model,
-                    "messages": [{"role": "user", "content": format!("Demo question number {i}: how do I reset my password?")}],
-                    "max_completion_tokens": 64,
-                    "stream": stream,
-                });
-                if i % 2 == 0 {
-                    through_client(&doors.client, &body, &annotations, stream).await;
-                } else {
-                    through_proxy(&doors, &body, &annotations).await;
+                let body = demo_body(provider, model, stream, i);
+                match doors.client(provider) {
+                    Some(client) if i % 2 == 0 => through_client(client, &body, &annotations, stream).await,
+                    _ => through_proxy(&doors, provider, model, &body, &annotations).await,
                 }
             }
         })
@@ -378,13 +445,34 @@ async fn through_client(client: &Client, body: &serde_json::Value, annotations: 
     }
 }
 
-/// An OpenAI-compatible HTTP client using the proxy, with annotations as `xProxy-*` headers.
-async fn through_proxy(doors: &Doors, body: &serde_json::Value, annotations: &Annotations) {
-    let request = doors
-        .http
-        .post(&doors.proxy_url)
+/// A plain HTTP client using the proxy as each provider's SDK would, with annotations as
+/// `xProxy-*` headers.
+async fn through_proxy(
+    doors: &Doors,
+    provider: Provider,
+    model: &str,
+    body: &serde_json::Value,
+    annotations: &Annotations,
+) {
+    const KEY: &str = "sk-demo-not-a-real-key";
+    let base = &doors.proxy;
+    let request = match provider {
+        Provider::OpenAi => doors.http.post(format!("{base}/v1/chat/completions")).bearer_auth(KEY),
+        Provider::Responses => doors.http.post(format!("{base}/v1/responses")).bearer_auth(KEY),
+        Provider::Anthropic => doors
+            .http
+            .post(format!("{base}/v1/messages"))
+            .header("x-api-key", KEY)
+            .header("anthropic-version", llm_meter::ANTHROPIC_VERSION),
+        Provider::Azure => doors
+            .http
+            .post(format!(
+                "{base}/openai/deployments/{model}/chat/completions?api-version=2024-10-21"
+            ))
+            .header("api-key", KEY),
+    };
+    let request = request
         .headers(annotations.to_headers())
-        .bearer_auth("sk-demo-not-a-real-key")
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(body.to_string());
     if let Ok(resp) = request.send().await {

@@ -148,12 +148,27 @@ pub struct ProxyFileConfig {
     pub read_timeout: Option<String>,
 }
 
+/// `[upstreams]`: one per provider.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamsConfig {
+    /// OpenAI's API base (default `https://api.openai.com/v1`; what `--upstream` sets).
+    pub openai: Option<String>,
+    /// Anthropic's API origin (default `https://api.anthropic.com`).
+    pub anthropic: Option<String>,
+    /// The Azure OpenAI resource's endpoint (`https://my-resource.openai.azure.com`; no default).
+    pub azure_openai: Option<String>,
+}
+
 /// The configuration file.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Upstream API base of the proxy (default `https://api.openai.com/v1`).
+    /// OpenAI's API base, as `[upstreams] openai` (kept for older files; set one of the two).
     pub upstream: Option<String>,
+    /// One upstream per provider.
+    #[serde(default)]
+    pub upstreams: UpstreamsConfig,
     /// Proxy listen address (default `127.0.0.1:8787`).
     pub listen: Option<String>,
     /// Admin listen address for `/metrics` and `/healthz` (default `127.0.0.1:9464`).
@@ -300,8 +315,22 @@ impl Config {
             },
         };
         let mut s = ProxySettings::default();
-        if let Some(u) = upstream.or(self.upstream.as_deref()) {
+        if self.upstream.is_some() && self.upstreams.openai.is_some() {
+            return Err(err(
+                "upstream and [upstreams] openai are the same setting: keep one".into()
+            ));
+        }
+        if let Some(u) = upstream
+            .or(self.upstream.as_deref())
+            .or(self.upstreams.openai.as_deref())
+        {
             s.upstream = url("upstream", u)?;
+        }
+        if let Some(u) = &self.upstreams.anthropic {
+            s.anthropic_upstream = url("[upstreams] anthropic", u)?;
+        }
+        if let Some(u) = &self.upstreams.azure_openai {
+            s.azure_openai_upstream = Some(url("[upstreams] azure_openai", u)?);
         }
         s.allowed_upstreams = self
             .proxy
@@ -385,6 +414,27 @@ mod tests {
     }
 
     #[test]
+    fn one_upstream_per_provider() {
+        let c = Config::parse(
+            "[upstreams]\nopenai = \"https://o.example/v1\"\nanthropic = \"https://a.example\"\nazure_openai = \"https://r.openai.azure.com/\"",
+        )
+        .unwrap();
+        let s = c.proxy_settings(None).unwrap();
+        assert_eq!(s.upstream.as_str(), "https://o.example/v1");
+        assert_eq!(s.anthropic_upstream.as_str(), "https://a.example/");
+        assert_eq!(s.azure_openai_upstream.unwrap().as_str(), "https://r.openai.azure.com/");
+        let flag = c.proxy_settings(Some("http://127.0.0.1:9/v1")).unwrap();
+        assert_eq!(
+            flag.upstream.as_str(),
+            "http://127.0.0.1:9/v1",
+            "--upstream sets openai"
+        );
+        let defaults = Config::parse("").unwrap().proxy_settings(None).unwrap();
+        assert_eq!(defaults.anthropic_upstream.as_str(), "https://api.anthropic.com/");
+        assert!(defaults.azure_openai_upstream.is_none());
+    }
+
+    #[test]
     fn mistakes_are_named() {
         for (text, words) in [
             ("[[limits]]\nid = \"a\"\nmax = 1\nkind = \"stop\"", "unknown variant"),
@@ -394,6 +444,12 @@ mod tests {
             ("[pricess.x]\ninput = 1", "unknown field"),
             ("limits = 3", "invalid type"),
             ("upstream = \"ftp://x\"", "http(s)"),
+            ("[upstreams]\nanthropic = \"x\"", "[upstreams] anthropic"),
+            ("[upstreams]\nbedrock = \"https://x\"", "unknown field"),
+            (
+                "upstream = \"https://a/v1\"\n[upstreams]\nopenai = \"https://b/v1\"",
+                "keep one",
+            ),
             ("[proxy]\nkeys = [\"short\"]", "16 characters"),
             ("[proxy]\ntimeout = \"soon\"", "timeout"),
             ("[ledger]\nredis = \"http://u:secret@h\"", "redis://"),

@@ -1,16 +1,28 @@
-//! The observing proxy: OpenAI-compatible and Pay-i-compatible (proxy routing).
+//! The observing proxy: OpenAI-, Anthropic- and Azure-OpenAI-compatible, and Pay-i-compatible
+//! (proxy routing).
 //!
-//! `POST /v1/chat/completions` and Pay-i's `/api/v1/proxy/openai/v1/chat/completions` are
-//! observed calls: `xProxy-*` headers become the call's annotations (invalid ones get a 400 that
+//! Observed calls, each on its native path and under Pay-i's proxy prefix:
+//!
+//! | API | native path | Pay-i's path | upstream |
+//! |---|---|---|---|
+//! | OpenAI Chat Completions | `/v1/chat/completions` | `/api/v1/proxy/openai/v1/chat/completions` | `upstream` |
+//! | OpenAI Responses | `/v1/responses` | `/api/v1/proxy/openai/v1/responses` | `upstream` |
+//! | Anthropic Messages | `/v1/messages` | `/api/v1/proxy/anthropic/v1/messages` | `anthropic_upstream` |
+//! | Azure OpenAI | `/openai/deployments/{deployment}/chat/completions`, `/openai/v1/chat/completions` | the same under `/api/v1/proxy/azure.openai` | `azure_openai_upstream` |
+//!
+//! For each: `xProxy-*` headers become the call's annotations (invalid ones get a 400 that
 //! names the header, and nothing is forwarded), the request goes to the upstream without them,
 //! and the provider's status, headers and body come back, a JSON body with a sibling
 //! `xproxy_result`, a stream chunk by chunk with `xproxy_result` on the usage chunk when the
 //! caller asked for usage, else on the chunk with the finish reason (every chunk the caller
-//! gets keeps its `choices`). Block
-//! limits refuse calls before the provider sees them. Every other `/v1/*` request is forwarded
+//! gets keeps its `choices`); Anthropic and Responses streams carry it on their terminal event.
+//! Block limits refuse calls before the provider sees them. Every other request of those
+//! providers (`/v1/*`, `/v1/messages/*`, `/openai/*`, and under Pay-i's prefixes) is forwarded
 //! untouched.
 //!
-//! Secrets (`Authorization`, `xProxy-Api-Key`, a configured upstream key) are never recorded.
+//! Provider credentials (`Authorization`, `x-api-key`, `api-key`, `anthropic-version`) go
+//! upstream as the client sent them. Secrets (those, `xProxy-Api-Key`, a configured upstream
+//! key) are never recorded.
 
 pub mod config;
 
@@ -37,6 +49,12 @@ pub use settings::ProxySettings;
 
 /// Pay-i's proxy route prefix for OpenAI (`payi_openai_url(payi_base_url=…)`).
 pub const PAYI_OPENAI_PREFIX: &str = "/api/v1/proxy/openai";
+
+/// Pay-i's proxy route prefix for Anthropic (`payi_anthropic_url()`).
+pub const PAYI_ANTHROPIC_PREFIX: &str = "/api/v1/proxy/anthropic";
+
+/// Pay-i's proxy route prefix for Azure OpenAI (`payi_azure_openai_url()`).
+pub const PAYI_AZURE_OPENAI_PREFIX: &str = "/api/v1/proxy/azure.openai";
 
 /// Header choosing another upstream for one request (only from the allow-list).
 pub const HEADER_PROVIDER_BASE_URI: &str = names::HEADER_PROVIDER_BASE_URI;
@@ -94,17 +112,38 @@ impl Proxy {
 
     /// The proxy's routes.
     pub fn router(self) -> Router {
-        use routes::{chat, forward};
-        Router::new()
-            // Other methods on the chat path (OpenAI's stored completions: GET, DELETE) are forwarded.
-            .route("/v1/chat/completions", post(chat).fallback(forward))
-            .route(
-                &format!("{PAYI_OPENAI_PREFIX}/v1/chat/completions"),
-                post(chat).fallback(forward),
-            )
-            .route("/v1/{*rest}", any(forward))
-            .route(&format!("{PAYI_OPENAI_PREFIX}/v1/{{*rest}}"), any(forward))
-            .with_state(self)
+        use routes::{azure_chat, chat, forward, forward_anthropic, forward_azure, messages, responses};
+        let mut router = Router::new();
+        for prefix in ["", PAYI_OPENAI_PREFIX] {
+            // Other methods on observed paths (OpenAI's stored completions and responses: GET,
+            // DELETE) are forwarded.
+            router = router
+                .route(&format!("{prefix}/v1/chat/completions"), post(chat).fallback(forward))
+                .route(&format!("{prefix}/v1/responses"), post(responses).fallback(forward))
+                .route(&format!("{prefix}/v1/{{*rest}}"), any(forward));
+        }
+        for prefix in ["", PAYI_ANTHROPIC_PREFIX] {
+            router = router
+                .route(
+                    &format!("{prefix}/v1/messages"),
+                    post(messages).fallback(forward_anthropic),
+                )
+                .route(&format!("{prefix}/v1/messages/{{*rest}}"), any(forward_anthropic));
+        }
+        router = router.route(&format!("{PAYI_ANTHROPIC_PREFIX}/{{*rest}}"), any(forward_anthropic));
+        for prefix in ["", PAYI_AZURE_OPENAI_PREFIX] {
+            router = router
+                .route(
+                    &format!("{prefix}/openai/deployments/{{deployment}}/chat/completions"),
+                    post(azure_chat).fallback(forward_azure),
+                )
+                .route(
+                    &format!("{prefix}/openai/v1/chat/completions"),
+                    post(azure_chat).fallback(forward_azure),
+                )
+                .route(&format!("{prefix}/openai/{{*rest}}"), any(forward_azure));
+        }
+        router.with_state(self)
     }
 
     /// Serves the proxy on `listener` until the future is dropped.

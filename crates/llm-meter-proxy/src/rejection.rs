@@ -35,6 +35,9 @@ pub enum Rejection {
     LedgerUnavailable(LedgerError),
     /// The upstream could not be reached, timed out or failed mid-answer (502 or 504).
     Upstream(ErrorType),
+    /// The route's provider has no upstream configured (`[upstreams] azure_openai`): 502,
+    /// naming the setting.
+    NoUpstream(&'static str),
 }
 
 impl Rejection {
@@ -49,7 +52,7 @@ impl Rejection {
             Rejection::LimitReached { .. } => StatusCode::FORBIDDEN,
             Rejection::LedgerUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Rejection::Upstream(ErrorType::Timeout) => StatusCode::GATEWAY_TIMEOUT,
-            Rejection::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Rejection::Upstream(_) | Rejection::NoUpstream(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -65,6 +68,7 @@ impl Rejection {
             Rejection::Upstream(ErrorType::Timeout) => "upstream_timeout",
             Rejection::Upstream(ErrorType::Connect) => "upstream_unreachable",
             Rejection::Upstream(_) => "upstream_failed",
+            Rejection::NoUpstream(_) => "upstream_not_configured",
         }
     }
 
@@ -74,7 +78,7 @@ impl Rejection {
             Rejection::Unauthorized => "authentication_error",
             Rejection::LimitReached { .. } => "limit_reached",
             Rejection::LedgerUnavailable(_) => "ledger_error",
-            Rejection::Upstream(_) => "upstream_error",
+            Rejection::Upstream(_) | Rejection::NoUpstream(_) => "upstream_error",
             _ => "invalid_request_error",
         }
     }
@@ -108,6 +112,9 @@ impl Rejection {
             Rejection::Upstream(ErrorType::Timeout) => "the upstream provider did not answer in time".into(),
             Rejection::Upstream(ErrorType::Connect) => "cannot connect to the upstream provider".into(),
             Rejection::Upstream(_) => "the upstream provider's answer failed".into(),
+            Rejection::NoUpstream(setting) => {
+                format!("this proxy has no upstream for this route: set [upstreams] {setting} in its configuration")
+            }
         }
     }
 
@@ -188,6 +195,12 @@ mod tests {
                 None,
             ),
             (Rejection::Upstream(ErrorType::Truncated), 502, "upstream_failed", None),
+            (
+                Rejection::NoUpstream("azure_openai"),
+                502,
+                "upstream_not_configured",
+                None,
+            ),
             (
                 Rejection::LedgerUnavailable(LedgerError::Timeout {
                     ledger: "redis",

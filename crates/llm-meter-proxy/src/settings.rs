@@ -2,17 +2,29 @@
 
 use std::time::Duration;
 
+/// Anthropic's API origin, the default `anthropic_upstream`.
+pub const DEFAULT_ANTHROPIC_URL: &str = "https://api.anthropic.com";
+
 /// Proxy settings. [`Default`] is OpenAI's API, no proxy keys, 8 MiB bodies and the library's
 /// default timeouts; the configuration file ([`crate::config`]) fills them from TOML.
 #[derive(Clone, Debug)]
 pub struct ProxySettings {
-    /// Where calls go: an OpenAI-compatible API base (`https://api.openai.com/v1`).
+    /// Where OpenAI calls go (Chat Completions, Responses, every other `/v1/*` request): an
+    /// OpenAI-compatible API base (`https://api.openai.com/v1`).
     pub upstream: reqwest::Url,
-    /// Other API bases a request may choose with `xProxy-Provider-BaseUri`.
+    /// Where Anthropic Messages calls go: the API's origin, below which its paths start with
+    /// `/v1` (`https://api.anthropic.com`).
+    pub anthropic_upstream: reqwest::Url,
+    /// Where Azure OpenAI calls go: the resource's endpoint, below which its paths start with
+    /// `/openai` (`https://my-resource.openai.azure.com`); `None`: the Azure routes answer 502.
+    pub azure_openai_upstream: Option<reqwest::Url>,
+    /// Other API bases a request may choose with `xProxy-Provider-BaseUri` (instead of its
+    /// route's upstream).
     pub allowed_upstreams: Vec<reqwest::Url>,
     /// Keys accepted in `xProxy-Api-Key`; empty: no proxy auth.
     pub keys: Vec<String>,
-    /// Replaces the client's `Authorization` upstream when set.
+    /// Replaces the client's `Authorization` on OpenAI calls when set (Anthropic's `x-api-key`
+    /// and Azure's `api-key` always go up as the client sent them).
     pub upstream_api_key: Option<String>,
     /// Largest request body accepted.
     pub body_limit: usize,
@@ -29,6 +41,8 @@ impl Default for ProxySettings {
     fn default() -> Self {
         ProxySettings {
             upstream: llm_meter::parse_api_base(llm_meter::DEFAULT_BASE_URL).expect("valid default"),
+            anthropic_upstream: llm_meter::parse_api_base(DEFAULT_ANTHROPIC_URL).expect("valid default"),
+            azure_openai_upstream: None,
             allowed_upstreams: Vec::new(),
             keys: Vec::new(),
             upstream_api_key: None,

@@ -15,7 +15,13 @@ async fn demo_traffic_shows_on_metrics() {
     };
     run(config, &telemetry).await.unwrap();
     let text = llm_meter::prometheus::encode(telemetry.registry().unwrap()).unwrap();
-    for use_case in ["support.triage", "support.reply", "search.rerank", "docs.summarize"] {
+    for use_case in [
+        "support.triage",
+        "support.reply",
+        "search.rerank",
+        "docs.summarize",
+        "billing.explain",
+    ] {
         assert!(
             text.contains(&format!("use_case_name=\"{use_case}\"")),
             "{use_case} missing"
@@ -37,4 +43,15 @@ async fn demo_traffic_shows_on_metrics() {
         "the block limit refused calls"
     );
     assert!(text.lines().any(|l| l.starts_with("llm_meter_cost_usd_total{")));
+    for provider in ["openai", "anthropic", "azure.ai.openai"] {
+        assert!(
+            text.contains(&format!("gen_ai_provider_name=\"{provider}\"")),
+            "the demo mixes providers: {provider} missing"
+        );
+    }
+    assert!(
+        text.contains("llm_meter_ratelimit_remaining{") && text.contains("llm_meter_ratelimit_kind=\"input_tokens\""),
+        "Anthropic's input-token rate limit is a gauge kind"
+    );
+    assert!(text.contains("gen_ai_client_inference_usage_cache_creation_input_tokens_total{"));
 }
