@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
@@ -80,7 +80,9 @@ struct MeterInner {
     defaults: HashMap<String, Map<String, Value>>,
     metrics: Option<Metrics>,
     hooks: Vec<Arc<dyn CallHook>>,
-    prices: PriceTable,
+    /// The price table, replaceable while calls run ([`Meter::set_prices`]); shared by the
+    /// meters derived from this one.
+    prices: Arc<RwLock<Arc<PriceTable>>>,
     ledger: Option<SharedLedger>,
     enforce_limits: bool,
     reserve_max_tokens: u64,
@@ -237,7 +239,7 @@ impl MeterBuilder {
                 defaults,
                 metrics: self.metrics.clone(),
                 hooks: self.hooks,
-                prices: self.prices,
+                prices: Arc::new(RwLock::new(Arc::new(self.prices))),
                 ledger: self.ledger.clone(),
                 enforce_limits: self.enforce_limits,
                 reserve_max_tokens: self.reserve_max_tokens,
@@ -597,9 +599,23 @@ impl Meter {
         self.inner.enforce_limits && self.inner.ledger.is_some()
     }
 
-    /// The price table.
-    pub fn prices(&self) -> &PriceTable {
-        &self.inner.prices
+    /// The price table in force (calls started after [`Self::set_prices`] see the new one).
+    pub fn prices(&self) -> Arc<PriceTable> {
+        self.inner
+            .prices
+            .read()
+            .map_or_else(|p| p.into_inner().clone(), |t| t.clone())
+    }
+
+    /// Replaces the price table for every call finished from now on, on this meter and the
+    /// meters derived from it (a configuration reload; calls in flight are priced with the
+    /// table in force when they finish).
+    pub fn set_prices(&self, prices: PriceTable) {
+        let table = Arc::new(prices);
+        match self.inner.prices.write() {
+            Ok(mut slot) => *slot = table,
+            Err(poisoned) => *poisoned.into_inner() = table,
+        }
     }
 
     /// The ledger, when limits are tracked.
@@ -611,7 +627,8 @@ impl Meter {
     /// `max_completion_tokens` (else the configured default) per choice for output, at the
     /// requested tier's prices when it has them. Unpriced models reserve nothing.
     pub fn worst_case_cost(&self, request: &RequestFacts, body_len: usize) -> f64 {
-        let Some(price) = self.inner.prices.price(&request.model) else {
+        let prices = self.prices();
+        let Some(price) = prices.price(&request.model) else {
             return 0.0;
         };
         // The tier asked for, when it has a price (`auto` may be served at the standard tier).
@@ -793,7 +810,7 @@ impl Call {
         let model = answer.response.model.as_deref().unwrap_or(&self.request.model);
         let cost = answer.usage.and_then(|u| {
             let tier = answer.response.service_tier.as_deref();
-            self.meter.inner.prices.cost_at(model, tier, &u)
+            self.meter.prices().cost_at(model, tier, &u)
         });
         let limits = match &self.meter.inner.ledger {
             Some(ledger) if !self.annotations.limit_ids().is_empty() => {

@@ -395,6 +395,16 @@ pub trait Ledger: Send + Sync + fmt::Debug + 'static {
     fn add_observer(&self, observer: Arc<dyn LedgerObserver>) {
         let _ = observer;
     }
+    /// Replaces the limits' configuration while calls run (a configuration reload): the spend,
+    /// window and reservations of ids that stay are kept; new ids start from zero; ids no longer
+    /// configured are tracked as unconfigured (never refused). A ledger that cannot do this
+    /// (the default) says so and changes nothing.
+    fn reconfigure(&self, limits: Vec<LimitConfig>) -> Result<(), LimitError> {
+        let _ = limits;
+        Err(LimitError::Config(
+            "this ledger cannot change its limits while it runs: restart the proxy to apply them".into(),
+        ))
+    }
 }
 
 #[derive(Debug)]
@@ -492,6 +502,25 @@ impl MemoryLedger {
             max_unconfigured: Self::DEFAULT_MAX_UNCONFIGURED,
             untracked: AtomicU64::new(0),
         })
+    }
+
+    /// See [`Ledger::reconfigure`]: checks `limits` first, then applies them at once.
+    pub fn reconfigure(&self, limits: Vec<LimitConfig>) -> Result<(), LimitError> {
+        check_limits(&limits)?;
+        let now = SystemTime::now();
+        let mut entries = self.lock();
+        for entry in entries.values_mut() {
+            entry.config = None;
+        }
+        for limit in limits {
+            match entries.get_mut(&limit.id) {
+                Some(entry) => entry.config = Some(limit),
+                None => {
+                    entries.insert(limit.id.clone(), Entry::new(Some(limit), now));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Tracks at most `n` limit ids that calls name but the configuration does not.
@@ -691,6 +720,10 @@ impl Ledger for MemoryLedger {
     fn statuses(&self) -> Vec<LimitStatus> {
         MemoryLedger::statuses(self)
     }
+
+    fn reconfigure(&self, limits: Vec<LimitConfig>) -> Result<(), LimitError> {
+        MemoryLedger::reconfigure(self, limits)
+    }
 }
 
 /// A shared ledger.
@@ -699,6 +732,58 @@ pub type SharedLedger = Arc<dyn Ledger>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reconfiguring_keeps_spend_and_applies_the_new_limits() {
+        let limit = |id: &str, max: f64, kind: LimitKind| LimitConfig {
+            id: id.into(),
+            max,
+            threshold: None,
+            kind,
+            reset: None,
+            admission: AdmissionMode::Reserve,
+        };
+        let ledger = MemoryLedger::new(vec![
+            limit("a", 1.0, LimitKind::Block),
+            limit("b", 1.0, LimitKind::Block),
+        ])
+        .unwrap();
+        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        ledger.settle(&ids(&["a", "b"]), 0.0, 0.9);
+        assert!(ledger.admit(&ids(&["a"]), 0.2).blocked == ["a"]);
+        // `a` raised, `b` dropped, `c` new; a bad set changes nothing.
+        assert!(ledger.reconfigure(vec![limit("a", -1.0, LimitKind::Block)]).is_err());
+        assert_eq!(
+            ledger
+                .statuses()
+                .iter()
+                .find(|s| s.id == "a")
+                .unwrap()
+                .config
+                .as_ref()
+                .unwrap()
+                .max,
+            1.0
+        );
+        ledger
+            .reconfigure(vec![
+                limit("a", 2.0, LimitKind::Block),
+                limit("c", 0.5, LimitKind::Block),
+            ])
+            .unwrap();
+        let status = |id: &str| ledger.statuses().into_iter().find(|s| s.id == id).unwrap();
+        assert!((status("a").spend - 0.9).abs() < 1e-12, "spend kept");
+        assert!(
+            ledger.admit(&ids(&["a"]), 0.2).blocked.is_empty(),
+            "the new max applies"
+        );
+        assert!(
+            ledger.admit(&ids(&["b"]), 5.0).blocked.is_empty(),
+            "b is no longer enforced"
+        );
+        assert!((status("b").spend - 0.9).abs() < 1e-12);
+        assert_eq!(ledger.admit(&ids(&["c"]), 0.6).blocked, ["c"]);
+    }
 
     fn limit(id: &str, max: f64, threshold: Option<f64>, kind: LimitKind) -> LimitConfig {
         LimitConfig {

@@ -31,6 +31,7 @@
 //! fold into `other`, and `llm_meter.label.overflow` counts each fold.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use opentelemetry::metrics::{
@@ -113,23 +114,41 @@ impl Default for LabelPolicy {
     }
 }
 
-/// A label whose values are interned (no allocation per call once seen) and capped.
+/// A label whose values are interned (no allocation per call once seen) and capped. Its cap,
+/// and whether an opt-in label is on, change with [`Metrics::set_label_policy`].
 #[derive(Debug)]
 struct CappedLabel {
     key: &'static str,
-    cap: usize,
+    cap: AtomicUsize,
+    on: AtomicBool,
     values: RwLock<HashMap<Box<str>, StringValue>>,
     other: StringValue,
 }
 
 impl CappedLabel {
     fn new(key: &'static str, cap: usize) -> Self {
+        Self::opt_in(key, Some(cap))
+    }
+
+    /// A label that is off unless `cap` is given.
+    fn opt_in(key: &'static str, cap: Option<usize>) -> Self {
         CappedLabel {
             key,
-            cap,
+            cap: AtomicUsize::new(cap.unwrap_or(0)),
+            on: AtomicBool::new(cap.is_some()),
             values: RwLock::new(HashMap::new()),
             other: StringValue::from(OTHER),
         }
+    }
+
+    /// Turns the label on with `cap`, or off. Values already admitted stay admitted.
+    fn set(&self, cap: Option<usize>) {
+        self.cap.store(cap.unwrap_or(0), Ordering::Relaxed);
+        self.on.store(cap.is_some(), Ordering::Relaxed);
+    }
+
+    fn is_on(&self) -> bool {
+        self.on.load(Ordering::Relaxed)
     }
 
     /// The interned value, or `other` past the cap (then `overflow` is told).
@@ -143,7 +162,7 @@ impl CappedLabel {
         if let Some(found) = map.get(v) {
             return found.clone();
         }
-        if map.len() >= self.cap {
+        if map.len() >= self.cap.load(Ordering::Relaxed) {
             overflow.add(1, overflow_label);
             return self.other.clone();
         }
@@ -331,9 +350,9 @@ struct Instruments {
     request_model: CappedLabel,
     response_model: CappedLabel,
     use_case: CappedLabel,
-    user_id: Option<CappedLabel>,
-    account_name: Option<CappedLabel>,
-    request_tags: Option<CappedLabel>,
+    user_id: CappedLabel,
+    account_name: CappedLabel,
+    request_tags: CappedLabel,
     overflow_labels: HashMap<&'static str, [KeyValue; 1]>,
 }
 
@@ -449,9 +468,9 @@ impl Metrics {
                 request_model: CappedLabel::new(GEN_AI_REQUEST_MODEL, policy.models),
                 response_model: CappedLabel::new(GEN_AI_RESPONSE_MODEL, policy.models),
                 use_case: CappedLabel::new(USE_CASE_NAME, policy.use_cases),
-                user_id: policy.user_id.map(|cap| CappedLabel::new(USER_ID, cap)),
-                account_name: policy.account_name.map(|cap| CappedLabel::new(ACCOUNT_NAME, cap)),
-                request_tags: policy.request_tags.map(|cap| CappedLabel::new(REQUEST_TAGS, cap)),
+                user_id: CappedLabel::opt_in(USER_ID, policy.user_id),
+                account_name: CappedLabel::opt_in(ACCOUNT_NAME, policy.account_name),
+                request_tags: CappedLabel::opt_in(REQUEST_TAGS, policy.request_tags),
                 overflow_labels: keys.into_iter().map(|k| (k, [KeyValue::new(LABEL_NAME, k)])).collect(),
             }),
         }
@@ -486,13 +505,14 @@ impl Metrics {
         if let Some(e) = r.error {
             labels.push(KeyValue::new(ERROR_TYPE, e.as_str()));
         }
-        if let (Some(label), Some(user)) = (&i.user_id, a.user_id()) {
-            labels.push(self.capped(label, user));
+        if let Some(user) = a.user_id().filter(|_| i.user_id.is_on()) {
+            labels.push(self.capped(&i.user_id, user));
         }
-        if let (Some(label), Some(account)) = (&i.account_name, a.account_name()) {
-            labels.push(self.capped(label, account));
+        if let Some(account) = a.account_name().filter(|_| i.account_name.is_on()) {
+            labels.push(self.capped(&i.account_name, account));
         }
-        if let Some(label) = &i.request_tags {
+        if i.request_tags.is_on() {
+            let label = &i.request_tags;
             if !a.request_tags().is_empty() {
                 let mut tags: Vec<&str> = a.request_tags().iter().map(String::as_str).collect();
                 tags.sort_unstable();
@@ -501,6 +521,20 @@ impl Metrics {
             }
         }
         labels
+    }
+
+    /// Applies a new label policy to calls recorded from now on (a configuration reload):
+    /// opt-in labels on or off, and every cap. Values already admitted under a cap stay
+    /// admitted; series already exported stay until their exporter drops them.
+    pub fn set_label_policy(&self, policy: &LabelPolicy) {
+        let i = &self.inner;
+        i.request_model.set(Some(policy.models));
+        i.response_model.set(Some(policy.models));
+        i.use_case.set(Some(policy.use_cases));
+        i.user_id.set(policy.user_id);
+        i.account_name.set(policy.account_name);
+        i.request_tags.set(policy.request_tags);
+        i.limit_ids.set(Some(policy.limit_ids));
     }
 
     /// Counts a call in on `llm_meter.calls.in_flight` (the pipeline does, when a call starts).

@@ -209,6 +209,8 @@ async fn run_proxy(args: ProxyArgs) -> Result<(), BoxError> {
         }
     };
     let snapshot = config.snapshot_path().filter(|_| memory.is_some());
+    let meter = proxy.meter().clone();
+    let mut running = config;
     let save = |path: &std::path::Path| {
         if let Some(Err(e)) = memory.as_ref().map(|m| m.snapshot(path)) {
             tracing::warn!(target: "llm_meter", "saving the ledger failed: {e}");
@@ -227,7 +229,13 @@ async fn run_proxy(args: ProxyArgs) -> Result<(), BoxError> {
     loop {
         tokio::select! {
             _ = tick.tick() => if let Some(path) = &snapshot { save(path) },
-            _ = stop.wait() => break,
+            signal = stop.next() => match signal {
+                Signal::Stop => break,
+                Signal::Reload => match reload(config_path.as_deref(), &mut running, &meter, &telemetry) {
+                    Ok(what) => eprintln!("llm-meter proxy: reloaded {what}"),
+                    Err(e) => eprintln!("llm-meter proxy: reload refused, the running configuration is kept: {e}"),
+                },
+            },
         }
     }
     // Stop accepting, let what is in flight finish (up to the grace period), then save the
@@ -253,6 +261,38 @@ async fn run_proxy(args: ProxyArgs) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// SIGHUP: reads the configuration file again and applies its prices, limits and metric label
+/// policy to the running proxy, without touching a connection. A file that does not pass the
+/// checks the proxy starts with (or limits the ledger cannot change while running) is refused
+/// whole, and the running configuration is kept. Other settings (listen addresses, upstreams,
+/// proxy keys, timeouts, the ledger itself) take a restart.
+fn reload(
+    path: Option<&std::path::Path>,
+    running: &mut Config,
+    meter: &llm_meter::Meter,
+    telemetry: &Telemetry,
+) -> Result<String, BoxError> {
+    let path = path.ok_or("the proxy was started without --config: nothing to reload")?;
+    let next = Config::from_file(path)?;
+    next.proxy_settings(None)?;
+    let prices = next.prices()?;
+    if next.limits != running.limits {
+        if let Some(ledger) = meter.ledger() {
+            ledger.reconfigure(next.limits.clone())?;
+        }
+    }
+    meter.set_prices(prices);
+    telemetry.metrics().set_label_policy(&next.label_policy());
+    let what = format!(
+        "{}: {} price overrides, {} limits, labels",
+        path.display(),
+        next.prices.len(),
+        next.limits.len()
+    );
+    *running = next;
+    Ok(what)
+}
+
 fn check_config(path: &std::path::Path) -> Result<(), BoxError> {
     let config = Config::from_file(path)?;
     let settings = config.proxy_settings(None)?;
@@ -266,10 +306,17 @@ fn check_config(path: &std::path::Path) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// SIGINT (Ctrl-C) and SIGTERM (`docker stop`), registered once.
+/// What a signal asks of the proxy.
+enum Signal {
+    Stop,
+    Reload,
+}
+
+/// SIGINT (Ctrl-C) and SIGTERM (`docker stop`) stop; SIGHUP reloads. Registered once.
 struct Stop {
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
 }
 
 impl Stop {
@@ -278,7 +325,17 @@ impl Stop {
         Ok(Stop {
             interrupt: signal(SignalKind::interrupt())?,
             terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
         })
+    }
+
+    /// The next signal: SIGINT or SIGTERM (stop), or SIGHUP (reload).
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.interrupt.recv() => Signal::Stop,
+            _ = self.terminate.recv() => Signal::Stop,
+            _ = self.hangup.recv() => Signal::Reload,
+        }
     }
 
     async fn wait(&mut self) {

@@ -248,6 +248,20 @@ impl Drop for KillOnDrop {
 /// Starts `llm-meter proxy` on a free port in front of `upstream` with `extra` flags; returns
 /// the child and its address (from the `llm-meter proxy: http://ADDR/v1 -> …` line).
 fn start_proxy(upstream: &str, extra: &[&str]) -> (KillOnDrop, String, std::io::BufReader<std::process::ChildStderr>) {
+    let (proxy, addr, _, stderr) = start_proxy_with_admin(upstream, extra);
+    (proxy, addr, stderr)
+}
+
+/// [`start_proxy`], also returning the admin address (`… (metrics: http://ADMIN/metrics)`).
+fn start_proxy_with_admin(
+    upstream: &str,
+    extra: &[&str],
+) -> (
+    KillOnDrop,
+    String,
+    String,
+    std::io::BufReader<std::process::ChildStderr>,
+) {
     let mut proxy = KillOnDrop(
         bin()
             .args(["proxy", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
@@ -265,7 +279,12 @@ fn start_proxy(upstream: &str, extra: &[&str]) -> (KillOnDrop, String, std::io::
         .and_then(|rest| rest.split_once("/v1"))
         .map(|(addr, _)| addr.to_owned())
         .unwrap_or_else(|| panic!("no address announced: {line}"));
-    (proxy, addr, stderr)
+    let admin = line
+        .split_once("(metrics: http://")
+        .and_then(|(_, rest)| rest.split_once("/metrics"))
+        .map(|(admin, _)| admin.to_owned())
+        .unwrap_or_else(|| panic!("no admin address announced: {line}"));
+    (proxy, addr, admin, stderr)
 }
 
 fn wait_exit(proxy: &mut KillOnDrop, within: Duration) -> std::process::ExitStatus {
@@ -391,5 +410,119 @@ fn check_config_passes_a_good_file_and_names_the_problem_in_a_bad_one() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(name) && err.contains(words), "{name}: {err}");
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sighup_reloads_prices_limits_and_labels_and_refuses_a_bad_file_keeping_connections() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mock = slow_mock(&rt);
+    let dir = std::env::temp_dir().join(format!("llm-meter-cli-reload-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("proxy.toml");
+    let write = |price: f64, max: f64, labels: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "upstream = \"{}\"\n[prices.\"house-model\"]\ninput = {price}\noutput = {price}\n\
+                 [[limits]]\nid = \"daily\"\nmax = {max}\nkind = \"block\"\n{labels}",
+                mock.base_url()
+            ),
+        )
+        .unwrap()
+    };
+    write(1000.0, 1000.0, "");
+    let config_arg = config.to_str().unwrap().to_owned();
+    let (proxy, addr, admin, mut stderr) = start_proxy_with_admin(&mock.base_url(), &["--config", &config_arg]);
+    let metrics = || {
+        rt.block_on(async {
+            reqwest::get(format!("http://{admin}/metrics"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        })
+    };
+    let pid = proxy.0.id().to_string();
+    let hup = || assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    let next_line = |stderr: &mut std::io::BufReader<std::process::ChildStderr>| {
+        let mut line = String::new();
+        std::io::BufRead::read_line(stderr, &mut line).unwrap();
+        line
+    };
+    let call = |addr: &str| {
+        rt.block_on(async {
+            let resp = reqwest::Client::new()
+                .post(format!("http://{addr}/v1/chat/completions"))
+                .header("xProxy-Limit-IDs", "daily")
+                .header("xProxy-User-ID", "user-reload")
+                .json(&serde_json::json!({"model": "house-model", "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<serde_json::Value>().await.unwrap())
+        })
+    };
+    let per_token = |answer: &serde_json::Value| {
+        let u = &answer["usage"];
+        let tokens = u["prompt_tokens"].as_f64().unwrap() + u["completion_tokens"].as_f64().unwrap();
+        answer["xproxy_result"]["cost"]["total"]["base"].as_f64().unwrap() / tokens * 1e6
+    };
+    let (status, first) = call(&addr);
+    assert_eq!(status, 200, "{first}");
+    assert!((per_token(&first) - 1000.0).abs() < 1e-6, "{first}");
+
+    // A stream open across the reloads, to show no connection is dropped.
+    let streaming = rt.spawn({
+        let addr = addr.clone();
+        async move { stream_through(&addr).await }
+    });
+
+    // New prices and a limit the spend so far already passes: both apply to the next call.
+    write(3000.0, 0.000_001, "");
+    hup();
+    let line = next_line(&mut stderr);
+    assert!(line.contains("reloaded"), "{line}");
+    let (status, refused) = call(&addr);
+    assert_eq!(status, 403, "the lowered block limit refuses: {refused}");
+    assert!(
+        !metrics().contains("user_id=\"user-reload\""),
+        "user.id is not a label by default"
+    );
+    write(3000.0, 1000.0, "[labels]\nuser_id = 10\n");
+    hup();
+    assert!(next_line(&mut stderr).contains("reloaded"));
+    let (status, second) = call(&addr);
+    assert_eq!(status, 200, "{second}");
+    assert!((per_token(&second) - 3000.0).abs() < 1e-6, "the new price: {second}");
+    assert!(
+        metrics().contains("user_id=\"user-reload\""),
+        "the reloaded label policy applies"
+    );
+
+    // A bad file is refused whole; the running configuration stays.
+    std::fs::write(&config, "[[limits]]\nid = \"daily\"\nmax = -1\n").unwrap();
+    hup();
+    let line = next_line(&mut stderr);
+    assert!(line.contains("reload refused") && line.contains("positive"), "{line}");
+    let (status, third) = call(&addr);
+    assert_eq!(status, 200, "{third}");
+    assert!(
+        (per_token(&third) - 3000.0).abs() < 1e-6,
+        "the prices in force stay: {third}"
+    );
+
+    let (text, clean) = rt.block_on(streaming).unwrap();
+    assert!(
+        clean && text.trim_end().ends_with("data: [DONE]"),
+        "the stream survived: {text}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
