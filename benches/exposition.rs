@@ -10,23 +10,11 @@
 
 use std::time::Instant;
 
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http::StatusCode;
 use llm_meter::{prometheus, Annotations, Meter, Server, Telemetry};
 
-const BODY: &str = include_str!("../tests/fixtures/openai-chat-completion.json");
-const HEADERS: &str = include_str!("../tests/fixtures/openai-chat-completion.headers");
-
-fn headers() -> HeaderMap {
-    let mut h = HeaderMap::new();
-    for line in HEADERS.lines().filter(|l| !l.is_empty()) {
-        let (k, v) = line.split_once(':').unwrap();
-        h.insert(
-            HeaderName::from_bytes(k.trim().as_bytes()).unwrap(),
-            HeaderValue::from_str(v.trim()).unwrap(),
-        );
-    }
-    h
-}
+mod common;
+use common::{headers, BODY};
 
 fn sample_lines(text: &str) -> usize {
     text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')).count()
@@ -40,7 +28,10 @@ fn main() {
     } else {
         (1_000, 3)
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let _guard = runtime.enter();
     let telemetry = Telemetry::builder().without_otlp().build().unwrap();
     let registry = telemetry.registry().expect("the prometheus feature").clone();

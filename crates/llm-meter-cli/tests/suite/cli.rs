@@ -163,30 +163,8 @@ fn the_proxy_saves_its_ledger_when_interrupted() {
             ),
         )
         .unwrap();
-        let mut proxy = KillOnDrop(
-            bin()
-                .args([
-                    "proxy",
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--metrics-listen",
-                    "127.0.0.1:0",
-                    "--config",
-                ])
-                .arg(&config)
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap(),
-        );
-        // Wait until it is up: it prints `llm-meter proxy: http://ADDR/v1 -> …`.
-        let mut stderr = std::io::BufReader::new(proxy.0.stderr.take().unwrap());
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
-        let addr = line
-            .strip_prefix("llm-meter proxy: http://")
-            .and_then(|rest| rest.split_once("/v1"))
-            .map(|(addr, _)| addr.to_owned())
-            .unwrap_or_else(|| panic!("SIG{signal}: no address announced: {line}"));
+        let config_arg = config.to_str().unwrap().to_owned();
+        let (mut proxy, addr, _stderr) = start_proxy(&mock.base_url(), &["--config", &config_arg]);
 
         // A priced call naming the limit: its cost is what the saved ledger must hold.
         let answer: serde_json::Value = rt.block_on(async {
