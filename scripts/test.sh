@@ -4,12 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The OpenAI Python SDK and Pay-i's `payi` (its XproxyResult model) for the proxy's end-to-end test.
-# PyYAML for the static checks of the dashboards, rules and docker-compose stack.
-if [ -z "${LLM_METER_PYTHON:-}" ] && ! .venv/bin/python -c "import openai, payi, yaml" >/dev/null 2>&1; then
-  echo "== making .venv with the OpenAI Python SDK, payi and PyYAML"
-  python3 -m venv .venv && .venv/bin/pip install -q --disable-pip-version-check "openai>=1.40" payi pyyaml ||
-    echo "could not install the OpenAI Python SDK; tests/suite/openai_sdk.rs will fail and say how to install it"
+# The OpenAI and Anthropic Python SDKs and Pay-i's `payi` (its XproxyResult model) for the proxy's
+# end-to-end tests. PyYAML for the static checks of the dashboards, rules and docker-compose stack.
+if [ -z "${LLM_METER_PYTHON:-}" ] && ! .venv/bin/python -c "import openai, anthropic, payi, yaml" >/dev/null 2>&1; then
+  echo "== making .venv with the OpenAI and Anthropic Python SDKs, payi and PyYAML"
+  python3 -m venv .venv && .venv/bin/pip install -q --disable-pip-version-check "openai>=1.40" anthropic payi pyyaml ||
+    echo "could not install the Python SDKs; tests/suite/openai_sdk.rs and provider_sdks.rs will fail and say how to install them"
 fi
 
 echo "== cargo fmt --check"

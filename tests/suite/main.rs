@@ -23,6 +23,7 @@ mod mock_providers;
 mod names;
 mod openai_sdk;
 mod otlp;
+mod provider_sdks;
 mod proxy;
 mod proxy_providers;
 mod proxy_spans;
