@@ -213,10 +213,10 @@ async fn anthropic_checks_key_and_version_and_errors_have_anthropics_shape() {
             "invalid x-api-key",
         ),
         (
-            vec![VERSION, ("authorization", "Bearer sk-ant-test")],
+            vec![VERSION, ("authorization", "Bearer wrong")],
             401,
             "authentication_error",
-            "x-api-key header is required",
+            "invalid x-api-key",
         ),
         (
             vec![key],
@@ -237,6 +237,14 @@ async fn anthropic_checks_key_and_version_and_errors_have_anthropics_shape() {
             json!({"type": "error", "error": {"type": kind, "message": message}, "request_id": request_id})
         );
     }
+    // The key as `Authorization: Bearer`, as the Anthropic SDK sends it since 2.x.
+    let bearer = post_to(
+        url.clone(),
+        claude("claude-haiku-4-5"),
+        &[VERSION, ("authorization", "Bearer sk-ant-test")],
+    )
+    .await;
+    assert_eq!(bearer.status(), 200);
     let mut no_max = claude("claude-haiku-4-5");
     no_max.as_object_mut().unwrap().remove("max_tokens");
     let v: Value = post_to(url.clone(), no_max, &[key, VERSION])

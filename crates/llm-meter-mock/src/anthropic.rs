@@ -1,5 +1,5 @@
-//! `POST /v1/messages`: Anthropic's Messages API as documented. Request checks (`x-api-key`
-//! when a key is configured, `anthropic-version`, `model`, `max_tokens`, `messages`), the
+//! `POST /v1/messages`: Anthropic's Messages API as documented. Request checks (`x-api-key`, or
+//! `Authorization: Bearer` as the SDK sends it, when a key is configured, `anthropic-version`, `model`, `max_tokens`, `messages`), the
 //! message body, `request-id` and `anthropic-ratelimit-*` headers (resets as RFC 3339 times,
 //! token counts left rounded to the thousand as Anthropic rounds them), the event stream
 //! (`message_start`, `content_block_start`, `ping`, `content_block_delta`…,
@@ -243,7 +243,9 @@ pub(crate) async fn messages(State(state): State<Arc<MockState>>, headers: Heade
     let fail = |status, head, kind: &str, message: &str| error(status, head, kind, message, &request_id);
 
     if let Some(key) = &cfg.api_key {
-        match header_str(&headers, names::HEADER_ANTHROPIC_API_KEY) {
+        // `x-api-key`, or `Authorization: Bearer` (what the Anthropic SDK sends since 2.x).
+        let bearer = header_str(&headers, "authorization").and_then(|v| v.strip_prefix("Bearer "));
+        match header_str(&headers, names::HEADER_ANTHROPIC_API_KEY).or(bearer) {
             None => {
                 return fail(
                     StatusCode::UNAUTHORIZED,

@@ -23,8 +23,9 @@ pub struct ProxySettings {
     pub allowed_upstreams: Vec<reqwest::Url>,
     /// Keys accepted in `xProxy-Api-Key`; empty: no proxy auth.
     pub keys: Vec<String>,
-    /// Replaces the client's `Authorization` on OpenAI calls when set (Anthropic's `x-api-key`
-    /// and Azure's `api-key` always go up as the client sent them).
+    /// Replaces the client's `Authorization` on OpenAI calls when set. On Anthropic and Azure
+    /// routes every credential (`Authorization`, which recent Anthropic SDKs send, `x-api-key`,
+    /// `api-key`) goes up as the client sent it.
     pub upstream_api_key: Option<String>,
     /// Largest request body accepted.
     pub body_limit: usize,
