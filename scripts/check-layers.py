@@ -9,7 +9,7 @@ those below):
   record    CallRecord and errors, pricing, limits, xproxy (Pay-i's outcome)
   sinks     span, metrics, Prometheus, OTLP export
   pipeline  prepare, admit, send, observe, finish
-  doors     client, openai_layer
+  doors     client, openai_layer, middleware, observe (what the last two share)
 
 A module is one file (`src/record/limits.rs` is `record::limits`, `src/record/mod.rs` is
 `record`). `src/lib.rs` only re-exports and is not checked.

@@ -22,7 +22,7 @@ echo "== library layers (no import from a layer above, no two modules importing 
 python3 scripts/check-layers.py
 
 echo "== the library with each feature on its own (and with none)"
-for features in "" rustls native-tls prometheus otlp-http otlp-grpc log async-openai redis; do
+for features in "" rustls native-tls prometheus otlp-http otlp-grpc log async-openai reqwest-middleware redis; do
   echo "   features: ${features:-(none)}"
   cargo clippy -q -p llm-meter --lib --no-default-features ${features:+--features "$features"} -- -D warnings
 done

@@ -50,6 +50,8 @@ pub use doors::client::{
     ChatResponse, Client, ClientBuilder, ANTHROPIC_VERSION, DEFAULT_BASE_URL, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_READ_TIMEOUT, DEFAULT_TIMEOUT,
 };
+#[cfg(feature = "reqwest-middleware")]
+pub use doors::middleware::MeterMiddleware;
 #[cfg(feature = "async-openai")]
 pub use doors::openai_layer;
 

@@ -21,7 +21,6 @@ use crate::parse::annotations::Annotations;
 use crate::parse::endpoint::{bearer, parse_api_base, Api};
 use crate::parse::provider::{ChatCompletion, ProviderMeta, Usage};
 use crate::pipeline::{Call, ChatStream, Meter, Server};
-use crate::record::limits::Refusal;
 use crate::record::xproxy::XProxyResult;
 use crate::record::{BuildError, CallError, CallRecord};
 
@@ -310,14 +309,8 @@ impl Client {
             .meter
             .start(self.inner.server.clone(), annotations, prepared.facts);
         if let Err(refusal) = call.admit(prepared.body.len()).await {
-            let record = Box::new(call.refuse(&refusal));
-            return Err(match refusal {
-                Refusal::LedgerUnavailable(source) => CallError::LedgerUnavailable { source, record },
-                Refusal::Blocked(blocked_limit_ids) => CallError::LimitReached {
-                    blocked_limit_ids,
-                    record,
-                },
-            });
+            let record = call.refuse(&refusal);
+            return Err(CallError::refused(refusal, record));
         }
         let mut headers = self.inner.headers.clone();
         call.inject_trace_context(&mut headers);

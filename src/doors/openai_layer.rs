@@ -12,9 +12,13 @@
 //! let client = async_openai::Client::new().with_http_service(service);
 //! ```
 //!
-//! Chat completion requests (`POST …/chat/completions` with a JSON body) become observed calls
-//! with the same span and [`CallRecord`](crate::CallRecord) as [`Client`](crate::Client) calls;
-//! any other request passes through untouched. Annotations come from the layer's defaults or,
+//! Requests to the APIs llm-meter reads (`POST` to a path that [`Api::of_path`](crate::Api::of_path)
+//! knows: `…/chat/completions`, `…/responses`, `…/messages`) with a JSON object body become
+//! observed calls with the same span and [`CallRecord`](crate::CallRecord) as
+//! [`Client`](crate::Client) calls: `client.chat().create(…)` and `create_stream(…)`,
+//! `client.responses().create(…)` and `create_stream(…)`. Streams are observed as async-openai
+//! reads them, never buffered. Any other request (models, files, a response by id) passes
+//! through untouched. Annotations come from the layer's defaults or,
 //! per call, from [`with_annotations`]. If a request cannot be observed (an unreadable body),
 //! it is sent as it was: telemetry never changes the outcome.
 
@@ -28,10 +32,10 @@ use async_openai::middleware::HttpRequestFactory;
 use bytes::Bytes;
 use tracing::Instrument;
 
+use crate::doors::observe::{self, Observed, Start};
 use crate::parse::annotations::Annotations;
-use crate::pipeline::{Meter, Server};
-use crate::record::limits::Refusal;
-use crate::record::ErrorType;
+use crate::pipeline::Meter;
+use crate::record::{CallError, ErrorType};
 
 tokio::task_local! {
     static ANNOTATIONS: Annotations;
@@ -42,7 +46,7 @@ pub async fn with_annotations<F: Future>(annotations: Annotations, fut: F) -> F:
     ANNOTATIONS.scope(annotations, fut).await
 }
 
-/// Tower layer that observes async-openai chat completion calls.
+/// Tower layer that observes async-openai's chat completion and Responses calls.
 #[derive(Clone, Debug)]
 pub struct MeterLayer {
     meter: Meter,
@@ -92,6 +96,28 @@ fn error_type(e: &OpenAIError) -> ErrorType {
     }
 }
 
+/// The refusal as async-openai reports a provider's error: `403 limit_reached` when a block
+/// limit refused the call, `503 ledger_unavailable` when the ledger could not be asked.
+fn refusal_error(e: &CallError) -> OpenAIError {
+    let (status, message) = match e {
+        CallError::LimitReached { blocked_limit_ids, .. } => (
+            http::StatusCode::FORBIDDEN,
+            format!("refused by limit {}: the budget is spent", blocked_limit_ids.join(", ")),
+        ),
+        _ => (http::StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    let kind = e.error_type().as_str().to_owned();
+    OpenAIError::ApiError(async_openai::error::ApiErrorResponse {
+        status_code: status,
+        api_error: async_openai::error::ApiError {
+            message,
+            r#type: Some(kind.clone()),
+            code: Some(kind),
+            ..Default::default()
+        },
+    })
+}
+
 fn rebuild(base: &reqwest::Request, headers: http::HeaderMap, body: Bytes) -> HttpRequestFactory {
     let (method, url, timeout) = (base.method().clone(), base.url().clone(), base.timeout().copied());
     HttpRequestFactory::new(move || {
@@ -124,60 +150,26 @@ where
         let layer = self.layer.clone();
         Box::pin(async move {
             let request = factory.build().await?;
-            let body = match request.body().and_then(|b| b.as_bytes()) {
-                Some(bytes)
-                    if request.method() == http::Method::POST
-                        && request.url().path().ends_with("/chat/completions") =>
-                {
-                    bytes.to_vec()
-                }
-                _ => return inner.call(factory).await.map_err(Into::into),
+            let annotations = || {
+                ANNOTATIONS
+                    .try_with(Annotations::clone)
+                    .unwrap_or_else(|_| layer.annotations.clone())
             };
-            let prepared = match layer.meter.prepare(body, None) {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(target: "llm_meter", "chat request not observed: {e}");
-                    return inner.call(factory).await.map_err(Into::into);
-                }
+            let Observed {
+                call,
+                headers,
+                body,
+                stream,
+                hide_usage_chunk,
+                ..
+            } = match observe::start(&layer.meter, &request, annotations).await {
+                Start::Pass => return inner.call(factory).await.map_err(Into::into),
+                Start::Refused(e) => return Err(refusal_error(&e)),
+                Start::Observe(observed) => observed,
             };
-            let annotations = ANNOTATIONS
-                .try_with(Annotations::clone)
-                .unwrap_or_else(|_| layer.annotations.clone());
-            let stream = prepared.facts.stream;
-            let mut call = layer
-                .meter
-                .start(Server::of(request.url()), &annotations, prepared.facts);
-            // The same admission as every door: refused before the provider is called.
-            if let Err(refusal) = call.admit(prepared.body.len()).await {
-                let (status, kind, message) = match &refusal {
-                    Refusal::LedgerUnavailable(e) => (
-                        http::StatusCode::SERVICE_UNAVAILABLE,
-                        ErrorType::LedgerUnavailable,
-                        format!("refused: {e}; calls naming a block limit are refused until it answers"),
-                    ),
-                    Refusal::Blocked(blocked) => (
-                        http::StatusCode::FORBIDDEN,
-                        ErrorType::LimitReached,
-                        format!("refused by limit {}: the budget is spent", blocked.join(", ")),
-                    ),
-                };
-                call.refuse(&refusal);
-                return Err(OpenAIError::ApiError(async_openai::error::ApiErrorResponse {
-                    status_code: status,
-                    api_error: async_openai::error::ApiError {
-                        message,
-                        r#type: Some(kind.as_str().to_owned()),
-                        code: Some(kind.as_str().to_owned()),
-                        ..Default::default()
-                    },
-                }));
-            }
-            let mut headers = request.headers().clone();
-            call.inject_trace_context(&mut headers);
-            let factory = rebuild(&request, headers, Bytes::from(prepared.body));
+            let factory = rebuild(&request, headers, body);
             let sent = Instant::now();
-            let span = call.span().clone();
-            let response = match inner.call(factory).instrument(span.clone()).await {
+            let response = match inner.call(factory).instrument(call.span().clone()).await {
                 Ok(r) => r,
                 Err(e) => {
                     let e = e.into();
@@ -185,34 +177,9 @@ where
                     return Err(e);
                 }
             };
-            let (status, version, headers) = (response.status(), response.version(), response.headers().clone());
-            let rebuild_response = |body: reqwest::Body, headers: http::HeaderMap| {
-                let mut out = http::Response::new(body);
-                *out.status_mut() = status;
-                *out.version_mut() = version;
-                *out.headers_mut() = headers;
-                reqwest::Response::from(out)
-            };
-            if stream {
-                let observed = call.observe_stream(
-                    status,
-                    headers.clone(),
-                    response.bytes_stream(),
-                    sent,
-                    prepared.hide_usage_chunk,
-                );
-                return Ok(rebuild_response(reqwest::Body::wrap_stream(observed), headers));
-            }
-            match response.bytes().instrument(span).await {
-                Ok(bytes) => {
-                    call.finish_body(status, &headers, &bytes);
-                    Ok(rebuild_response(bytes.into(), headers))
-                }
-                Err(e) => {
-                    call.fail(ErrorType::from_reqwest(&e));
-                    Err(OpenAIError::Reqwest(e))
-                }
-            }
+            observe::answer(call, response, stream, hide_usage_chunk, sent)
+                .await
+                .map_err(OpenAIError::Reqwest)
         })
     }
 }

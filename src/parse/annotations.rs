@@ -64,6 +64,20 @@ pub enum AnnotationField {
 }
 
 impl AnnotationField {
+    /// Every field, in the order of Pay-i's headers list.
+    pub const ALL: [AnnotationField; 10] = [
+        AnnotationField::UseCaseName,
+        AnnotationField::UseCaseId,
+        AnnotationField::UseCaseVersion,
+        AnnotationField::UseCaseStep,
+        AnnotationField::UseCaseProperties,
+        AnnotationField::UserId,
+        AnnotationField::AccountName,
+        AnnotationField::LimitIds,
+        AnnotationField::RequestTags,
+        AnnotationField::RequestProperties,
+    ];
+
     /// The builder field name.
     pub fn name(self) -> &'static str {
         match self {
@@ -511,6 +525,16 @@ mod tests {
         assert_eq!(h["xProxy-Request-Properties"], r#"{"ticket":"T-1"}"#);
         assert_eq!(h["xProxy-User-ID"], "user@example.com");
         assert_eq!(h.len(), 10);
+    }
+
+    #[test]
+    fn every_field_names_one_of_the_headers_a_full_set_writes() {
+        let h = full().to_headers();
+        let mut named: Vec<&str> = AnnotationField::ALL.iter().map(|f| f.header()).collect();
+        assert!(named.iter().all(|name| h.contains_key(*name)), "{named:?}");
+        named.sort_unstable();
+        named.dedup();
+        assert_eq!(named.len(), h.len());
     }
 
     #[test]

@@ -23,13 +23,14 @@ pub enum Api {
 }
 
 impl Api {
-    /// The API of a request path by its last segments: `…/chat/completions`, `…/messages`,
-    /// `…/responses`; `None` for any other path.
+    /// The API of a request path by its last segments: `…/chat/completions`, `…/messages`
+    /// (not OpenAI's `…/threads/{id}/messages`), `…/responses`; `None` for any other path.
     pub fn of_path(path: &str) -> Option<Api> {
         let path = path.trim_end_matches('/');
         if path.ends_with("/chat/completions") {
             Some(Api::ChatCompletions)
-        } else if path.ends_with("/messages") {
+        } else if path.ends_with("/messages") && !path.contains("/threads/") {
+            // (OpenAI's Assistants API has `/threads/{id}/messages`: not a Messages call.)
             Some(Api::AnthropicMessages)
         } else if path.ends_with("/responses") {
             Some(Api::Responses)
@@ -96,6 +97,7 @@ mod tests {
         assert_eq!(Api::of_path("/v1/responses/"), Some(Api::Responses));
         assert_eq!(Api::of_path("/v1/models"), None);
         assert_eq!(Api::of_path("/v1/messages/batches"), None);
+        assert_eq!(Api::of_path("/v1/threads/thread_abc/messages"), None);
         for api in [Api::ChatCompletions, Api::AnthropicMessages, Api::Responses] {
             assert_eq!(Api::of_path(&format!("/v1/{}", api.path())), Some(api));
         }

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use crate::parse::annotations::Annotations;
 use crate::parse::endpoint::Api;
 use crate::parse::provider::{ProviderMeta, ResponseFacts, Str, Usage};
-use crate::record::limits::LimitState;
+use crate::record::limits::{LimitState, Refusal};
 use crate::record::pricing::Cost;
 
 /// Low-cardinality class of a failed call, recorded as `error.type`.
@@ -522,6 +522,19 @@ impl CallError {
             CallError::Http { kind, .. } => *kind,
             CallError::LimitReached { .. } => ErrorType::LimitReached,
             CallError::LedgerUnavailable { .. } => ErrorType::LedgerUnavailable,
+        }
+    }
+
+    /// The error a library door reports a call with that admission refused (`record` is the
+    /// refused call's, from [`Call::refuse`](crate::Call::refuse)).
+    pub(crate) fn refused(refusal: Refusal, record: CallRecord) -> Self {
+        let record = Box::new(record);
+        match refusal {
+            Refusal::LedgerUnavailable(source) => CallError::LedgerUnavailable { source, record },
+            Refusal::Blocked(blocked_limit_ids) => CallError::LimitReached {
+                blocked_limit_ids,
+                record,
+            },
         }
     }
 

@@ -129,6 +129,63 @@ async fn async_openai_streams_get_usage_without_seeing_the_usage_chunk() {
     assert_eq!(body["stream_options"]["include_usage"], true);
 }
 
+fn response_request() -> async_openai::types::responses::CreateResponse {
+    async_openai::types::responses::CreateResponseArgs::default()
+        .model("gpt-4o")
+        .input("Hello there, how are you today?")
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn responses_create_is_one_record_with_the_responses_usage() {
+    let _capture = capture_spans();
+    let mock = MockServer::start(MockConfig::default()).await.unwrap();
+    let (client, records) = setup(&mock, None);
+    let reply = with_annotations(annotations(), client.responses().create(response_request()))
+        .await
+        .unwrap();
+    let usage = reply.usage.expect("the mock reports usage");
+
+    let mut kept = records.lock().unwrap();
+    assert_eq!(kept.len(), 1, "one record per call");
+    let r = kept.pop().unwrap();
+    assert_eq!(r.request.api, llm_meter::Api::Responses);
+    assert_eq!((r.error, &*r.provider), (None, "openai"));
+    assert_eq!(r.annotations.use_case_name(), Some("layer.test"));
+    let observed = r.usage.expect("usage recorded");
+    assert_eq!(
+        (observed.input_tokens, observed.output_tokens),
+        (u64::from(usage.input_tokens), u64::from(usage.output_tokens))
+    );
+    assert_eq!(r.response.id.as_deref(), Some(reply.id.as_str()));
+    assert_eq!(mock.received().pop().unwrap().path, "/v1/responses");
+}
+
+#[tokio::test]
+async fn responses_streams_are_observed_as_async_openai_reads_them() {
+    use async_openai::types::responses::ResponseStreamEvent;
+    let _capture = capture_spans();
+    let mock = MockServer::start(MockConfig::default()).await.unwrap();
+    let (client, records) = setup(&mock, None);
+    let mut stream = client.responses().create_stream(response_request()).await.unwrap();
+    let mut completed = None;
+    while let Some(event) = stream.next().await {
+        if let ResponseStreamEvent::ResponseCompleted(e) = event.unwrap() {
+            completed = Some(e.response);
+        }
+    }
+    let usage = completed.expect("response.completed").usage.unwrap();
+    let r = records.lock().unwrap().pop().expect("a record");
+    assert_eq!(
+        (r.request.api, r.request.stream, r.error),
+        (llm_meter::Api::Responses, true, None)
+    );
+    assert_eq!(r.usage.unwrap().output_tokens, u64::from(usage.output_tokens));
+    assert!(r.timings.chunks > 1);
+    assert!(records.lock().unwrap().is_empty(), "exactly one record");
+}
+
 #[tokio::test]
 async fn provider_errors_reach_async_openai_unchanged_and_are_recorded() {
     // Every test here holds a span capture: see common::capture_spans.

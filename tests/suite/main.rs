@@ -18,6 +18,7 @@ mod fuzz;
 mod ledger_parity;
 mod light;
 mod metrics;
+mod middleware;
 mod mock;
 mod mock_providers;
 mod names;
