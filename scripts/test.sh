@@ -18,6 +18,9 @@ cargo fmt --all -- --check
 echo "== cargo clippy (all targets, all features, warnings are errors)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
+echo "== API docs build without broken links"
+RUSTDOCFLAGS="-D warnings" cargo doc -q -p llm-meter -p llm-meter-proxy -p llm-meter-mock --all-features --no-deps
+
 echo "== library layers (no import from a layer above, no two modules importing each other)"
 python3 scripts/check-layers.py
 

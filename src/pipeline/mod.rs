@@ -184,7 +184,7 @@ impl MeterBuilder {
         self.hooks.push(Arc::new(hook));
         self
     }
-    /// Records every call on these metric instruments (see [`Telemetry::metrics`](crate::sinks::Telemetry::metrics)).
+    /// Records every call on these metric instruments (see [`Telemetry::metrics`](crate::Telemetry::metrics)).
     pub fn metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = Some(metrics);
         self

@@ -377,7 +377,7 @@ impl RedisLedgerBuilder {
     }
 }
 
-/// The ledger on Redis: see the [module docs](self). Cheap to share (`Arc`); dropping the last
+/// The ledger on Redis: see the `llm_meter` crate docs and README ("Replicas: budgets on Redis"). Cheap to share (`Arc`); dropping the last
 /// handle stops its background task after one last attempt to apply the queue (call
 /// [`Ledger::flush`] first to be sure).
 pub struct RedisLedger {

@@ -601,7 +601,7 @@ impl Telemetry {
         TelemetryBuilder::default()
     }
 
-    /// llm-meter's metric instruments, for [`MeterBuilder::metrics`].
+    /// llm-meter's metric instruments, for [`MeterBuilder::metrics`](crate::MeterBuilder::metrics).
     pub fn metrics(&self) -> Metrics {
         self.inner.metrics.clone()
     }
