@@ -31,3 +31,4 @@ mod redis_ledger;
 mod security;
 mod shutdown;
 mod streaming;
+mod upstream_choice;
