@@ -24,6 +24,39 @@ RUSTDOCFLAGS="-D warnings" cargo doc -q -p llm-meter -p llm-meter-proxy -p llm-m
 echo "== library layers (no import from a layer above, no two modules importing each other)"
 python3 scripts/check-layers.py
 
+echo "== cargo deny: licenses, bans (duplicate versions), sources; advisories when the database can be fetched"
+deny_version=$(sed -n 's/^version=//p' scripts/install-cargo-deny.sh)
+if ! cargo deny --version >/dev/null 2>&1; then
+  echo "cargo-deny is not installed: run scripts/install-cargo-deny.sh" \
+    "(cargo install cargo-deny --version $deny_version --locked); .ci/run does" >&2
+  exit 1
+fi
+if [ "$(cargo deny --version)" != "cargo-deny $deny_version" ]; then
+  echo "   note: $(cargo deny --version) installed; the suite pins $deny_version (scripts/install-cargo-deny.sh)"
+fi
+cargo deny --workspace check licenses bans sources
+# The advisories check needs the RustSec database, a git clone from GitHub (into
+# $CARGO_HOME/advisory-dbs). Where it cannot be fetched, a copy fetched before is used and its
+# date said; with no copy the check does not run, and says so (LLM_METER_REQUIRE_ADVISORIES=1
+# makes that an error).
+if fetch_error=$(timeout 300 cargo deny fetch db 2>&1); then
+  cargo deny --workspace check advisories
+else
+  fetch_error=$(printf '%s\n' "$fetch_error" | grep -v '^[[:space:]]*$' | tail -n 1 || true)
+  db_copy=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/advisory-dbs/advisory-db-*/ 2>/dev/null | head -n 1 || true)
+  if [ -n "$db_copy" ] && db_date=$(git -C "$db_copy" show -s --format=%cs HEAD 2>/dev/null); then
+    echo "   advisories: the database could not be updated ($fetch_error);"
+    echo "   checking against the copy of $db_date in $db_copy"
+    cargo deny --workspace --offline check advisories
+  else
+    echo "   advisories: NOT CHECKED: the RustSec advisory database could not be fetched ($fetch_error)"
+    if [ -n "${LLM_METER_REQUIRE_ADVISORIES:-}" ]; then
+      echo "LLM_METER_REQUIRE_ADVISORIES is set: failing" >&2
+      exit 1
+    fi
+  fi
+fi
+
 echo "== the library with each feature on its own (and with none)"
 for features in "" rustls native-tls prometheus otlp-http otlp-grpc log async-openai reqwest-middleware redis; do
   echo "   features: ${features:-(none)}"

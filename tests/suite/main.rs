@@ -33,3 +33,4 @@ mod redis_ledger;
 mod security;
 mod shutdown;
 mod streaming;
+mod upstream_choice;

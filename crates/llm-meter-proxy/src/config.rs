@@ -140,6 +140,10 @@ pub struct ProxyFileConfig {
     /// Other API bases a request may choose with `xProxy-Provider-BaseUri`.
     #[serde(default)]
     pub allowed_upstreams: Vec<String>,
+    /// Lets those connect to loopback, private, link-local, unique-local and CGNAT addresses
+    /// (default false: refused).
+    #[serde(default)]
+    pub allow_private_upstreams: bool,
     /// Largest request body, in bytes (default 8 MiB).
     pub body_limit_bytes: Option<usize>,
     /// Longest wait for a whole non-streaming answer (`600s`, `10m`).
@@ -338,6 +342,7 @@ impl Config {
             .iter()
             .map(|u| url("allowed upstream", u))
             .collect::<Result<_, _>>()?;
+        s.allow_private_upstreams = self.proxy.allow_private_upstreams;
         if self.proxy.keys.iter().any(|k| k.len() < 16) {
             return Err(err("proxy keys must be at least 16 characters".into()));
         }
@@ -432,6 +437,18 @@ mod tests {
         let defaults = Config::parse("").unwrap().proxy_settings(None).unwrap();
         assert_eq!(defaults.anthropic_upstream.as_str(), "https://api.anthropic.com/");
         assert!(defaults.azure_openai_upstream.is_none());
+    }
+
+    #[test]
+    fn private_upstreams_are_refused_unless_allowed() {
+        let defaults = Config::parse("").unwrap().proxy_settings(None).unwrap();
+        assert!(!defaults.allow_private_upstreams, "refused by default");
+        let c =
+            Config::parse("[proxy]\nallowed_upstreams = [\"http://10.0.0.5:8000/v1\"]\nallow_private_upstreams = true")
+                .unwrap();
+        let s = c.proxy_settings(None).unwrap();
+        assert!(s.allow_private_upstreams);
+        assert_eq!(s.allowed_upstreams[0].as_str(), "http://10.0.0.5:8000/v1");
     }
 
     #[test]

@@ -20,6 +20,11 @@
 //! providers (`/v1/*`, `/v1/messages/*`, `/openai/*`, and under Pay-i's prefixes) is forwarded
 //! untouched.
 //!
+//! A request may choose another upstream with `xProxy-Provider-BaseUri`, only one of
+//! `allowed_upstreams`, and only at a public address unless `allow_private_upstreams` is set:
+//! the addresses a chosen upstream connects to are checked at every new connection (a refusal
+//! is a 400 naming the header). The configured upstreams connect anywhere.
+//!
 //! Provider credentials (`Authorization`, `x-api-key`, `api-key`, `anthropic-version`) go
 //! upstream as the client sent them. Secrets (those, `xProxy-Api-Key`, a configured upstream
 //! key) are never recorded.
@@ -27,6 +32,7 @@
 pub mod config;
 
 mod admin;
+mod guard;
 mod headers;
 mod rejection;
 mod routes;
@@ -88,7 +94,7 @@ impl Proxy {
             url: settings.upstream.to_string(),
             why,
         })?;
-        let http = upstream::Upstream::new(settings.connect_timeout, settings.read_timeout)?;
+        let http = upstream::Upstream::new(&settings)?;
         let upstream_auth = match &settings.upstream_api_key {
             Some(key) => Some(llm_meter::bearer(key).ok_or(BuildError::ApiKey {
                 what: "upstream_api_key",

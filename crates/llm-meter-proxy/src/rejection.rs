@@ -18,6 +18,10 @@ pub enum Rejection {
     InvalidAnnotation(AnnotationError),
     /// `xProxy-Provider-BaseUri` is unreadable or not an allowed upstream (400).
     InvalidUpstreamChoice(&'static str),
+    /// `xProxy-Provider-BaseUri` chose an upstream at a loopback, private, link-local,
+    /// unique-local, unspecified or CGNAT address, and the proxy does not allow private
+    /// upstreams (400; nothing was sent).
+    PrivateUpstream,
     /// The request path cannot be joined onto the upstream (400).
     InvalidPath,
     /// The request body is larger than the limit, in bytes (413).
@@ -45,9 +49,10 @@ impl Rejection {
     pub fn status(&self) -> StatusCode {
         match self {
             Rejection::Unauthorized => StatusCode::UNAUTHORIZED,
-            Rejection::InvalidAnnotation(_) | Rejection::InvalidUpstreamChoice(_) | Rejection::InvalidPath => {
-                StatusCode::BAD_REQUEST
-            }
+            Rejection::InvalidAnnotation(_)
+            | Rejection::InvalidUpstreamChoice(_)
+            | Rejection::PrivateUpstream
+            | Rejection::InvalidPath => StatusCode::BAD_REQUEST,
             Rejection::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::LimitReached { .. } => StatusCode::FORBIDDEN,
             Rejection::LedgerUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -61,6 +66,7 @@ impl Rejection {
         match self {
             Rejection::Unauthorized => "invalid_proxy_key",
             Rejection::InvalidAnnotation(_) | Rejection::InvalidUpstreamChoice(_) => "invalid_header",
+            Rejection::PrivateUpstream => "private_upstream",
             Rejection::InvalidPath => "invalid_path",
             Rejection::BodyTooLarge(_) => "body_too_large",
             Rejection::LimitReached { .. } => "limit_reached",
@@ -88,7 +94,7 @@ impl Rejection {
         match self {
             Rejection::Unauthorized => Some(names::HEADER_API_KEY),
             Rejection::InvalidAnnotation(e) => Some(e.field.header()),
-            Rejection::InvalidUpstreamChoice(_) => Some(names::HEADER_PROVIDER_BASE_URI),
+            Rejection::InvalidUpstreamChoice(_) | Rejection::PrivateUpstream => Some(names::HEADER_PROVIDER_BASE_URI),
             _ => None,
         }
     }
@@ -99,6 +105,11 @@ impl Rejection {
             Rejection::Unauthorized => format!("missing or wrong {}", names::HEADER_API_KEY),
             Rejection::InvalidAnnotation(e) => e.to_string(),
             Rejection::InvalidUpstreamChoice(why) => format!("{}: {why}", names::HEADER_PROVIDER_BASE_URI),
+            // The address is not said: the caller need not learn what a name resolves to inside.
+            Rejection::PrivateUpstream => format!(
+                "{}: the chosen upstream is at a loopback, private or link-local address, which this proxy does not connect to",
+                names::HEADER_PROVIDER_BASE_URI
+            ),
             Rejection::InvalidPath => "bad request path".into(),
             Rejection::BodyTooLarge(limit) => format!("request body larger than {limit} bytes"),
             Rejection::LimitReached { blocked_limit_ids, .. } => format!(
@@ -183,6 +194,12 @@ mod tests {
                 Rejection::InvalidUpstreamChoice("not a URL"),
                 400,
                 "invalid_header",
+                Some(names::HEADER_PROVIDER_BASE_URI),
+            ),
+            (
+                Rejection::PrivateUpstream,
+                400,
+                "private_upstream",
                 Some(names::HEADER_PROVIDER_BASE_URI),
             ),
             (Rejection::InvalidPath, 400, "invalid_path", None),

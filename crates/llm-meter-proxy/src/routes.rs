@@ -217,7 +217,7 @@ async fn observed(
             Err(e) => {
                 let kind = e.kind();
                 call.fail(kind);
-                return Err(Rejection::Upstream(kind));
+                return Err(Rejection::from(&e));
             }
         };
         let record = call.finish_body(parts.status, &parts.headers, &body);
@@ -236,7 +236,7 @@ async fn observed(
         Err(e) => {
             let kind = e.kind();
             call.fail(kind);
-            return Err(Rejection::Upstream(kind));
+            return Err(Rejection::from(&e));
         }
     };
     let (parts, body) = response.into_parts();
@@ -247,7 +247,7 @@ async fn observed(
             Err(e) => {
                 let kind = e.kind();
                 call.fail(kind);
-                return Err(Rejection::Upstream(kind));
+                return Err(Rejection::from(&e));
             }
         };
         call.finish_body(parts.status, &parts.headers, &body);
@@ -269,11 +269,7 @@ async fn observed(
 
 /// Sends `request` and relays the upstream's answer as it comes, unobserved.
 async fn relay(inner: &ProxyInner, request: http::Request<Body>) -> Result<Response, Rejection> {
-    let response = inner
-        .http
-        .send(request)
-        .await
-        .map_err(|e| Rejection::Upstream(e.kind()))?;
+    let response = inner.http.send(request).await.map_err(|e| Rejection::from(&e))?;
     let (parts, body) = response.into_parts();
     Ok(downstream(parts.status, parts.headers, Body::new(body)))
 }

@@ -21,6 +21,11 @@ pub struct ProxySettings {
     /// Other API bases a request may choose with `xProxy-Provider-BaseUri` (instead of its
     /// route's upstream).
     pub allowed_upstreams: Vec<reqwest::Url>,
+    /// Lets an upstream chosen with `xProxy-Provider-BaseUri` connect to a loopback, private,
+    /// link-local (cloud metadata services), unique-local, unspecified or CGNAT address. Off by
+    /// default: such a choice is refused (400), checked on the addresses its name resolves to at
+    /// every new connection. The configured upstreams connect anywhere either way.
+    pub allow_private_upstreams: bool,
     /// Keys accepted in `xProxy-Api-Key`; empty: no proxy auth.
     pub keys: Vec<String>,
     /// Replaces the client's `Authorization` on OpenAI calls when set. On Anthropic and Azure
@@ -45,6 +50,7 @@ impl Default for ProxySettings {
             anthropic_upstream: llm_meter::parse_api_base(DEFAULT_ANTHROPIC_URL).expect("valid default"),
             azure_openai_upstream: None,
             allowed_upstreams: Vec::new(),
+            allow_private_upstreams: false,
             keys: Vec::new(),
             upstream_api_key: None,
             body_limit: 8 * 1024 * 1024,

@@ -2,7 +2,8 @@
 //! roots), as a bare relay uses it. Bodies go up and come back as frames, never buffered except
 //! a non-streaming answer the proxy must read to observe. Every wait is bounded: connecting, the
 //! time to the next bytes (`read_timeout`, also between stream chunks), and a whole
-//! non-streaming answer (`timeout`).
+//! non-streaming answer (`timeout`). An upstream chosen by the request connects only to public
+//! addresses unless the operator allows private ones ([`crate::guard`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,13 +16,16 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rustls_platform_verifier::ConfigVerifierExt;
 use tokio::time::{Instant, Sleep};
 
 use llm_meter::{BuildError, CallError, ErrorType};
+
+use crate::guard::{Connector, PrivateAddress};
+use crate::rejection::Rejection;
+use crate::settings::ProxySettings;
 
 /// Why an exchange with the upstream failed.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +39,9 @@ pub(crate) enum UpstreamError {
     /// The body failed mid-way (reset, malformed framing).
     #[error("upstream body failed: {0}")]
     Body(#[source] hyper::Error),
+    /// The request chose an upstream whose address is not public; nothing was sent.
+    #[error(transparent)]
+    PrivateAddress(PrivateAddress),
 }
 
 impl UpstreamError {
@@ -44,6 +51,25 @@ impl UpstreamError {
             UpstreamError::Timeout(_) => ErrorType::Timeout,
             UpstreamError::Request(e) if e.is_connect() => ErrorType::Connect,
             UpstreamError::Request(_) | UpstreamError::Body(_) => ErrorType::Transport,
+            UpstreamError::PrivateAddress(_) => ErrorType::InvalidRequest,
+        }
+    }
+
+    /// The client's failure, or the refusal of the address that caused it.
+    fn request(e: hyper_util::client::legacy::Error) -> Self {
+        match crate::guard::refusal(&e) {
+            Some(refused) => UpstreamError::PrivateAddress(refused),
+            None => UpstreamError::Request(e),
+        }
+    }
+}
+
+impl From<&UpstreamError> for Rejection {
+    /// A refused address is the request's choice (400); the rest are the upstream's failures.
+    fn from(e: &UpstreamError) -> Self {
+        match e {
+            UpstreamError::PrivateAddress(_) => Rejection::PrivateUpstream,
+            _ => Rejection::Upstream(e.kind()),
         }
     }
 }
@@ -57,18 +83,20 @@ impl From<UpstreamError> for CallError {
 /// The upstream client: one connection pool for every route.
 #[derive(Clone, Debug)]
 pub(crate) struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Body>,
+    client: Client<HttpsConnector<Connector>, Body>,
     read_timeout: Duration,
 }
 
 impl Upstream {
-    /// A pool that connects within `connect_timeout` and waits at most `read_timeout` for bytes.
-    pub(crate) fn new(connect_timeout: Duration, read_timeout: Duration) -> Result<Self, BuildError> {
+    /// A pool that connects within `connect_timeout`, waits at most `read_timeout` for bytes,
+    /// and connects a request-chosen upstream only to public addresses unless
+    /// `allow_private_upstreams`.
+    pub(crate) fn new(settings: &ProxySettings) -> Result<Self, BuildError> {
         let tls = rustls::ClientConfig::with_platform_verifier().map_err(|e| BuildError::Http(Box::new(e)))?;
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(connect_timeout));
-        http.set_nodelay(true);
-        http.enforce_http(false);
+        let configured = [&settings.upstream, &settings.anthropic_upstream]
+            .into_iter()
+            .chain(settings.azure_openai_upstream.as_ref());
+        let http = Connector::new(configured, settings.allow_private_upstreams, settings.connect_timeout);
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -77,7 +105,10 @@ impl Upstream {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(https);
-        Ok(Upstream { client, read_timeout })
+        Ok(Upstream {
+            client,
+            read_timeout: settings.read_timeout,
+        })
     }
 
     /// Sends `request`; the answer's head within `read_timeout`, its body timed per frame.
@@ -86,7 +117,7 @@ impl Upstream {
         let response = tokio::time::timeout(wait, self.client.request(request))
             .await
             .map_err(|_| UpstreamError::Timeout(wait))?
-            .map_err(UpstreamError::Request)?;
+            .map_err(UpstreamError::request)?;
         Ok(response.map(|body| TimedBody::new(body, wait)))
     }
 

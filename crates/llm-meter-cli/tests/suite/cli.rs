@@ -369,7 +369,7 @@ fn check_config_passes_a_good_file_and_names_the_problem_in_a_bad_one() {
     let good = dir.join("good.toml");
     std::fs::write(
         &good,
-        "upstream = \"https://api.openai.com/v1\"\n[proxy]\ntimeout = \"90s\"\n[[limits]]\nid = \"daily\"\nmax = 5.0\nkind = \"block\"\n",
+        "upstream = \"https://api.openai.com/v1\"\n[proxy]\ntimeout = \"90s\"\nallowed_upstreams = [\"http://10.0.0.5:8000/v1\"]\nallow_private_upstreams = true\n[[limits]]\nid = \"daily\"\nmax = 5.0\nkind = \"block\"\n",
     )
     .unwrap();
     let out = bin().arg("check-config").arg(&good).output().unwrap();
@@ -380,6 +380,11 @@ fn check_config_passes_a_good_file_and_names_the_problem_in_a_bad_one() {
         ("timeout.toml", "[proxy]\ntimeout = \"0s\"\n", "timeout"),
         ("limit.toml", "[[limits]]\nid = \"a\"\nmax = -1\n", "max"),
         ("typo.toml", "upstreem = \"x\"\n", "unknown field"),
+        (
+            "private.toml",
+            "[proxy]\nallow_private_upstreams = \"yes\"\n",
+            "allow_private_upstreams",
+        ),
     ] {
         let path = dir.join(name);
         std::fs::write(&path, text).unwrap();
