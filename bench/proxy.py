@@ -307,11 +307,13 @@ class Bench:
         wait_port(port, p, name)
         return p, port
 
-    def start_sink(self):
+    def start_sink(self, name="otlp-sink", flags=()):
+        """The OTLP sink (`flags`: its faults, e.g. `--delay-ms 2000`); proxy-otlp exports to the
+        last one started unless start_server is given another port."""
         port = free_port()
         argv = [self.exe("llm-meter-bench-otlp-sink"), "--listen", f"127.0.0.1:{port}", "--threads", "1"]
-        p = self.procs.start("otlp-sink", argv, env=self.base_env, cpus=self.load_cpus)
-        wait_port(port, p, "otlp-sink")
+        p = self.procs.start(name, argv + list(flags), env=self.base_env, cpus=self.load_cpus)
+        wait_port(port, p, name)
         self.sink_port = port
         return p, port
 
@@ -368,11 +370,13 @@ http {{
             f.write(conf)
         return d, path
 
-    def start_server(self, arm, upstream_port, name=None):
-        """Starts the server under test for `arm` in front of the mock on upstream_port."""
+    def start_server(self, arm, upstream_port, name=None, otlp_port=None, env_extra=None):
+        """Starts the server under test for `arm` in front of the mock on upstream_port
+        (proxy-otlp: exporting to otlp_port, else to the sink; env_extra: more variables)."""
         name = name or arm
         port = free_port()
         env = dict(self.base_env)
+        env.update(env_extra or {})
         if arm in ("relay", "relay-b"):
             argv = [
                 self.exe("llm-meter-bench-relay"),
@@ -398,7 +402,7 @@ http {{
                 f"127.0.0.1:{free_port()}",
             ]
             if arm == "proxy-otlp":
-                env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{self.sink_port}"
+                env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{otlp_port or self.sink_port}"
                 env["OTEL_EXPORTER_OTLP_PROTOCOL"] = "http/protobuf"
                 env["OTEL_TRACES_SAMPLER"] = os.environ.get("BENCH_SAMPLER", "always_on")
                 if "BENCH_SAMPLER_ARG" in os.environ:
