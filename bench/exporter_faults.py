@@ -2,8 +2,8 @@
 """The proxy at saturation while its OTLP endpoint fails (DESIGN §9: "A down OTLP endpoint
 never blocks or slows calls; queues are bounded and drops are counted").
 
-    python3 bench/exporter_faults.py            # 3 rounds, 60 s of load per scenario (~6 min)
-    python3 bench/exporter_faults.py --quick    # 1 round, 6 s per scenario (~1 min)
+    python3 bench/exporter_faults.py            # 6 rounds, 60 s at saturation per scenario (~8 min)
+    python3 bench/exporter_faults.py --quick    # 1 round, 7 s per scenario (~1.5 min)
 
 One llm-meter proxy process per scenario, each exporting metrics and every span
 (OTEL_TRACES_SAMPLER=always_on, two spans per call) over OTLP/HTTP (protobuf), as proxy.py's
@@ -17,18 +17,20 @@ proxy-otlp arm does, all in front of one mock; the endpoints:
             dropping connections (open ones and new ones)
 
 Each proxy is warmed (BENCH_WARMUP_SECS [2] at 32, then at 256 in flight) and its RSS read ("start"); then
-each round runs every scenario in a shuffled order: oha at 32 in flight for BENCH_LOAD_SECS
-[10] s, then at 256 for as long; RSS after each. At the end ("end") RSS again, and, after
+each round runs every scenario in a shuffled order: oha with 1 client for BENCH_LATENCY_SECS [3]
+s (latency without queueing: a call held up by the exporter would show in its slowest), at 32
+in flight for BENCH_LOAD_SECS [5] s, then at 256 for as long; RSS after each. At the end ("end") RSS again, and, after
 BENCH_SETTLE_SECS [8] s without load (the healthy exporter's queue drains in one 5 s batch
 interval), the proxy's llm_meter_export_spans_total counters and the time its /metrics took;
 last, how long the proxy took to exit on SIGTERM (it flushes spans and metrics on its way out).
 
-Reported per scenario: p50, p99 and slowest call at 32 and 256 in flight, calls/s, each as a
+Reported per scenario: p50, p99 and slowest call at 1, 32 and 256 in flight, calls/s, each as a
 median over rounds and as the median of per-round ratios to `healthy`; errors (non-2xx and
-transport errors, must be 0); the proxy's CPU per call; RSS at start and end (and the highest
-after each round); spans ended per call (2 when every span was counted) and the export outcomes.
+transport errors, must be 0); the proxy's CPU per call; RSS at start, its highest after a round,
+and at the end; spans ended per call (2 when every span was counted) and the export outcomes.
 
-Knobs (environment variables): BENCH_ROUNDS [3], BENCH_LOAD_SECS [10], BENCH_WARMUP_SECS [2],
+Knobs (environment variables): BENCH_ROUNDS [6], BENCH_LOAD_SECS [5], BENCH_LATENCY_SECS [3],
+BENCH_WARMUP_SECS [2],
 BENCH_SETTLE_SECS [8], BENCH_SLOW_MS [2000], BENCH_FLAP_SECS [5], BENCH_SCENARIOS (comma-separated),
 BENCH_SERVER_CPUS / BENCH_LOAD_CPUS (taskset, as in proxy.py), BENCH_WAIT_IDLE_SECS [0]
 (before each round wait up to this long for other processes to use under 5 % of the machine), BENCH_BIN_DIR (binaries already
@@ -69,8 +71,9 @@ def main():
     args = parser.parse_args()
 
     quick = args.quick
-    rounds_n = proxy.env_num("BENCH_ROUNDS", 1 if quick else 3, int)
-    load_secs = proxy.env_num("BENCH_LOAD_SECS", 3.0 if quick else 10.0)
+    rounds_n = proxy.env_num("BENCH_ROUNDS", 1 if quick else 6, int)
+    load_secs = proxy.env_num("BENCH_LOAD_SECS", 3.0 if quick else 5.0)
+    lat_secs = proxy.env_num("BENCH_LATENCY_SECS", 1.0 if quick else 3.0)
     warm_secs = proxy.env_num("BENCH_WARMUP_SECS", 1.0 if quick else 2.0)
     settle_secs = proxy.env_num("BENCH_SETTLE_SECS", 8.0)
     slow_ms = proxy.env_num("BENCH_SLOW_MS", 2000, int)
@@ -99,8 +102,8 @@ def main():
     header = common.run_header("llm-meter proxy under OTLP exporter faults")
     started = time.monotonic()
     try:
-        log(f"{header}\nscenarios {', '.join(scenarios)}; {rounds_n} round(s) × {load_secs:g} s @32 + "
-            f"{load_secs:g} s @256; logs in {tmp}")
+        log(f"{header}\nscenarios {', '.join(scenarios)}; {rounds_n} round(s) × ({lat_secs:g} s @1 + {load_secs:g} s @32 + "
+            f"{load_secs:g} s @256); logs in {tmp}")
         mock, mock_port = bench.start_mock("mock")
         runs = {}
         for sc in scenarios:
@@ -130,10 +133,10 @@ def main():
             for sc in proxy.round_order(scenarios, r):
                 run = runs[sc]
                 got = {}
-                for c in (32, 256):
+                for c in (1, 32, 256):
                     pid = run["server"].pid
                     cpu0 = proxy.cpu_seconds([pid])
-                    res = proxy.oha(oha_bin, run["port"], c, load_secs, bench.load_cpus)
+                    res = proxy.oha(oha_bin, run["port"], c, lat_secs if c == 1 else load_secs, bench.load_cpus)
                     cpu1 = proxy.cpu_seconds([pid])
                     ok, bad, secs, p50, p99, errs = proxy.summarize(res)
                     slowest = (res.get("summary") or {}).get("slowest")
@@ -197,7 +200,10 @@ def main():
         rows = []
         for sc in scenarios:
             run = runs[sc]
-            cells = [sc]
+            cells = [
+                sc,
+                f"{med(sc, 1, 'p50_ms'):.2f} / {med(sc, 1, 'p99_ms'):.2f} / {max(g[1]['max_ms'] for g in run['rounds']):.0f}",
+            ]
             for c in (32, 256):
                 cells += [
                     f"{med(sc, c, 'p50_ms'):.2f} / {med(sc, c, 'p99_ms'):.2f} / {max(g[c]['max_ms'] for g in run['rounds']):.0f}",
@@ -205,15 +211,13 @@ def main():
                     "—" if sc == "healthy" else
                     f"{ratio(sc, c, 'p50_ms'):.2f} / {ratio(sc, c, 'p99_ms'):.2f} / {ratio(sc, c, 'rps'):.2f}",
                 ]
-            errors = sum(g[c]["errors"] for g in run["rounds"] for c in (32, 256))
+            errors = sum(g[c]["errors"] for g in run["rounds"] for c in (1, 32, 256))
             exp = run["export"]
             ended = sum(exp.values())
             cells += [
                 str(errors),
                 f"{med(sc, 32, 'cpu_us'):.0f} µs",
-                f"{mib(run['rss_start'].get('VmRSS'))} → "
-                + " → ".join(mib(g["rss"]) for g in run["rounds"])
-                + (f" (end {mib(run['rss_end'].get('VmRSS'))})" if run["rss_end"].get("VmRSS") != run["rounds"][-1]["rss"] else ""),
+                f"{mib(run['rss_start'].get('VmRSS'))} / {mib(run['rss_max'])} / {mib(run['rss_end'].get('VmRSS'))}",
                 f"{ended / max(1, run['calls']):.2f}",
                 f"{exp.get('exported', 0):,} / {exp.get('failed', 0):,} / {exp.get('dropped_or_queued', 0):,}",
                 f"{run['scrape_ms']:.0f} ms",
@@ -222,6 +226,7 @@ def main():
             rows.append(cells)
         head = [
             "endpoint",
+            "@1 p50/p99/max ms",
             "@32 p50/p99/max ms",
             "@32 calls/s",
             "@32 vs healthy p50/p99/calls",
@@ -230,7 +235,7 @@ def main():
             "@256 vs healthy p50/p99/calls",
             "errors",
             "CPU/call @32",
-            "RSS MiB start → each round",
+            "RSS MiB start / max / end",
             "spans/call",
             "spans exported / failed / dropped_or_queued",
             "/metrics",
@@ -239,7 +244,7 @@ def main():
         print()
         print(header)
         print(
-            f"{rounds_n} round(s) × ({load_secs:g} s @32 + {load_secs:g} s @256) per scenario, scenarios in a shuffled "
+            f"{rounds_n} round(s) × ({lat_secs:g} s @1 + {load_secs:g} s @32 + {load_secs:g} s @256) per scenario, scenarios in a shuffled "
             f"order each round, one proxy process per scenario (OTLP/HTTP, always_on: 2 spans per call) in front of "
             f"one mock; {elapsed:.0f} s"
         )
@@ -250,7 +255,8 @@ def main():
         print(
             f"expected: errors 0; p50/p99/calls within noise of healthy (ratios ~1: drops cost less than exports); "
             f"RSS flat (start → end within a few MiB: the span queue holds at most 2,048 spans); spans/call 2.00 "
-            f"(every span counted); failed + dropped > 0 for every faulty endpoint; the counters read after "
+            f"(every span counted); failed + dropped > 0 for every faulty endpoint; slowest calls of ~1 s at 256 in "
+            f"flight come from opening 256 connections at once (oha against the bare mock shows them too); the counters read after "
             f"{settle_secs:g} s idle (spans still queued count as dropped_or_queued)"
         )
         for sc in scenarios:

@@ -9,6 +9,8 @@ mock, in two arms, each its own process, rounds interleaved (A, B, B, A, ...):
 
   default   glibc malloc as it comes (an arena per thread, at most 8 per core)
   arena2    the same binary with MALLOC_ARENA_MAX=2
+  otlp      (only when asked for, BENCH_ARMS=...,otlp) metrics and every span exported over OTLP/HTTP
+            to llm-meter-bench-otlp-sink, as proxy.py's proxy-otlp arm
 
 Each round, per arm: BENCH_STREAMS [1000] streaming calls opened together and held open (each
 has its first chunk; the mock sends the next ones BENCH_CHUNK_DELAY_MS [1500] ms apart, so a
@@ -48,7 +50,12 @@ import common
 from common import proxy
 from common import log, mib
 
-ARMS = {"default": {}, "arena2": {"MALLOC_ARENA_MAX": "2"}}
+# arm: (proxy.py's arm it starts, extra environment)
+ARMS = {
+    "default": ("proxy-metrics", {}),
+    "arena2": ("proxy-metrics", {"MALLOC_ARENA_MAX": "2"}),
+    "otlp": ("proxy-otlp", {}),
+}
 
 
 def main():
@@ -66,7 +73,7 @@ def main():
     idle_secs = proxy.env_num("BENCH_IDLE_SECS", 10.0 if quick else 185.0)
     bound_pct = proxy.env_num("BENCH_BOUND_PCT", 5.0)
     use_gdb = os.environ.get("BENCH_GDB", "1") != "0" and shutil.which("gdb")
-    arms = [a.strip() for a in os.environ.get("BENCH_ARMS", ",".join(ARMS)).split(",") if a.strip()]
+    arms = [a.strip() for a in os.environ.get("BENCH_ARMS", "default,arena2").split(",") if a.strip()]
     for a in arms:
         if a not in ARMS:
             sys.exit(f"unknown arm {a!r} (arms: {', '.join(ARMS)})")
@@ -93,7 +100,10 @@ def main():
         mock, mock_port = bench.start_mock("mock", chunk_delay_ms=chunk_delay_ms)
         runs = {}
         for arm in arms:
-            server, port = bench.start_server("proxy-metrics", mock_port, name=f"proxy-{arm}", env_extra=ARMS[arm])
+            kind, env_extra = ARMS[arm]
+            if kind == "proxy-otlp" and bench.sink_port is None:
+                bench.start_sink()
+            server, port = bench.start_server(kind, mock_port, name=f"proxy-{arm}", env_extra=env_extra)
             runs[arm] = {"server": server, "port": port, "rounds": []}
             proxy.check_arm(arm, port)
 
@@ -202,7 +212,8 @@ def main():
         for arm in arms:
             run = runs[arm]
             print()
-            print(f"arm {arm}{' (' + ', '.join(f'{k}={v}' for k, v in ARMS[arm].items()) + ')' if ARMS[arm] else ''}: "
+            extra = ARMS[arm][1]
+            print(f"arm {arm}{' (' + ', '.join(f'{k}={v}' for k, v in extra.items()) + ')' if extra else ''}: "
                   f"RSS at start {mib(run['start'].get('VmRSS'))} MiB, {run['start'].get('Threads')} threads, "
                   f"{run['start'].get('series')} series"
                   + (f", malloc held / live {mib(run['start']['malloc']['system_kib'])} / "
