@@ -272,3 +272,33 @@ async fn receiver_down_then_back_gets_right_cumulative_metrics() {
         "all five calls, across the outage"
     );
 }
+
+/// What the proxy does on SIGTERM: no flush, only `shutdown` (the guard's drop). The span still
+/// waiting for its 5 s batch and the metrics waiting for their hourly export both arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_alone_exports_the_spans_and_metrics_still_held() {
+    let (addr, rx) = http(any()).await;
+    let t = telemetry(Protocol::HttpProtobuf, addr);
+    let mock = MockServer::start(MockConfig::default()).await.unwrap();
+    let c = Client::builder()
+        .base_url(mock.base_url())
+        .meter(t.meter_builder().build().unwrap())
+        .build()
+        .unwrap();
+    let record = call(&c).await;
+    assert!(rx.spans().is_empty(), "nothing is exported before the batch is due");
+    let held = t.clone();
+    tokio::task::spawn_blocking(move || held.shutdown()).await.unwrap();
+    let spans = rx.spans();
+    assert_eq!(spans.len(), 1, "the held span is exported on shutdown");
+    assert_eq!(str_attr(&spans[0].attributes, "gen_ai.response.id"), record.response.id);
+    let tokens = rx
+        .latest_metric(names::METRIC_TOKEN_USAGE)
+        .expect("the held metrics are exported on shutdown");
+    let Some(metric::Data::Histogram(h)) = &tokens.data else {
+        panic!("token usage is a histogram")
+    };
+    let usage = record.usage.unwrap();
+    let sum: f64 = h.data_points.iter().filter_map(|p| p.sum).sum();
+    assert_eq!(sum, (usage.input_tokens + usage.output_tokens) as f64);
+}

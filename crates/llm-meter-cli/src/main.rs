@@ -239,7 +239,9 @@ async fn run_proxy(args: ProxyArgs) -> Result<(), BoxError> {
         }
     }
     // Stop accepting, let what is in flight finish (up to the grace period), then save the
-    // ledger; spans and metrics are flushed when `telemetry` is dropped.
+    // ledger. Spans and metrics are exported when `telemetry` (the guard) drops: its shutdown
+    // exports what each provider holds, bounded at 5 s each, so no flush comes first (one
+    // would wait on a collector that does not answer twice over: `bench/exporter_faults.py`).
     eprintln!("llm-meter proxy: stopping (grace {grace:?})");
     let _ = shutdown.send(());
     match serving.await {
@@ -257,7 +259,6 @@ async fn run_proxy(args: ProxyArgs) -> Result<(), BoxError> {
             eprintln!("llm-meter proxy: settlements not applied to Redis at exit: {e}");
         }
     }
-    telemetry.flush();
     Ok(())
 }
 
