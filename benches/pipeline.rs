@@ -82,10 +82,12 @@ fn request() -> serde_json::Value {
     serde_json::json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello!"}], "max_completion_tokens": 100})
 }
 
-/// What a caller does without llm-meter: serialize, parse the answer.
+/// What a caller does without llm-meter: serialize, hand the body to its HTTP client (which
+/// makes it `Bytes`, as reqwest's `Body::from(Vec<u8>)` does; with llm-meter, `prepare` does
+/// that and the client takes the `Bytes` as they are), parse the answer.
 fn bare(req: &serde_json::Value, body: &[u8]) {
     let bytes = serde_json::to_vec(req).unwrap();
-    black_box(bytes);
+    black_box(bytes::Bytes::from(bytes));
     let v: serde_json::Value = serde_json::from_slice(body).unwrap();
     black_box(v);
 }

@@ -30,7 +30,7 @@ pub use record::limits::{
 pub use record::pricing::{Cost, Price, PriceTable, PricingError, Rates, TierPrice};
 #[cfg(feature = "redis")]
 pub use record::redis_ledger::{redact_url, RedisLedger, RedisLedgerBuilder};
-pub use record::xproxy::{add_json_field, LimitOutcome, XProxyCost, XProxyResult};
+pub use record::xproxy::{add_json_field, add_json_field_with, LimitOutcome, XProxyCost, XProxyResult};
 pub use record::{
     BuildError, CallError, CallHook, CallId, CallRecord, ErrorType, RequestFacts, StreamOptions, Timings,
 };

@@ -98,7 +98,7 @@ pub(crate) async fn start(
         call,
         annotations,
         headers,
-        body: Bytes::from(prepared.body),
+        body: prepared.body,
         stream,
         hide_usage_chunk: prepared.hide_usage_chunk,
     })

@@ -440,8 +440,22 @@ impl Annotations {
     /// Parses `xProxy-*` headers (names case-insensitive). Other headers are ignored; a header
     /// present with an invalid value is an error naming that header.
     pub fn from_headers(headers: &HeaderMap) -> Result<Self, AnnotationError> {
+        // One pass over the names (stored lowercase) instead of a lookup per field: most
+        // requests carry no `xProxy-*` header at all. The first value of a header counts.
+        let mut found: [Option<&HeaderValue>; AnnotationField::ALL.len()] = [None; AnnotationField::ALL.len()];
+        for (name, value) in headers {
+            if !name.as_str().starts_with(names::HEADER_XPROXY_PREFIX) {
+                continue;
+            }
+            if let Some(field) = AnnotationField::ALL
+                .into_iter()
+                .find(|f| f.header().eq_ignore_ascii_case(name.as_str()))
+            {
+                found[field as usize].get_or_insert(value);
+            }
+        }
         let text = |field: AnnotationField| -> Result<Option<&str>, AnnotationError> {
-            match headers.get(field.header()) {
+            match found[field as usize] {
                 None => Ok(None),
                 Some(v) => std::str::from_utf8(v.as_bytes())
                     .map(Some)

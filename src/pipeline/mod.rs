@@ -264,8 +264,8 @@ impl crate::sinks::export::Telemetry {
 /// A request body made ready to send: the bytes and what they ask for.
 #[derive(Debug)]
 pub struct Prepared {
-    /// The JSON body to send.
-    pub body: Vec<u8>,
+    /// The JSON body to send: the caller's own bytes when nothing had to change.
+    pub body: Bytes,
     /// What it asks for.
     pub facts: RequestFacts,
     /// The usage-only chunk is ours, not the caller's: hide it.
@@ -417,19 +417,20 @@ impl Meter {
     /// Applies model defaults and the stream usage policy to a serialized JSON object body of
     /// a Chat Completions request. `expect_stream` checks the body's `stream` flag when the
     /// caller's method implies one.
-    pub fn prepare(&self, bytes: Vec<u8>, expect_stream: Option<bool>) -> Result<Prepared, CallError> {
+    pub fn prepare(&self, bytes: impl Into<Bytes>, expect_stream: Option<bool>) -> Result<Prepared, CallError> {
         self.prepare_for(Api::ChatCompletions, bytes, expect_stream)
     }
 
     /// [`Self::prepare`] for a request of `api`. Only Chat Completions streams need asking for
     /// usage (`stream_options.include_usage`); Anthropic's and the Responses API's streams
-    /// always report it.
+    /// always report it. A body that needs no change is passed on as it is, not copied.
     pub fn prepare_for(
         &self,
         api: Api,
-        mut bytes: Vec<u8>,
+        bytes: impl Into<Bytes>,
         expect_stream: Option<bool>,
     ) -> Result<Prepared, CallError> {
+        let mut bytes: Bytes = bytes.into();
         if bytes.first() != Some(&b'{') || bytes.last() != Some(&b'}') {
             return Err(CallError::InvalidRequest(
                 "the request body must be a JSON object".into(),
@@ -457,11 +458,14 @@ impl Meter {
         let mut changed = false;
         if wants_usage && options == StreamOptions::Absent && defaults.is_none() {
             // Fast path: append the one missing key to the serialized object.
-            bytes.pop();
-            if bytes.len() > 1 {
-                bytes.push(b',');
+            const KEY: &[u8] = br#""stream_options":{"include_usage":true}}"#;
+            let mut extended = Vec::with_capacity(bytes.len() + 1 + KEY.len());
+            extended.extend_from_slice(&bytes[..bytes.len() - 1]);
+            if bytes.len() > 2 {
+                extended.push(b',');
             }
-            bytes.extend_from_slice(br#""stream_options":{"include_usage":true}}"#);
+            extended.extend_from_slice(KEY);
+            bytes = extended.into();
             changed = true;
         } else if wants_usage || defaults.is_some() {
             let mut map: Map<String, Value> = serde_json::from_slice(&bytes).map_err(invalid)?;
@@ -482,7 +486,7 @@ impl Meter {
                 changed = true;
             }
             if changed {
-                bytes = serde_json::to_vec(&map).map_err(invalid)?;
+                bytes = serde_json::to_vec(&map).map_err(invalid)?.into();
             }
         }
         if changed {

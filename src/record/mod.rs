@@ -305,9 +305,24 @@ fn splitmix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+impl CallId {
+    /// The id as 32 lowercase hex digits, without formatting machinery.
+    pub fn to_hex(&self) -> [u8; 32] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 32];
+        for (i, byte) in self.0.to_be_bytes().iter().enumerate() {
+            out[2 * i] = DIGITS[usize::from(byte >> 4)];
+            out[2 * i + 1] = DIGITS[usize::from(byte & 0xf)];
+        }
+        out
+    }
+}
+
 impl std::fmt::Display for CallId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:032x}", self.0)
+        let hex = self.to_hex();
+        // Hex digits are ASCII.
+        f.pad(std::str::from_utf8(&hex).unwrap_or_default())
     }
 }
 
@@ -413,6 +428,19 @@ impl<F: Fn(&CallRecord) + Send + Sync + 'static> CallHook for F {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn call_ids_print_as_32_hex_digits() {
+        for id in [
+            0,
+            7,
+            u128::MAX,
+            0x0123_4567_89ab_cdef_fedc_ba98_7654_3210,
+            CallId::new().0,
+        ] {
+            assert_eq!(CallId(id).to_string(), format!("{id:032x}"));
+        }
+    }
 
     #[test]
     fn error_types_are_low_cardinality_strings() {

@@ -75,6 +75,10 @@ pub struct Base {
 }
 
 impl XProxyResult {
+    /// Room for a typical `xproxy_result`'s JSON (about 250 bytes with a cost and no limits),
+    /// so that serializing it does not grow the buffer step by step.
+    pub const TYPICAL_JSON_LEN: usize = 384;
+
     /// The outcome of a finished call.
     pub fn from_record(r: &CallRecord) -> Self {
         let a = &r.annotations;
@@ -103,7 +107,19 @@ impl XProxyResult {
 
     /// As JSON bytes.
     pub fn to_json_bytes(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_else(|_| b"null".to_vec())
+        let mut out = Vec::with_capacity(Self::TYPICAL_JSON_LEN);
+        self.write_json(&mut out);
+        out
+    }
+
+    /// Appends the JSON text to `out` (`null` if it could not be serialized, which a map of
+    /// string keys and finite numbers never fails).
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        let len = out.len();
+        if serde_json::to_writer(&mut *out, self).is_err() {
+            out.truncate(len);
+            out.extend_from_slice(b"null");
+        }
     }
 
     /// As a JSON value.
@@ -115,13 +131,19 @@ impl XProxyResult {
 /// Adds `"key": value` (`value` already JSON) to a JSON object's text, just before its closing
 /// brace, keeping every other byte as it was. `None` when `object` is not a JSON object's text.
 pub fn add_json_field(object: &[u8], key: &str, value: &[u8]) -> Option<Vec<u8>> {
+    add_json_field_with(object, key, value.len(), |out| out.extend_from_slice(value))
+}
+
+/// [`add_json_field`] with the value written by `write` straight into the new text (`size`:
+/// the room to reserve for it), so it is neither serialized apart nor copied.
+pub fn add_json_field_with(object: &[u8], key: &str, size: usize, write: impl FnOnce(&mut Vec<u8>)) -> Option<Vec<u8>> {
     let start = object.iter().position(|b| !b.is_ascii_whitespace())?;
     let end = object.iter().rposition(|b| !b.is_ascii_whitespace())?;
     if object[start] != b'{' || object[end] != b'}' {
         return None;
     }
     let empty = object[start + 1..end].iter().all(u8::is_ascii_whitespace);
-    let mut out = Vec::with_capacity(object.len() + key.len() + value.len() + 4);
+    let mut out = Vec::with_capacity(object.len() + key.len() + size + 4);
     out.extend_from_slice(&object[..end]);
     if !empty {
         out.push(b',');
@@ -129,7 +151,7 @@ pub fn add_json_field(object: &[u8], key: &str, value: &[u8]) -> Option<Vec<u8>>
     out.push(b'"');
     out.extend_from_slice(key.as_bytes());
     out.extend_from_slice(b"\":");
-    out.extend_from_slice(value);
+    write(&mut out);
     out.extend_from_slice(&object[end..]);
     Some(out)
 }

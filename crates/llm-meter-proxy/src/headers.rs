@@ -41,7 +41,7 @@ pub(crate) fn authorize(settings: &ProxySettings, headers: &HeaderMap) -> Result
 
 /// Headers that are per connection (RFC 9110 §7.6.1), and `host` and `content-length`, which
 /// the client sets for the next hop.
-const HOP_BY_HOP: [HeaderName; 9] = [
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("proxy-connection"),
     HeaderName::from_static("keep-alive"),
@@ -72,13 +72,18 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// the body, so they ask the provider for it uncompressed.
 pub(crate) fn prepare_upstream_headers(headers: &mut HeaderMap, upstream_auth: Option<&HeaderValue>, observed: bool) {
     remove_hop_by_hop(headers);
-    let annotations: Vec<HeaderName> = headers
+    if headers
         .keys()
-        .filter(|name| name.as_str().starts_with(names::HEADER_XPROXY_PREFIX))
-        .cloned()
-        .collect();
-    for name in annotations {
-        headers.remove(name);
+        .any(|name| name.as_str().starts_with(names::HEADER_XPROXY_PREFIX))
+    {
+        let annotations: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| name.as_str().starts_with(names::HEADER_XPROXY_PREFIX))
+            .cloned()
+            .collect();
+        for name in annotations {
+            headers.remove(name);
+        }
     }
     if observed {
         headers.remove(header::ACCEPT_ENCODING);

@@ -2,6 +2,7 @@
 //! Messages, Azure OpenAI chat completions; each on its native path and Pay-i's proxy path) and
 //! every other request of those providers forwarded as it is.
 
+use std::borrow::Cow;
 use std::time::Instant;
 
 use axum::body::Body;
@@ -74,10 +75,14 @@ impl Provider {
 }
 
 /// The upstream this request goes to: its provider's, or an allowed one it chose.
-fn upstream_base(settings: &ProxySettings, provider: Provider, headers: &HeaderMap) -> Result<reqwest::Url, Rejection> {
+fn upstream_base<'a>(
+    settings: &'a ProxySettings,
+    provider: Provider,
+    headers: &HeaderMap,
+) -> Result<Cow<'a, reqwest::Url>, Rejection> {
     let configured = provider.upstream(settings)?;
     let Some(chosen) = headers.get(names::HEADER_PROVIDER_BASE_URI) else {
-        return Ok(configured.clone());
+        return Ok(Cow::Borrowed(configured));
     };
     let text = chosen
         .to_str()
@@ -86,7 +91,7 @@ fn upstream_base(settings: &ProxySettings, provider: Provider, headers: &HeaderM
         reqwest::Url::parse(text.trim_end_matches('/')).map_err(|_| Rejection::InvalidUpstreamChoice("not a URL"))?;
     let same = |a: &reqwest::Url| a.as_str().trim_end_matches('/') == url.as_str().trim_end_matches('/');
     if same(configured) || settings.allowed_upstreams.iter().any(same) {
-        Ok(url)
+        Ok(Cow::Owned(url))
     } else {
         Err(Rejection::InvalidUpstreamChoice("not in the proxy's allowed upstreams"))
     }
@@ -185,7 +190,7 @@ async fn observed(
     let mut headers = parts.headers;
     let upstream_auth = inner.upstream_auth.as_ref().filter(|_| provider == Provider::OpenAi);
     prepare_upstream_headers(&mut headers, upstream_auth, true);
-    let mut prepared = match inner.meter.prepare_for(api, Vec::from(body.clone()), None) {
+    let mut prepared = match inner.meter.prepare_for(api, body.clone(), None) {
         Ok(p) => p,
         // Not a JSON object: the provider says what is wrong with it; nothing to observe.
         Err(_) => return relay(inner, upstream_request(Method::POST, url, headers, Body::from(body))).await,

@@ -1,12 +1,14 @@
 //! Pay-i's outcome on the provider's answer: `xproxy_result` added to a JSON body as a sibling
 //! of the provider's fields (streams get it on one chunk, see `ChatStream::with_outcome_field`).
 
-use llm_meter::{add_json_field, names, XProxyResult};
+use llm_meter::{add_json_field_with, names, XProxyResult};
 
 /// Adds `"xproxy_result": {…}` to a JSON object body, just before its closing brace; `None`
 /// when the body is not a JSON object (it is then relayed as it came).
 pub(crate) fn with_xproxy_result(body: &[u8], result: &XProxyResult) -> Option<Vec<u8>> {
-    add_json_field(body, names::XPROXY_RESULT, &result.to_json_bytes())
+    add_json_field_with(body, names::XPROXY_RESULT, XProxyResult::TYPICAL_JSON_LEN, |out| {
+        result.write_json(out);
+    })
 }
 
 #[cfg(test)]
