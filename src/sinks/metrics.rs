@@ -31,7 +31,7 @@
 //! fold into `other`, and `llm_meter.label.overflow` counts each fold.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use opentelemetry::metrics::{
@@ -354,6 +354,53 @@ struct Instruments {
     account_name: CappedLabel,
     request_tags: CappedLabel,
     overflow_labels: HashMap<&'static str, [KeyValue; 1]>,
+    /// Bumped by every [`Metrics::set_label_policy`]: a call's remembered label set (see
+    /// [`LastSeries`]) holds only under the policy it was made with.
+    policy_generation: AtomicU64,
+}
+
+/// The label set a thread recorded last, and its bound series: in steady traffic most calls
+/// repeat the previous call's labels, so [`Metrics::record`] compares the record's raw label
+/// inputs with these and skips building, capping and hashing the labels. Only label sets with
+/// no opt-in label and no value folded into `other` are remembered (so each fold is still
+/// counted on `llm_meter.label.overflow`).
+struct LastSeries {
+    /// Whose series: a `Weak` keeps the allocation, so no later `Metrics` can have its address.
+    metrics: std::sync::Weak<Instruments>,
+    generation: u64,
+    operation: &'static str,
+    provider: Arc<str>,
+    request_model: Box<str>,
+    response_model: Option<Box<str>>,
+    use_case: Option<Box<str>>,
+    error: Option<crate::record::ErrorType>,
+    labels: Vec<KeyValue>,
+    series: Arc<Series>,
+}
+
+impl LastSeries {
+    fn matches(&self, metrics: &Instruments, r: &CallRecord) -> bool {
+        std::ptr::eq(self.metrics.as_ptr(), metrics)
+            && self.generation == metrics.policy_generation.load(Ordering::Relaxed)
+            && self.operation == r.operation
+            && self.error == r.error
+            && *self.request_model == *r.request.model
+            && self.response_model.as_deref() == r.response.model.as_deref()
+            && self.use_case.as_deref() == r.annotations.use_case_name()
+            && *self.provider == *r.provider
+    }
+}
+
+/// The `gen_ai.request.model` value of a label set ([`Metrics::labels`] always has one).
+fn request_model_label(labels: &[KeyValue]) -> Option<StringValue> {
+    labels.iter().find_map(|kv| match &kv.value {
+        Value::String(v) if kv.key.as_str() == GEN_AI_REQUEST_MODEL => Some(v.clone()),
+        _ => None,
+    })
+}
+
+thread_local! {
+    static LAST_SERIES: std::cell::RefCell<Option<LastSeries>> = const { std::cell::RefCell::new(None) };
 }
 
 impl Metrics {
@@ -472,6 +519,7 @@ impl Metrics {
                 account_name: CappedLabel::opt_in(ACCOUNT_NAME, policy.account_name),
                 request_tags: CappedLabel::opt_in(REQUEST_TAGS, policy.request_tags),
                 overflow_labels: keys.into_iter().map(|k| (k, [KeyValue::new(LABEL_NAME, k)])).collect(),
+                policy_generation: AtomicU64::new(0),
             }),
         }
     }
@@ -535,6 +583,7 @@ impl Metrics {
         i.account_name.set(policy.account_name);
         i.request_tags.set(policy.request_tags);
         i.limit_ids.set(Some(policy.limit_ids));
+        i.policy_generation.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a call in on `llm_meter.calls.in_flight` (the pipeline does, when a call starts).
@@ -554,12 +603,60 @@ impl Metrics {
         if !r.blocked_limit_ids.is_empty() {
             self.record_blocked(&r.blocked_limit_ids);
         }
-        let labels = self.labels(r);
-        match self.series(&labels) {
-            Some(series) => series.record(&self.inner, r, &labels),
-            None => self.record_unbound(r, labels),
+        let i = &*self.inner;
+        // The request model's label value, which the rate-limit gauges carry too.
+        let model = LAST_SERIES.with(|last| match last.try_borrow().as_deref() {
+            Ok(Some(last)) if last.matches(i, r) => {
+                last.series.record(i, r, &last.labels);
+                Some(request_model_label(&last.labels))
+            }
+            _ => None,
+        });
+        let model = match model {
+            Some(model) => model,
+            None => {
+                let labels = self.labels(r);
+                let model = request_model_label(&labels);
+                match self.series(&labels) {
+                    Some(series) => {
+                        series.record(i, r, &labels);
+                        self.remember(r, labels, series);
+                    }
+                    None => self.record_unbound(r, labels),
+                }
+                model
+            }
+        };
+        self.record_rate_limits(r, model);
+    }
+
+    /// Keeps `labels` and `series` as this thread's [`LastSeries`], when they may be reused.
+    fn remember(&self, r: &CallRecord, labels: Vec<KeyValue>, series: Arc<Series>) {
+        let i = &*self.inner;
+        let opt_in = i.user_id.is_on() || i.account_name.is_on() || i.request_tags.is_on();
+        let folded = labels
+            .iter()
+            .any(|kv| matches!(&kv.value, Value::String(v) if v.as_str() == OTHER));
+        if opt_in || folded {
+            return;
         }
-        self.record_rate_limits(r);
+        let last = LastSeries {
+            metrics: Arc::downgrade(&self.inner),
+            generation: i.policy_generation.load(Ordering::Relaxed),
+            operation: r.operation,
+            provider: r.provider.clone(),
+            request_model: r.request.model.as_str().into(),
+            response_model: r.response.model.as_deref().map(Into::into),
+            use_case: r.annotations.use_case_name().map(Into::into),
+            error: r.error,
+            labels,
+            series,
+        };
+        LAST_SERIES.with(|slot| {
+            if let Ok(mut slot) = slot.try_borrow_mut() {
+                *slot = Some(last);
+            }
+        });
     }
 
     /// The bound instruments of `labels`, binding them the first time.
@@ -751,7 +848,7 @@ impl Metrics {
         }
     }
 
-    fn record_rate_limits(&self, r: &CallRecord) {
+    fn record_rate_limits(&self, r: &CallRecord, model: Option<StringValue>) {
         let i = &self.inner;
         let m = &r.meta;
         let kinds = [
@@ -764,7 +861,7 @@ impl Metrics {
             return;
         }
         // Rate limits are per model as the caller names it, whatever snapshot answered.
-        let Value::String(model) = self.capped(&i.request_model, &r.request.model).value else {
+        let Some(model) = model else {
             return;
         };
         let key = (r.provider.clone(), r.server_address.clone(), model.clone());

@@ -331,3 +331,59 @@ fn label_sets_past_the_bound_cache_are_still_recorded_exactly() {
     // what matters is that nothing is lost on either path.
     assert_eq!(sum_u64(find(&rm, METRIC_INPUT_TOKENS)), 2 * n);
 }
+
+/// A thread remembers the label set it recorded last and reuses it for a call with the same
+/// label inputs. That must stay invisible: each `Metrics` counts its own calls, a new label
+/// policy applies to the very next call, and a call with other inputs gets its own series.
+#[test]
+fn a_repeated_label_set_is_reused_only_where_it_holds() {
+    let a = harness(LabelPolicy::default());
+    let b = harness(LabelPolicy::default());
+    for _ in 0..3 {
+        a.metrics.record(&record("u-1", 10));
+    }
+    b.metrics.record(&record("u-1", 10));
+    a.metrics.record(&record("u-1", 10));
+    let input = |h: &Harness| sum_u64(find(&h.collect(), METRIC_INPUT_TOKENS));
+    assert_eq!(input(&a), 40, "four calls on a");
+    assert_eq!(input(&b), 10, "one call on b, none of a's");
+
+    let c = harness(LabelPolicy::default());
+    c.metrics.record(&record("u-1", 10));
+    let mut other_model = record("u-1", 1);
+    other_model.request.model = "gpt-4o-mini".into();
+    c.metrics.record(&other_model);
+    let mut failed = record("u-1", 100);
+    failed.error = Some(ErrorType::Status(500));
+    c.metrics.record(&failed);
+    c.metrics.set_label_policy(&LabelPolicy {
+        user_id: Some(10),
+        ..LabelPolicy::default()
+    });
+    c.metrics.record(&record("u-1", 1000));
+    let rm = c.collect();
+    let AggregatedMetrics::U64(MetricData::Sum(sum)) = find(&rm, METRIC_INPUT_TOKENS).data() else {
+        panic!("input tokens is a u64 sum")
+    };
+    let mut seen: Vec<(String, Option<String>, Option<String>, u64)> = sum
+        .data_points()
+        .map(|p| {
+            (
+                label(p.attributes(), GEN_AI_REQUEST_MODEL).unwrap(),
+                label(p.attributes(), ERROR_TYPE),
+                label(p.attributes(), USER_ID),
+                p.value(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            ("gpt-4o".into(), None, None, 10),
+            ("gpt-4o".into(), None, Some("u-1".into()), 1000),
+            ("gpt-4o".into(), Some("500".into()), None, 100),
+            ("gpt-4o-mini".into(), None, None, 1),
+        ]
+    );
+}
