@@ -43,7 +43,6 @@ mod upstream;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::routing::{any, post};
 use axum::Router;
 use http::HeaderValue;
 
@@ -116,40 +115,12 @@ impl Proxy {
         &self.inner.meter
     }
 
-    /// The proxy's routes.
+    /// The proxy as an axum service, to embed in an application's router: every path goes
+    /// through the proxy's own route table (observed calls on OpenAI's, Anthropic's and Azure
+    /// OpenAI's paths and Pay-i's prefixes, every other request of those APIs forwarded, 404
+    /// for the rest).
     pub fn router(self) -> Router {
-        use routes::{azure_chat, chat, forward, forward_anthropic, forward_azure, messages, responses};
-        let mut router = Router::new();
-        for prefix in ["", PAYI_OPENAI_PREFIX] {
-            // Other methods on observed paths (OpenAI's stored completions and responses: GET,
-            // DELETE) are forwarded.
-            router = router
-                .route(&format!("{prefix}/v1/chat/completions"), post(chat).fallback(forward))
-                .route(&format!("{prefix}/v1/responses"), post(responses).fallback(forward))
-                .route(&format!("{prefix}/v1/{{*rest}}"), any(forward));
-        }
-        for prefix in ["", PAYI_ANTHROPIC_PREFIX] {
-            router = router
-                .route(
-                    &format!("{prefix}/v1/messages"),
-                    post(messages).fallback(forward_anthropic),
-                )
-                .route(&format!("{prefix}/v1/messages/{{*rest}}"), any(forward_anthropic));
-        }
-        router = router.route(&format!("{PAYI_ANTHROPIC_PREFIX}/{{*rest}}"), any(forward_anthropic));
-        for prefix in ["", PAYI_AZURE_OPENAI_PREFIX] {
-            router = router
-                .route(
-                    &format!("{prefix}/openai/deployments/{{deployment}}/chat/completions"),
-                    post(azure_chat).fallback(forward_azure),
-                )
-                .route(
-                    &format!("{prefix}/openai/v1/chat/completions"),
-                    post(azure_chat).fallback(forward_azure),
-                )
-                .route(&format!("{prefix}/openai/{{*rest}}"), any(forward_azure));
-        }
-        router.with_state(self)
+        Router::new().fallback(routes::handle_state).with_state(self)
     }
 
     /// Serves the proxy on `listener` until the future is dropped.
@@ -169,7 +140,6 @@ impl Proxy {
         shutdown: impl std::future::Future<Output = ()> + Send,
         grace: std::time::Duration,
     ) -> std::io::Result<bool> {
-        let router = self.router();
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut connections = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
@@ -187,7 +157,14 @@ impl Proxy {
                 () = &mut shutdown => break,
             };
             let _ = stream.set_nodelay(true);
-            let service = hyper_util::service::TowerToHyperService::new(router.clone());
+            // Straight to the route table: no router or tower layers per request.
+            let proxy = self.clone();
+            let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let proxy = proxy.clone();
+                async move {
+                    Ok::<_, std::convert::Infallible>(routes::handle(&proxy, request.map(axum::body::Body::new)).await)
+                }
+            });
             let connection = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
             let connection = graceful.watch(connection);

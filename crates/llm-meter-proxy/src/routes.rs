@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
@@ -128,37 +128,125 @@ fn downstream(status: StatusCode, mut headers: HeaderMap, body: Body) -> Respons
     resp
 }
 
-/// `POST` on OpenAI's chat completions path: an observed call.
-pub(crate) async fn chat(State(proxy): State<Proxy>, request: Request) -> Response {
-    observe(&proxy, request, Provider::OpenAi, Api::ChatCompletions).await
+/// What a request is, by its method and path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// An observed call of `api` to `provider`; `template` is its path template (`http.route`).
+    Observe {
+        provider: Provider,
+        api: Api,
+        template: &'static str,
+    },
+    /// Any other request of `provider`'s API: forwarded unobserved.
+    Forward(Provider),
 }
 
-/// `POST` on OpenAI's responses path: an observed call.
-pub(crate) async fn responses(State(proxy): State<Proxy>, request: Request) -> Response {
-    observe(&proxy, request, Provider::OpenAi, Api::Responses).await
+/// The observed paths, each on its native path and under its Pay-i prefix (checked against
+/// the `PAYI_*` constants in the tests). Other methods on them are forwarded.
+const OBSERVED: [(&str, Provider, Api); 8] = [
+    ("/v1/chat/completions", Provider::OpenAi, Api::ChatCompletions),
+    (
+        "/api/v1/proxy/openai/v1/chat/completions",
+        Provider::OpenAi,
+        Api::ChatCompletions,
+    ),
+    ("/v1/responses", Provider::OpenAi, Api::Responses),
+    ("/api/v1/proxy/openai/v1/responses", Provider::OpenAi, Api::Responses),
+    ("/v1/messages", Provider::Anthropic, Api::AnthropicMessages),
+    (
+        "/api/v1/proxy/anthropic/v1/messages",
+        Provider::Anthropic,
+        Api::AnthropicMessages,
+    ),
+    (
+        "/openai/v1/chat/completions",
+        Provider::AzureOpenAi,
+        Api::ChatCompletions,
+    ),
+    (
+        "/api/v1/proxy/azure.openai/openai/v1/chat/completions",
+        Provider::AzureOpenAi,
+        Api::ChatCompletions,
+    ),
+];
+
+/// Azure OpenAI's deployment paths (`{deployment}`: one path segment, which may be empty, as
+/// axum's router matched it), native and under Pay-i's prefix: `(prefix, template)`.
+const AZURE_DEPLOYMENTS: [(&str, &str); 2] = [
+    ("", "/openai/deployments/{deployment}/chat/completions"),
+    (
+        PAYI_AZURE_OPENAI_PREFIX,
+        "/api/v1/proxy/azure.openai/openai/deployments/{deployment}/chat/completions",
+    ),
+];
+
+/// Forwarded path prefixes (each followed by at least one character), most specific first.
+const FORWARDED: [(&str, Provider); 6] = [
+    ("/v1/messages/", Provider::Anthropic),
+    ("/api/v1/proxy/anthropic/", Provider::Anthropic),
+    ("/v1/", Provider::OpenAi),
+    ("/api/v1/proxy/openai/v1/", Provider::OpenAi),
+    ("/openai/", Provider::AzureOpenAi),
+    ("/api/v1/proxy/azure.openai/openai/", Provider::AzureOpenAi),
+];
+
+/// The route of a request: static string comparisons, no allocation. `None` is a 404.
+pub(crate) fn route(method: &Method, path: &str) -> Option<Route> {
+    let post = method == Method::POST;
+    let observed = |provider, api, template| {
+        Some(if post {
+            Route::Observe {
+                provider,
+                api,
+                template,
+            }
+        } else {
+            Route::Forward(provider)
+        })
+    };
+    if let Some((template, provider, api)) = OBSERVED.iter().find(|(t, _, _)| *t == path) {
+        return observed(*provider, *api, *template);
+    }
+    for (prefix, template) in AZURE_DEPLOYMENTS {
+        let deployment = path
+            .strip_prefix(prefix)
+            .and_then(|p| p.strip_prefix("/openai/deployments/"))
+            .and_then(|p| p.strip_suffix("/chat/completions"));
+        if deployment.is_some_and(|d| !d.contains('/')) {
+            return observed(Provider::AzureOpenAi, Api::ChatCompletions, template);
+        }
+    }
+    FORWARDED
+        .iter()
+        .find(|(prefix, _)| path.strip_prefix(prefix).is_some_and(|rest| !rest.is_empty()))
+        .map(|(_, provider)| Route::Forward(*provider))
 }
 
-/// `POST` on Anthropic's messages path: an observed call.
-pub(crate) async fn messages(State(proxy): State<Proxy>, request: Request) -> Response {
-    observe(&proxy, request, Provider::Anthropic, Api::AnthropicMessages).await
+/// Every request: routed by [`route`], observed or forwarded; 404 (empty) for other paths.
+pub(crate) async fn handle(proxy: &Proxy, request: Request) -> Response {
+    match route(request.method(), request.uri().path()) {
+        Some(Route::Observe {
+            provider,
+            api,
+            template,
+        }) => observe(proxy, request, provider, api, template).await,
+        Some(Route::Forward(provider)) => forward_to(proxy, request, provider).await,
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
 }
 
-/// `POST` on an Azure OpenAI chat completions path (a deployment's, or the v1 API's).
-pub(crate) async fn azure_chat(State(proxy): State<Proxy>, request: Request) -> Response {
-    observe(&proxy, request, Provider::AzureOpenAi, Api::ChatCompletions).await
+/// [`handle`] as an axum handler (the proxy's [`Proxy::router`]).
+pub(crate) async fn handle_state(State(proxy): State<Proxy>, request: Request) -> Response {
+    handle(&proxy, request).await
 }
 
-async fn observe(proxy: &Proxy, request: Request, provider: Provider, api: Api) -> Response {
+async fn observe(proxy: &Proxy, request: Request, provider: Provider, api: Api, template: &'static str) -> Response {
     // The server span is the call span's explicit parent: no span is entered on every poll.
     // Its route is the path template (an Azure deployment's name is not in it).
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| request.uri().path(), MatchedPath::as_str);
     let span = proxy
         .inner
         .meter
-        .server_span(request.method().as_str(), route, request.headers());
+        .server_span(request.method().as_str(), template, request.headers());
     match observed(&proxy.inner, request, provider, api, span.as_ref()).await {
         Ok(response) => response,
         Err(rejection) => rejection.into_response(),
@@ -279,22 +367,6 @@ async fn relay(inner: &ProxyInner, request: http::Request<Body>) -> Result<Respo
     Ok(downstream(parts.status, parts.headers, Body::new(body)))
 }
 
-/// Any other OpenAI request (`/v1/*`): forwarded as it is (minus `xProxy-*` and hop-by-hop
-/// headers).
-pub(crate) async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
-    forward_to(&proxy, request, Provider::OpenAi).await
-}
-
-/// Any other Anthropic request (`/v1/messages/*`, Pay-i's `/api/v1/proxy/anthropic/*`).
-pub(crate) async fn forward_anthropic(State(proxy): State<Proxy>, request: Request) -> Response {
-    forward_to(&proxy, request, Provider::Anthropic).await
-}
-
-/// Any other Azure OpenAI request (`/openai/*`, Pay-i's `/api/v1/proxy/azure.openai/*`).
-pub(crate) async fn forward_azure(State(proxy): State<Proxy>, request: Request) -> Response {
-    forward_to(&proxy, request, Provider::AzureOpenAi).await
-}
-
 async fn forward_to(proxy: &Proxy, request: Request, provider: Provider) -> Response {
     match forwarded(&proxy.inner, request, provider).await {
         Ok(response) => response,
@@ -311,4 +383,164 @@ async fn forwarded(inner: &ProxyInner, request: Request, provider: Provider) -> 
     let upstream_auth = inner.upstream_auth.as_ref().filter(|_| provider == Provider::OpenAi);
     prepare_upstream_headers(&mut headers, upstream_auth, false);
     relay(inner, upstream_request(parts.method, url, headers, body)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::extract::MatchedPath;
+    use axum::routing::{any, post, MethodRouter};
+    use tower_service::Service;
+
+    /// The route table the proxy had as an axum router, with each handler answering what it
+    /// would have done: the specification [`route`] is checked against.
+    fn axum_routes() -> axum::Router {
+        fn observed(kind: &'static str, forward: &'static str) -> MethodRouter {
+            post(move |path: MatchedPath| async move { format!("observe {kind} {}", path.as_str()) })
+                .fallback(move || async move { format!("forward {forward}") })
+        }
+        fn forwarded(kind: &'static str) -> MethodRouter {
+            any(move || async move { format!("forward {kind}") })
+        }
+        let mut router = axum::Router::new();
+        for prefix in ["", PAYI_OPENAI_PREFIX] {
+            router = router
+                .route(
+                    &format!("{prefix}/v1/chat/completions"),
+                    observed("OpenAi ChatCompletions", "OpenAi"),
+                )
+                .route(
+                    &format!("{prefix}/v1/responses"),
+                    observed("OpenAi Responses", "OpenAi"),
+                )
+                .route(&format!("{prefix}/v1/{{*rest}}"), forwarded("OpenAi"));
+        }
+        for prefix in ["", PAYI_ANTHROPIC_PREFIX] {
+            router = router
+                .route(
+                    &format!("{prefix}/v1/messages"),
+                    observed("Anthropic AnthropicMessages", "Anthropic"),
+                )
+                .route(&format!("{prefix}/v1/messages/{{*rest}}"), forwarded("Anthropic"));
+        }
+        router = router.route(&format!("{PAYI_ANTHROPIC_PREFIX}/{{*rest}}"), forwarded("Anthropic"));
+        for prefix in ["", PAYI_AZURE_OPENAI_PREFIX] {
+            router = router
+                .route(
+                    &format!("{prefix}/openai/deployments/{{deployment}}/chat/completions"),
+                    observed("AzureOpenAi ChatCompletions", "AzureOpenAi"),
+                )
+                .route(
+                    &format!("{prefix}/openai/v1/chat/completions"),
+                    observed("AzureOpenAi ChatCompletions", "AzureOpenAi"),
+                )
+                .route(&format!("{prefix}/openai/{{*rest}}"), forwarded("AzureOpenAi"));
+        }
+        router
+    }
+
+    fn described(route: Option<Route>) -> String {
+        match route {
+            Some(Route::Observe {
+                provider,
+                api,
+                template,
+            }) => format!("observe {provider:?} {api:?} {template}"),
+            Some(Route::Forward(provider)) => format!("forward {provider:?}"),
+            None => "404".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_route_table_routes_like_the_axum_router_it_replaced() {
+        let mut oracle = axum_routes();
+        let mut paths = vec![
+            "/".to_owned(),
+            "/v1".into(),
+            "/v1/".into(),
+            "/v2/chat/completions".into(),
+            "//v1/chat/completions".into(),
+            "/v1/chat/completions/".into(),
+            "/v1/chat/completions/abc/messages".into(),
+            "/v1/models".into(),
+            "/v1/models/gpt-4o".into(),
+            "/v1/responses/resp_1/input_items".into(),
+            "/v1/messages/".into(),
+            "/v1/messages/count_tokens".into(),
+            "/v1/messages/batches/b_1".into(),
+            "/V1/chat/completions".into(),
+            "/openai".into(),
+            "/openai/".into(),
+            "/openai/deployments/gpt4o/chat/completions".into(),
+            "/openai/deployments/gpt4o/chat/completions/".into(),
+            "/openai/deployments//chat/completions".into(),
+            "/openai/deployments/a/b/chat/completions".into(),
+            "/openai/deployments/gpt4o/completions".into(),
+            "/openai/deployments/gpt4o/embeddings".into(),
+            "/openai/v1/chat/completions".into(),
+            "/openai/v1/models".into(),
+            "/api/v1/proxy/anthropic".into(),
+            "/api/v1/proxy/anthropic/".into(),
+            "/api/v1/proxy/anthropic/v1/complete".into(),
+            "/api/v1/proxy/openai".into(),
+            "/api/v1/proxy/openai/chat/completions".into(),
+            "/api/v1/proxy/azure.openai/chat/completions".into(),
+            "/api/v1/proxy/unknown/v1/chat/completions".into(),
+        ];
+        for (template, _, _) in OBSERVED {
+            paths.push(template.to_owned());
+            paths.push(format!("{template}/x"));
+        }
+        for (prefix, _) in AZURE_DEPLOYMENTS {
+            paths.push(format!("{prefix}/openai/deployments/my-deployment/chat/completions"));
+            paths.push(format!("{prefix}/openai/deployments/my-deployment/images/generations"));
+        }
+        for (prefix, _) in FORWARDED {
+            paths.push(prefix.to_owned());
+            paths.push(format!("{prefix}x"));
+            paths.push(format!("{prefix}chat/completions"));
+        }
+        for path in &paths {
+            for method in [Method::POST, Method::GET, Method::DELETE, Method::HEAD] {
+                let request = Request::builder()
+                    .method(method.clone())
+                    .uri(path.as_str())
+                    .body(Body::empty())
+                    .unwrap();
+                let response = oracle.call(request).await.unwrap();
+                let expected = if response.status() == StatusCode::NOT_FOUND {
+                    "404".to_owned()
+                } else {
+                    let body = response.into_body().collect().await.unwrap().to_bytes();
+                    String::from_utf8(body.to_vec()).unwrap()
+                };
+                // HEAD answers have no body: compare the route's kind by GET instead.
+                if method == Method::HEAD && expected.is_empty() {
+                    continue;
+                }
+                assert_eq!(described(route(&method, path)), expected, "{method} {path}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_observed_paths_carry_the_pay_i_prefixes() {
+        for (template, provider, _) in OBSERVED {
+            let native = template.strip_prefix(provider.payi_prefix()).unwrap_or(template);
+            assert!(
+                OBSERVED.iter().any(|(t, _, _)| *t == native),
+                "{template}: its native path is observed"
+            );
+            assert!(
+                OBSERVED
+                    .iter()
+                    .any(|(t, _, _)| *t == format!("{}{native}", provider.payi_prefix())),
+                "{template}: its Pay-i path is observed"
+            );
+        }
+        for (prefix, template) in AZURE_DEPLOYMENTS {
+            assert!(template.starts_with(prefix));
+            assert!(prefix.is_empty() || prefix == PAYI_AZURE_OPENAI_PREFIX);
+        }
+    }
 }
