@@ -157,13 +157,15 @@ impl Proxy {
                 () = &mut shutdown => break,
             };
             let _ = stream.set_nodelay(true);
-            // Straight to the route table: no router or tower layers per request.
+            // Straight to the route table: no router or tower layers per request. The call's
+            // future is boxed, so it is freed once the response (or a stream's head) is out;
+            // inline, hyper keeps its room in the connection for as long as it is open.
             let proxy = self.clone();
             let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
                 let proxy = proxy.clone();
-                async move {
+                Box::pin(async move {
                     Ok::<_, std::convert::Infallible>(routes::handle(&proxy, request.map(axum::body::Body::new)).await)
-                }
+                })
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
