@@ -115,14 +115,7 @@ where
     B::Error: Into<BoxError>,
 {
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                eprintln!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
+        let stream = accept(&listener).await;
         // Small request and response heads: do not wait for Nagle.
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
@@ -134,6 +127,20 @@ where
             // A client going away mid-request is normal under load; nothing to report.
             let _ = connection.await;
         });
+    }
+}
+
+/// The next connection on `listener`. Accept errors (such as running out of file descriptors)
+/// are reported and retried after a short pause.
+pub async fn accept(listener: &TcpListener) -> tokio::net::TcpStream {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => return stream,
+            Err(e) => {
+                eprintln!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
     }
 }
 

@@ -31,7 +31,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use llm_meter_bench_relay::{bind, runtime, BoxError, Flags};
+use llm_meter_bench_relay::{accept, bind, runtime, BoxError, Flags};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
@@ -181,14 +181,7 @@ async fn handle(
 /// (and one accepted during it, at once).
 async fn serve(listener: TcpListener, counts: Arc<Counts>, behaviour: Arc<Behaviour>) {
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                eprintln!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
+        let stream = accept(&listener).await;
         let now = Instant::now();
         if behaviour.phase(now) == Phase::Dropping {
             counts.dropped_connections.fetch_add(1, Ordering::Relaxed);
