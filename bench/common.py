@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -29,7 +28,7 @@ sys.path.insert(0, HERE)
 
 import proxy  # noqa: E402  (bench/proxy.py: Procs, Bench, oha, summarize, rss_kib, ...)
 
-from proxy import AUTH, STREAM_BODY, log  # noqa: E402,F401
+from proxy import log  # noqa: E402
 
 
 # --- binaries and tools ----------------------------------------------------------------------
@@ -65,13 +64,6 @@ def find_oha(given=None):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     sys.exit("oha not found: `cargo install oha --locked` (or run bash bench/proxy.sh once)")
-
-
-def raise_nofile():
-    """1,000 streams take 3,000+ descriptors in a proxy; children inherit the raised limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = hard if hard != resource.RLIM_INFINITY else 65536
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(want, 65536)), hard))
 
 
 class Bench(proxy.Bench):
@@ -256,11 +248,7 @@ async def held_streams(port, count, on_held=None, parallel_opens=64, timeout=60.
     Returns {"completed", "failures" (reprs), "peak_open" (streams open together after their
     first chunk), "marked" (streams that carried xproxy_result), "early" (streams that ended
     before the last one was opened: the hold did not hold them all), "open_s", "total_s"}."""
-    request = (
-        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-        f"Content-Type: application/json\r\nAuthorization: {AUTH}\r\n"
-        f"Content-Length: {len(STREAM_BODY)}\r\n\r\n{STREAM_BODY}"
-    ).encode()
+    request = proxy.stream_request(port)
     gate = asyncio.Semaphore(parallel_opens)
     state = {"open": 0, "peak": 0, "held": 0, "done": 0, "completed": 0, "marked": 0, "early": 0}
     failures = []
@@ -277,26 +265,9 @@ async def held_streams(port, count, on_held=None, parallel_opens=64, timeout=60.
         try:
             async with gate:
                 reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
-                writer.write(request)
-                await writer.drain()
-                buf = b""
-                deadline = time.monotonic() + timeout
-
-                async def more():
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise asyncio.TimeoutError()
-                    chunk = await asyncio.wait_for(reader.read(65536), left)
-                    if not chunk:
-                        raise ConnectionError("closed before the end of the stream")
-                    return chunk
-
-                while b"\r\n\r\n" not in buf:
-                    buf += await more()
-                if not buf.startswith(b"HTTP/1.1 200"):
-                    raise ConnectionError(buf.split(b"\r\n", 1)[0].decode(errors="replace"))
-                while b"data:" not in buf.split(b"\r\n\r\n", 1)[1]:
-                    buf += await more()
+                buf, more = await proxy.read_to_first_chunk(
+                    reader, writer, request, timeout, "closed before the end of the stream"
+                )
             first = True
             state["held"] += 1
             state["open"] += 1

@@ -40,10 +40,7 @@ built; else `cargo build --release` first), BENCH_OUT (raw numbers as JSON), BEN
 import argparse
 import json
 import os
-import shutil
-import signal
 import sys
-import tempfile
 import time
 import urllib.request
 
@@ -88,20 +85,11 @@ def main():
     wait_idle = proxy.env_num("BENCH_WAIT_IDLE_SECS", 0.0)
     bin_dir = common.release_dir(args.bin_dir)
     oha_bin = common.find_oha(args.oha)
-    common.raise_nofile()
-    tmp = tempfile.mkdtemp(prefix="llm-meter-faults-")
-    bench = common.Bench(bin_dir, tmp)
-    keep = os.environ.get("BENCH_KEEP") == "1"
-    failed = True
-
-    def on_signal(signum, _frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
+    proxy.raise_nofile()
     header = common.run_header("llm-meter proxy under OTLP exporter faults")
     started = time.monotonic()
-    try:
+    with proxy.Run("llm-meter-faults-", lambda tmp: common.Bench(bin_dir, tmp)) as session:
+        tmp, bench = session.tmp, session.bench
         log(f"{header}\nscenarios {', '.join(scenarios)}; {rounds_n} round(s) × ({lat_secs:g} s @1 + {load_secs:g} s @32 + "
             f"{load_secs:g} s @256); logs in {tmp}")
         mock, mock_port = bench.start_mock("mock")
@@ -284,17 +272,7 @@ def main():
                     indent=1,
                 )
             print(f"raw numbers: {out}")
-        failed = False
-    except KeyboardInterrupt:
-        log("interrupted")
-        return 130
-    finally:
-        bench.procs.stop_all()
-        if keep or failed:
-            log(f"logs kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return 0
+    return session.exit_code
 
 
 if __name__ == "__main__":

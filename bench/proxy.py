@@ -279,6 +279,56 @@ def wait_quiet(procs, limit_secs, threshold=0.05):
         log(f"  machine busy with other work ({share:.0%} of it); waiting ...")
 
 
+# --- one run ---------------------------------------------------------------------------------
+
+
+def raise_nofile():
+    """1,000 streams take 2,000+ descriptors in a relay (3,000+ in a proxy); children inherit
+    the raised limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 65536
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(want, 65536)), hard))
+
+
+def _interrupt(signum, _frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+class Run:
+    """One benchmark run, as a context manager: its temp dir (logs and generated configs) and
+    the `Bench` starting its processes. SIGTERM and SIGHUP end it like Ctrl-C. On the way out
+    every process is stopped; the temp dir is removed unless BENCH_KEEP=1 or the run failed or
+    was interrupted. An interrupt ends the `with` block quietly, with `exit_code` 130.
+
+        with Run("llm-meter-bench-", lambda tmp: Bench(args, tmp)) as session:
+            ...
+        return session.exit_code
+    """
+
+    def __init__(self, prefix, make_bench):
+        self.tmp = tempfile.mkdtemp(prefix=prefix)
+        self.bench = make_bench(self.tmp)
+        self.keep = os.environ.get("BENCH_KEEP") == "1"
+        self.exit_code = 0
+        signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGHUP, _interrupt)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, _exc, _tb):
+        interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
+        if interrupted:
+            log("interrupted")
+            self.exit_code = 130
+        self.bench.procs.stop_all()
+        if self.keep or exc_type is not None:
+            log(f"logs and configs kept in {self.tmp}")
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        return interrupted
+
+
 # --- the servers -----------------------------------------------------------------------------
 
 
@@ -482,14 +532,47 @@ def check_arm(arm, port):
 # --- open streams ----------------------------------------------------------------------------
 
 
-async def open_streams(port, count, parallel_opens=64, timeout=30.0):
-    """Opens `count` streaming calls and waits for each one's first SSE chunk. Returns the
-    writers (close them to end the streams) and the number of failures."""
-    request = (
+def stream_request(port):
+    """The raw HTTP/1.1 request of a streaming chat completion to 127.0.0.1:`port`."""
+    return (
         f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
         f"Content-Type: application/json\r\nAuthorization: {AUTH}\r\n"
         f"Content-Length: {len(STREAM_BODY)}\r\n\r\n{STREAM_BODY}"
     ).encode()
+
+
+async def read_to_first_chunk(reader, writer, request, timeout, closed):
+    """Sends `request` and reads until the first SSE chunk of a 200 answer, all within
+    `timeout` s. Returns the bytes read and `more()`, which reads what comes next within the
+    same deadline. A server that closes raises ConnectionError(`closed`), one that answers
+    other than 200 raises ConnectionError with its status line."""
+    writer.write(request)
+    await writer.drain()
+    deadline = time.monotonic() + timeout
+
+    async def more():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise asyncio.TimeoutError()
+        chunk = await asyncio.wait_for(reader.read(65536), left)
+        if not chunk:
+            raise ConnectionError(closed)
+        return chunk
+
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        buf += await more()
+    if not buf.startswith(b"HTTP/1.1 200"):
+        raise ConnectionError(buf.split(b"\r\n", 1)[0].decode(errors="replace"))
+    while b"data:" not in buf.split(b"\r\n\r\n", 1)[1]:
+        buf += await more()
+    return buf, more
+
+
+async def open_streams(port, count, parallel_opens=64, timeout=30.0):
+    """Opens `count` streaming calls and waits for each one's first SSE chunk. Returns the
+    writers (close them to end the streams) and the number of failures."""
+    request = stream_request(port)
     gate = asyncio.Semaphore(parallel_opens)
     writers, failures = [], []
 
@@ -502,26 +585,7 @@ async def open_streams(port, count, parallel_opens=64, timeout=30.0):
                 return
             writers.append(writer)
             try:
-                writer.write(request)
-                await writer.drain()
-                buf = b""
-                deadline = time.monotonic() + timeout
-
-                async def more():
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise asyncio.TimeoutError()
-                    chunk = await asyncio.wait_for(reader.read(65536), left)
-                    if not chunk:
-                        raise ConnectionError("closed before the first chunk")
-                    return chunk
-
-                while b"\r\n\r\n" not in buf:
-                    buf += await more()
-                if not buf.startswith(b"HTTP/1.1 200"):
-                    raise ConnectionError(buf.split(b"\r\n", 1)[0].decode(errors="replace"))
-                while b"data:" not in buf.split(b"\r\n\r\n", 1)[1]:
-                    buf += await more()
+                await read_to_first_chunk(reader, writer, request, timeout, "closed before the first chunk")
             except (OSError, ConnectionError, asyncio.TimeoutError) as e:
                 failures.append(repr(e))
 
@@ -724,24 +788,11 @@ def main():
         if needed not in arms:
             arms.insert(0 if needed == "direct" else 1, needed)
 
-    # 1,000 streams take 2,000+ descriptors in a relay; children inherit the raised limit.
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = hard if hard != resource.RLIM_INFINITY else 65536
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(want, 65536)), hard))
-
-    tmp = tempfile.mkdtemp(prefix="llm-meter-bench-")
-    bench = Bench(args, tmp)
-    keep = os.environ.get("BENCH_KEEP") == "1"
-    failed = True
-
-    def on_signal(signum, _frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
+    raise_nofile()
     started = time.monotonic()
     _, steal0 = machine_cpu()
-    try:
+    with Run("llm-meter-bench-", lambda tmp: Bench(args, tmp)) as session:
+        tmp, bench = session.tmp, session.bench
         log(f"llm-meter proxy benchmark: {rounds_n} round(s), arms {', '.join(arms)}; logs in {tmp}")
         mock, mock_port = bench.start_mock("mock")
         if "proxy-otlp" in arms:
@@ -882,17 +933,7 @@ def main():
             with open(out, "w") as f:
                 json.dump({"rounds": rounds, "streams": streams_rounds, "sink": sink}, f, indent=1)
             print(f"raw numbers: {out}")
-        failed = False
-    except KeyboardInterrupt:
-        log("interrupted")
-        return 130
-    finally:
-        bench.procs.stop_all()
-        if keep or failed:
-            log(f"logs and configs kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return 0
+    return session.exit_code
 
 
 if __name__ == "__main__":

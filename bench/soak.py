@@ -41,9 +41,7 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import sys
-import tempfile
 import time
 
 import common
@@ -81,20 +79,11 @@ def main():
     wait_idle = proxy.env_num("BENCH_WAIT_IDLE_SECS", 0.0)
     bin_dir = common.release_dir(args.bin_dir)
     oha_bin = common.find_oha(args.oha)
-    common.raise_nofile()
-    tmp = tempfile.mkdtemp(prefix="llm-meter-soak-")
-    bench = common.Bench(bin_dir, tmp)
-    keep = os.environ.get("BENCH_KEEP") == "1"
-    failed = True
-
-    def on_signal(signum, _frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
+    proxy.raise_nofile()
     header = common.run_header("llm-meter proxy soak")
     started = time.monotonic()
-    try:
+    with proxy.Run("llm-meter-soak-", lambda tmp: common.Bench(bin_dir, tmp)) as session:
+        tmp, bench = session.tmp, session.bench
         log(f"{header}\narms {', '.join(arms)}; {rounds_n} round(s) × ({streams} held streams + {load_secs:g} s "
             f"@32); logs in {tmp}")
         mock, mock_port = bench.start_mock("mock", chunk_delay_ms=chunk_delay_ms)
@@ -299,17 +288,7 @@ def main():
                     indent=1,
                 )
             print(f"raw numbers: {out}")
-        failed = False
-    except KeyboardInterrupt:
-        log("interrupted")
-        return 130
-    finally:
-        bench.procs.stop_all()
-        if keep or failed:
-            log(f"logs kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return 0
+    return session.exit_code
 
 
 if __name__ == "__main__":
