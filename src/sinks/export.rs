@@ -111,7 +111,8 @@ pub struct TelemetryBuilder {
     cardinality_limit: usize,
     span_queue: usize,
     metric_interval: Duration,
-    export_timeout: Duration,
+    /// `None`: `OTEL_EXPORTER_OTLP[_…]_TIMEOUT`, else 10 s.
+    export_timeout: Option<Duration>,
     env_error: Option<InitError>,
 }
 
@@ -173,7 +174,7 @@ impl TelemetryBuilder {
             cardinality_limit: 2000,
             span_queue: 2048,
             metric_interval: Duration::from_secs(10),
-            export_timeout: Duration::from_secs(10),
+            export_timeout: None,
             env_error: None,
         }
     }
@@ -249,9 +250,11 @@ impl TelemetryBuilder {
         self
     }
 
-    /// Longest wait for one OTLP export (default 10 s).
+    /// Longest wait for one OTLP export, retries included (default: the
+    /// `OTEL_EXPORTER_OTLP_{TRACES,METRICS}_TIMEOUT` or `OTEL_EXPORTER_OTLP_TIMEOUT` variable in
+    /// milliseconds, else 10 s).
     pub fn export_timeout(mut self, timeout: Duration) -> Self {
-        self.export_timeout = timeout;
+        self.export_timeout = Some(timeout);
         self
     }
 
@@ -383,10 +386,13 @@ fn sampler_always_off() -> bool {
 fn configure<B: opentelemetry_otlp::WithExportConfig>(
     b: B,
     otlp: &Otlp,
-    timeout: Duration,
+    timeout: Option<Duration>,
     http_path: Option<&str>,
 ) -> B {
-    let b = b.with_timeout(timeout);
+    let b = match timeout {
+        Some(timeout) => b.with_timeout(timeout),
+        None => b,
+    };
     match (&otlp.endpoint, http_path) {
         (Some(e), Some(path)) => b.with_endpoint(http_endpoint(e, path)),
         (Some(e), None) => b.with_endpoint(e.clone()),
@@ -416,31 +422,130 @@ fn missing(protocol: Protocol) -> InitError {
     InitError(format!("OTLP over {protocol:?} needs llm-meter's `{feature}` feature"))
 }
 
+/// The span exporter of the configured transport: over HTTP, our own
+/// ([`HttpSpanExporter`](crate::sinks::otlp_http)), which writes the protobuf body straight
+/// from the spans; over gRPC, opentelemetry-otlp's.
 #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
-fn span_exporter(otlp: &Otlp, timeout: Duration) -> Result<opentelemetry_otlp::SpanExporter, InitError> {
-    use opentelemetry_otlp::SpanExporter;
-    let built = match otlp.protocol {
-        #[cfg(feature = "otlp-grpc")]
-        Protocol::Grpc => with_tonic_headers(
-            configure(SpanExporter::builder().with_tonic(), otlp, timeout, None),
-            otlp,
-        )?
-        .build(),
-        #[cfg(feature = "otlp-http")]
-        Protocol::HttpProtobuf => {
-            use opentelemetry_otlp::WithHttpConfig;
-            configure(SpanExporter::builder().with_http(), otlp, timeout, Some("v1/traces"))
-                .with_headers(otlp.headers.clone())
-                .build()
-        }
-        #[cfg(not(all(feature = "otlp-http", feature = "otlp-grpc")))]
-        other => return Err(missing(other)),
-    };
-    built.map_err(|e| InitError(format!("OTLP span exporter: {e}")))
+#[derive(Debug)]
+enum TraceExporter {
+    #[cfg(feature = "otlp-http")]
+    Http(crate::sinks::otlp_http::HttpSpanExporter),
+    #[cfg(feature = "otlp-grpc")]
+    Grpc(opentelemetry_otlp::SpanExporter),
 }
 
 #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
-fn metric_exporter(otlp: &Otlp, timeout: Duration) -> Result<opentelemetry_otlp::MetricExporter, InitError> {
+impl SpanExporter for TraceExporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        match self {
+            #[cfg(feature = "otlp-http")]
+            TraceExporter::Http(e) => e.export(batch).await,
+            #[cfg(feature = "otlp-grpc")]
+            TraceExporter::Grpc(e) => e.export(batch).await,
+        }
+    }
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        match self {
+            #[cfg(feature = "otlp-http")]
+            TraceExporter::Http(e) => e.shutdown_with_timeout(timeout),
+            #[cfg(feature = "otlp-grpc")]
+            TraceExporter::Grpc(e) => e.shutdown_with_timeout(timeout),
+        }
+    }
+    fn force_flush(&self) -> OTelSdkResult {
+        match self {
+            #[cfg(feature = "otlp-http")]
+            TraceExporter::Http(e) => e.force_flush(),
+            #[cfg(feature = "otlp-grpc")]
+            TraceExporter::Grpc(e) => e.force_flush(),
+        }
+    }
+    fn set_resource(&mut self, resource: &Resource) {
+        match self {
+            #[cfg(feature = "otlp-http")]
+            TraceExporter::Http(e) => e.set_resource(resource),
+            #[cfg(feature = "otlp-grpc")]
+            TraceExporter::Grpc(e) => e.set_resource(resource),
+        }
+    }
+}
+
+#[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
+fn span_exporter(otlp: &Otlp, timeout: Option<Duration>) -> Result<TraceExporter, InitError> {
+    match otlp.protocol {
+        #[cfg(feature = "otlp-grpc")]
+        Protocol::Grpc => with_tonic_headers(
+            configure(
+                opentelemetry_otlp::SpanExporter::builder().with_tonic(),
+                otlp,
+                timeout,
+                None,
+            ),
+            otlp,
+        )?
+        .build()
+        .map(TraceExporter::Grpc)
+        .map_err(|e| InitError(format!("OTLP span exporter: {e}"))),
+        #[cfg(feature = "otlp-http")]
+        Protocol::HttpProtobuf => http_span_exporter(otlp, timeout).map(TraceExporter::Http),
+        #[cfg(not(all(feature = "otlp-http", feature = "otlp-grpc")))]
+        other => Err(missing(other)),
+    }
+}
+
+/// Our OTLP/HTTP span exporter, configured as opentelemetry-otlp configures its own: the
+/// builder's endpoint (`/v1/traces` appended), else `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` as it
+/// is, else `OTEL_EXPORTER_OTLP_ENDPOINT` with `/v1/traces` appended, else
+/// `http://localhost:4318/v1/traces`; the builder's headers, then those of
+/// `OTEL_EXPORTER_OTLP_TRACES_HEADERS` (else `OTEL_EXPORTER_OTLP_HEADERS`); the timeout likewise.
+#[cfg(feature = "otlp-http")]
+fn http_span_exporter(
+    otlp: &Otlp,
+    timeout: Option<Duration>,
+) -> Result<crate::sinks::otlp_http::HttpSpanExporter, InitError> {
+    use crate::sinks::otlp_http::{add_headers_from_env, HttpSpanExporter};
+    let endpoint = match (&otlp.endpoint, env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")) {
+        (Some(base), _) => http_endpoint(base, "v1/traces"),
+        (None, Some(full)) => full.trim().to_owned(),
+        (None, None) => http_endpoint(
+            env("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .as_deref()
+                .unwrap_or("http://localhost:4318"),
+            "v1/traces",
+        ),
+    };
+    let mut headers = http::HeaderMap::new();
+    for (k, v) in &otlp.headers {
+        let name =
+            http::HeaderName::from_bytes(k.as_bytes()).map_err(|_| InitError(format!("bad OTLP header name {k:?}")))?;
+        let value =
+            http::HeaderValue::from_str(v).map_err(|_| InitError(format!("bad OTLP header value for {k:?}")))?;
+        headers.insert(name, value);
+    }
+    if let Some(value) = env("OTEL_EXPORTER_OTLP_TRACES_HEADERS").or_else(|| env("OTEL_EXPORTER_OTLP_HEADERS")) {
+        add_headers_from_env(&value, &mut headers).map_err(InitError)?;
+    }
+    if let Some(c) = env("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION").or_else(|| env("OTEL_EXPORTER_OTLP_COMPRESSION")) {
+        if c.trim() != "none" {
+            return Err(InitError(format!(
+                "OTLP compression {c:?} is not built in: unset OTEL_EXPORTER_OTLP_COMPRESSION (or set it to \"none\")"
+            )));
+        }
+    }
+    let millis = |name: &str| {
+        env(name)
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_millis)
+    };
+    let timeout = timeout
+        .or_else(|| millis("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"))
+        .or_else(|| millis("OTEL_EXPORTER_OTLP_TIMEOUT"))
+        .unwrap_or(Duration::from_secs(10));
+    HttpSpanExporter::new(endpoint, headers, timeout).map_err(InitError)
+}
+
+#[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
+fn metric_exporter(otlp: &Otlp, timeout: Option<Duration>) -> Result<opentelemetry_otlp::MetricExporter, InitError> {
     use opentelemetry_otlp::MetricExporter;
     let built = match otlp.protocol {
         #[cfg(feature = "otlp-grpc")]
