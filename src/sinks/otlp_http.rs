@@ -75,22 +75,36 @@ fn fixed32_field(out: &mut Vec<u8>, field: u32, v: u32) {
     }
 }
 
-/// An embedded message: `body` writes it after a one-byte length, which is widened in place
-/// when the message turns out longer than 127 bytes (one move of the message, only then).
+/// An embedded message, whose length is not known before `body` has written it.
 fn message(out: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
+    sized_message(out, field, 1, body);
+}
+
+/// [`message`] with room for a length of `room` bytes kept in front of the body (1: up to 127
+/// bytes, 2: up to 16,383, 3: up to 2 MiB); when the length needs more or fewer bytes, the body
+/// is moved once to make it fit.
+fn sized_message(out: &mut Vec<u8>, field: u32, room: usize, body: impl FnOnce(&mut Vec<u8>)) {
     tag(out, field, LEN);
     let at = out.len();
-    out.push(0);
+    out.resize(at + room, 0);
     body(out);
-    let len = out.len() - at - 1;
-    if len < 0x80 {
-        out[at] = len as u8;
-    } else {
-        let mut prefix = Vec::with_capacity(10);
-        varint(&mut prefix, len as u64);
-        out[at] = prefix[0];
-        out.splice(at + 1..at + 1, prefix[1..].iter().copied());
+    let len = out.len() - at - room;
+    let mut prefix = [0u8; 10];
+    let mut n = 0;
+    let mut v = len as u64;
+    while v >= 0x80 {
+        prefix[n] = (v as u8) | 0x80;
+        v >>= 7;
+        n += 1;
     }
+    prefix[n] = v as u8;
+    n += 1;
+    if n < room {
+        out.drain(at + n..at + room);
+    } else if n > room {
+        out.splice(at + room..at + room, prefix[room..n].iter().copied());
+    }
+    out[at..at + n.min(room)].copy_from_slice(&prefix[..n.min(room)]);
 }
 
 /// `AnyValue`: its one field is written even when it holds the type's default (a oneof).
@@ -240,13 +254,13 @@ fn export_request(out: &mut Vec<u8>, spans: &[SpanData], resource_message: &[u8]
             None => scopes.push((&s.instrumentation_scope, vec![i])),
         }
     }
-    message(out, 1, |out| {
+    sized_message(out, 1, 3, |out| {
         len_prefixed(out, 1, resource_message);
         for (one_scope, members) in &scopes {
-            message(out, 2, |out| {
+            sized_message(out, 2, 3, |out| {
                 message(out, 1, |out| scope(out, one_scope));
                 for &i in members {
-                    message(out, 2, |out| span(out, &spans[i]));
+                    sized_message(out, 2, 2, |out| span(out, &spans[i]));
                 }
                 bytes_field(out, 3, one_scope.schema_url().unwrap_or_default().as_bytes());
             });
@@ -612,15 +626,17 @@ mod tests {
     }
 
     #[test]
-    fn a_message_longer_than_127_bytes_gets_a_wider_length() {
-        for len in [0, 1, 127, 128, 300, 16_383, 16_384, 70_000] {
-            let mut out = vec![0xAA];
-            message(&mut out, 3, |out| out.extend(std::iter::repeat_n(7u8, len)));
-            let mut prefix = vec![0xAA, (3 << 3) | LEN];
-            varint(&mut prefix, len as u64);
-            assert_eq!(&out[..prefix.len()], prefix.as_slice(), "length {len}");
-            assert_eq!(out.len(), prefix.len() + len);
-            assert!(out[prefix.len()..].iter().all(|b| *b == 7));
+    fn a_message_length_takes_the_bytes_it_needs_whatever_room_was_kept() {
+        for room in 1..=3 {
+            for len in [0, 1, 127, 128, 300, 16_383, 16_384, 70_000, 2_097_151, 2_097_152] {
+                let mut out = vec![0xAA];
+                sized_message(&mut out, 3, room, |out| out.extend((0..len).map(|i| i as u8)));
+                let mut prefix = vec![0xAA, (3 << 3) | LEN];
+                varint(&mut prefix, len as u64);
+                assert_eq!(&out[..prefix.len()], prefix.as_slice(), "length {len}, room {room}");
+                assert_eq!(out.len(), prefix.len() + len);
+                assert!(out[prefix.len()..].iter().enumerate().all(|(i, b)| *b == i as u8));
+            }
         }
     }
 

@@ -23,7 +23,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::names::*;
 use crate::parse::annotations::Annotations;
-use crate::record::CallRecord;
+use crate::record::{write_hex, CallRecord};
 
 macro_rules! chat_span {
     ($model:expr, $provider:expr, $server:expr, $annotations:expr $(, parent: $parent:expr)?) => {
@@ -86,7 +86,7 @@ pub fn start_server_span_on(
 ) -> opentelemetry::Context {
     let parent = extract_trace_context(headers).unwrap_or_default();
     let span = tracer
-        .span_builder(format!("{method} {route}"))
+        .span_builder(joined(method, route))
         .with_kind(SpanKind::Server)
         .with_attributes([
             KeyValue::new(HTTP_REQUEST_METHOD, method.to_owned()),
@@ -115,10 +115,19 @@ pub fn start_chat_span_on(
         opening.push(KeyValue::new(USE_CASE_NAME, use_case.to_owned()));
     }
     tracer
-        .span_builder(format!("{OPERATION_CHAT} {model}"))
+        .span_builder(joined(OPERATION_CHAT, model))
         .with_kind(SpanKind::Client)
         .with_attributes(opening)
         .start_with_context(tracer, parent)
+}
+
+/// `"{first} {second}"`, a span name, without formatting machinery.
+fn joined(first: &str, second: &str) -> String {
+    let mut name = String::with_capacity(first.len() + 1 + second.len());
+    name.push_str(first);
+    name.push(' ');
+    name.push_str(second);
+    name
 }
 
 /// A call's span, on whichever route the meter sends spans.
@@ -192,21 +201,17 @@ impl CallSpan {
 }
 
 /// Writes W3C `traceparent` (and `tracestate`, when not empty) for the span `sc`: the same
-/// header `TraceContextPropagator` writes, formatted directly into the header value.
+/// header `TraceContextPropagator` writes, its hex digits written straight into place.
 pub fn write_trace_context(sc: &SpanContext, headers: &mut HeaderMap) {
-    use std::fmt::Write as _;
     if !sc.is_valid() {
         return;
     }
-    let mut value = String::with_capacity(55);
-    let _ = write!(
-        value,
-        "00-{}-{}-{:02x}",
-        sc.trace_id(),
-        sc.span_id(),
-        sc.trace_flags().to_u8()
-    );
-    if let Ok(v) = HeaderValue::try_from(value) {
+    // 00-{trace id: 32 digits}-{span id: 16}-{flags: 2}
+    let mut value = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    write_hex(&sc.trace_id().to_bytes(), &mut value[3..35]);
+    write_hex(&sc.span_id().to_bytes(), &mut value[36..52]);
+    write_hex(&[sc.trace_flags().to_u8()], &mut value[53..55]);
+    if let Ok(v) = HeaderValue::from_bytes(&value) {
         headers.insert(HeaderName::from_static("traceparent"), v);
     }
     let state = sc.trace_state().header();
