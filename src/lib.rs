@@ -39,7 +39,7 @@ pub use sinks::export::{
     init, ExportStats, InitError, LogFormat, Protocol, Telemetry, TelemetryBuilder, TelemetryGuard, SCOPE,
 };
 pub use sinks::metrics::{LabelPolicy, Metrics, DURATION_BUCKETS, LEDGER_BUCKETS, MAX_BOUND_SERIES, TOKEN_BUCKETS};
-/// The Prometheus `/metrics` endpoint: encoding a registry, an axum router, a listener.
+/// The Prometheus `/metrics` endpoint: the exposition, an axum router, a listener.
 #[cfg(feature = "prometheus")]
 pub use sinks::prometheus;
 pub use sinks::span::{extract_trace_context, ServerSpan};

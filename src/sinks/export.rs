@@ -1,5 +1,5 @@
 //! Exporters, configured once at start-up by the application: one `SdkMeterProvider` feeding
-//! both the Prometheus registry (`/metrics`) and OTLP, one `SdkTracerProvider` exporting spans
+//! both the Prometheus exposition (`/metrics`) and OTLP, one `SdkTracerProvider` exporting spans
 //! over OTLP, and a guard that flushes and shuts both down.
 //!
 //! Nothing is global until you say so: [`Telemetry::builder`] builds providers and instruments
@@ -217,7 +217,7 @@ impl TelemetryBuilder {
         self
     }
 
-    /// Serve metrics to a Prometheus registry (default on with the `prometheus` feature; asking
+    /// Serve metrics on `/metrics` (default on with the `prometheus` feature; asking
     /// for it without the feature is an error at [`Self::build`]).
     pub fn prometheus(mut self, on: bool) -> Self {
         self.prometheus = on;
@@ -315,15 +315,10 @@ impl TelemetryBuilder {
                     .flatten()
             });
         #[cfg(feature = "prometheus")]
-        let registry = if self.prometheus {
-            let registry = prometheus::Registry::new();
-            let exporter = opentelemetry_prometheus::exporter()
-                .with_registry(registry.clone())
-                .scope_info_enabled(false)
-                .build()
-                .map_err(|e| InitError(format!("prometheus exporter: {e}")))?;
-            meters = meters.with_reader(exporter);
-            Some(registry)
+        let exposition = if self.prometheus {
+            let (exposition, reader) = crate::sinks::prometheus::Exposition::new();
+            meters = meters.with_reader(reader);
+            Some(exposition)
         } else {
             None
         };
@@ -360,7 +355,7 @@ impl TelemetryBuilder {
                 tracer_provider,
                 meter_provider,
                 #[cfg(feature = "prometheus")]
-                registry,
+                exposition,
                 metrics,
                 stats,
                 otlp: self.otlp_traces.is_some() || self.otlp_metrics.is_some(),
@@ -681,7 +676,7 @@ impl<P: opentelemetry_sdk::trace::SpanProcessor> opentelemetry_sdk::trace::SpanP
     }
 }
 
-/// The providers, the Prometheus registry and llm-meter's instruments. Cheap to clone.
+/// The providers, the Prometheus exposition and llm-meter's instruments. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Telemetry {
     inner: Arc<TelemetryInner>,
@@ -692,7 +687,7 @@ struct TelemetryInner {
     tracer_provider: SdkTracerProvider,
     meter_provider: SdkMeterProvider,
     #[cfg(feature = "prometheus")]
-    registry: Option<prometheus::Registry>,
+    exposition: Option<crate::sinks::prometheus::Exposition>,
     metrics: Metrics,
     stats: Arc<ExportStats>,
     otlp: bool,
@@ -726,10 +721,10 @@ impl Telemetry {
         &self.inner.meter_provider
     }
 
-    /// The Prometheus registry behind `/metrics`, when Prometheus is on.
+    /// The metrics behind `/metrics`, when Prometheus is on.
     #[cfg(feature = "prometheus")]
-    pub fn registry(&self) -> Option<&prometheus::Registry> {
-        self.inner.registry.as_ref()
+    pub fn exposition(&self) -> Option<&crate::sinks::prometheus::Exposition> {
+        self.inner.exposition.as_ref()
     }
 
     /// Whether OTLP export is on.

@@ -77,7 +77,7 @@ async fn cost_matches_hand_computed_prices_streaming_and_not() {
     let spans = capture.spans();
     let a0 = attrs(&spans[0]);
     assert_eq!(a0["llm_meter.cost.total_usd"], Value::F64(c.total));
-    let text = encode(t.registry().unwrap()).unwrap();
+    let text = encode(t.exposition().unwrap()).unwrap();
     let metric_total: f64 = text
         .lines()
         .filter(|l| l.starts_with("llm_meter_cost_usd_total{"))
@@ -105,7 +105,7 @@ async fn unpriced_models_get_no_invented_cost() {
     let a = attrs(&capture.chat_span());
     assert_eq!(a["llm_meter.cost.unpriced"], Value::Bool(true));
     assert!(!a.contains_key("llm_meter.cost.total_usd"));
-    let text = encode(t.registry().unwrap()).unwrap();
+    let text = encode(t.exposition().unwrap()).unwrap();
     assert!(
         text.lines()
             .any(|l| l.starts_with("llm_meter_calls_unpriced_total{") && l.ends_with(" 1")),
@@ -146,7 +146,7 @@ async fn the_tier_that_served_the_call_prices_it_and_an_unpriced_tier_is_counted
     // `scale` has no price for this model: unpriced and counted, not costed at the default.
     let scale = client.chat(&with_tier("scale"), &Annotations::none()).await.unwrap();
     assert!(scale.record().cost.is_none() && scale.record().unpriced());
-    let text = encode(t.registry().unwrap()).unwrap();
+    let text = encode(t.exposition().unwrap()).unwrap();
     assert!(
         text.lines()
             .any(|l| l.starts_with("llm_meter_calls_unpriced_total{") && l.ends_with(" 1")),
@@ -246,7 +246,7 @@ async fn limit_states_reach_records_and_gauges() {
         ]
     );
     assert!(r.is_success(), "allow limits never refuse");
-    let text = encode(t.registry().unwrap()).unwrap();
+    let text = encode(t.exposition().unwrap()).unwrap();
     assert!(
         text.contains(r#"llm_meter_limit_state{limit_id="tiny-allow",limit_kind="allow"} 2"#),
         "{text}"
@@ -296,7 +296,7 @@ async fn the_library_client_can_refuse_before_calling_the_provider() {
     assert_eq!(record.error, Some(ErrorType::LimitReached));
     assert_eq!(record.limits, [("cap".to_owned(), LimitState::Blocked)]);
     assert_eq!(mock.received().len(), 1, "the refused call never reached the provider");
-    let text = encode(t.registry().unwrap()).unwrap();
+    let text = encode(t.exposition().unwrap()).unwrap();
     assert!(
         text.contains(r#"llm_meter_limit_blocked_total{limit_id="cap"} 1"#),
         "{text}"

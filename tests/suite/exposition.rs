@@ -77,7 +77,7 @@ fn scripted_exposition() -> String {
         r.cost = r.usage.and_then(|u| prices.cost(&r.request.model, &u));
         t.metrics().record(&r);
     }
-    encode(t.registry().unwrap()).unwrap()
+    encode(t.exposition().unwrap()).unwrap()
 }
 
 #[test]
@@ -156,7 +156,7 @@ fn promtool_accepts_the_exposition() {
 async fn metrics_and_healthz_are_served() {
     let t = Telemetry::builder().without_otlp().build().unwrap();
     t.metrics().record(&scripted_record(1));
-    let addr = serve("127.0.0.1:0".parse().unwrap(), t.registry().unwrap().clone())
+    let addr = serve("127.0.0.1:0".parse().unwrap(), t.exposition().unwrap().clone())
         .await
         .unwrap();
     let resp = reqwest::get(format!("http://{addr}/metrics")).await.unwrap();

@@ -586,7 +586,7 @@ async fn the_observation_mode_chooses_what_is_recorded() {
         assert_eq!(resp.status(), 200);
         let answer: Value = resp.json().await.unwrap();
         assert!(answer["xproxy_result"]["cost"].is_object(), "{mode:?}: still priced");
-        let text = llm_meter::prometheus::encode(telemetry.registry().unwrap()).unwrap();
+        let text = llm_meter::prometheus::encode(telemetry.exposition().unwrap()).unwrap();
         let recorded = text
             .lines()
             .any(|l| l.starts_with(&calls_metric) && !l.starts_with('#'));

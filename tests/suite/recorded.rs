@@ -100,7 +100,7 @@ async fn a_recorded_openai_chat_completion_replays_exactly_through_the_proxy() {
     assert_eq!(a["openai.request.id"], s("req_4d55e0b8ecd8e46447c0701e1f8b6051"));
     assert_eq!(a["openai.response.system_fingerprint"], s("fp_6ec83003ad"));
 
-    let text = encode(telemetry.registry().unwrap()).unwrap();
+    let text = encode(telemetry.exposition().unwrap()).unwrap();
     let line = |prefix: &str| {
         text.lines()
             .find(|l| l.starts_with(prefix))

@@ -395,7 +395,7 @@ async fn closed_refuses_block_limits_quickly_while_redis_is_down_slow_or_restart
         "{h:?}"
     );
 
-    let text = encode(r.telemetry.registry().unwrap()).unwrap();
+    let text = encode(r.telemetry.exposition().unwrap()).unwrap();
     for want in [
         "llm_meter_ledger_info{llm_meter_ledger_kind=\"redis\"",
         "llm_meter_ledger_available{llm_meter_ledger_kind=\"redis\"",
@@ -447,7 +447,7 @@ async fn open_serves_calls_queues_their_spend_and_replays_it_when_redis_returns(
     }
     let h = r.ledger.health();
     assert!(h.queued >= 5 && !h.available, "{h:?}");
-    let text = encode(r.telemetry.registry().unwrap()).unwrap();
+    let text = encode(r.telemetry.exposition().unwrap()).unwrap();
     assert!(
         text.contains("llm_meter_ledger_available{llm_meter_ledger_kind=\"redis\",otel_scope_name")
             || text.contains("llm_meter_ledger_available{llm_meter_ledger_kind=\"redis\"} 0"),

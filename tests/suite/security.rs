@@ -143,7 +143,7 @@ async fn no_key_reaches_spans_metrics_logs_error_bodies_records_or_the_ledger_sn
     let _ = provider.force_flush();
     let spans = format!("{:?}", exporter.get_finished_spans().unwrap());
     assert!(spans.contains("chat gpt-4o"), "spans were captured: {spans}");
-    let metrics = llm_meter::prometheus::encode(telemetry.registry().unwrap()).unwrap();
+    let metrics = llm_meter::prometheus::encode(telemetry.exposition().unwrap()).unwrap();
     assert!(metrics.contains("gen_ai_client_token_usage"), "{metrics}");
     let log_text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     let record_text = format!("{:?}", records.lock().unwrap());

@@ -324,8 +324,8 @@ pub async fn run(config: DemoConfig, telemetry: &Telemetry) -> Result<(), Box<dy
         ..MockConfig::default()
     })
     .await?;
-    if let (Some(addr), Some(registry)) = (config.metrics_listen, telemetry.registry()) {
-        let bound = prometheus::serve(addr, registry.clone())
+    if let (Some(addr), Some(exposition)) = (config.metrics_listen, telemetry.exposition()) {
+        let bound = prometheus::serve(addr, exposition.clone())
             .await
             .map_err(|e| format!("cannot serve /metrics on {addr}: {e} (choose another with --metrics-listen)"))?;
         println!("metrics:        http://{bound}/metrics");

@@ -15,11 +15,11 @@ use crate::Proxy;
 /// Longest wait for the upstream in a readiness check.
 const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The admin routes for `telemetry`'s metrics (an empty `/metrics` when it has no Prometheus
-/// registry) and `proxy`'s readiness, to mount in your own server.
+/// The admin routes for `telemetry`'s metrics (an empty `/metrics` when Prometheus is off)
+/// and `proxy`'s readiness, to mount in your own server.
 pub fn admin_router(telemetry: &Telemetry, proxy: &Proxy) -> Router {
     let proxy = proxy.clone();
-    llm_meter::prometheus::router(telemetry.registry().cloned().unwrap_or_default()).route(
+    llm_meter::prometheus::router(telemetry.exposition().cloned().unwrap_or_default()).route(
         "/readyz",
         get(move || {
             let proxy = proxy.clone();

@@ -78,7 +78,7 @@ pub fn samples(text: &str, name: &str) -> Vec<(String, f64)> {
 impl Metered {
     /// The Prometheus exposition of the metrics.
     pub fn exposition(&self) -> String {
-        llm_meter::prometheus::encode(self.telemetry.registry().unwrap()).unwrap()
+        llm_meter::prometheus::encode(self.telemetry.exposition().unwrap()).unwrap()
     }
 
     /// `llm_meter.calls.in_flight`, once a call has started.

@@ -14,7 +14,7 @@ async fn demo_traffic_shows_on_metrics() {
         ..DemoConfig::default()
     };
     run(config, &telemetry).await.unwrap();
-    let text = llm_meter::prometheus::encode(telemetry.registry().unwrap()).unwrap();
+    let text = llm_meter::prometheus::encode(telemetry.exposition().unwrap()).unwrap();
     for use_case in [
         "support.triage",
         "support.reply",
