@@ -3,7 +3,7 @@
 //! Arms, interleaved every round: `direct` (client → mock), `direct-again` (the A-vs-A noise
 //! floor), `relay` (a bare pass-through relay: axum + a pooled keep-alive reqwest client, no
 //! parsing — the same HTTP stack the proxy uses), `proxy` (llm-meter's proxy with telemetry on:
-//! metrics into a Prometheus registry and sampled spans through tracing-opentelemetry into a
+//! metrics on the Prometheus exposition and sampled spans through tracing-opentelemetry into a
 //! batch exporter with a null sink), `proxy-quiet` (telemetry off) and `metrics-only` (metrics
 //! on, spans off). Reported: medians over
 //! rounds of each arm's added latency over `direct` at p50 and p99, the ratio proxy/relay of
