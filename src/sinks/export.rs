@@ -135,8 +135,9 @@ fn otlp_from_env(signal: &str) -> Result<Option<Otlp>, InitError> {
             Some(p) => Protocol::parse(&p)?,
             None => Protocol::HttpProtobuf,
         };
-    // Endpoints and headers are read by opentelemetry-otlp itself, with the spec's rules
-    // (signal paths appended to the generic HTTP endpoint only).
+    // Endpoints and headers are read with the spec's rules (signal paths appended to the
+    // generic HTTP endpoint only) by opentelemetry-otlp, or for HTTP spans by
+    // `http_span_exporter`.
     Ok(Some(Otlp {
         protocol,
         endpoint: None,
@@ -509,14 +510,7 @@ fn http_span_exporter(
             "v1/traces",
         ),
     };
-    let mut headers = http::HeaderMap::new();
-    for (k, v) in &otlp.headers {
-        let name =
-            http::HeaderName::from_bytes(k.as_bytes()).map_err(|_| InitError(format!("bad OTLP header name {k:?}")))?;
-        let value =
-            http::HeaderValue::from_str(v).map_err(|_| InitError(format!("bad OTLP header value for {k:?}")))?;
-        headers.insert(name, value);
-    }
+    let mut headers = header_map(&otlp.headers)?;
     if let Some(value) = env("OTEL_EXPORTER_OTLP_TRACES_HEADERS").or_else(|| env("OTEL_EXPORTER_OTLP_HEADERS")) {
         add_headers_from_env(&value, &mut headers).map_err(InitError)?;
     }
@@ -566,6 +560,14 @@ fn metric_exporter(otlp: &Otlp, timeout: Option<Duration>) -> Result<opentelemet
 fn metadata(
     headers: &HashMap<String, String>,
 ) -> Result<opentelemetry_otlp::tonic_types::metadata::MetadataMap, InitError> {
+    Ok(opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(
+        header_map(headers)?,
+    ))
+}
+
+/// The builder's OTLP headers as HTTP headers; a name or value HTTP refuses is an error.
+#[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
+fn header_map(headers: &HashMap<String, String>) -> Result<http::HeaderMap, InitError> {
     let mut map = http::HeaderMap::new();
     for (k, v) in headers {
         let name =
@@ -574,9 +576,7 @@ fn metadata(
             http::HeaderValue::from_str(v).map_err(|_| InitError(format!("bad OTLP header value for {k:?}")))?;
         map.insert(name, value);
     }
-    Ok(opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(
-        map,
-    ))
+    Ok(map)
 }
 
 /// Counts of spans through the export pipeline.
