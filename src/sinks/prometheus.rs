@@ -9,8 +9,9 @@
 //! joined with `;`; `target_info` for the resource; families by name, series by label values.
 //! Going through those two crates cost about 10 ms for 10,000 series (`cargo bench --bench
 //! exposition`): each data point became a protobuf struct with a `String` per label, and each
-//! value went through `fmt`. Here each series' labels are rendered once, and the histogram
-//! bounds once per metric.
+//! value went through `fmt`. Here each label set is rendered once and kept for later scrapes
+//! (found again by the addresses of its strings, which the SDK's collect shares from one scrape
+//! to the next), and the histogram bounds are printed once per metric.
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
@@ -19,7 +20,7 @@ use std::fmt::Write as _;
 use std::hash::{BuildHasherDefault, Hash as _, Hasher};
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use axum::http::{header, StatusCode};
@@ -41,9 +42,19 @@ pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// The metrics of a [`Telemetry`](crate::Telemetry)'s meter provider, every instrumentation
 /// scope included, ready to be encoded for a scrape. Cheap to clone. The default one has no
 /// provider behind it and encodes to nothing.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Exposition {
     reader: Option<Arc<ManualReader>>,
+    /// The label sets of earlier scrapes, rendered and ranked: a scrape renders only new ones.
+    labels: Arc<Mutex<Labels>>,
+}
+
+impl std::fmt::Debug for Exposition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exposition")
+            .field("reader", &self.reader)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Collecting the metrics failed (the meter provider was shut down).
@@ -85,6 +96,7 @@ impl Exposition {
         (
             Exposition {
                 reader: Some(reader.clone()),
+                labels: Arc::default(),
             },
             ExpositionReader(reader),
         )
@@ -97,7 +109,14 @@ impl Exposition {
         };
         let mut data = ResourceMetrics::default();
         reader.collect(&mut data).map_err(|e| ExpositionError(e.to_string()))?;
-        Ok(write_text(&data))
+        let mut labels = self.labels.lock().unwrap_or_else(|poisoned| {
+            // A scrape panicked half-way: start afresh.
+            self.labels.clear_poison();
+            let mut labels = poisoned.into_inner();
+            *labels = Labels::default();
+            labels
+        });
+        Ok(write_text(&data, &mut labels))
     }
 }
 
@@ -162,7 +181,8 @@ struct Series {
     samples: Samples,
 }
 
-/// One distinct set of attributes, rendered once however many instruments have a point for it.
+/// One distinct set of attributes, rendered once however many instruments and scrapes have a
+/// point for it.
 struct LabelSet {
     attributes: Vec<KeyValue>,
     /// `k="v",…`, values escaped: a range of [`Labels::text`].
@@ -171,13 +191,16 @@ struct LabelSet {
     values: Range<usize>,
     /// Its place in the prometheus crate's order of series (sets equal in that order: equal ranks).
     rank: usize,
+    /// The last scrape that had a point with this set.
+    scrape: u64,
 }
 
 enum Samples {
     One(f64),
-    /// Cumulative bucket counts, their `le` values (shared by the metric's series), sum, count.
+    /// Cumulative bucket counts (a range of the scrape's counts), their `le="…"} ` text
+    /// (shared by the metric's series), sum, count.
     Buckets {
-        cumulative: Vec<u64>,
+        cumulative: Range<usize>,
         bounds: Arc<[String]>,
         infinite_last: bool,
         sum: f64,
@@ -191,13 +214,18 @@ struct Family {
     series: Vec<Series>,
 }
 
-/// The label sets of one exposition, each rendered once into three shared buffers, and scratch
+type QuickMap = HashMap<u64, Vec<usize>, BuildHasherDefault<QuickHasher>>;
+
+/// The label sets an [`Exposition`] has seen, each rendered once into three shared buffers and
+/// kept from one scrape to the next (a cumulative provider repeats every series), and scratch
 /// space to render one.
 #[derive(Default)]
 struct Labels {
     sets: Vec<LabelSet>,
-    /// The sets by the hash of their attributes.
-    by_hash: HashMap<u64, Vec<usize>, BuildHasherDefault<QuickHasher>>,
+    /// The sets by the hash of their attributes' content.
+    by_content: QuickMap,
+    /// The sets by the addresses of their attributes' strings (see [`identity`]).
+    by_identity: QuickMap,
     /// Every series' rendered labels, one after the other.
     text: String,
     /// Every series' raw label values, one after the other …
@@ -207,27 +235,74 @@ struct Labels {
     scratch: String,
     /// (sanitized key, original key, value), as ranges of `scratch`.
     entries: Vec<(Range<usize>, Range<usize>, Range<usize>)>,
+    /// How many of `sets` [`Labels::rank`] last ranked.
+    ranked: usize,
+    /// The scrape under way, and how many sets it has used so far.
+    scrape: u64,
+    used: usize,
 }
 
+/// Sets kept beyond twice those a scrape used before they are all dropped (and the next scrape
+/// renders its sets afresh): series that a provider stopped reporting do not pile up.
+const STALE_SETS_KEPT: usize = 1024;
+
 impl Labels {
+    /// Starts a scrape.
+    fn begin(&mut self) {
+        self.scrape += 1;
+        self.used = 0;
+    }
+
+    /// Ends a scrape: drops every set if too many went unused.
+    fn end(&mut self) {
+        if self.sets.len() > 2 * self.used + STALE_SETS_KEPT {
+            *self = Labels::default();
+        }
+    }
+
     /// The series of `attributes`, its label set rendered unless an earlier series had it.
     fn series(&mut self, attributes: &[&KeyValue], samples: Samples) -> Series {
+        let set = self.find_or_render(attributes);
+        let entry = &mut self.sets[set];
+        if entry.scrape != self.scrape {
+            entry.scrape = self.scrape;
+            self.used += 1;
+        }
+        Series { set, samples }
+    }
+
+    fn find_or_render(&mut self, attributes: &[&KeyValue]) -> usize {
+        // Points of a series share its strings from one scrape to the next (the SDK clones
+        // `Arc`s and `&'static str`s): their addresses find it without reading the text.
+        let id = identity(attributes.iter().copied());
+        if let Some(id) = id {
+            let found = self.by_identity.get(&id).and_then(|sets| {
+                sets.iter()
+                    .copied()
+                    .find(|&i| same_identity(&self.sets[i].attributes, attributes))
+            });
+            if let Some(set) = found {
+                return set;
+            }
+        }
         let mut hasher = QuickHasher::default();
         attributes.hash(&mut hasher);
         let hash = hasher.finish();
-        let same = |set: &LabelSet| {
-            set.attributes.len() == attributes.len() && set.attributes.iter().zip(attributes).all(|(a, b)| a == *b)
-        };
-        let known = self
-            .by_hash
-            .get(&hash)
-            .and_then(|sets| sets.iter().find(|&&i| same(&self.sets[i])));
-        if let Some(&set) = known {
-            return Series { set, samples };
+        let found = self.by_content.get(&hash).and_then(|sets| {
+            sets.iter()
+                .copied()
+                .find(|&i| same_content(&self.sets[i].attributes, attributes))
+        });
+        if let Some(set) = found {
+            return set;
         }
         let set = self.render(attributes);
-        self.by_hash.entry(hash).or_default().push(set);
-        Series { set, samples }
+        self.by_content.entry(hash).or_default().push(set);
+        // The identity of the kept copy: what later scrapes' points share with it.
+        if let Some(id) = identity(self.sets[set].attributes.iter()) {
+            self.by_identity.entry(id).or_default().push(set);
+        }
+        set
     }
 
     fn render(&mut self, attributes: &[&KeyValue]) -> usize {
@@ -281,13 +356,18 @@ impl Labels {
             text: text_start..self.text.len(),
             values: values_start..self.values.len(),
             rank: 0,
+            scrape: 0,
         });
         self.sets.len() - 1
     }
 
     /// Ranks every set in the prometheus crate's order of series in a family, so that each
-    /// family's series sort by a number.
+    /// family's series sort by a number; only when sets were added since the last ranking.
     fn rank(&mut self) {
+        if self.ranked == self.sets.len() {
+            return;
+        }
+        self.ranked = self.sets.len();
         let mut by_order: Vec<usize> = (0..self.sets.len()).collect();
         by_order.sort_by(|&a, &b| self.order(&self.sets[a], &self.sets[b]));
         let mut rank = 0;
@@ -314,6 +394,62 @@ impl Labels {
             Ordering::Equal
         })
     }
+}
+
+/// The address and length of a string: two live strings with the same are the same string, so
+/// equal text (a kept copy holds its `Arc` or `Box`, and no other string can take its place).
+fn address(s: &str) -> (usize, usize) {
+    (s.as_ptr() as usize, s.len())
+}
+
+/// A hash of the attributes by the addresses of their strings and the bits of their other
+/// values; `None` when one is an array (those are found by content).
+fn identity<'a>(attributes: impl Iterator<Item = &'a KeyValue>) -> Option<u64> {
+    let mut hasher = QuickHasher::default();
+    for kv in attributes {
+        let (at, len) = address(kv.key.as_str());
+        hasher.write_u64(at as u64);
+        hasher.write_u64(len as u64);
+        let word = match &kv.value {
+            Value::String(s) => {
+                let (at, len) = address(s.as_str());
+                hasher.write_u64(len as u64);
+                at as u64
+            }
+            Value::I64(i) => *i as u64,
+            Value::F64(f) => f.to_bits(),
+            Value::Bool(b) => u64::from(*b),
+            _ => return None,
+        };
+        hasher.write_u64(word);
+    }
+    Some(hasher.finish())
+}
+
+/// Whether `point`'s attributes are `kept`'s by [`identity`].
+fn same_identity(kept: &[KeyValue], point: &[&KeyValue]) -> bool {
+    kept.len() == point.len()
+        && kept.iter().zip(point).all(|(a, b)| {
+            address(a.key.as_str()) == address(b.key.as_str())
+                && match (&a.value, &b.value) {
+                    (Value::String(x), Value::String(y)) => address(x.as_str()) == address(y.as_str()),
+                    (Value::F64(x), Value::F64(y)) => x.to_bits() == y.to_bits(),
+                    (x, y) => x == y,
+                }
+        })
+}
+
+/// Whether `point`'s attributes are `kept`'s by content (floats by their bits, so that a NaN
+/// finds its set).
+fn same_content(kept: &[KeyValue], point: &[&KeyValue]) -> bool {
+    kept.len() == point.len()
+        && kept.iter().zip(point).all(|(a, b)| {
+            a.key == b.key
+                && match (&a.value, &b.value) {
+                    (Value::F64(x), Value::F64(y)) => x.to_bits() == y.to_bits(),
+                    (x, y) => x == y,
+                }
+        })
 }
 
 /// A fast non-cryptographic hash (the multiply-rotate of rustc's `FxHasher`) for finding
@@ -355,29 +491,25 @@ fn write_value(out: &mut String, value: &Value) {
 }
 
 fn write_integer(out: &mut String, v: i64) {
-    let mut digits = [0u8; 20];
-    let mut n = v.unsigned_abs();
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    if v < 0 {
-        out.push('-');
-    }
-    // ASCII digits.
-    out.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
+    out.push_str(itoa::Buffer::new().format(v));
 }
+
+/// A count as the `f64` the prometheus crate holds it in prints (whole below 2^53).
+fn write_count(out: &mut String, n: u64) {
+    if n < EXACT_IN_F64 {
+        out.push_str(itoa::Buffer::new().format(n));
+    } else {
+        write_f64(out, n as f64);
+    }
+}
+
+/// 2^53: every whole number below it is exact in an `f64` and prints as an integer.
+const EXACT_IN_F64: u64 = 1 << 53;
 
 /// A sample value as Rust's `Display` for `f64` prints it (what the prometheus crate writes),
 /// whole numbers without the formatting machinery.
 fn write_f64(out: &mut String, v: f64) {
-    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53: whole numbers below print as integers
-    if v.fract() == 0.0 && v.abs() < EXACT && !(v == 0.0 && v.is_sign_negative()) {
+    if v.fract() == 0.0 && v.abs() < EXACT_IN_F64 as f64 && !(v == 0.0 && v.is_sign_negative()) {
         write_integer(out, v as i64);
     } else {
         let _ = write!(out, "{v}");
@@ -536,65 +668,82 @@ impl AsF64 for i64 {
     }
 }
 
-/// Adds the series of one metric's data to `series`.
-fn add_series<T: AsF64>(data: &MetricData<T>, labels: &mut Labels, series: &mut Vec<Series>) {
-    match data {
-        MetricData::Gauge(g) => {
-            for p in g.data_points() {
-                let attributes: Vec<&KeyValue> = p.attributes().collect();
-                series.push(labels.series(&attributes, Samples::One(p.value().as_f64())));
-            }
-        }
-        MetricData::Sum(s) => {
-            for p in s.data_points() {
-                let attributes: Vec<&KeyValue> = p.attributes().collect();
-                series.push(labels.series(&attributes, Samples::One(p.value().as_f64())));
-            }
-        }
-        MetricData::Histogram(h) => add_histogram(h, labels, series),
-        MetricData::ExponentialHistogram(_) => {}
-    }
+/// Adds the series of metrics' data points, their attributes gathered in one scratch vector
+/// and their bucket counts in the scrape's one vector.
+struct Points<'a, 'd> {
+    labels: &'a mut Labels,
+    series: &'a mut Vec<Series>,
+    /// Every histogram point's cumulative bucket counts, one after the other.
+    counts: &'a mut Vec<u64>,
+    /// Scratch space for a point's attributes.
+    attributes: Vec<&'d KeyValue>,
 }
 
-fn add_histogram<T: AsF64>(h: &Histogram<T>, labels: &mut Labels, series: &mut Vec<Series>) {
-    // The `le` values, printed once for all the metric's points with the same bounds.
-    let mut last: Option<(Vec<f64>, Arc<[String]>)> = None;
-    for p in h.data_points() {
-        let bounds: Vec<f64> = p.bounds().collect();
-        let printed = match &last {
-            Some((b, printed)) if *b == bounds => printed.clone(),
-            _ => {
-                let printed: Arc<[String]> = bounds.iter().map(|b| b.to_string()).collect();
-                last = Some((bounds.clone(), printed.clone()));
-                printed
+impl<'d> Points<'_, 'd> {
+    fn add(&mut self, attributes: impl Iterator<Item = &'d KeyValue>, samples: Samples) {
+        self.attributes.clear();
+        self.attributes.extend(attributes);
+        let series = self.labels.series(&self.attributes, samples);
+        self.series.push(series);
+    }
+
+    /// Adds the series of one metric's data.
+    fn metric<T: AsF64>(&mut self, data: &'d MetricData<T>) {
+        match data {
+            MetricData::Gauge(g) => {
+                for p in g.data_points() {
+                    self.add(p.attributes(), Samples::One(p.value().as_f64()));
+                }
             }
-        };
-        let mut running = 0u64;
-        let cumulative = p
-            .bucket_counts()
-            .take(bounds.len())
-            .map(|c| {
+            MetricData::Sum(s) => {
+                for p in s.data_points() {
+                    self.add(p.attributes(), Samples::One(p.value().as_f64()));
+                }
+            }
+            MetricData::Histogram(h) => self.histogram(h),
+            MetricData::ExponentialHistogram(_) => {}
+        }
+    }
+
+    fn histogram<T: AsF64>(&mut self, h: &'d Histogram<T>) {
+        // The `le` values, printed once for all the metric's points with the same bounds.
+        let mut printed: Option<(Vec<f64>, Arc<[String]>)> = None;
+        let mut bounds = Vec::new();
+        for p in h.data_points() {
+            bounds.clear();
+            bounds.extend(p.bounds());
+            let le = match &printed {
+                Some((b, le)) if *b == bounds => le.clone(),
+                _ => {
+                    let le: Arc<[String]> = bounds.iter().map(|b| format!("le=\"{b}\"}} ")).collect();
+                    printed = Some((bounds.clone(), le.clone()));
+                    le
+                }
+            };
+            let start = self.counts.len();
+            let mut running = 0u64;
+            self.counts.extend(p.bucket_counts().take(bounds.len()).map(|c| {
                 running += c;
                 running
-            })
-            .collect();
-        let infinite_last = bounds.last().is_some_and(|b| b.is_infinite() && b.is_sign_positive());
-        let samples = Samples::Buckets {
-            cumulative,
-            bounds: printed,
-            infinite_last,
-            sum: p.sum().as_f64(),
-            count: p.count(),
-        };
-        let attributes: Vec<&KeyValue> = p.attributes().collect();
-        series.push(labels.series(&attributes, samples));
+            }));
+            let infinite_last = bounds.last().is_some_and(|b| b.is_infinite() && b.is_sign_positive());
+            let samples = Samples::Buckets {
+                cumulative: start..self.counts.len(),
+                bounds: le,
+                infinite_last,
+                sum: p.sum().as_f64(),
+                count: p.count(),
+            };
+            self.add(p.attributes(), samples);
+        }
     }
 }
 
 /// The whole exposition of `data`.
-fn write_text(data: &ResourceMetrics) -> String {
+fn write_text(data: &ResourceMetrics, labels: &mut Labels) -> String {
     let mut families: BTreeMap<String, Family> = BTreeMap::new();
-    let mut labels = Labels::default();
+    labels.begin();
+    let mut counts = Vec::new();
     let resource: Vec<KeyValue> = data
         .resource()
         .iter()
@@ -624,10 +773,16 @@ fn write_text(data: &ResourceMetrics) -> String {
                 // The prometheus crate keeps the first definition of a name.
                 continue;
             }
+            let mut points = Points {
+                labels,
+                series: &mut family.series,
+                counts: &mut counts,
+                attributes: Vec::new(),
+            };
             match metric.data() {
-                AggregatedMetrics::F64(d) => add_series(d, &mut labels, &mut family.series),
-                AggregatedMetrics::U64(d) => add_series(d, &mut labels, &mut family.series),
-                AggregatedMetrics::I64(d) => add_series(d, &mut labels, &mut family.series),
+                AggregatedMetrics::F64(d) => points.metric(d),
+                AggregatedMetrics::U64(d) => points.metric(d),
+                AggregatedMetrics::I64(d) => points.metric(d),
             }
         }
     }
@@ -649,7 +804,7 @@ fn write_text(data: &ResourceMetrics) -> String {
         .sum();
     let mut out = String::with_capacity(room);
     labels.rank();
-    let mut order = Vec::new();
+    let (mut order, mut prefix) = (Vec::new(), String::new());
     for (name, family) in &families {
         if family.series.is_empty() {
             continue;
@@ -672,32 +827,22 @@ fn write_text(data: &ResourceMetrics) -> String {
         out.push('\n');
         for &i in &order {
             let s = &family.series[i];
-            write_series(
-                &mut out,
-                name,
-                &labels.text[labels.sets[s.set].text.clone()],
-                &s.samples,
-            );
+            let text = &labels.text[labels.sets[s.set].text.clone()];
+            write_series(&mut out, &mut prefix, name, text, &s.samples, &counts);
         }
     }
+    labels.end();
     out
 }
 
-fn write_series(out: &mut String, name: &str, labels: &str, samples: &Samples) {
-    let sample = |out: &mut String, suffix: &str, le: Option<&str>, value: f64| {
+/// The lines of one series; `prefix` is scratch space for its buckets' common start.
+fn write_series(out: &mut String, prefix: &mut String, name: &str, labels: &str, samples: &Samples, counts: &[u64]) {
+    let sample = |out: &mut String, suffix: &str, value: f64| {
         out.push_str(name);
         out.push_str(suffix);
-        if !labels.is_empty() || le.is_some() {
+        if !labels.is_empty() {
             out.push('{');
             out.push_str(labels);
-            if let Some(le) = le {
-                if !labels.is_empty() {
-                    out.push(',');
-                }
-                out.push_str("le=\"");
-                out.push_str(le);
-                out.push('"');
-            }
             out.push('}');
         }
         out.push(' ');
@@ -705,7 +850,7 @@ fn write_series(out: &mut String, name: &str, labels: &str, samples: &Samples) {
         out.push('\n');
     };
     match samples {
-        Samples::One(v) => sample(out, "", None, *v),
+        Samples::One(v) => sample(out, "", *v),
         Samples::Buckets {
             cumulative,
             bounds,
@@ -713,14 +858,28 @@ fn write_series(out: &mut String, name: &str, labels: &str, samples: &Samples) {
             sum,
             count,
         } => {
-            for (le, n) in bounds.iter().zip(cumulative) {
-                sample(out, "_bucket", Some(le), *n as f64);
+            // `name_bucket{labels,`, then each bucket's `le="…"} ` and count.
+            prefix.clear();
+            prefix.push_str(name);
+            prefix.push_str("_bucket{");
+            prefix.push_str(labels);
+            if !labels.is_empty() {
+                prefix.push(',');
+            }
+            for (le, n) in bounds.iter().zip(&counts[cumulative.clone()]) {
+                out.push_str(prefix);
+                out.push_str(le);
+                write_count(out, *n);
+                out.push('\n');
             }
             if !infinite_last {
-                sample(out, "_bucket", Some("+Inf"), *count as f64);
+                out.push_str(prefix);
+                out.push_str("le=\"+Inf\"} ");
+                write_count(out, *count);
+                out.push('\n');
             }
-            sample(out, "_sum", None, *sum);
-            sample(out, "_count", None, *count as f64);
+            sample(out, "_sum", *sum);
+            sample(out, "_count", *count as f64);
         }
     }
 }
@@ -735,6 +894,12 @@ mod tests {
     /// resource, label keys that sanitize alike, values that need escaping, and enough label
     /// sets for the order to matter.
     fn record_everything(provider: &opentelemetry_sdk::metrics::SdkMeterProvider) {
+        record_some(provider, 40);
+    }
+
+    /// The first `points` points of [`record_everything`] (whose attribute values are
+    /// `&'static str`s, owned `String`s and shared `Arc<str>`s).
+    fn record_some(provider: &opentelemetry_sdk::metrics::SdkMeterProvider, points: i64) {
         use opentelemetry::metrics::MeterProvider as _;
         let ours = provider.meter("llm-meter");
         let app = provider.meter_with_scope(
@@ -768,8 +933,10 @@ mod tests {
             .with_unit("ms/s")
             .with_boundaries(vec![-1.0, 0.0, 10.0])
             .build();
-        for i in 0..40_i64 {
+        let shared: [Arc<str>; 3] = ["team-a".into(), "team-b".into(), "team-c".into()];
+        for i in 0..points {
             let attributes = [
+                KeyValue::new("team", Value::String(shared[(i % 3) as usize].clone().into())),
                 KeyValue::new(
                     "gen_ai.request.model",
                     ["gpt-4o", "gpt-4o-mini", "o3", "a\"b\\c\nd"][(i % 4) as usize],
@@ -780,7 +947,7 @@ mod tests {
                 KeyValue::new("n", i % 3),
                 KeyValue::new("flag", i % 2 == 0),
             ];
-            let some = &attributes[..(i % 6) as usize + 1];
+            let some = &attributes[..(i % 7) as usize + 1];
             calls.add(i as u64 + 1, some);
             cost.add(0.1 * i as f64 + 1e-7, some);
             in_flight.add(if i % 2 == 0 { 3 } else { -5 }, some);
@@ -790,7 +957,7 @@ mod tests {
             duration.record(0.001 * (i * i) as f64, some);
             tokens.record(i as u64 * 37, some);
             rate.add(1.5, &[]);
-            odd.record((i - 20) as f64 / 4.0, &attributes[4..]);
+            odd.record((i - 20) as f64 / 4.0, &attributes[5..]);
         }
         calls.add(1, &[]);
     }
@@ -817,22 +984,128 @@ mod tests {
             .with_reader(theirs)
             .with_reader(reader)
             .build();
+        let same_as_the_oracle = |at_least: usize| {
+            let mut expected = Vec::new();
+            prometheus::TextEncoder::new()
+                .encode(&registry.gather(), &mut expected)
+                .unwrap();
+            let expected = String::from_utf8(expected).unwrap();
+            let ours = exposition.encode().unwrap();
+            assert!(
+                expected.lines().count() > at_least,
+                "the oracle wrote {} lines",
+                expected.lines().count()
+            );
+            for (n, (a, b)) in ours.lines().zip(expected.lines()).enumerate() {
+                assert_eq!(a, b, "line {}", n + 1);
+            }
+            assert_eq!(ours, expected);
+        };
+        // A first scrape with a few series; the next ones find those kept and add the rest
+        // (ranked among them); the last finds every one kept.
+        record_some(&provider, 5);
+        same_as_the_oracle(50);
         record_everything(&provider);
-        let mut expected = Vec::new();
-        prometheus::TextEncoder::new()
-            .encode(&registry.gather(), &mut expected)
-            .unwrap();
-        let expected = String::from_utf8(expected).unwrap();
-        let ours = exposition.encode().unwrap();
+        same_as_the_oracle(500);
+        record_everything(&provider);
+        same_as_the_oracle(500);
+    }
+
+    #[test]
+    fn a_scrape_renders_only_the_label_sets_no_scrape_had() {
+        let (exposition, reader) = Exposition::new();
+        let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+            .with_reader(reader)
+            .build();
+        record_everything(&provider);
+        let kept = || exposition.labels.lock().unwrap().sets.len();
+        let first = exposition.encode().unwrap();
+        let sets = kept();
+        assert!(sets > 40, "{sets} label sets");
+        // Owned strings are new copies in every collection: found by content, not added again.
+        assert_eq!(exposition.encode().unwrap(), first);
+        assert_eq!(exposition.encode().unwrap(), first);
+        assert_eq!(kept(), sets);
+        use opentelemetry::metrics::MeterProvider as _;
+        let calls = provider.meter("llm-meter").u64_counter("gen_ai.calls").build();
+        calls.add(1, &[KeyValue::new("use_case.name", String::from("a new one"))]);
+        let text = exposition.encode().unwrap();
         assert!(
-            expected.lines().count() > 500,
-            "the oracle wrote {} lines",
-            expected.lines().count()
+            text.contains(r#"gen_ai_calls_total{use_case_name="a new one"} 1"#),
+            "{text}"
         );
-        for (n, (a, b)) in ours.lines().zip(expected.lines()).enumerate() {
-            assert_eq!(a, b, "line {}", n + 1);
+        assert_eq!(kept(), sets + 1);
+    }
+
+    #[test]
+    fn points_share_a_kept_sets_identity_only_through_its_strings() {
+        let arc = |s: &str| Value::String(Arc::<str>::from(s).into());
+        let kept = vec![
+            KeyValue::new("model", arc("gpt-4o")),
+            KeyValue::new("static", "s"),
+            KeyValue::new("n", 3_i64),
+            KeyValue::new("x", f64::NAN),
+        ];
+        let clone: Vec<KeyValue> = kept.clone();
+        let refs = |kvs: &[KeyValue]| -> Vec<KeyValue> { kvs.to_vec() };
+        let with = |i: usize, v: Value| {
+            let mut kvs = refs(&kept);
+            kvs[i] = KeyValue::new(kvs[i].key.clone(), v);
+            kvs
+        };
+        let check = |point: &[KeyValue]| {
+            let point: Vec<&KeyValue> = point.iter().collect();
+            (
+                same_identity(&kept, &point),
+                identity(point.iter().copied()) == identity(kept.iter()),
+                same_content(&kept, &point),
+            )
+        };
+        assert_eq!(
+            check(&clone),
+            (true, true, true),
+            "clones share the Arc and the &'static str"
+        );
+        // The same text in another allocation: found by content, not by identity.
+        assert_eq!(check(&with(0, arc("gpt-4o"))), (false, false, true));
+        // Other text of the same length.
+        assert_eq!(check(&with(0, arc("gpt-4x"))), (false, false, false));
+        assert_eq!(check(&with(2, Value::I64(4))), (false, false, false));
+        // Owned strings are copied by every clone.
+        let owned = with(1, Value::String(String::from("s").into()));
+        let again = owned.clone();
+        let owned: Vec<&KeyValue> = owned.iter().collect();
+        assert!(!same_identity(&again, &owned));
+        assert!(same_content(&again, &owned));
+        let array = with(2, Value::Array(vec![1_i64].into()));
+        assert_eq!(identity(array.iter()), None, "arrays are found by content");
+    }
+
+    #[test]
+    fn label_sets_no_longer_scraped_are_dropped() {
+        let owned: Vec<Vec<KeyValue>> = (0..2000)
+            .map(|i| vec![KeyValue::new("n", i64::from(i)), KeyValue::new("s", format!("v{i}"))])
+            .collect();
+        fn refs(kvs: &[KeyValue]) -> Vec<&KeyValue> {
+            kvs.iter().collect()
         }
-        assert_eq!(ours, expected);
+        let mut labels = Labels::default();
+        labels.begin();
+        for kvs in &owned {
+            labels.series(&refs(kvs), Samples::One(1.0));
+        }
+        labels.end();
+        assert_eq!(labels.sets.len(), 2000);
+        labels.begin();
+        let s = labels.series(&refs(&owned[7]), Samples::One(1.0));
+        assert_eq!(s.set, 7, "kept from the scrape before");
+        labels.end();
+        assert_eq!(labels.sets.len(), 0, "1,999 sets unused: all dropped");
+        labels.begin();
+        let s = labels.series(&refs(&owned[7]), Samples::One(1.0));
+        assert_eq!(&labels.text[labels.sets[s.set].text.clone()], r#"n="7",s="v7""#);
+        labels.end();
+        assert_eq!(labels.sets.len(), 1);
     }
 
     #[test]
@@ -872,6 +1145,11 @@ mod tests {
             let mut out = String::new();
             write_integer(&mut out, v);
             assert_eq!(out, v.to_string());
+        }
+        for n in [0, 7, (1 << 53) - 1, 1 << 53, (1 << 53) + 1, u64::MAX] {
+            let mut out = String::new();
+            write_count(&mut out, n);
+            assert_eq!(out, (n as f64).to_string(), "{n}");
         }
     }
 
