@@ -270,7 +270,7 @@ impl Series {
         let typed = |slot: &OnceLock<BoundHistogram<u64>>, kind: &'static str, v: u64| {
             let bound = slot.get_or_init(|| {
                 let mut l = labels.to_vec();
-                l.push(KeyValue::new(GEN_AI_TOKEN_TYPE, kind));
+                l.insert(token_type_place(labels), KeyValue::new(GEN_AI_TOKEN_TYPE, kind));
                 i.token_usage.bind(&l)
             });
             bound.record(v)
@@ -294,6 +294,11 @@ impl Series {
             Point::TokenUsage(kind, n) => typed(&self.output_token_usage, kind, n),
         });
     }
+}
+
+/// Where `gen_ai.token.type` goes in a record's labels, which are sorted by key.
+fn token_type_place(labels: &[KeyValue]) -> usize {
+    labels.partition_point(|kv| kv.key.as_str() < GEN_AI_TOKEN_TYPE)
 }
 
 /// A successful call whose provider reported no usage (a data-quality signal).
@@ -533,7 +538,8 @@ impl Metrics {
         )
     }
 
-    /// The default (and opted-in) labels of a record.
+    /// The default (and opted-in) labels of a record, sorted by key: the SDK keeps a label set
+    /// given in another order twice (as given, and sorted), and every collection walks both.
     pub fn labels(&self, r: &CallRecord) -> Vec<KeyValue> {
         let i = &self.inner;
         let mut labels = Vec::with_capacity(10);
@@ -568,6 +574,7 @@ impl Metrics {
                 labels.push(self.capped(label, &tags.join(",")));
             }
         }
+        labels.sort_unstable_by(|a, b| a.key.cmp(&b.key));
         labels
     }
 
@@ -687,7 +694,8 @@ impl Metrics {
     fn record_unbound(&self, r: &CallRecord, labels: Vec<KeyValue>) {
         let i = &self.inner;
         let mut typed = labels.clone();
-        typed.push(KeyValue::new(GEN_AI_TOKEN_TYPE, ""));
+        let place = token_type_place(&labels);
+        typed.insert(place, KeyValue::new(GEN_AI_TOKEN_TYPE, ""));
         points(r, |point| match point {
             Point::Duration(v) => i.duration.record(v, &labels),
             Point::TimeToFirstChunk(v) => i.time_to_first_chunk.record(v, &labels),
@@ -702,9 +710,7 @@ impl Metrics {
             Point::CacheCreationInputTokens(n) => i.cache_creation_input_tokens.add(n, &labels),
             Point::ReasoningTokens(n) => i.reasoning_tokens.add(n, &labels),
             Point::TokenUsage(kind, n) => {
-                if let Some(last) = typed.last_mut() {
-                    *last = KeyValue::new(GEN_AI_TOKEN_TYPE, kind);
-                }
+                typed[place] = KeyValue::new(GEN_AI_TOKEN_TYPE, kind);
                 i.token_usage.record(n, &typed);
             }
         });

@@ -387,3 +387,44 @@ fn a_repeated_label_set_is_reused_only_where_it_holds() {
         ]
     );
 }
+
+/// The SDK keeps a label set bound in an order other than by key twice (as given and sorted),
+/// and every collection walks and dedupes both: labels go to it sorted.
+#[test]
+fn labels_reach_the_sdk_sorted_by_key() {
+    let h = harness(LabelPolicy {
+        user_id: Some(10),
+        ..LabelPolicy::default()
+    });
+    let mut r = record("u-1", 3);
+    r.error = Some(ErrorType::Timeout);
+    let labels = h.metrics.labels(&r);
+    let keys: Vec<&str> = labels.iter().map(|kv| kv.key.as_str()).collect();
+    assert!(keys.contains(&ERROR_TYPE) && keys.contains(&USER_ID), "{keys:?}");
+    assert!(keys.is_sorted(), "{keys:?}");
+    h.metrics.record(&r);
+    h.metrics.record(&record("u-2", 4));
+    let rm = h.collect();
+    for name in [METRIC_OPERATION_DURATION, METRIC_TOKEN_USAGE, METRIC_INPUT_TOKENS] {
+        let m = find(&rm, name);
+        let points: Vec<Vec<String>> = match m.data() {
+            AggregatedMetrics::F64(MetricData::Histogram(h)) => h
+                .data_points()
+                .map(|p| p.attributes().map(|kv| kv.key.to_string()).collect())
+                .collect(),
+            AggregatedMetrics::U64(MetricData::Histogram(h)) => h
+                .data_points()
+                .map(|p| p.attributes().map(|kv| kv.key.to_string()).collect())
+                .collect(),
+            AggregatedMetrics::U64(MetricData::Sum(s)) => s
+                .data_points()
+                .map(|p| p.attributes().map(|kv| kv.key.to_string()).collect())
+                .collect(),
+            other => panic!("{name}: {other:?}"),
+        };
+        assert!(points.len() >= 2, "{name}: {points:?}");
+        for keys in points {
+            assert!(keys.is_sorted(), "{name}: {keys:?}");
+        }
+    }
+}
