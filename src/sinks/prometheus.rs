@@ -212,6 +212,18 @@ struct Family {
     help: String,
     kind: Kind,
     series: Vec<Series>,
+    /// The family's last scrape.
+    last: Memo,
+}
+
+/// A family's sets in the order its points came in a scrape, and its series in the order they
+/// were written: when the next scrape's points come in the same order (the SDK's map gives them
+/// so while nothing is added), each point is checked against its guess alone, and the family
+/// needs no sort.
+#[derive(Default)]
+struct Memo {
+    sets: Vec<usize>,
+    order: Vec<usize>,
 }
 
 type QuickMap = HashMap<u64, Vec<usize>, BuildHasherDefault<QuickHasher>>;
@@ -237,6 +249,8 @@ struct Labels {
     entries: Vec<(Range<usize>, Range<usize>, Range<usize>)>,
     /// How many of `sets` [`Labels::rank`] last ranked.
     ranked: usize,
+    /// Each family's last scrape, by name.
+    memos: HashMap<String, Memo>,
     /// The scrape under way, and how many sets it has used so far.
     scrape: u64,
     used: usize,
@@ -260,9 +274,13 @@ impl Labels {
         }
     }
 
-    /// The series of `attributes`, its label set rendered unless an earlier series had it.
-    fn series(&mut self, attributes: &[&KeyValue], samples: Samples) -> Series {
-        let set = self.find_or_render(attributes);
+    /// The series of `attributes`, its label set rendered unless an earlier series had it;
+    /// `guess` is the set a point in its place had last scrape.
+    fn series(&mut self, guess: Option<usize>, attributes: &[&KeyValue], samples: Samples) -> Series {
+        let set = match guess {
+            Some(set) if set < self.sets.len() && same_identity(&self.sets[set].attributes, attributes) => set,
+            _ => self.find_or_render(attributes),
+        };
         let entry = &mut self.sets[set];
         if entry.scrape != self.scrape {
             entry.scrape = self.scrape;
@@ -362,10 +380,11 @@ impl Labels {
     }
 
     /// Ranks every set in the prometheus crate's order of series in a family, so that each
-    /// family's series sort by a number; only when sets were added since the last ranking.
-    fn rank(&mut self) {
+    /// family's series sort by a number; only when sets were added since the last ranking
+    /// (then returns `true`).
+    fn rank(&mut self) -> bool {
         if self.ranked == self.sets.len() {
-            return;
+            return false;
         }
         self.ranked = self.sets.len();
         let mut by_order: Vec<usize> = (0..self.sets.len()).collect();
@@ -378,6 +397,7 @@ impl Labels {
             }
             self.sets[i].rank = rank;
         }
+        true
     }
 
     /// The prometheus crate's order: fewer labels first, then by the label values in turn
@@ -673,6 +693,8 @@ impl AsF64 for i64 {
 struct Points<'a, 'd> {
     labels: &'a mut Labels,
     series: &'a mut Vec<Series>,
+    /// The family's sets of the last scrape, in the order its points came.
+    guesses: &'a [usize],
     /// Every histogram point's cumulative bucket counts, one after the other.
     counts: &'a mut Vec<u64>,
     /// Scratch space for a point's attributes.
@@ -683,7 +705,8 @@ impl<'d> Points<'_, 'd> {
     fn add(&mut self, attributes: impl Iterator<Item = &'d KeyValue>, samples: Samples) {
         self.attributes.clear();
         self.attributes.extend(attributes);
-        let series = self.labels.series(&self.attributes, samples);
+        let guess = self.guesses.get(self.series.len()).copied();
+        let series = self.labels.series(guess, &self.attributes, samples);
         self.series.push(series);
     }
 
@@ -755,7 +778,8 @@ fn write_text(data: &ResourceMetrics, labels: &mut Labels) -> String {
             Family {
                 help: "Target metadata".to_owned(),
                 kind: Kind::Gauge,
-                series: vec![labels.series(&resource.iter().collect::<Vec<_>>(), Samples::One(1.0))],
+                series: vec![labels.series(None, &resource.iter().collect::<Vec<_>>(), Samples::One(1.0))],
+                last: labels.memos.remove("target_info").unwrap_or_default(),
             },
         );
     }
@@ -764,10 +788,11 @@ fn write_text(data: &ResourceMetrics, labels: &mut Labels) -> String {
             let Some((name, kind)) = name_and_kind(metric) else {
                 continue;
             };
-            let family = families.entry(name).or_insert_with(|| Family {
+            let family = families.entry(name).or_insert_with_key(|name| Family {
                 help: metric.description().to_owned(),
                 kind,
                 series: Vec::new(),
+                last: labels.memos.remove(name).unwrap_or_default(),
             });
             if family.kind != kind {
                 // The prometheus crate keeps the first definition of a name.
@@ -776,6 +801,7 @@ fn write_text(data: &ResourceMetrics, labels: &mut Labels) -> String {
             let mut points = Points {
                 labels,
                 series: &mut family.series,
+                guesses: &family.last.sets,
                 counts: &mut counts,
                 attributes: Vec::new(),
             };
@@ -803,16 +829,23 @@ fn write_text(data: &ResourceMetrics, labels: &mut Labels) -> String {
         })
         .sum();
     let mut out = String::with_capacity(room);
-    labels.rank();
-    let (mut order, mut prefix) = (Vec::new(), String::new());
-    for (name, family) in &families {
+    let reranked = labels.rank();
+    let mut prefix = String::new();
+    for (name, mut family) in families {
         if family.series.is_empty() {
             continue;
         }
-        // By rank: a number per series; stable, so equal sets keep their points' order.
-        order.clear();
-        order.extend(0..family.series.len());
-        order.sort_by_key(|&i| labels.sets[family.series[i].set].rank);
+        let mut memo = std::mem::take(&mut family.last);
+        let same_points = family.series.iter().map(|s| s.set).eq(memo.sets.iter().copied());
+        if reranked || !same_points {
+            memo.sets.clear();
+            memo.sets.extend(family.series.iter().map(|s| s.set));
+            // By rank: a number per series; stable, so equal sets keep their points' order.
+            memo.order.clear();
+            memo.order.extend(0..family.series.len());
+            memo.order.sort_by_key(|&i| labels.sets[family.series[i].set].rank);
+        }
+        let name = name.as_str();
         if !family.help.is_empty() {
             out.push_str("# HELP ");
             out.push_str(name);
@@ -825,11 +858,12 @@ fn write_text(data: &ResourceMetrics, labels: &mut Labels) -> String {
         out.push(' ');
         out.push_str(family.kind.as_str());
         out.push('\n');
-        for &i in &order {
+        for &i in &memo.order {
             let s = &family.series[i];
             let text = &labels.text[labels.sets[s.set].text.clone()];
             write_series(&mut out, &mut prefix, name, text, &s.samples, &counts);
         }
+        labels.memos.insert(name.to_owned(), memo);
     }
     labels.end();
     out
@@ -1009,6 +1043,15 @@ mod tests {
         same_as_the_oracle(500);
         record_everything(&provider);
         same_as_the_oracle(500);
+        // A family's new point whose set other families have: no new set, new order.
+        use opentelemetry::metrics::MeterProvider as _;
+        let limit = provider
+            .meter("llm-meter")
+            .u64_gauge("ratelimit.limit")
+            .with_unit("{request}")
+            .build();
+        limit.record(5, &[]);
+        same_as_the_oracle(500);
     }
 
     #[test]
@@ -1092,17 +1135,17 @@ mod tests {
         let mut labels = Labels::default();
         labels.begin();
         for kvs in &owned {
-            labels.series(&refs(kvs), Samples::One(1.0));
+            labels.series(None, &refs(kvs), Samples::One(1.0));
         }
         labels.end();
         assert_eq!(labels.sets.len(), 2000);
         labels.begin();
-        let s = labels.series(&refs(&owned[7]), Samples::One(1.0));
+        let s = labels.series(None, &refs(&owned[7]), Samples::One(1.0));
         assert_eq!(s.set, 7, "kept from the scrape before");
         labels.end();
         assert_eq!(labels.sets.len(), 0, "1,999 sets unused: all dropped");
         labels.begin();
-        let s = labels.series(&refs(&owned[7]), Samples::One(1.0));
+        let s = labels.series(None, &refs(&owned[7]), Samples::One(1.0));
         assert_eq!(&labels.text[labels.sets[s.set].text.clone()], r#"n="7",s="v7""#);
         labels.end();
         assert_eq!(labels.sets.len(), 1);
@@ -1185,7 +1228,7 @@ mod tests {
             KeyValue::new("t", true),
         ];
         let mut labels = Labels::default();
-        let s = labels.series(&attributes.iter().collect::<Vec<_>>(), Samples::One(1.0));
+        let s = labels.series(None, &attributes.iter().collect::<Vec<_>>(), Samples::One(1.0));
         let set = &labels.sets[s.set];
         assert_eq!(
             &labels.text[set.text.clone()],
