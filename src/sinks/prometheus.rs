@@ -448,24 +448,22 @@ fn identity<'a>(attributes: impl Iterator<Item = &'a KeyValue>) -> Option<u64> {
 
 /// Whether `point`'s attributes are `kept`'s by [`identity`].
 fn same_identity(kept: &[KeyValue], point: &[&KeyValue]) -> bool {
-    kept.len() == point.len()
-        && kept.iter().zip(point).all(|(a, b)| {
-            address(a.key.as_str()) == address(b.key.as_str())
-                && match (&a.value, &b.value) {
-                    (Value::String(x), Value::String(y)) => address(x.as_str()) == address(y.as_str()),
-                    (Value::F64(x), Value::F64(y)) => x.to_bits() == y.to_bits(),
-                    (x, y) => x == y,
-                }
-        })
+    same_attributes(kept, point, |x, y| address(x) == address(y))
 }
 
-/// Whether `point`'s attributes are `kept`'s by content (floats by their bits, so that a NaN
-/// finds its set).
+/// Whether `point`'s attributes are `kept`'s by content.
 fn same_content(kept: &[KeyValue], point: &[&KeyValue]) -> bool {
+    same_attributes(kept, point, |x, y| x == y)
+}
+
+/// Whether `point`'s attributes are `kept`'s, keys and string values compared by `same_str`,
+/// floats by their bits (so that a NaN finds its set), other values by `==`.
+fn same_attributes(kept: &[KeyValue], point: &[&KeyValue], same_str: impl Fn(&str, &str) -> bool) -> bool {
     kept.len() == point.len()
         && kept.iter().zip(point).all(|(a, b)| {
-            a.key == b.key
+            same_str(a.key.as_str(), b.key.as_str())
                 && match (&a.value, &b.value) {
+                    (Value::String(x), Value::String(y)) => same_str(x.as_str(), y.as_str()),
                     (Value::F64(x), Value::F64(y)) => x.to_bits() == y.to_bits(),
                     (x, y) => x == y,
                 }
@@ -836,8 +834,7 @@ fn write_text(data: &ResourceMetrics, labels: &mut Labels) -> String {
             continue;
         }
         let mut memo = std::mem::take(&mut family.last);
-        let same_points = family.series.iter().map(|s| s.set).eq(memo.sets.iter().copied());
-        if reranked || !same_points {
+        if reranked || !family.series.iter().map(|s| s.set).eq(memo.sets.iter().copied()) {
             memo.sets.clear();
             memo.sets.extend(family.series.iter().map(|s| s.set));
             // By rank: a number per series; stable, so equal sets keep their points' order.
@@ -845,25 +842,24 @@ fn write_text(data: &ResourceMetrics, labels: &mut Labels) -> String {
             memo.order.extend(0..family.series.len());
             memo.order.sort_by_key(|&i| labels.sets[family.series[i].set].rank);
         }
-        let name = name.as_str();
         if !family.help.is_empty() {
             out.push_str("# HELP ");
-            out.push_str(name);
+            out.push_str(&name);
             out.push(' ');
             escape_into(&mut out, &family.help, false);
             out.push('\n');
         }
         out.push_str("# TYPE ");
-        out.push_str(name);
+        out.push_str(&name);
         out.push(' ');
         out.push_str(family.kind.as_str());
         out.push('\n');
         for &i in &memo.order {
             let s = &family.series[i];
             let text = &labels.text[labels.sets[s.set].text.clone()];
-            write_series(&mut out, &mut prefix, name, text, &s.samples, &counts);
+            write_series(&mut out, &mut prefix, &name, text, &s.samples, &counts);
         }
-        labels.memos.insert(name.to_owned(), memo);
+        labels.memos.insert(name, memo);
     }
     labels.end();
     out
@@ -1090,9 +1086,8 @@ mod tests {
             KeyValue::new("x", f64::NAN),
         ];
         let clone: Vec<KeyValue> = kept.clone();
-        let refs = |kvs: &[KeyValue]| -> Vec<KeyValue> { kvs.to_vec() };
         let with = |i: usize, v: Value| {
-            let mut kvs = refs(&kept);
+            let mut kvs = kept.clone();
             kvs[i] = KeyValue::new(kvs[i].key.clone(), v);
             kvs
         };
