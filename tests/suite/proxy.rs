@@ -593,3 +593,62 @@ async fn the_observation_mode_chooses_what_is_recorded() {
         assert_eq!(recorded, metrics, "{mode:?}: metrics\n{text}");
     }
 }
+
+/// A proxied call keeps to the worker thread that serves it: reading the request body must not
+/// wake the connection's own task while it runs, which tokio handles as a yield that wakes an
+/// idle worker (a `futex` call, and often the call moved to the other core) on every call.
+/// The proxy runs alone on a runtime of two workers; the mock and the client on another.
+#[test]
+fn sequential_calls_do_not_wake_the_idle_worker() {
+    const CALLS: u64 = 200;
+    let outside = tokio::runtime::Runtime::new().unwrap();
+    let proxy_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mock = outside.block_on(MockServer::start(MockConfig::default())).unwrap();
+    let settings = ProxySettings {
+        upstream: mock.base_url().parse().unwrap(),
+        ..ProxySettings::default()
+    };
+    let addr = proxy_runtime
+        .block_on(
+            Proxy::new(settings, Meter::builder().build().unwrap())
+                .unwrap()
+                .spawn("127.0.0.1:0".parse().unwrap()),
+        )
+        .unwrap();
+    let http = reqwest::Client::new();
+    let calls = |n: u64| {
+        outside.block_on(async {
+            for _ in 0..n {
+                let resp = http
+                    .post(format!("http://{addr}/v1/chat/completions"))
+                    .header("authorization", "Bearer sk-client-key")
+                    .json(&chat(false))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), 200);
+                resp.bytes().await.unwrap();
+            }
+        })
+    };
+    let metrics = proxy_runtime.metrics();
+    let parks = || {
+        (0..metrics.num_workers())
+            .map(|w| metrics.worker_park_unpark_count(w))
+            .sum::<u64>()
+    };
+    calls(20);
+    let before = parks();
+    calls(CALLS);
+    let per_call = (parks() - before) as f64 / CALLS as f64;
+    // The serving worker parks twice a call (waiting for the request, then for the answer) and
+    // unparks twice: 4. Each wake of the idle worker adds a park and an unpark: 6 with the yield.
+    assert!(
+        per_call < 5.0,
+        "{per_call:.2} worker parks and unparks per call: the idle worker is woken by the calls"
+    );
+}

@@ -35,10 +35,12 @@ mod admin;
 mod guard;
 mod headers;
 mod rejection;
+mod repoll;
 mod routes;
 mod settings;
 mod splicing;
 mod upstream;
+mod whole_body;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -169,7 +171,7 @@ impl Proxy {
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            let connection = graceful.watch(connection);
+            let connection = repoll::Repoll::new(graceful.watch(connection));
             connections.spawn(async move {
                 if let Err(e) = connection.await {
                     tracing::debug!(target: "llm_meter", "connection ended: {e}");

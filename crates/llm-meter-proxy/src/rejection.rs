@@ -26,6 +26,9 @@ pub enum Rejection {
     InvalidPath,
     /// The request body is larger than the limit, in bytes (413).
     BodyTooLarge(usize),
+    /// The request body could not be read to its end: the client reset the connection or
+    /// sent malformed framing (400).
+    BodyUnreadable,
     /// Block limits refused the call before the provider saw it (403), with Pay-i's
     /// `xproxy_error` and the call's `xproxy_result`.
     LimitReached {
@@ -52,7 +55,8 @@ impl Rejection {
             Rejection::InvalidAnnotation(_)
             | Rejection::InvalidUpstreamChoice(_)
             | Rejection::PrivateUpstream
-            | Rejection::InvalidPath => StatusCode::BAD_REQUEST,
+            | Rejection::InvalidPath
+            | Rejection::BodyUnreadable => StatusCode::BAD_REQUEST,
             Rejection::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::LimitReached { .. } => StatusCode::FORBIDDEN,
             Rejection::LedgerUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -69,6 +73,7 @@ impl Rejection {
             Rejection::PrivateUpstream => "private_upstream",
             Rejection::InvalidPath => "invalid_path",
             Rejection::BodyTooLarge(_) => "body_too_large",
+            Rejection::BodyUnreadable => "body_unreadable",
             Rejection::LimitReached { .. } => "limit_reached",
             Rejection::LedgerUnavailable(_) => "ledger_unavailable",
             Rejection::Upstream(ErrorType::Timeout) => "upstream_timeout",
@@ -112,6 +117,7 @@ impl Rejection {
             ),
             Rejection::InvalidPath => "bad request path".into(),
             Rejection::BodyTooLarge(limit) => format!("request body larger than {limit} bytes"),
+            Rejection::BodyUnreadable => "the request body ended before its length or was malformed".into(),
             Rejection::LimitReached { blocked_limit_ids, .. } => format!(
                 "refused by limit {}: the call would pass its max",
                 blocked_limit_ids.join(", ")
@@ -204,6 +210,7 @@ mod tests {
             ),
             (Rejection::InvalidPath, 400, "invalid_path", None),
             (Rejection::BodyTooLarge(10), 413, "body_too_large", None),
+            (Rejection::BodyUnreadable, 400, "body_unreadable", None),
             (Rejection::Upstream(ErrorType::Timeout), 504, "upstream_timeout", None),
             (
                 Rejection::Upstream(ErrorType::Connect),

@@ -10,7 +10,6 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
-use http_body_util::BodyExt;
 
 use llm_meter::{names, Annotations, Api, Server, XProxyResult};
 
@@ -18,6 +17,7 @@ use crate::headers::{authorize, prepare_upstream_headers, remove_hop_by_hop};
 use crate::rejection::Rejection;
 use crate::settings::ProxySettings;
 use crate::splicing::with_xproxy_result;
+use crate::whole_body::{read_whole, read_within, ReadError};
 use crate::{Proxy, ProxyInner, PAYI_ANTHROPIC_PREFIX, PAYI_AZURE_OPENAI_PREFIX, PAYI_OPENAI_PREFIX};
 
 /// The providers the proxy has routes for.
@@ -272,9 +272,10 @@ async fn observed(
     let annotations = Annotations::from_headers(&parts.headers).map_err(Rejection::InvalidAnnotation)?;
     let base = upstream_base(settings, provider, &parts.headers)?;
     let url = join(&base, provider.upstream_path(parts.uri.path()), parts.uri.query())?;
-    let body = axum::body::to_bytes(body, settings.body_limit)
-        .await
-        .map_err(|_| Rejection::BodyTooLarge(settings.body_limit))?;
+    let body = read_within(body, settings.body_limit).await.map_err(|e| match e {
+        ReadError::TooLarge(limit) => Rejection::BodyTooLarge(limit),
+        ReadError::Failed(_) => Rejection::BodyUnreadable,
+    })?;
     let mut headers = parts.headers;
     let upstream_auth = inner.upstream_auth.as_ref().filter(|_| provider == Provider::OpenAi);
     prepare_upstream_headers(&mut headers, upstream_auth, true);
@@ -335,8 +336,8 @@ async fn observed(
     let (parts, body) = response.into_parts();
     if !parts.status.is_success() {
         // An error answer to a stream request is a JSON body: observed whole, like any answer.
-        let body = match body.collect().await {
-            Ok(b) => b.to_bytes(),
+        let body = match read_whole(body).await {
+            Ok(b) => b,
             Err(e) => {
                 let kind = e.kind();
                 call.fail(kind);
@@ -390,6 +391,7 @@ mod tests {
     use super::*;
     use axum::extract::MatchedPath;
     use axum::routing::{any, post, MethodRouter};
+    use http_body_util::BodyExt;
     use tower_service::Service;
 
     /// The route table the proxy had as an axum router, with each handler answering what it

@@ -13,7 +13,6 @@ use std::time::Duration;
 use axum::body::Body;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -134,7 +133,7 @@ impl Upstream {
     ) -> Result<(http::response::Parts, Bytes), UpstreamError> {
         let exchange = async {
             let (parts, body) = self.send(request).await?.into_parts();
-            let bytes = body.collect().await?.to_bytes();
+            let bytes = crate::whole_body::read_whole(body).await?;
             Ok((parts, bytes))
         };
         tokio::time::timeout(timeout, exchange)
