@@ -600,7 +600,7 @@ async fn the_observation_mode_chooses_what_is_recorded() {
 /// The proxy runs alone on a runtime of two workers; the mock and the client on another.
 #[test]
 fn sequential_calls_do_not_wake_the_idle_worker() {
-    const CALLS: u64 = 200;
+    const CALLS: u64 = 100;
     let outside = tokio::runtime::Runtime::new().unwrap();
     let proxy_runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -642,13 +642,62 @@ fn sequential_calls_do_not_wake_the_idle_worker() {
             .sum::<u64>()
     };
     calls(20);
-    let before = parks();
-    calls(CALLS);
-    let per_call = (parks() - before) as f64 / CALLS as f64;
     // The serving worker parks twice a call (waiting for the request, then for the answer) and
-    // unparks twice: 4. Each wake of the idle worker adds a park and an unpark: 6 with the yield.
+    // unparks twice: 4. Each wake of the idle worker adds a park and an unpark: 6.1 with the
+    // yield. Other tests running on the same cores add parks, never remove them: the best of
+    // three samples is taken.
+    let mut samples = Vec::new();
+    for _ in 0..3 {
+        let before = parks();
+        calls(CALLS);
+        samples.push((parks() - before) as f64 / CALLS as f64);
+        if samples.last().is_some_and(|&per_call| per_call < 5.0) {
+            return;
+        }
+    }
+    panic!("worker parks and unparks per call, three samples: {samples:.2?}: the idle worker is woken by the calls");
+}
+
+/// A client cannot hold a connection by sending its request head slowly: the connection is
+/// closed once `header_read_timeout` has passed without a whole head, and so is a kept-alive
+/// connection left idle that long. Whole requests are answered as before.
+#[tokio::test]
+async fn a_request_head_not_complete_in_time_closes_the_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let wait = Duration::from_millis(300);
+    let s = setup_with(MockConfig::default(), |p| p.header_read_timeout = wait, |m| m).await;
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    let closed_after = |mut connection: tokio::net::TcpStream| async move {
+        let started = std::time::Instant::now();
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), connection.read_to_end(&mut answer)).await;
+        assert!(read.is_ok(), "the connection was still open after 10 s");
+        (started.elapsed(), answer)
+    };
+
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: proxy\r\ncontent-type: application/json\r\n")
+        .await
+        .unwrap();
+    let (elapsed, answer) = closed_after(slow).await;
     assert!(
-        per_call < 5.0,
-        "{per_call:.2} worker parks and unparks per call: the idle worker is woken by the calls"
+        elapsed >= wait - Duration::from_millis(50),
+        "closed before the timeout: {elapsed:?}"
     );
+    assert!(
+        answer.is_empty() || answer.starts_with(b"HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert_eq!(s.mock.requests().answered, 0, "nothing was forwarded");
+
+    let idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (elapsed, _) = closed_after(idle).await;
+    assert!(
+        elapsed >= wait - Duration::from_millis(50),
+        "closed before the timeout: {elapsed:?}"
+    );
+
+    let resp = s.post("/v1/chat/completions", &chat(false)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
 }

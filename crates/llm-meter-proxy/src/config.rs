@@ -150,6 +150,9 @@ pub struct ProxyFileConfig {
     pub timeout: Option<String>,
     /// Longest wait for the next bytes of an answer (`120s`).
     pub read_timeout: Option<String>,
+    /// Longest wait for a client's request head, or on an idle kept-alive connection
+    /// (default `30s`).
+    pub header_read_timeout: Option<String>,
 }
 
 /// `[upstreams]`: one per provider.
@@ -356,6 +359,11 @@ impl Config {
         }
         s.timeout = duration("timeout", &self.proxy.timeout, s.timeout)?;
         s.read_timeout = duration("read_timeout", &self.proxy.read_timeout, s.read_timeout)?;
+        s.header_read_timeout = duration(
+            "header_read_timeout",
+            &self.proxy.header_read_timeout,
+            s.header_read_timeout,
+        )?;
         Ok(s)
     }
 
@@ -440,6 +448,17 @@ mod tests {
     }
 
     #[test]
+    fn the_header_read_timeout_is_30_seconds_unless_set() {
+        let defaults = Config::parse("").unwrap().proxy_settings(None).unwrap();
+        assert_eq!(defaults.header_read_timeout, Duration::from_secs(30));
+        let c = Config::parse("[proxy]\nheader_read_timeout = \"5s\"").unwrap();
+        assert_eq!(
+            c.proxy_settings(None).unwrap().header_read_timeout,
+            Duration::from_secs(5)
+        );
+    }
+
+    #[test]
     fn private_upstreams_are_refused_unless_allowed() {
         let defaults = Config::parse("").unwrap().proxy_settings(None).unwrap();
         assert!(!defaults.allow_private_upstreams, "refused by default");
@@ -469,6 +488,7 @@ mod tests {
             ),
             ("[proxy]\nkeys = [\"short\"]", "16 characters"),
             ("[proxy]\ntimeout = \"soon\"", "timeout"),
+            ("[proxy]\nheader_read_timeout = \"0s\"", "header_read_timeout"),
             ("[ledger]\nredis = \"http://u:secret@h\"", "redis://"),
             ("[ledger]\nredis = \"redis://h\"\nsnapshot = \"l.json\"", "not both"),
             ("[ledger]\non_redis_error = \"maybe\"", "unknown variant"),

@@ -52,7 +52,7 @@ use llm_meter::{names, BuildError, Meter};
 
 pub use admin::{admin_router, spawn_admin};
 pub use rejection::Rejection;
-pub use settings::ProxySettings;
+pub use settings::{ProxySettings, DEFAULT_HEADER_READ_TIMEOUT};
 
 /// Pay-i's proxy route prefix for OpenAI (`payi_openai_url(payi_base_url=…)`).
 pub const PAYI_OPENAI_PREFIX: &str = "/api/v1/proxy/openai";
@@ -170,6 +170,8 @@ impl Proxy {
                 })
             });
             let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(self.inner.settings.header_read_timeout)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
             let connection = repoll::Repoll::new(graceful.watch(connection));
             connections.spawn(async move {

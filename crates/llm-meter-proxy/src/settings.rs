@@ -5,6 +5,9 @@ use std::time::Duration;
 /// Anthropic's API origin, the default `anthropic_upstream`.
 pub const DEFAULT_ANTHROPIC_URL: &str = "https://api.anthropic.com";
 
+/// The default `header_read_timeout`: hyper's.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Proxy settings. [`Default`] is OpenAI's API, no proxy keys, 8 MiB bodies and the library's
 /// default timeouts; the configuration file ([`crate::config`]) fills them from TOML.
 #[derive(Clone, Debug)]
@@ -40,6 +43,12 @@ pub struct ProxySettings {
     pub connect_timeout: Duration,
     /// Longest wait for the next bytes of an upstream answer (bounds a stalled stream).
     pub read_timeout: Duration,
+    /// Longest wait for a client's request head (request line and headers), counted from
+    /// when the connection is ready for one: a new connection, or the end of the previous
+    /// answer on a kept-alive one. A connection whose head is not complete by then is closed,
+    /// so a client cannot hold one open by sending its head slowly, and a kept-alive connection
+    /// left idle that long is closed too. Default 30 s.
+    pub header_read_timeout: Duration,
 }
 
 impl Default for ProxySettings {
@@ -57,6 +66,7 @@ impl Default for ProxySettings {
             timeout: llm_meter::DEFAULT_TIMEOUT,
             connect_timeout: llm_meter::DEFAULT_CONNECT_TIMEOUT,
             read_timeout: llm_meter::DEFAULT_READ_TIMEOUT,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
         }
     }
 }

@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -117,49 +117,92 @@ impl Upstream {
 
     /// Sends `request`; the answer's head within `read_timeout`, its body timed per frame.
     pub(crate) async fn send(&self, request: http::Request<Body>) -> Result<http::Response<TimedBody>, UpstreamError> {
-        let wait = self.read_timeout;
-        let response = tokio::time::timeout(wait, self.client.request(request))
-            .await
-            .map_err(|_| UpstreamError::Timeout(wait))?
-            .map_err(UpstreamError::request)?;
-        Ok(response.map(|body| TimedBody::new(body, wait)))
+        self.exchange(request, Deadline::new(self.read_timeout, None)).await
     }
 
-    /// Sends `request` and reads the whole answer within `timeout`.
+    /// Sends `request` and reads the whole answer within `timeout` (and `read_timeout` between
+    /// its bytes).
     pub(crate) async fn send_and_read(
         &self,
         request: http::Request<Body>,
         timeout: Duration,
     ) -> Result<(http::response::Parts, Bytes), UpstreamError> {
-        let exchange = async {
-            let (parts, body) = self.send(request).await?.into_parts();
-            let bytes = crate::whole_body::read_whole(body).await?;
-            Ok((parts, bytes))
-        };
-        tokio::time::timeout(timeout, exchange)
-            .await
-            .map_err(|_| UpstreamError::Timeout(timeout))?
+        let (parts, body) = self
+            .exchange(request, Deadline::new(self.read_timeout, Some(timeout)))
+            .await?
+            .into_parts();
+        Ok((parts, crate::whole_body::read_whole(body).await?))
+    }
+
+    /// Sends `request` and waits for the answer's head until `deadline`, which then times its
+    /// body: one timer for the whole exchange.
+    async fn exchange(
+        &self,
+        request: http::Request<Body>,
+        mut deadline: Deadline,
+    ) -> Result<http::Response<TimedBody>, UpstreamError> {
+        let mut head = std::pin::pin!(self.client.request(request));
+        let response = std::future::poll_fn(|cx| match head.as_mut().poll(cx) {
+            Poll::Ready(answer) => Poll::Ready(answer.map_err(UpstreamError::request)),
+            Poll::Pending => deadline.poll_passed(cx).map(Err),
+        })
+        .await?;
+        deadline.moved_on();
+        Ok(response.map(|inner| TimedBody { inner, deadline }))
     }
 }
 
-/// The upstream's body with a bound on the wait for each frame: one timer per answer, moved
-/// forward on every frame (no allocation per chunk).
+/// When an exchange with the upstream gives up: `wait` after its last progress (sending, the
+/// head, each frame), and at the latest `whole` after it started. One timer, moved forward on
+/// every frame (no allocation per chunk).
 #[derive(Debug)]
-pub(crate) struct TimedBody {
-    inner: Incoming,
+struct Deadline {
+    sleep: Pin<Box<Sleep>>,
     wait: Duration,
-    deadline: Pin<Box<Sleep>>,
+    /// The end of the whole exchange and its length, when it has one.
+    whole: Option<(Instant, Duration)>,
 }
 
-impl TimedBody {
-    fn new(inner: Incoming, wait: Duration) -> Self {
-        TimedBody {
-            inner,
+impl Deadline {
+    fn new(wait: Duration, whole: Option<Duration>) -> Self {
+        let now = Instant::now();
+        let whole = whole.map(|length| (now + length, length));
+        Deadline {
+            sleep: Box::pin(tokio::time::sleep_until(Self::next(now, wait, whole))),
             wait,
-            deadline: Box::pin(tokio::time::sleep(wait)),
+            whole,
         }
     }
 
+    fn next(now: Instant, wait: Duration, whole: Option<(Instant, Duration)>) -> Instant {
+        let after_wait = now + wait;
+        whole.map_or(after_wait, |(end, _)| after_wait.min(end))
+    }
+
+    /// Some progress: the wait starts again.
+    fn moved_on(&mut self) {
+        let next = Self::next(Instant::now(), self.wait, self.whole);
+        self.sleep.as_mut().reset(next);
+    }
+
+    /// Ready with the timeout that passed.
+    fn poll_passed(&mut self, cx: &mut Context<'_>) -> Poll<UpstreamError> {
+        ready!(self.sleep.as_mut().poll(cx));
+        Poll::Ready(match self.whole {
+            Some((end, length)) if Instant::now() >= end => UpstreamError::Timeout(length),
+            _ => UpstreamError::Timeout(self.wait),
+        })
+    }
+}
+
+/// The upstream's body, each frame within its exchange's [`Deadline`].
+#[derive(Debug)]
+pub(crate) struct TimedBody {
+    inner: Incoming,
+    deadline: Deadline,
+}
+
+impl TimedBody {
     /// The body's data frames as a stream, for the pipeline's stream observer.
     pub(crate) fn into_data_stream(self) -> http_body_util::BodyDataStream<Self> {
         http_body_util::BodyDataStream::new(self)
@@ -174,14 +217,10 @@ impl HttpBody for TimedBody {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                let wait = this.wait;
-                this.deadline.as_mut().reset(Instant::now() + wait);
+                this.deadline.moved_on();
                 Poll::Ready(frame.map(|f| f.map_err(UpstreamError::Body)))
             }
-            Poll::Pending => match this.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(UpstreamError::Timeout(this.wait)))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => this.deadline.poll_passed(cx).map(|e| Some(Err(e))),
         }
     }
 
