@@ -448,6 +448,21 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_configuration_example_parses() {
+        let readme = include_str!("../../../README.md");
+        let example = readme
+            .split("```toml\n")
+            .skip(1)
+            .filter_map(|block| block.split("```").next())
+            .find(|block| block.contains("[proxy]"))
+            .expect("the README has a configuration example with [proxy]");
+        // Parsing reads the upstream key's variable: name one every process has.
+        let example = example.replace("\"OPENAI_API_KEY\"", "\"PATH\"");
+        let c = Config::parse(&example).unwrap_or_else(|e| panic!("the README's example: {e}"));
+        assert_eq!(c.proxy.header_read_timeout.as_deref(), Some("30s"));
+    }
+
+    #[test]
     fn the_header_read_timeout_is_30_seconds_unless_set() {
         let defaults = Config::parse("").unwrap().proxy_settings(None).unwrap();
         assert_eq!(defaults.header_read_timeout, Duration::from_secs(30));
