@@ -232,3 +232,42 @@ impl HttpBody for TimedBody {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn passed(deadline: &mut Deadline) -> Option<Duration> {
+        let waker = std::task::Waker::noop();
+        match deadline.poll_passed(&mut Context::from_waker(waker)) {
+            Poll::Ready(UpstreamError::Timeout(after)) => Some(after),
+            Poll::Ready(other) => panic!("{other}"),
+            Poll::Pending => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn progress_moves_the_wait_on_but_not_past_the_whole_exchange() {
+        let (wait, whole) = (Duration::from_millis(120), Duration::from_millis(300));
+        let mut deadline = Deadline::new(wait, Some(whole));
+        let started = Instant::now();
+        // Bytes every 40 ms: the wait never passes, the whole exchange does.
+        let after = loop {
+            tokio::time::sleep(Duration::from_millis(40)).await;
+            if let Some(after) = passed(&mut deadline) {
+                break after;
+            }
+            assert!(started.elapsed() < 5 * whole, "the whole exchange's end never passed");
+            deadline.moved_on();
+        };
+        assert_eq!(after, whole);
+        assert!(started.elapsed() >= whole, "{:?}", started.elapsed());
+
+        // No progress: the wait passes first, and is the timeout reported.
+        let mut stalled = Deadline::new(wait, Some(whole));
+        tokio::time::sleep(wait + Duration::from_millis(20)).await;
+        assert_eq!(passed(&mut stalled), Some(wait));
+        let mut stream = Deadline::new(wait, None);
+        assert_eq!(passed(&mut stream), None);
+    }
+}
