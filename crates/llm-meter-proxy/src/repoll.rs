@@ -100,7 +100,7 @@ impl<F: Future> Future for Repoll<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
 
     /// Counts how often the task's own waker is woken.
     struct CountingWaker(AtomicUsize);
@@ -180,5 +180,103 @@ mod tests {
         let given = parked.waker.clone();
         std::thread::spawn(move || given.wake()).join().unwrap();
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
+    }
+
+    /// `inner`, counting the wakes that come while it is being polled.
+    struct CountSelfWakes<F> {
+        inner: Pin<Box<F>>,
+        polling: Arc<AtomicBool>,
+        during: Arc<AtomicUsize>,
+    }
+
+    struct CountingTaskWaker {
+        polling: Arc<AtomicBool>,
+        during: Arc<AtomicUsize>,
+        task: Waker,
+    }
+
+    impl Wake for CountingTaskWaker {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            if self.polling.load(Ordering::SeqCst) {
+                self.during.fetch_add(1, Ordering::SeqCst);
+            }
+            self.task.wake_by_ref();
+        }
+    }
+
+    impl<F: Future> Future for CountSelfWakes<F> {
+        type Output = F::Output;
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+            let waker = Waker::from(Arc::new(CountingTaskWaker {
+                polling: Arc::clone(&self.polling),
+                during: Arc::clone(&self.during),
+                task: cx.waker().clone(),
+            }));
+            self.polling.store(true, Ordering::SeqCst);
+            let polled = self.inner.as_mut().poll(&mut Context::from_waker(&waker));
+            self.polling.store(false, Ordering::SeqCst);
+            polled
+        }
+    }
+
+    /// Serves one request whose handler reads the body (as the proxy's routes do) on a hyper
+    /// connection, wrapped in `Repoll` or not; returns the wakes of the connection's task that
+    /// came during its own polls.
+    async fn self_wakes_serving_one_request(repoll: bool) -> usize {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let service = hyper::service::service_fn(|request: hyper::Request<hyper::body::Incoming>| async move {
+            let body = crate::whole_body::read_within(request.into_body(), 1 << 20)
+                .await
+                .map_err(|_| "unreadable")?;
+            Ok::<_, &'static str>(hyper::Response::new(http_body_util::Full::new(body)))
+        });
+        let connection =
+            hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(server), service);
+        let during = Arc::new(AtomicUsize::new(0));
+        let polling = Arc::new(AtomicBool::new(false));
+        let served = if repoll {
+            let counted = CountSelfWakes {
+                inner: Box::pin(Repoll::new(connection)),
+                polling,
+                during: Arc::clone(&during),
+            };
+            tokio::spawn(async move { drop(counted.await) })
+        } else {
+            let counted = CountSelfWakes {
+                inner: Box::pin(connection),
+                polling,
+                during: Arc::clone(&during),
+            };
+            tokio::spawn(async move { drop(counted.await) })
+        };
+        client
+            .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: proxy\r\ncontent-length: 11\r\nconnection: close\r\n\r\nhello world")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.unwrap();
+        assert!(
+            answer.starts_with(b"HTTP/1.1 200") && answer.ends_with(b"hello world"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+        served.await.unwrap();
+        during.load(Ordering::SeqCst)
+    }
+
+    /// hyper's body channel wakes the connection's own task when its handler takes the body:
+    /// without `Repoll` tokio sees that wake during the poll (and handles it as a yield that
+    /// wakes an idle worker); with it, none reaches the task.
+    #[tokio::test]
+    async fn reading_a_request_body_does_not_wake_the_connection_during_its_poll() {
+        assert!(
+            self_wakes_serving_one_request(false).await >= 1,
+            "the control: hyper no longer wakes the connection while it reads the body"
+        );
+        assert_eq!(self_wakes_serving_one_request(true).await, 0);
     }
 }
