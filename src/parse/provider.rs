@@ -11,6 +11,7 @@ use http::{HeaderMap, HeaderValue};
 use serde::Deserialize;
 
 use crate::names;
+use crate::parse::scan::Scanner;
 
 /// Debug and rate-limit headers of one provider response. A header that is missing or does not
 /// parse is `None`: never 0, -1 or `u64::MAX` (Azure sends -1 for unknown).
@@ -462,7 +463,7 @@ pub struct Usage {
     pub cache_creation_1h_input_tokens: Option<u64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 struct UsageWire {
     #[serde(default)]
     prompt_tokens: Option<u64>,
@@ -498,10 +499,15 @@ struct CompletionDetails {
 
 impl<'de> Deserialize<'de> for Usage {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let w = UsageWire::deserialize(d)?;
+        UsageWire::deserialize(d).map(Usage::from)
+    }
+}
+
+impl From<UsageWire> for Usage {
+    fn from(w: UsageWire) -> Self {
         let p = w.prompt_tokens_details.unwrap_or_default();
         let c = w.completion_tokens_details.unwrap_or_default();
-        Ok(Usage {
+        Usage {
             input_tokens: w.prompt_tokens.unwrap_or(0),
             output_tokens: w.completion_tokens.unwrap_or(0),
             total_tokens: w.total_tokens,
@@ -513,7 +519,7 @@ impl<'de> Deserialize<'de> for Usage {
             rejected_prediction_tokens: c.rejected_prediction_tokens,
             cache_creation_input_tokens: None,
             cache_creation_1h_input_tokens: None,
-        })
+        }
     }
 }
 
@@ -552,7 +558,7 @@ pub struct ChatCompletion {
 
 /// A JSON string borrowed from the body when it has no escapes, owned otherwise. (serde's own
 /// `Cow<str>` only borrows as a direct `#[serde(borrow)]` field, never inside an `Option`.)
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub(crate) struct Str<'a>(pub(crate) Cow<'a, str>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
@@ -581,7 +587,7 @@ impl<'a> Str<'a> {
 }
 
 /// Wire shape shared by completions and stream chunks. Strings borrow from the body.
-#[derive(Deserialize)]
+#[derive(Deserialize, Default, Debug, PartialEq)]
 struct BodyWire<'a> {
     #[serde(borrow, default)]
     id: Option<Str<'a>>,
@@ -605,7 +611,7 @@ struct BodyWire<'a> {
 
 /// Only the choices that carry a finish reason are kept (so a stream chunk allocates nothing),
 /// with the count of all choices seen.
-#[derive(Default)]
+#[derive(Default, Debug, PartialEq)]
 struct Choices<'a>(Vec<(u32, Str<'a>)>, usize);
 
 #[derive(Deserialize)]
@@ -642,6 +648,193 @@ impl<'de: 'a, 'a> Deserialize<'de> for Choices<'a> {
     }
 }
 
+impl<'a> BodyWire<'a> {
+    /// The body read by the [`Scanner`] when it can, else by serde (which decides what the
+    /// scanner gave up on).
+    fn read(text: &'a str) -> Result<Self, BodyError> {
+        match Self::scan(text) {
+            Some(wire) => Ok(wire),
+            None => Ok(serde_json::from_str(text)?),
+        }
+    }
+
+    /// What serde would read, or `None` when the scanner leaves it to serde.
+    fn scan(text: &'a str) -> Option<Self> {
+        let mut s = Scanner::new(text);
+        s.object()?;
+        let mut w = BodyWire::default();
+        let (mut seen, mut first) = (0u16, true);
+        while let Some(key) = s.next_key(&mut first)? {
+            let field = match key {
+                "id" => scan_str(&mut s, &mut w.id, 0),
+                "object" => scan_str(&mut s, &mut w.object, 1),
+                "created" => {
+                    w.created = if s.null() {
+                        None
+                    } else {
+                        Some(i64::try_from(s.unsigned()?).ok()?)
+                    };
+                    Some(2)
+                }
+                "model" => scan_str(&mut s, &mut w.model, 3),
+                "choices" => {
+                    w.choices = Choices::scan(&mut s)?;
+                    Some(4)
+                }
+                "usage" => {
+                    w.usage = scan_usage(&mut s)?;
+                    Some(5)
+                }
+                "service_tier" => scan_str(&mut s, &mut w.service_tier, 6),
+                "system_fingerprint" => scan_str(&mut s, &mut w.system_fingerprint, 7),
+                "error" => {
+                    if !s.null() {
+                        s.skip_value()?;
+                        w.error = Some(serde::de::IgnoredAny);
+                    }
+                    Some(8)
+                }
+                _ => {
+                    s.skip_value()?;
+                    continue;
+                }
+            }?;
+            // serde refuses a field named twice.
+            if seen & 1 << field != 0 {
+                return None;
+            }
+            seen |= 1 << field;
+        }
+        s.at_end().then_some(w)
+    }
+}
+
+impl<'a> Choices<'a> {
+    fn scan(s: &mut Scanner<'a>) -> Option<Self> {
+        let mut choices = Choices::default();
+        if s.null() {
+            return Some(choices);
+        }
+        s.array()?;
+        let mut first = true;
+        while s.next_element(&mut first)? {
+            s.object()?;
+            let (mut index, mut reason, mut seen, mut first_key) = (0u32, None, 0u8, true);
+            while let Some(key) = s.next_key(&mut first_key)? {
+                let field = match key {
+                    "index" => {
+                        index = u32::try_from(s.unsigned()?).ok()?;
+                        Some(0)
+                    }
+                    "finish_reason" => scan_str(s, &mut reason, 1),
+                    _ => {
+                        s.skip_value()?;
+                        continue;
+                    }
+                }?;
+                if seen & 1 << field != 0 {
+                    return None;
+                }
+                seen |= 1 << field;
+            }
+            choices.1 += 1;
+            if let Some(reason) = reason {
+                choices.0.push((index, reason));
+            }
+        }
+        Some(choices)
+    }
+}
+
+/// An optional string field (`null` or a string without escapes) into `slot`: `Some(field)`.
+fn scan_str<'a>(s: &mut Scanner<'a>, slot: &mut Option<Str<'a>>, field: u32) -> Option<u32> {
+    *slot = if s.null() {
+        None
+    } else {
+        Some(Str(Cow::Borrowed(s.plain_string()?)))
+    };
+    Some(field)
+}
+
+/// `null` or an object of optional counts named by `fields`, each read into its slot.
+fn scan_counts(s: &mut Scanner<'_>, fields: &mut [(&str, &mut Option<u64>)]) -> Option<bool> {
+    if s.null() {
+        return Some(false);
+    }
+    s.object()?;
+    let (mut seen, mut first) = (0u32, true);
+    while let Some(key) = s.next_key(&mut first)? {
+        let Some(i) = fields.iter().position(|(name, _)| *name == key) else {
+            s.skip_value()?;
+            continue;
+        };
+        if seen & 1 << i != 0 {
+            return None;
+        }
+        seen |= 1 << i;
+        *fields[i].1 = if s.null() { None } else { Some(s.unsigned()?) };
+    }
+    Some(true)
+}
+
+/// `usage`: `null`, or the object serde reads into [`UsageWire`].
+fn scan_usage(s: &mut Scanner<'_>) -> Option<Option<Usage>> {
+    if s.null() {
+        return Some(None);
+    }
+    s.object()?;
+    let mut w = UsageWire::default();
+    let (mut seen, mut first) = (0u8, true);
+    while let Some(key) = s.next_key(&mut first)? {
+        let field = match key {
+            "prompt_tokens" => 0,
+            "completion_tokens" => 1,
+            "total_tokens" => 2,
+            "prompt_tokens_details" => 3,
+            "completion_tokens_details" => 4,
+            _ => {
+                s.skip_value()?;
+                continue;
+            }
+        };
+        if seen & 1 << field != 0 {
+            return None;
+        }
+        seen |= 1 << field;
+        let count = |s: &mut Scanner<'_>| if s.null() { Some(None) } else { s.unsigned().map(Some) };
+        match field {
+            0 => w.prompt_tokens = count(s)?,
+            1 => w.completion_tokens = count(s)?,
+            2 => w.total_tokens = count(s)?,
+            3 => {
+                let mut d = PromptDetails::default();
+                let present = scan_counts(
+                    s,
+                    &mut [
+                        ("cached_tokens", &mut d.cached_tokens),
+                        ("audio_tokens", &mut d.audio_tokens),
+                    ],
+                )?;
+                w.prompt_tokens_details = present.then_some(d);
+            }
+            _ => {
+                let mut d = CompletionDetails::default();
+                let present = scan_counts(
+                    s,
+                    &mut [
+                        ("reasoning_tokens", &mut d.reasoning_tokens),
+                        ("audio_tokens", &mut d.audio_tokens),
+                        ("accepted_prediction_tokens", &mut d.accepted_prediction_tokens),
+                        ("rejected_prediction_tokens", &mut d.rejected_prediction_tokens),
+                    ],
+                )?;
+                w.completion_tokens_details = present.then_some(d);
+            }
+        }
+    }
+    Some(Some(Usage::from(w)))
+}
+
 /// The body was not a chat completion (or chunk) we could read.
 #[derive(Debug, thiserror::Error)]
 #[error("unreadable chat completion body: {0}")]
@@ -662,7 +855,7 @@ pub(crate) fn owned(s: Option<Str<'_>>) -> Option<String> {
 impl ChatCompletion {
     /// Parses a non-streaming chat completion body (unknown fields ignored).
     pub fn parse(body: &[u8]) -> Result<Self, BodyError> {
-        let w: BodyWire<'_> = serde_json::from_str(utf8(body)?)?;
+        let w = BodyWire::read(utf8(body)?)?;
         let mut choices = w.choices.0;
         choices.sort_by_key(|(i, _)| *i);
         Ok(ChatCompletion {
@@ -696,7 +889,7 @@ pub enum ChunkKind {
 
 /// Folds one stream chunk into `facts` and `usage`. Allocates only when a field is first seen.
 pub fn apply_chunk(data: &[u8], facts: &mut ResponseFacts, usage: &mut Option<Usage>) -> Result<ChunkKind, BodyError> {
-    let w: BodyWire<'_> = serde_json::from_str(utf8(data)?)?;
+    let w = BodyWire::read(utf8(data)?)?;
     if w.error.is_some() {
         return Ok(ChunkKind::Error);
     }
@@ -926,5 +1119,202 @@ mod tests {
         let fine =
             "{\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"h\u{e9}\"},\"finish_reason\":null}]}";
         assert!(apply_chunk(fine.as_bytes(), &mut ResponseFacts::default(), &mut None).is_ok());
+    }
+
+    mod scanner_against_serde {
+        use proptest::prelude::*;
+        use serde_json::{json, Value};
+
+        use super::super::*;
+
+        const RECORDED: &str = include_str!("../../tests/fixtures/openai-chat-completion.json");
+        const STREAM: &str = include_str!("../../tests/fixtures/openai-chat-completion-stream.sse");
+
+        /// The scanner's reading, when it gives one, is serde's; `Some` when it gave one.
+        fn check(text: &str) -> Result<bool, TestCaseError> {
+            let serde: Result<BodyWire<'_>, _> = serde_json::from_str(text);
+            match BodyWire::scan(text) {
+                Some(scanned) => {
+                    let serde = serde.map_err(|e| TestCaseError::fail(format!("serde refused {text:?}: {e}")))?;
+                    prop_assert_eq!(scanned, serde, "{}", text);
+                    Ok(true)
+                }
+                None => Ok(false),
+            }
+        }
+
+        #[test]
+        fn real_bodies_and_chunks_are_scanned_as_serde_reads_them() {
+            let mut bodies = vec![RECORDED.to_owned()];
+            bodies.extend(
+                STREAM
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data: "))
+                    .filter(|d| *d != "[DONE]")
+                    .map(str::to_owned),
+            );
+            // The mock's answer, as the proxy benchmark gets it.
+            bodies.push(r#"{"id":"chatcmpl-HnBJ","object":"chat.completion","created":1796185549,"model":"gpt-4o-2024-08-06","choices":[{"index":0,"message":{"role":"assistant","content":"Hello there!","refusal":null,"annotations":[]},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":11,"completion_tokens":44,"total_tokens":55,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}},"service_tier":"default","system_fingerprint":"fp_37e9bcad72"}"#.to_owned());
+            bodies.push(r#"{"error":{"message":"boom","type":"server_error","code":null}}"#.to_owned());
+            for body in &bodies {
+                assert!(check(body).unwrap(), "left to serde: {body}");
+            }
+        }
+
+        /// A value of any JSON type, escapes and unusual numbers included.
+        fn any_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<u64>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                (0u32..5).prop_map(Value::from),
+                (-1.0e6f64..1.0e6).prop_map(Value::from),
+                "[a-z_]{0,8}".prop_map(Value::from),
+                "[a-z\\\"\n\u{1}é😀]{0,6}".prop_map(Value::from),
+                prop_oneof![Just("stop"), Just("length"), Just("tool_calls"), Just("")].prop_map(Value::from),
+            ];
+            leaf.prop_recursive(3, 24, 4, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                    proptest::collection::btree_map(field_name(), inner, 0..4)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// The names the readers look for, and others.
+        fn field_name() -> impl Strategy<Value = String> {
+            prop_oneof![
+                prop::sample::select(vec![
+                    "id",
+                    "object",
+                    "created",
+                    "model",
+                    "choices",
+                    "usage",
+                    "service_tier",
+                    "system_fingerprint",
+                    "error",
+                    "index",
+                    "finish_reason",
+                    "message",
+                    "delta",
+                    "prompt_tokens",
+                    "completion_tokens",
+                    "total_tokens",
+                    "prompt_tokens_details",
+                    "completion_tokens_details",
+                    "cached_tokens",
+                    "audio_tokens",
+                    "reasoning_tokens",
+                    "accepted_prediction_tokens",
+                    "rejected_prediction_tokens",
+                ])
+                .prop_map(str::to_owned),
+                "[a-z]{1,6}",
+            ]
+        }
+
+        /// A body mostly of the right shape, with values of any type here and there.
+        fn body() -> impl Strategy<Value = Value> {
+            let count = prop_oneof![4 => (0u64..100_000).prop_map(Value::from), 1 => any_value()];
+            let counts = |names: &'static [&'static str]| {
+                proptest::collection::vec((prop::sample::select(names), count.clone()), 0..5)
+                    .prop_map(|pairs| Value::Object(pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()))
+            };
+            let usage = (
+                counts(&["prompt_tokens", "completion_tokens", "total_tokens", "x"]),
+                counts(&["cached_tokens", "audio_tokens", "y"]),
+                counts(&[
+                    "reasoning_tokens",
+                    "audio_tokens",
+                    "accepted_prediction_tokens",
+                    "rejected_prediction_tokens",
+                ]),
+                any_value(),
+            )
+                .prop_map(|(mut u, p, c, other)| {
+                    u["prompt_tokens_details"] = p;
+                    u["completion_tokens_details"] = c;
+                    u["other"] = other;
+                    u
+                });
+            let choice = (
+                0u32..4,
+                prop_oneof![Just(json!("stop")), Just(Value::Null), any_value()],
+                any_value(),
+            )
+                .prop_map(|(i, reason, message)| json!({"index": i, "message": message, "finish_reason": reason}));
+            (
+                prop_oneof![3 => "[a-z0-9-]{0,12}".prop_map(Value::from), 1 => any_value()],
+                prop_oneof![3 => (0i64..2_000_000_000).prop_map(Value::from), 1 => any_value()],
+                prop_oneof![4 => proptest::collection::vec(choice, 0..3).prop_map(Value::from), 1 => any_value()],
+                prop_oneof![4 => usage, 1 => any_value()],
+                proptest::collection::btree_map(field_name(), any_value(), 0..3),
+                // Skipped text, so that edits land in skipped strings too.
+                "[a-zA-Z \\\\\"é😀]{10,60}",
+            )
+                .prop_map(|(id, created, choices, usage, extra, note)| {
+                    let mut body =
+                        json!({"id": id, "object": "chat.completion", "created": created, "model": "m", "note": note});
+                    body["choices"] = choices;
+                    body["usage"] = usage;
+                    for (k, v) in extra {
+                        body[k] = v;
+                    }
+                    body
+                })
+        }
+
+        /// Edits that make the text unusual or invalid: a cut, a byte replaced, a key doubled,
+        /// whitespace or an escape put in.
+        fn edit(text: &str, kind: u8, at: usize) -> String {
+            let at = at % (text.len() + 1);
+            let at = (0..=at).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+            let (head, tail) = text.split_at(at);
+            match kind % 8 {
+                0 => text.to_owned(),
+                1 => head.to_owned(),
+                2 => format!("{head}\\{tail}"),
+                3 => format!("{head} \n\t{tail}"),
+                4 => format!("{head},{tail}"),
+                5 => text.replacen("\"model\":\"m\"", "\"model\":\"m\",\"model\":\"n\"", 1),
+                6 => format!("{head}\"{tail}"),
+                _ => text.replacen("\"id\"", "\"\\u0069d\"", 1),
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+            #[test]
+            fn whatever_the_scanner_reads_serde_reads_the_same(body in body(), pretty: bool, kind: u8, at: usize) {
+                let text = if pretty { serde_json::to_string_pretty(&body) } else { serde_json::to_string(&body) }.unwrap();
+                check(&edit(&text, kind, at))?;
+            }
+
+            #[test]
+            fn well_typed_bodies_are_not_left_to_serde(
+                id in "[a-z0-9-]{0,12}",
+                created in 0i64..2_000_000_000,
+                reasons in proptest::collection::vec(prop_oneof![Just("stop"), Just("length")], 0..3),
+                counts in proptest::collection::vec(0u64..1_000_000, 3),
+                content in any::<String>(),
+                pretty: bool,
+            ) {
+                let choices: Vec<Value> = reasons.iter().enumerate()
+                    .map(|(i, r)| json!({"index": i, "message": {"role": "assistant", "content": content}, "logprobs": null, "finish_reason": r}))
+                    .collect();
+                let body = json!({
+                    "id": id, "object": "chat.completion", "created": created, "model": "gpt-4o",
+                    "choices": choices,
+                    "usage": {"prompt_tokens": counts[0], "completion_tokens": counts[1], "total_tokens": counts[2],
+                              "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": null},
+                    "service_tier": null, "system_fingerprint": "fp_1",
+                });
+                let text = if pretty { serde_json::to_string_pretty(&body) } else { serde_json::to_string(&body) }.unwrap();
+                prop_assert!(check(&text)?, "left to serde: {}", text);
+            }
+        }
     }
 }

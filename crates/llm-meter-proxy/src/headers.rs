@@ -53,17 +53,51 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONTENT_LENGTH,
 ];
 
-/// Removes, in place, the per-connection headers and those a `Connection` header names.
+/// The index of `name` in [`HOP_BY_HOP`]: by length first, so most names are passed over
+/// after one comparison.
+fn hop_by_hop_index(name: &str) -> Option<usize> {
+    let index = match name.len() {
+        10 if name == "connection" => 0,
+        16 if name == "proxy-connection" => 1,
+        10 if name == "keep-alive" => 2,
+        2 if name == "te" => 3,
+        7 if name == "trailer" => 4,
+        17 if name == "transfer-encoding" => 5,
+        7 if name == "upgrade" => 6,
+        4 if name == "host" => 7,
+        14 if name == "content-length" => 8,
+        _ => return None,
+    };
+    Some(index)
+}
+
+/// Removes, in place, the per-connection headers and those a `Connection` header names. One
+/// pass over the names finds those present (usually only `host` and `content-length`): no
+/// lookup per listed name.
 pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in HOP_BY_HOP.iter().chain(&named) {
-        headers.remove(name);
+    let present = headers.keys().fold(0u16, |present, name| {
+        hop_by_hop_index(name.as_str()).map_or(present, |i| present | 1 << i)
+    });
+    if present == 0 {
+        return;
+    }
+    // `HOP_BY_HOP[0]` is `connection`.
+    if present & 1 != 0 {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in &named {
+            headers.remove(name);
+        }
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & 1 << i != 0 {
+            headers.remove(name);
+        }
     }
 }
 
@@ -128,5 +162,32 @@ mod tests {
         remove_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-request-id"));
+
+        // Each listed header, alone and all together (the last ones in the list too).
+        for (i, hop) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(hop.as_str()), Some(i), "{hop}");
+            let mut h = HeaderMap::new();
+            h.insert(hop.clone(), HeaderValue::from_static("x"));
+            h.insert("x-request-id", HeaderValue::from_static("req_1"));
+            remove_hop_by_hop(&mut h);
+            assert_eq!(h.len(), 1, "{hop}: {h:?}");
+        }
+        for other in [
+            "content-type",
+            "x-request-id",
+            "hosts",
+            "tee",
+            "connectio",
+            "keep-alivf",
+        ] {
+            assert_eq!(hop_by_hop_index(other), None, "{other}");
+        }
+        let mut all = HeaderMap::new();
+        for hop in &HOP_BY_HOP {
+            all.append(hop.clone(), HeaderValue::from_static("close"));
+            all.append(hop.clone(), HeaderValue::from_static("x"));
+        }
+        remove_hop_by_hop(&mut all);
+        assert!(all.is_empty(), "{all:?}");
     }
 }

@@ -32,6 +32,7 @@
 pub mod config;
 
 mod admin;
+mod base;
 mod guard;
 mod headers;
 mod rejection;
@@ -77,6 +78,42 @@ struct ProxyInner {
     meter: Meter,
     http: upstream::Upstream,
     upstream_auth: Option<HeaderValue>,
+    bases: Bases,
+}
+
+/// The configured upstreams, taken apart once.
+struct Bases {
+    openai: base::Base,
+    anthropic: base::Base,
+    azure_openai: Option<base::Base>,
+}
+
+impl Bases {
+    fn new(settings: &ProxySettings) -> Result<Self, BuildError> {
+        let base = |what: &'static str, url: &reqwest::Url, provider| {
+            base::Base::new(url, provider).ok_or_else(|| BuildError::ApiBase {
+                what,
+                url: url.to_string(),
+                why: "not a URI an HTTP request can carry",
+            })
+        };
+        Ok(Bases {
+            openai: base("upstream", &settings.upstream, routes::Provider::OpenAi.name())?,
+            anthropic: base(
+                "anthropic_upstream",
+                &settings.anthropic_upstream,
+                routes::Provider::Anthropic.name(),
+            )?,
+            azure_openai: match &settings.azure_openai_upstream {
+                Some(url) => Some(base(
+                    "azure_openai_upstream",
+                    url,
+                    routes::Provider::AzureOpenAi.name(),
+                )?),
+                None => None,
+            },
+        })
+    }
 }
 
 impl std::fmt::Debug for Proxy {
@@ -95,6 +132,7 @@ impl Proxy {
             url: settings.upstream.to_string(),
             why,
         })?;
+        let bases = Bases::new(&settings)?;
         let http = upstream::Upstream::new(&settings)?;
         let upstream_auth = match &settings.upstream_api_key {
             Some(key) => Some(llm_meter::bearer(key).ok_or(BuildError::ApiKey {
@@ -108,6 +146,7 @@ impl Proxy {
                 meter: meter.enforcing_limits(),
                 http,
                 upstream_auth,
+                bases,
             }),
         })
     }

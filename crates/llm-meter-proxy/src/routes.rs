@@ -11,8 +11,9 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 
-use llm_meter::{names, Annotations, Api, Server, XProxyResult};
+use llm_meter::{names, Annotations, Api, XProxyResult};
 
+use crate::base::Base;
 use crate::headers::{authorize, prepare_upstream_headers, remove_hop_by_hop};
 use crate::rejection::Rejection;
 use crate::settings::ProxySettings;
@@ -43,7 +44,7 @@ impl Provider {
 
     /// `gen_ai.provider.name`, when the route decides it (OpenAI's is the meter's, `openai` by
     /// default, since an OpenAI-compatible upstream may be another provider).
-    fn name(self) -> Option<&'static str> {
+    pub(crate) fn name(self) -> Option<&'static str> {
         match self {
             Provider::OpenAi => None,
             Provider::Anthropic => Some(names::PROVIDER_ANTHROPIC),
@@ -63,6 +64,19 @@ impl Provider {
         }
     }
 
+    /// The configured upstream of this provider, taken apart.
+    fn base(self, inner: &ProxyInner) -> Result<&Base, Rejection> {
+        match self {
+            Provider::OpenAi => Ok(&inner.bases.openai),
+            Provider::Anthropic => Ok(&inner.bases.anthropic),
+            Provider::AzureOpenAi => inner
+                .bases
+                .azure_openai
+                .as_ref()
+                .ok_or(Rejection::NoUpstream("azure_openai")),
+        }
+    }
+
     /// The path below the upstream for a request `path` (Pay-i's prefix removed): OpenAI's
     /// upstream is an API base that ends in `/v1`; the others are origins.
     fn upstream_path(self, path: &str) -> &str {
@@ -76,11 +90,11 @@ impl Provider {
 
 /// The upstream this request goes to: its provider's, or an allowed one it chose.
 fn upstream_base<'a>(
-    settings: &'a ProxySettings,
+    inner: &'a ProxyInner,
     provider: Provider,
     headers: &HeaderMap,
-) -> Result<Cow<'a, reqwest::Url>, Rejection> {
-    let configured = provider.upstream(settings)?;
+) -> Result<Cow<'a, Base>, Rejection> {
+    let configured = provider.base(inner)?;
     let Some(chosen) = headers.get(names::HEADER_PROVIDER_BASE_URI) else {
         return Ok(Cow::Borrowed(configured));
     };
@@ -90,25 +104,17 @@ fn upstream_base<'a>(
     let url =
         reqwest::Url::parse(text.trim_end_matches('/')).map_err(|_| Rejection::InvalidUpstreamChoice("not a URL"))?;
     let same = |a: &reqwest::Url| a.as_str().trim_end_matches('/') == url.as_str().trim_end_matches('/');
-    if same(configured) || settings.allowed_upstreams.iter().any(same) {
-        Ok(Cow::Owned(url))
-    } else {
-        Err(Rejection::InvalidUpstreamChoice("not in the proxy's allowed upstreams"))
+    if !(same(provider.upstream(&inner.settings)?) || inner.settings.allowed_upstreams.iter().any(same)) {
+        return Err(Rejection::InvalidUpstreamChoice("not in the proxy's allowed upstreams"));
     }
+    Base::new(&url, provider.name())
+        .map(Cow::Owned)
+        .ok_or(Rejection::InvalidUpstreamChoice("not a URL"))
 }
 
 /// The upstream URI for `rest` (a path below the API base) and the caller's query.
-fn join(base: &reqwest::Url, rest: &str, query: Option<&str>) -> Result<Uri, Rejection> {
-    let mut uri = format!(
-        "{}/{}",
-        base.as_str().trim_end_matches('/'),
-        rest.trim_start_matches('/')
-    );
-    if let Some(q) = query {
-        uri.push('?');
-        uri.push_str(q);
-    }
-    Uri::try_from(uri).map_err(|_| Rejection::InvalidPath)
+fn join(base: &Base, rest: &str, query: Option<&str>) -> Result<Uri, Rejection> {
+    base.uri(rest, query).ok_or(Rejection::InvalidPath)
 }
 
 fn upstream_request(method: Method, uri: Uri, headers: HeaderMap, body: Body) -> http::Request<Body> {
@@ -270,7 +276,7 @@ async fn observed(
     let (parts, body) = request.into_parts();
     authorize(settings, &parts.headers)?;
     let annotations = Annotations::from_headers(&parts.headers).map_err(Rejection::InvalidAnnotation)?;
-    let base = upstream_base(settings, provider, &parts.headers)?;
+    let base = upstream_base(inner, provider, &parts.headers)?;
     let url = join(&base, provider.upstream_path(parts.uri.path()), parts.uri.query())?;
     let body = read_within(body, settings.body_limit).await.map_err(|e| match e {
         ReadError::TooLarge(limit) => Rejection::BodyTooLarge(limit),
@@ -291,13 +297,9 @@ async fn observed(
         }
     }
     let stream = prepared.facts.stream;
-    let mut server = Server::of(&base);
-    if let Some(name) = provider.name() {
-        server = server.with_provider(name);
-    }
     let mut call = inner
         .meter
-        .start_under(server_span, server, &annotations, prepared.facts);
+        .start_under(server_span, base.server().clone(), &annotations, prepared.facts);
     if let Err(refusal) = call.admit(prepared.body.len()).await {
         return Err(Rejection::refused(call, refusal));
     }
@@ -316,7 +318,7 @@ async fn observed(
         };
         let record = call.finish_body(parts.status, &parts.headers, &body);
         let body = if parts.status.is_success() {
-            match with_xproxy_result(&body, &XProxyResult::from_record(&record)) {
+            match with_xproxy_result(&body, &record) {
                 Some(extended) => Bytes::from(extended),
                 None => body,
             }
@@ -355,9 +357,7 @@ async fn observed(
             sent,
             prepared.hide_usage_chunk,
         )
-        .with_outcome_field(names::XPROXY_RESULT, |record| {
-            XProxyResult::from_record(record).to_json_bytes()
-        });
+        .with_outcome_field(names::XPROXY_RESULT, XProxyResult::record_json_bytes);
     Ok(downstream(parts.status, parts.headers, Body::from_stream(observed)))
 }
 
@@ -378,7 +378,7 @@ async fn forward_to(proxy: &Proxy, request: Request, provider: Provider) -> Resp
 async fn forwarded(inner: &ProxyInner, request: Request, provider: Provider) -> Result<Response, Rejection> {
     let (parts, body) = request.into_parts();
     authorize(&inner.settings, &parts.headers)?;
-    let base = upstream_base(&inner.settings, provider, &parts.headers)?;
+    let base = upstream_base(inner, provider, &parts.headers)?;
     let url = join(&base, provider.upstream_path(parts.uri.path()), parts.uri.query())?;
     let mut headers = parts.headers;
     let upstream_auth = inner.upstream_auth.as_ref().filter(|_| provider == Provider::OpenAi);

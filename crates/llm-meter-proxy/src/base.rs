@@ -1,0 +1,130 @@
+//! An upstream's base URL taken apart once: the scheme, authority and path every call's upstream
+//! URI is built from, and the `server.*` the call is recorded with. Built at start for the
+//! configured upstreams, per request for one a request chose.
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::Uri;
+
+use llm_meter::Server;
+
+/// A base URL (an OpenAI API base such as `https://api.openai.com/v1`, or an origin).
+#[derive(Clone, Debug)]
+pub(crate) struct Base {
+    scheme: Scheme,
+    authority: Authority,
+    /// What follows the authority, its trailing `/` dropped (empty for an origin).
+    path: String,
+    server: Server,
+}
+
+impl Base {
+    /// `None` when `url` is not also an `http::Uri` (which would refuse every call's URI).
+    pub(crate) fn new(url: &reqwest::Url, provider: Option<&'static str>) -> Option<Self> {
+        let text = url.as_str().trim_end_matches('/');
+        let uri: Uri = text.parse().ok()?;
+        let scheme = uri.scheme()?.clone();
+        let authority = uri.authority()?.clone();
+        let path = text
+            .strip_prefix(scheme.as_str())?
+            .strip_prefix("://")?
+            .strip_prefix(authority.as_str())?
+            .to_owned();
+        let mut server = Server::of(url);
+        if let Some(name) = provider {
+            server = server.with_provider(name);
+        }
+        Some(Base {
+            scheme,
+            authority,
+            path,
+            server,
+        })
+    }
+
+    /// The upstream URI for `rest` (a path below the base) and the caller's `query`; `None`
+    /// when they do not make a URI.
+    pub(crate) fn uri(&self, rest: &str, query: Option<&str>) -> Option<Uri> {
+        let rest = rest.trim_start_matches('/');
+        let mut path = String::with_capacity(self.path.len() + rest.len() + 2 + query.map_or(0, str::len));
+        path.push_str(&self.path);
+        path.push('/');
+        path.push_str(rest);
+        if let Some(q) = query {
+            path.push('?');
+            path.push_str(q);
+        }
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(PathAndQuery::try_from(path).ok()?);
+        Uri::from_parts(parts).ok()
+    }
+
+    /// The `server.*` of calls to this base.
+    pub(crate) fn server(&self) -> &Server {
+        &self.server
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The URI the way it was first built: the base's text, the path and query appended, the
+    /// whole parsed.
+    fn joined(base: &reqwest::Url, rest: &str, query: Option<&str>) -> Option<Uri> {
+        let mut uri = format!(
+            "{}/{}",
+            base.as_str().trim_end_matches('/'),
+            rest.trim_start_matches('/')
+        );
+        if let Some(q) = query {
+            uri.push('?');
+            uri.push_str(q);
+        }
+        Uri::try_from(uri).ok()
+    }
+
+    #[test]
+    fn uris_are_those_of_the_base_text_and_the_path() {
+        let bases = [
+            "https://api.openai.com/v1",
+            "https://api.openai.com/v1/",
+            "http://127.0.0.1:8080/v1",
+            "https://api.anthropic.com",
+            "https://api.anthropic.com/",
+            "http://[::1]:9000/openai/base",
+            "http://user:secret@host.example:81/v1",
+            "https://my-resource.openai.azure.com",
+        ];
+        let paths = [
+            ("/chat/completions", None),
+            ("chat/completions", Some("a=1&b=2")),
+            ("/v1/messages", Some("beta=true")),
+            (
+                "/openai/deployments/gpt-4o/chat/completions",
+                Some("api-version=2024-10-21"),
+            ),
+            ("", None),
+            ("//double", Some("")),
+            ("/with space", None),
+            ("/pct%20ok", Some("q=%2F")),
+        ];
+        for text in bases {
+            let url = llm_meter::parse_api_base(text).unwrap();
+            let base = Base::new(&url, None).unwrap_or_else(|| panic!("{text}"));
+            for (rest, query) in paths {
+                let got = base.uri(rest, query);
+                assert_eq!(got, joined(&url, rest, query), "{text} + {rest} ? {query:?}");
+                if let Some(got) = got {
+                    assert_eq!(got.to_string(), joined(&url, rest, query).unwrap().to_string());
+                }
+            }
+            assert_eq!(base.server().address, Server::of(&url).address);
+            assert_eq!(base.server().port, url.port_or_known_default());
+        }
+        let url = llm_meter::parse_api_base("https://api.anthropic.com").unwrap();
+        let base = Base::new(&url, Some("anthropic")).unwrap();
+        assert_eq!(base.server().provider.as_deref(), Some("anthropic"));
+    }
+}

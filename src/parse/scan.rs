@@ -1,0 +1,381 @@
+//! A strict JSON scanner: the fast path in front of serde for the few fields read from a chat
+//! completion body or stream chunk, and a skipper for everything else.
+//!
+//! It is stricter than serde, never looser: it gives up (`None`) on anything unusual (escapes
+//! in a string it returns or in a key, a key read twice, a number of another form than the
+//! field's, nesting deeper than [`MAX_DEPTH`]) and the caller then parses with serde, which
+//! decides. So whatever it returns, serde returns too; the tests hold it to that.
+
+/// Deepest nesting skipped (serde_json's own limit is 128).
+const MAX_DEPTH: usize = 64;
+
+/// A position in a JSON text.
+pub(crate) struct Scanner<'a> {
+    text: &'a str,
+    pos: usize,
+}
+
+impl<'a> Scanner<'a> {
+    pub(crate) fn new(text: &'a str) -> Self {
+        Scanner { text, pos: 0 }
+    }
+
+    fn bytes(&self) -> &'a [u8] {
+        self.text.as_bytes()
+    }
+
+    /// The next byte after whitespace, not consumed.
+    #[inline]
+    pub(crate) fn peek(&mut self) -> Option<u8> {
+        let bytes = self.bytes();
+        // Compact JSON has no whitespace: one comparison then (whitespace is at most ` `).
+        match bytes.get(self.pos) {
+            Some(&byte) if byte > b' ' => return Some(byte),
+            _ => {}
+        }
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = bytes.get(self.pos) {
+            self.pos += 1;
+        }
+        bytes.get(self.pos).copied()
+    }
+
+    #[inline]
+    fn eat(&mut self, byte: u8) -> Option<()> {
+        (self.peek()? == byte).then(|| self.pos += 1)
+    }
+
+    /// Only whitespace is left.
+    pub(crate) fn at_end(&mut self) -> bool {
+        self.peek().is_none()
+    }
+
+    /// Enters an object (`{`).
+    pub(crate) fn object(&mut self) -> Option<()> {
+        self.eat(b'{')
+    }
+
+    /// The next key of the object entered (its `:` consumed), `Ok(None)` at its end; `first`
+    /// is true before the first key. Keys with escapes give up.
+    #[inline]
+    pub(crate) fn next_key(&mut self, first: &mut bool) -> Option<Option<&'a str>> {
+        let byte = self.peek()?;
+        if byte == b'}' {
+            self.pos += 1;
+            return Some(None);
+        }
+        if !*first {
+            if byte != b',' {
+                return None;
+            }
+            self.pos += 1;
+        }
+        *first = false;
+        let key = self.plain_string()?;
+        self.eat(b':')?;
+        Some(Some(key))
+    }
+
+    /// Enters an array (`[`).
+    pub(crate) fn array(&mut self) -> Option<()> {
+        self.eat(b'[')
+    }
+
+    /// True when another element of the array entered follows (the scanner is at it), false at
+    /// its end.
+    #[inline]
+    pub(crate) fn next_element(&mut self, first: &mut bool) -> Option<bool> {
+        let byte = self.peek()?;
+        if byte == b']' && *first {
+            self.pos += 1;
+            return Some(false);
+        }
+        if !*first {
+            match byte {
+                b']' => {
+                    self.pos += 1;
+                    return Some(false);
+                }
+                b',' => self.pos += 1,
+                _ => return None,
+            }
+            if self.peek()? == b']' {
+                return None;
+            }
+        }
+        *first = false;
+        Some(true)
+    }
+
+    /// `null`, consumed; false (nothing consumed) when the value is something else.
+    #[inline]
+    pub(crate) fn null(&mut self) -> bool {
+        if self.peek() == Some(b'n') && self.bytes()[self.pos..].starts_with(b"null") {
+            self.pos += 4;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// A string without escapes, borrowed.
+    #[inline]
+    pub(crate) fn plain_string(&mut self) -> Option<&'a str> {
+        self.eat(b'"')?;
+        let start = self.pos;
+        let end = start + special(&self.bytes()[start..])?;
+        if self.bytes()[end] != b'"' {
+            return None;
+        }
+        self.pos = end + 1;
+        self.text.get(start..end)
+    }
+
+    /// A non-negative integer without fraction or exponent that fits `u64`.
+    #[inline]
+    pub(crate) fn unsigned(&mut self) -> Option<u64> {
+        self.peek()?;
+        let bytes = self.bytes();
+        let start = self.pos;
+        let mut value: u64 = 0;
+        while let Some(&digit @ b'0'..=b'9') = bytes.get(self.pos) {
+            value = value.checked_mul(10)?.checked_add(u64::from(digit - b'0'))?;
+            self.pos += 1;
+        }
+        let len = self.pos - start;
+        // No leading zero, and a number ends here (no `.`, `e`, or anything else).
+        if len == 0 || (len > 1 && bytes[start] == b'0') {
+            return None;
+        }
+        match bytes.get(self.pos) {
+            None | Some(b' ' | b'\t' | b'\n' | b'\r' | b',' | b'}' | b']') => Some(value),
+            _ => None,
+        }
+    }
+
+    /// Skips any one value, checking it is JSON.
+    pub(crate) fn skip_value(&mut self) -> Option<()> {
+        self.skip(0)
+    }
+
+    fn skip(&mut self, depth: usize) -> Option<()> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        match self.peek()? {
+            b'"' => self.skip_string(),
+            b'{' => {
+                self.pos += 1;
+                let mut first = true;
+                while self.next_key(&mut first)?.is_some() {
+                    self.skip(depth + 1)?;
+                }
+                Some(())
+            }
+            b'[' => {
+                self.pos += 1;
+                let mut first = true;
+                while self.next_element(&mut first)? {
+                    self.skip(depth + 1)?;
+                }
+                Some(())
+            }
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            b'n' => self.literal(b"null"),
+            _ => self.skip_number(),
+        }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        self.bytes()[self.pos..]
+            .starts_with(word)
+            .then(|| self.pos += word.len())
+    }
+
+    /// A string, escapes checked as serde_json checks those it skips.
+    fn skip_string(&mut self) -> Option<()> {
+        self.pos += 1;
+        let bytes = self.bytes();
+        loop {
+            self.pos += special(&bytes[self.pos..])?;
+            match bytes[self.pos] {
+                b'"' => {
+                    self.pos += 1;
+                    return Some(());
+                }
+                b'\\' => match *bytes.get(self.pos + 1)? {
+                    b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.pos += 2,
+                    b'u' => {
+                        let hex = bytes.get(self.pos + 2..self.pos + 6)?;
+                        if !hex.iter().all(u8::is_ascii_hexdigit) {
+                            return None;
+                        }
+                        self.pos += 6;
+                    }
+                    _ => return None,
+                },
+                // A control character.
+                _ => return None,
+            }
+        }
+    }
+
+    /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`
+    fn skip_number(&mut self) -> Option<()> {
+        let bytes = self.bytes();
+        let digits = |pos: &mut usize| {
+            let start = *pos;
+            while bytes.get(*pos).is_some_and(u8::is_ascii_digit) {
+                *pos += 1;
+            }
+            *pos - start
+        };
+        let mut pos = self.pos;
+        if bytes.get(pos) == Some(&b'-') {
+            pos += 1;
+        }
+        let start = pos;
+        let whole = digits(&mut pos);
+        if whole == 0 || (whole > 1 && bytes[start] == b'0') {
+            return None;
+        }
+        if bytes.get(pos) == Some(&b'.') {
+            pos += 1;
+            if digits(&mut pos) == 0 {
+                return None;
+            }
+        }
+        if let Some(b'e' | b'E') = bytes.get(pos) {
+            pos += 1;
+            if let Some(b'+' | b'-') = bytes.get(pos) {
+                pos += 1;
+            }
+            if digits(&mut pos) == 0 {
+                return None;
+            }
+        }
+        self.pos = pos;
+        Some(())
+    }
+}
+
+/// The index of the first `"`, `\` or control character in `bytes`, eight bytes at a time.
+#[inline]
+fn special(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    const QUOTES: u64 = u64::from_ne_bytes([b'"'; 8]);
+    const BACKSLASHES: u64 = u64::from_ne_bytes([b'\\'; 8]);
+    let mut i = 0;
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let v = u64::from_le_bytes(word);
+        let zero_after = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+        // A byte below 0x20, or equal to `"` or `\` (the lowest flagged byte is exact).
+        let found = (v.wrapping_sub(ONES * 0x20) & !v & HIGH) | zero_after(v ^ QUOTES) | zero_after(v ^ BACKSLASHES);
+        if found != 0 {
+            return Some(i + (found.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    bytes[i..]
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+        .map(|p| i + p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn special_bytes_are_found_where_they_are() {
+        for len in 0..40 {
+            for at in 0..len {
+                for byte in [b'"', b'\\', 0x00, 0x1f, b'\n'] {
+                    let mut text = vec![b'a'; len];
+                    // Bytes around the special one that must not count: high bytes, 0x20, 0x7f.
+                    if at > 0 {
+                        text[at - 1] = 0xc3;
+                    }
+                    if at + 1 < len {
+                        text[at + 1] = b' ';
+                    }
+                    text[at] = byte;
+                    assert_eq!(special(&text), Some(at), "{len} {at} {byte}");
+                }
+            }
+            assert_eq!(special(&vec![0x7f; len]), None);
+            assert_eq!(special(&vec![0xe2; len]), None);
+        }
+    }
+
+    #[test]
+    fn skipped_values_are_json_or_refused() {
+        let good = [
+            r#""a\"b\\c\/\b\f\n\r\t\u00e9\uD83D""#,
+            "-0",
+            "0.5",
+            "-12.75e+3",
+            "1E-9",
+            "[]",
+            "[1, [2, {}], {\"a\": null}]",
+            "{\"a\": true, \"b\": false, \"c\": [\"x\"]}",
+            "  {}  ",
+        ];
+        for text in good {
+            let mut s = Scanner::new(text);
+            assert_eq!(s.skip_value(), Some(()), "{text}");
+            assert!(s.at_end(), "{text}");
+            assert!(serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok(), "{text}");
+        }
+        let bad = [
+            "\"a",
+            "\"\\x\"",
+            "\"\\u12\"",
+            "\"\u{1}\"",
+            "01",
+            "1.",
+            ".5",
+            "-",
+            "1e",
+            "+1",
+            "[1,]",
+            "{\"a\":1,}",
+            "{\"a\" 1}",
+            "[1 2]",
+            "tru",
+            "nul",
+            "{,}",
+            "[,1]",
+            "NaN",
+        ];
+        for text in bad {
+            let mut s = Scanner::new(text);
+            let skipped = s.skip_value().is_some() && s.at_end();
+            assert!(!skipped, "{text}");
+            assert!(serde_json::from_str::<serde::de::IgnoredAny>(text).is_err(), "{text}");
+        }
+        let deep = format!("{}{}", "[".repeat(MAX_DEPTH + 2), "]".repeat(MAX_DEPTH + 2));
+        assert_eq!(Scanner::new(&deep).skip_value(), None);
+    }
+
+    #[test]
+    fn unsigned_numbers_are_plain_integers_only() {
+        for (text, want) in [
+            ("0", Some(0)),
+            ("42", Some(42)),
+            ("18446744073709551615", Some(u64::MAX)),
+            ("18446744073709551616", None),
+            ("-1", None),
+            ("01", None),
+            ("1.0", None),
+            ("1e3", None),
+            ("\"1\"", None),
+            ("7}", Some(7)),
+        ] {
+            assert_eq!(Scanner::new(text).unsigned(), want, "{text}");
+        }
+    }
+}
