@@ -412,13 +412,21 @@ impl FinishReason {
     /// The wire value.
     pub fn as_str(&self) -> &str {
         match self {
+            Self::Other(s) => s,
+            known => known.as_static_str().unwrap_or_default(),
+        }
+    }
+
+    /// The wire value of a known reason, which needs no copy; `None` for [`FinishReason::Other`].
+    pub fn as_static_str(&self) -> Option<&'static str> {
+        Some(match self {
             Self::Stop => "stop",
             Self::Length => "length",
             Self::ToolCalls => "tool_calls",
             Self::ContentFilter => "content_filter",
             Self::FunctionCall => "function_call",
-            Self::Other(s) => s,
-        }
+            Self::Other(_) => return None,
+        })
     }
 }
 

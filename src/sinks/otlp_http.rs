@@ -147,10 +147,103 @@ fn array_values(out: &mut Vec<u8>, array: &Array) {
 
 fn attributes<'a>(out: &mut Vec<u8>, field: u32, attributes: impl IntoIterator<Item = (&'a str, &'a Value)>) {
     for (key, value) in attributes {
-        message(out, field, |out| {
-            bytes_field(out, 1, key.as_bytes());
-            message(out, 2, |out| any_value(out, value));
-        });
+        // A scalar's `KeyValue` has a length known before it is written: its framing goes out
+        // in two small copies, then the key's and the value's bytes.
+        let Some(value_len) = scalar_len(value) else {
+            message(out, field, |out| {
+                bytes_field(out, 1, key.as_bytes());
+                message(out, 2, |out| any_value(out, value));
+            });
+            continue;
+        };
+        let key_len = if key.is_empty() {
+            0
+        } else {
+            1 + varint_len(key.len() as u64) + key.len()
+        };
+        let mut head = Framing::default();
+        head.tag(field, LEN);
+        head.varint((key_len + 1 + varint_len(value_len as u64) + value_len) as u64);
+        if !key.is_empty() {
+            head.tag(1, LEN);
+            head.varint(key.len() as u64);
+        }
+        out.extend_from_slice(head.bytes());
+        out.extend_from_slice(key.as_bytes());
+        let mut head = Framing::default();
+        head.tag(2, LEN);
+        head.varint(value_len as u64);
+        match value {
+            Value::Bool(b) => {
+                head.tag(2, VARINT);
+                head.varint(u64::from(*b));
+            }
+            Value::I64(i) => {
+                head.tag(3, VARINT);
+                head.varint(*i as u64);
+            }
+            Value::F64(f) => {
+                head.tag(4, FIXED64);
+                head.extend(&f.to_le_bytes());
+            }
+            Value::String(s) => {
+                head.tag(1, LEN);
+                head.varint(s.as_str().len() as u64);
+            }
+            _ => {}
+        }
+        out.extend_from_slice(head.bytes());
+        if let Value::String(s) = value {
+            out.extend_from_slice(s.as_str().as_bytes());
+        }
+    }
+}
+
+/// A few bytes of framing (tags, lengths, a scalar) put together on the stack.
+#[derive(Default)]
+struct Framing {
+    bytes: [u8; 32],
+    len: usize,
+}
+
+impl Framing {
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.bytes[self.len] = (v as u8) | 0x80;
+            self.len += 1;
+            v >>= 7;
+        }
+        self.bytes[self.len] = v as u8;
+        self.len += 1;
+    }
+
+    fn tag(&mut self, field: u32, wire: u8) {
+        self.varint((u64::from(field) << 3) | u64::from(wire));
+    }
+
+    fn extend(&mut self, bytes: &[u8]) {
+        self.bytes[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// Bytes of a varint.
+fn varint_len(v: u64) -> usize {
+    (u64::BITS - (v | 1).leading_zeros()).div_ceil(7) as usize
+}
+
+/// The length of a scalar's `AnyValue` (its one field), `None` for an array.
+fn scalar_len(value: &Value) -> Option<usize> {
+    match value {
+        Value::Bool(_) => Some(2),
+        Value::I64(i) => Some(1 + varint_len(*i as u64)),
+        Value::F64(_) => Some(9),
+        Value::String(s) => Some(1 + varint_len(s.as_str().len() as u64) + s.as_str().len()),
+        _ => None,
     }
 }
 
@@ -613,6 +706,15 @@ mod tests {
             got.len(),
             expected.len()
         );
+    }
+
+    #[test]
+    fn varint_lengths_are_those_written() {
+        for v in [0, 1, 127, 128, 16_383, 16_384, 1 << 35, u64::MAX / 2, u64::MAX] {
+            let mut out = Vec::new();
+            varint(&mut out, v);
+            assert_eq!(varint_len(v), out.len(), "{v}");
+        }
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! status, without a `tracing` span in between; the sampler decides when the span starts, and
 //! an unsampled span costs next to nothing.
 
-use std::sync::LazyLock;
+use std::cell::RefCell;
+use std::sync::{Arc, LazyLock};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::trace::{Span as _, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _};
@@ -89,8 +90,8 @@ pub fn start_server_span_on(
         .span_builder(joined(method, route))
         .with_kind(SpanKind::Server)
         .with_attributes([
-            KeyValue::new(HTTP_REQUEST_METHOD, method.to_owned()),
-            KeyValue::new(HTTP_ROUTE, route.to_owned()),
+            KeyValue::new(HTTP_REQUEST_METHOD, repeated(Repeated::Method, method)),
+            KeyValue::new(HTTP_ROUTE, repeated(Repeated::Route, route)),
         ])
         .start_with_context(tracer, &parent);
     parent.with_span(span)
@@ -108,17 +109,61 @@ pub fn start_chat_span_on(
 ) -> OtelSpan {
     let mut opening = Vec::with_capacity(5);
     opening.push(KeyValue::new(GEN_AI_OPERATION_NAME, OPERATION_CHAT));
-    opening.push(KeyValue::new(GEN_AI_PROVIDER_NAME, provider.to_owned()));
-    opening.push(KeyValue::new(GEN_AI_REQUEST_MODEL, model.to_owned()));
-    opening.push(KeyValue::new(SERVER_ADDRESS, server_address.to_owned()));
+    opening.push(KeyValue::new(
+        GEN_AI_PROVIDER_NAME,
+        repeated(Repeated::Provider, provider),
+    ));
+    opening.push(KeyValue::new(
+        GEN_AI_REQUEST_MODEL,
+        repeated(Repeated::RequestModel, model),
+    ));
+    opening.push(KeyValue::new(
+        SERVER_ADDRESS,
+        repeated(Repeated::ServerAddress, server_address),
+    ));
     if let Some(use_case) = annotations.use_case_name() {
-        opening.push(KeyValue::new(USE_CASE_NAME, use_case.to_owned()));
+        opening.push(KeyValue::new(USE_CASE_NAME, repeated(Repeated::UseCase, use_case)));
     }
     tracer
         .span_builder(joined(OPERATION_CHAT, model))
         .with_kind(SpanKind::Client)
         .with_attributes(opening)
         .start_with_context(tracer, parent)
+}
+
+/// Attribute values most calls repeat (a model, a route, an organization).
+#[derive(Clone, Copy)]
+enum Repeated {
+    Method,
+    Route,
+    Provider,
+    RequestModel,
+    ServerAddress,
+    UseCase,
+    RequestServiceTier,
+    ResponseModel,
+    ResponseServiceTier,
+    Fingerprint,
+    Organization,
+    ApiVersion,
+}
+
+thread_local! {
+    /// The last value of each [`Repeated`] attribute on this thread.
+    static LAST_VALUES: RefCell<[Option<Arc<str>>; 12]> = const { RefCell::new([const { None }; 12]) };
+}
+
+/// `value` as an attribute value shared with the previous call's when it is the same (a
+/// reference count instead of a copy, which the exporter's thread would free).
+fn repeated(which: Repeated, value: &str) -> Value {
+    LAST_VALUES.with_borrow_mut(|last| {
+        let slot = &mut last[which as usize];
+        let shared = match slot {
+            Some(last) if **last == *value => Arc::clone(last),
+            _ => Arc::clone(slot.insert(Arc::from(value))),
+        };
+        Value::String(StringValue::from(shared))
+    })
 }
 
 /// `"{first} {second}"`, a span name, without formatting machinery.
@@ -268,9 +313,12 @@ pub fn attributes(r: &CallRecord) -> Vec<KeyValue> {
     fn text(v: &str) -> Value {
         Value::String(v.to_owned().into())
     }
-    fn array<'a>(items: impl Iterator<Item = &'a str>) -> Option<Value> {
-        let values: Vec<StringValue> = items.map(|s| StringValue::from(s.to_owned())).collect();
+    fn strings(items: impl Iterator<Item = StringValue>) -> Option<Value> {
+        let values: Vec<StringValue> = items.collect();
         (!values.is_empty()).then_some(Value::Array(Array::String(values)))
+    }
+    fn array<'a>(items: impl Iterator<Item = &'a str>) -> Option<Value> {
+        strings(items.map(|s| StringValue::from(s.to_owned())))
     }
 
     if let Some(port) = r.server_port {
@@ -290,20 +338,38 @@ pub fn attributes(r: &CallRecord) -> Vec<KeyValue> {
             array(q.stop_sequences.iter().map(String::as_str)),
         ),
         (GEN_AI_REQUEST_STREAM, Some(Value::Bool(q.stream))),
-        (OPENAI_REQUEST_SERVICE_TIER, q.service_tier.as_deref().map(text)),
+        (
+            OPENAI_REQUEST_SERVICE_TIER,
+            q.service_tier
+                .as_deref()
+                .map(|v| repeated(Repeated::RequestServiceTier, v)),
+        ),
     ];
     let p = &r.response;
     let response = [
         (GEN_AI_RESPONSE_ID, p.id.as_deref().map(text)),
-        (GEN_AI_RESPONSE_MODEL, p.model.as_deref().map(text)),
+        (
+            GEN_AI_RESPONSE_MODEL,
+            p.model.as_deref().map(|v| repeated(Repeated::ResponseModel, v)),
+        ),
         (
             GEN_AI_RESPONSE_FINISH_REASONS,
-            array(p.finish_reasons.iter().map(|f| f.as_str())),
+            strings(p.finish_reasons.iter().map(|f| match f.as_static_str() {
+                Some(known) => StringValue::from(known),
+                None => StringValue::from(f.as_str().to_owned()),
+            })),
         ),
-        (OPENAI_RESPONSE_SERVICE_TIER, p.service_tier.as_deref().map(text)),
+        (
+            OPENAI_RESPONSE_SERVICE_TIER,
+            p.service_tier
+                .as_deref()
+                .map(|v| repeated(Repeated::ResponseServiceTier, v)),
+        ),
         (
             OPENAI_RESPONSE_SYSTEM_FINGERPRINT,
-            p.system_fingerprint.as_deref().map(text),
+            p.system_fingerprint
+                .as_deref()
+                .map(|v| repeated(Repeated::Fingerprint, v)),
         ),
         (GEN_AI_USAGE_INPUT_TOKENS, r.usage.map(|u| int(u.input_tokens))),
         (GEN_AI_USAGE_OUTPUT_TOKENS, r.usage.map(|u| int(u.output_tokens))),
@@ -324,8 +390,14 @@ pub fn attributes(r: &CallRecord) -> Vec<KeyValue> {
     let m = &r.meta;
     let meta = [
         (OPENAI_REQUEST_ID, m.request_id().map(text)),
-        (OPENAI_ORGANIZATION, m.organization().map(text)),
-        (OPENAI_API_VERSION, m.api_version().map(text)),
+        (
+            OPENAI_ORGANIZATION,
+            m.organization().map(|v| repeated(Repeated::Organization, v)),
+        ),
+        (
+            OPENAI_API_VERSION,
+            m.api_version().map(|v| repeated(Repeated::ApiVersion, v)),
+        ),
         (
             OPENAI_PROCESSING_MS,
             m.processing.map(|d| Value::F64(d.as_secs_f64() * 1000.0)),
@@ -391,4 +463,35 @@ pub fn attributes(r: &CallRecord) -> Vec<KeyValue> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(value: &Value) -> Arc<str> {
+        match value {
+            Value::String(s) => Arc::from(s.as_str()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_repeated_value_is_the_previous_ones_and_a_new_one_replaces_it() {
+        let first = repeated(Repeated::ResponseModel, "gpt-4o");
+        let again = repeated(Repeated::ResponseModel, "gpt-4o");
+        assert_eq!(shared(&first), shared(&again));
+        // The same allocation: one string, counted by its users and the thread's cache.
+        let cached = LAST_VALUES.with_borrow(|last| last[Repeated::ResponseModel as usize].clone().unwrap());
+        assert_eq!(Arc::strong_count(&cached), 4, "two values, the cache, and this clone");
+        assert_eq!(&*cached, "gpt-4o");
+
+        let other = repeated(Repeated::ResponseModel, "gpt-4o-mini");
+        assert_eq!(&*shared(&other), "gpt-4o-mini");
+        assert_eq!(Arc::strong_count(&cached), 3, "no longer cached");
+        // Slots are apart: another attribute with the same text is its own.
+        let route = repeated(Repeated::Route, "gpt-4o-mini");
+        assert_eq!(&*shared(&route), "gpt-4o-mini");
+        assert_eq!(&*shared(&repeated(Repeated::ResponseModel, "")), "");
+    }
 }
