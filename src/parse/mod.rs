@@ -4,12 +4,12 @@
 //! provider's response headers, body, reset durations and timestamps ([`provider`]: OpenAI Chat
 //! Completions and the types every provider is read into); Anthropic's Messages API
 //! ([`anthropic`]) and OpenAI's Responses API ([`responses`]); Server-Sent Events streams of any
-//! of them ([`stream`]). A strict scanner reads chat completions before serde is asked (`scan`).
+//! of them ([`stream`]). A strict scanner reads chat completions and requests before serde is asked (`scan`).
 
 pub mod annotations;
 pub mod anthropic;
 pub mod endpoint;
 pub mod provider;
 pub mod responses;
-mod scan;
+pub(crate) mod scan;
 pub mod stream;

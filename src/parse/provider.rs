@@ -157,8 +157,19 @@ pub fn parse_count(s: &str) -> Option<u64> {
 
 /// `openai-processing-ms`: milliseconds, integer or decimal.
 pub fn parse_millis(s: &str) -> Option<Duration> {
-    let ms: f64 = s.trim().parse().ok()?;
+    let ms = decimal(s.trim())?;
     (0.0..1e12).contains(&ms).then(|| Duration::from_secs_f64(ms / 1000.0))
+}
+
+/// A decimal number; whole numbers of up to 15 digits (what headers send) without the float
+/// parser, to the same value.
+fn decimal(s: &str) -> Option<f64> {
+    if !s.is_empty() && s.len() <= 15 && s.bytes().all(|b| b.is_ascii_digit()) {
+        let whole = s.bytes().fold(0u64, |n, b| n * 10 + u64::from(b - b'0'));
+        // Below 2^53: exact as an `f64`, as `parse` gives it.
+        return Some(whole as f64);
+    }
+    s.parse().ok()
 }
 
 /// Parses a Go-style duration, as OpenAI's reset headers send them and as configuration files
@@ -190,7 +201,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
             "ns" => 1e-9,
             _ => return None,
         };
-        total += num.parse::<f64>().ok()? * scale;
+        total += decimal(num)? * scale;
         rest = next;
     }
     (total.is_finite() && total < 1e12).then(|| Duration::from_secs_f64(total))
@@ -971,6 +982,25 @@ mod tests {
                 (Some(g), Some(w)) => assert!((g - w).abs() < 1e-9, "{input}: {g} != {w}"),
                 (g, w) => assert_eq!(g, w, "{input}"),
             }
+        }
+    }
+
+    #[test]
+    fn whole_decimals_are_what_the_float_parser_gives() {
+        for text in [
+            "0",
+            "7",
+            "120",
+            "999999999999999",
+            "000123",
+            "1000000000000000",
+            "1.5",
+            "",
+            "x",
+            "-1",
+            "1e3",
+        ] {
+            assert_eq!(decimal(text), text.parse::<f64>().ok(), "{text}");
         }
     }
 

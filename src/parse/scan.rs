@@ -1,5 +1,5 @@
 //! A strict JSON scanner: the fast path in front of serde for the few fields read from a chat
-//! completion body or stream chunk, and a skipper for everything else.
+//! completion body, a stream chunk or a request body, and a skipper for everything else.
 //!
 //! It is stricter than serde, never looser: it gives up (`None`) on anything unusual (escapes
 //! in a string it returns or in a key, a key read twice, a number of another form than the
@@ -150,6 +150,27 @@ impl<'a> Scanner<'a> {
             None | Some(b' ' | b'\t' | b'\n' | b'\r' | b',' | b'}' | b']') => Some(value),
             _ => None,
         }
+    }
+
+    /// `true` or `false`.
+    pub(crate) fn boolean(&mut self) -> Option<bool> {
+        match self.peek()? {
+            b't' => self.literal(b"true").map(|()| true),
+            b'f' => self.literal(b"false").map(|()| false),
+            _ => None,
+        }
+    }
+
+    /// The text of a number, checked to be one (for serde to read its value exactly as it
+    /// would in the whole document).
+    pub(crate) fn number_text(&mut self) -> Option<&'a str> {
+        let first = self.peek()?;
+        if first != b'-' && !first.is_ascii_digit() {
+            return None;
+        }
+        let start = self.pos;
+        self.skip_number()?;
+        self.text.get(start..self.pos)
     }
 
     /// Skips any one value, checking it is JSON.

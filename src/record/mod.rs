@@ -7,6 +7,7 @@ pub mod pricing;
 pub mod redis_ledger;
 pub mod xproxy;
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
@@ -16,6 +17,7 @@ use serde::Deserialize;
 use crate::parse::annotations::Annotations;
 use crate::parse::endpoint::Api;
 use crate::parse::provider::{ProviderMeta, ResponseFacts, Str, Usage};
+use crate::parse::scan::Scanner;
 use crate::record::limits::{LimitState, Refusal};
 use crate::record::pricing::Cost;
 
@@ -147,7 +149,7 @@ pub struct RequestFacts {
     pub service_tier: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default, Debug, PartialEq)]
 struct RequestWire<'a> {
     #[serde(borrow, default)]
     model: Option<Str<'a>>,
@@ -181,17 +183,145 @@ struct RequestWire<'a> {
     service_tier: Option<Str<'a>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default, Debug, PartialEq)]
 struct StreamOptionsWire {
     #[serde(default)]
     include_usage: Option<bool>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Debug, PartialEq)]
 #[serde(untagged)]
 enum Stop {
     One(String),
     Many(Vec<String>),
+}
+
+impl<'a> RequestWire<'a> {
+    /// What serde would read, or `None` when the [`Scanner`] leaves it to serde.
+    fn scan(text: &'a str) -> Option<Self> {
+        let mut s = Scanner::new(text);
+        s.object()?;
+        let mut w = RequestWire::default();
+        let (mut seen, mut first) = (0u32, true);
+        while let Some(key) = s.next_key(&mut first)? {
+            let field = match key {
+                "model" => {
+                    w.model = scan_opt(&mut s, |s| s.plain_string().map(|v| Str(Cow::Borrowed(v))))?;
+                    0
+                }
+                "stream" => {
+                    w.stream = scan_opt(&mut s, Scanner::boolean)?;
+                    1
+                }
+                "stream_options" => {
+                    w.stream_options = scan_opt(&mut s, |s| {
+                        s.object()?;
+                        let (mut include_usage, mut seen, mut first) = (None, false, true);
+                        while let Some(key) = s.next_key(&mut first)? {
+                            if key != "include_usage" {
+                                s.skip_value()?;
+                                continue;
+                            }
+                            if std::mem::replace(&mut seen, true) {
+                                return None;
+                            }
+                            include_usage = scan_opt(s, Scanner::boolean)?;
+                        }
+                        Some(StreamOptionsWire { include_usage })
+                    })?;
+                    2
+                }
+                "max_completion_tokens" => {
+                    w.max_completion_tokens = scan_opt(&mut s, Scanner::unsigned)?;
+                    3
+                }
+                "max_tokens" => {
+                    w.max_tokens = scan_opt(&mut s, Scanner::unsigned)?;
+                    4
+                }
+                "max_output_tokens" => {
+                    w.max_output_tokens = scan_opt(&mut s, Scanner::unsigned)?;
+                    5
+                }
+                "temperature" => {
+                    w.temperature = scan_opt(&mut s, number)?;
+                    6
+                }
+                "top_p" => {
+                    w.top_p = scan_opt(&mut s, number)?;
+                    7
+                }
+                "frequency_penalty" => {
+                    w.frequency_penalty = scan_opt(&mut s, number)?;
+                    8
+                }
+                "presence_penalty" => {
+                    w.presence_penalty = scan_opt(&mut s, number)?;
+                    9
+                }
+                "seed" => {
+                    w.seed = scan_opt(&mut s, number)?;
+                    10
+                }
+                "n" => {
+                    w.n = scan_opt(&mut s, Scanner::unsigned)?;
+                    11
+                }
+                "stop" => {
+                    w.stop = scan_opt(&mut s, |s| {
+                        if s.peek()? == b'"' {
+                            s.plain_string().map(|v| Stop::One(v.to_owned()))
+                        } else {
+                            strings(s).map(Stop::Many)
+                        }
+                    })?;
+                    12
+                }
+                "stop_sequences" => {
+                    w.stop_sequences = scan_opt(&mut s, strings)?;
+                    13
+                }
+                "service_tier" => {
+                    w.service_tier = scan_opt(&mut s, |s| s.plain_string().map(|v| Str(Cow::Borrowed(v))))?;
+                    14
+                }
+                _ => {
+                    s.skip_value()?;
+                    continue;
+                }
+            };
+            // serde refuses a field named twice.
+            if seen & 1 << field != 0 {
+                return None;
+            }
+            seen |= 1 << field;
+        }
+        s.at_end().then_some(w)
+    }
+}
+
+/// `null` (`Some(None)`), or the value `read` reads; `None` when it cannot.
+fn scan_opt<'a, T>(s: &mut Scanner<'a>, read: impl FnOnce(&mut Scanner<'a>) -> Option<T>) -> Option<Option<T>> {
+    if s.null() {
+        Some(None)
+    } else {
+        read(s).map(Some)
+    }
+}
+
+/// A number as serde reads it, from its own text (the same parser, so the same value).
+fn number<T: serde::de::DeserializeOwned>(s: &mut Scanner<'_>) -> Option<T> {
+    serde_json::from_str(s.number_text()?).ok()
+}
+
+/// An array of strings without escapes.
+fn strings(s: &mut Scanner<'_>) -> Option<Vec<String>> {
+    s.array()?;
+    let (mut out, mut first) = (Vec::new(), true);
+    while s.next_element(&mut first)? {
+        out.push(s.plain_string()?.to_owned());
+    }
+    Some(out)
 }
 
 /// Where `stream_options` stands in a request body.
@@ -211,7 +341,12 @@ impl RequestFacts {
     /// each API's are read); also says where `stream_options` stands. `api` is left at its
     /// default: the caller knows which API it sends to.
     pub fn parse(body: &[u8]) -> Result<(Self, StreamOptions), serde_json::Error> {
-        let w: RequestWire<'_> = serde_json::from_slice(body)?;
+        // The scanner reads text; serde reads what it leaves, and bodies that are not UTF-8
+        // (serde does not check the strings it skips).
+        let w = match std::str::from_utf8(body).ok().and_then(RequestWire::scan) {
+            Some(w) => w,
+            None => serde_json::from_slice(body)?,
+        };
         let options = match &w.stream_options {
             None => StreamOptions::Absent,
             Some(o) => StreamOptions::Present {
@@ -434,6 +569,126 @@ impl<F: Fn(&CallRecord) + Send + Sync + 'static> CallHook for F {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    mod request_scanner_against_serde {
+        use proptest::prelude::*;
+        use serde_json::{json, Value};
+
+        use super::super::*;
+
+        /// The scanner's reading, when it gives one, is serde's; `Some` when it gave one.
+        fn check(text: &str) -> Result<bool, TestCaseError> {
+            let serde: Result<RequestWire<'_>, _> = serde_json::from_slice(text.as_bytes());
+            match RequestWire::scan(text) {
+                Some(scanned) => {
+                    let serde = serde.map_err(|e| TestCaseError::fail(format!("serde refused {text:?}: {e}")))?;
+                    prop_assert_eq!(scanned, serde, "{}", text);
+                    Ok(true)
+                }
+                None => Ok(false),
+            }
+        }
+
+        #[test]
+        fn usual_requests_are_scanned_as_serde_reads_them() {
+            let requests = [
+                r#"{"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello, benchmark"}]}"#,
+                r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":false},"max_completion_tokens":64,"temperature":0.2,"top_p":0.9,"stop":["END"],"n":2,"seed":7}"#,
+                r#"{"model":"claude-sonnet-4-5","max_tokens":1024,"stop_sequences":["\n\nHuman:"],"messages":[{"role":"user","content":[{"type":"text","text":"Hi"}]}],"temperature":1}"#,
+                r#"{"model":"gpt-4.1","input":"Say hi","max_output_tokens":50,"service_tier":"flex","stream":false,"seed":-3,"frequency_penalty":-0.5,"presence_penalty":1e-1,"stop":"x"}"#,
+                r#"{"model":null,"stream":null,"stream_options":null,"stop":null,"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}]}"#,
+            ];
+            for text in requests {
+                // The third has an escape in `stop_sequences`, which serde reads: left to serde.
+                let scanned = check(text).unwrap();
+                assert_eq!(scanned, !text.contains("\\n\\nHuman"), "{text}");
+            }
+        }
+
+        fn any_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<u64>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>()
+                    .prop_filter("finite", |f| f.is_finite())
+                    .prop_map(Value::from),
+                (0.0f64..2.0).prop_map(Value::from),
+                "[a-z\\\"é]{0,6}".prop_map(Value::from),
+            ];
+            leaf.prop_recursive(2, 12, 3, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..3).prop_map(Value::from),
+                    proptest::collection::btree_map("[a-z_]{1,8}", inner, 0..3)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        const FIELDS: [&str; 16] = [
+            "model",
+            "stream",
+            "stream_options",
+            "max_completion_tokens",
+            "max_tokens",
+            "max_output_tokens",
+            "temperature",
+            "top_p",
+            "frequency_penalty",
+            "presence_penalty",
+            "seed",
+            "n",
+            "stop",
+            "stop_sequences",
+            "service_tier",
+            "messages",
+        ];
+
+        fn request() -> impl Strategy<Value = Value> {
+            let typed = prop_oneof![
+                Just(json!({"model": "gpt-4o", "stream": true, "stream_options": {"include_usage": true}})),
+                Just(json!({"temperature": 0.7, "top_p": 1, "seed": -1, "n": 1, "max_tokens": 16})),
+                Just(json!({"stop": ["a", "b"], "stop_sequences": [], "service_tier": "auto"})),
+                Just(json!({"stop": "a", "stream_options": {"include_usage": null, "other": 1}})),
+            ];
+            (
+                typed,
+                proptest::collection::vec((prop::sample::select(&FIELDS[..]), any_value()), 0..4),
+            )
+                .prop_map(|(mut body, fields)| {
+                    for (k, v) in fields {
+                        body[k] = v;
+                    }
+                    body
+                })
+        }
+
+        fn edit(text: &str, kind: u8, at: usize) -> String {
+            let at = at % (text.len() + 1);
+            let at = (0..=at).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+            let (head, tail) = text.split_at(at);
+            match kind % 7 {
+                0 => text.to_owned(),
+                1 => head.to_owned(),
+                2 => format!("{head}\\{tail}"),
+                3 => format!("{head} \n{tail}"),
+                4 => format!("{head},{tail}"),
+                5 => format!("{head}\"{tail}"),
+                // A field named twice.
+                _ => text.replacen('{', "{\"n\":1,\"n\":2,", 1),
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+            #[test]
+            fn whatever_the_scanner_reads_serde_reads_the_same(body in request(), pretty: bool, kind: u8, at: usize) {
+                let text = if pretty { serde_json::to_string_pretty(&body) } else { serde_json::to_string(&body) }.unwrap();
+                check(&edit(&text, kind, at))?;
+            }
+        }
+    }
 
     #[test]
     fn call_ids_print_as_32_hex_digits() {
