@@ -392,6 +392,25 @@ fn api_provider(api: Api) -> Arc<str> {
     }
 }
 
+/// `headers` with their values in one allocation of their own. A client's values are slices of
+/// its connection's read buffer: kept for as long as a stream is open, they would keep that
+/// buffer too (8 KiB or more) after the client has moved on to a new one.
+fn detached(headers: &HeaderMap) -> HeaderMap {
+    let mut text = bytes::BytesMut::with_capacity(headers.iter().map(|(_, v)| v.len()).sum());
+    for (_, value) in headers {
+        text.extend_from_slice(value.as_bytes());
+    }
+    let mut text = text.freeze();
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let bytes = text.split_to(value.len());
+        let mut copy = http::HeaderValue::from_maybe_shared(bytes).unwrap_or_else(|_| value.clone());
+        copy.set_sensitive(value.is_sensitive());
+        out.append(name.clone(), copy);
+    }
+    out
+}
+
 /// The provider's response headers, read the way `api`'s provider sends them.
 fn provider_meta(api: Api, headers: &HeaderMap) -> ProviderMeta {
     match api {
@@ -789,6 +808,7 @@ impl Call {
         E: Into<CallError> + 'static,
     {
         let api = self.request.api;
+        let headers = detached(&headers);
         let meta = provider_meta(api, &headers);
         ChatStream {
             status,
@@ -1160,5 +1180,39 @@ impl Stream for ChatStream {
 impl Drop for ChatStream {
     fn drop(&mut self) {
         self.finish(Some(ErrorType::Cancelled));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detached_headers_are_the_same_in_a_buffer_of_their_own() {
+        // Values that are slices of one buffer, as a client's are of its read buffer.
+        let buffer = Bytes::from_static(b"req_1org-xsecretab");
+        let mut headers = HeaderMap::new();
+        let value = |range: std::ops::Range<usize>| http::HeaderValue::from_maybe_shared(buffer.slice(range)).unwrap();
+        headers.append("x-request-id", value(0..5));
+        headers.append("openai-organization", value(5..10));
+        let mut secret = value(10..16);
+        secret.set_sensitive(true);
+        headers.append(http::header::AUTHORIZATION, secret);
+        headers.append("x-multi", value(16..17));
+        headers.append("x-multi", value(17..18));
+        headers.append("x-empty", http::HeaderValue::from_static(""));
+
+        let copy = detached(&headers);
+        assert_eq!(copy, headers);
+        let pairs = |h: &HeaderMap| h.iter().map(|(n, v)| (n.clone(), v.clone())).collect::<Vec<_>>();
+        assert_eq!(pairs(&copy), pairs(&headers), "same order, repeated names included");
+        assert!(copy[http::header::AUTHORIZATION].is_sensitive());
+        let original = buffer.as_ptr_range();
+        for (_, v) in &copy {
+            assert!(
+                v.is_empty() || !original.contains(&v.as_bytes().as_ptr()),
+                "{v:?} still points into the original buffer"
+            );
+        }
     }
 }
