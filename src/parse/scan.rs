@@ -85,19 +85,16 @@ impl<'a> Scanner<'a> {
     #[inline]
     pub(crate) fn next_element(&mut self, first: &mut bool) -> Option<bool> {
         let byte = self.peek()?;
-        if byte == b']' && *first {
+        if byte == b']' {
             self.pos += 1;
             return Some(false);
         }
         if !*first {
-            match byte {
-                b']' => {
-                    self.pos += 1;
-                    return Some(false);
-                }
-                b',' => self.pos += 1,
-                _ => return None,
+            if byte != b',' {
+                return None;
             }
+            self.pos += 1;
+            // No trailing comma.
             if self.peek()? == b']' {
                 return None;
             }
@@ -109,11 +106,15 @@ impl<'a> Scanner<'a> {
     /// `null`, consumed; false (nothing consumed) when the value is something else.
     #[inline]
     pub(crate) fn null(&mut self) -> bool {
-        if self.peek() == Some(b'n') && self.bytes()[self.pos..].starts_with(b"null") {
-            self.pos += 4;
-            true
+        self.peek() == Some(b'n') && self.literal(b"null").is_some()
+    }
+
+    /// `null` (`Some(None)`), or the value `read` reads; `None` when it cannot.
+    pub(crate) fn nullable<T>(&mut self, read: impl FnOnce(&mut Self) -> Option<T>) -> Option<Option<T>> {
+        if self.null() {
+            Some(None)
         } else {
-            false
+            read(self).map(Some)
         }
     }
 
@@ -280,6 +281,19 @@ impl<'a> Scanner<'a> {
     }
 }
 
+/// The fields of one object read so far. serde refuses an object that names a field twice, so
+/// the scanner leaves such an object to serde.
+#[derive(Default)]
+pub(crate) struct Seen(u32);
+
+impl Seen {
+    /// `None` when `field` (below 32) was read before.
+    pub(crate) fn first_time(&mut self, field: u32) -> Option<()> {
+        let bit = 1 << field;
+        (self.0 & bit == 0).then(|| self.0 |= bit)
+    }
+}
+
 /// The index of the first `"`, `\` or control character in `bytes`, eight bytes at a time.
 #[inline]
 fn special(bytes: &[u8]) -> Option<usize> {
@@ -304,6 +318,48 @@ fn special(bytes: &[u8]) -> Option<usize> {
         .iter()
         .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
         .map(|p| i + p)
+}
+
+/// What the readers' differential tests share: the check that the scanner reads what serde
+/// reads, and the edits that make a text unusual or invalid.
+#[cfg(test)]
+pub(crate) mod differential {
+    use proptest::test_runner::TestCaseError;
+
+    /// `scanned` (the scanner's reading of `text`), when there is one, is serde's; `Ok(true)`
+    /// when there is one.
+    pub(crate) fn agrees<'a, T>(text: &'a str, scanned: Option<T>) -> Result<bool, TestCaseError>
+    where
+        T: serde::Deserialize<'a> + PartialEq + std::fmt::Debug,
+    {
+        let Some(scanned) = scanned else {
+            return Ok(false);
+        };
+        let serde: T =
+            serde_json::from_str(text).map_err(|e| TestCaseError::fail(format!("serde refused {text:?}: {e}")))?;
+        proptest::prop_assert_eq!(scanned, serde, "{}", text);
+        Ok(true)
+    }
+
+    /// `text` as it is, cut at `at`, or with a backslash, whitespace, a comma or a quote put in
+    /// at `at`, or with one of `replacements` made (a key named twice, an escaped key …).
+    pub(crate) fn edit(text: &str, kind: u8, at: usize, replacements: &[(&str, &str)]) -> String {
+        let at = at % (text.len() + 1);
+        let at = (0..=at).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+        let (head, tail) = text.split_at(at);
+        match usize::from(kind) % (6 + replacements.len()) {
+            0 => text.to_owned(),
+            1 => head.to_owned(),
+            2 => format!("{head}\\{tail}"),
+            3 => format!("{head} \n\t{tail}"),
+            4 => format!("{head},{tail}"),
+            5 => format!("{head}\"{tail}"),
+            k => {
+                let (from, to) = replacements[k - 6];
+                text.replacen(from, to, 1)
+            }
+        }
+    }
 }
 
 #[cfg(test)]
