@@ -29,6 +29,7 @@ const FIXED64: u8 = 1;
 const LEN: u8 = 2;
 const FIXED32: u8 = 5;
 
+/// Straight onto `out` (most varints are one byte: a push, not a copy through [`Framing`]).
 fn varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
@@ -88,17 +89,9 @@ fn sized_message(out: &mut Vec<u8>, field: u32, room: usize, body: impl FnOnce(&
     let at = out.len();
     out.resize(at + room, 0);
     body(out);
-    let len = out.len() - at - room;
-    let mut prefix = [0u8; 10];
-    let mut n = 0;
-    let mut v = len as u64;
-    while v >= 0x80 {
-        prefix[n] = (v as u8) | 0x80;
-        v >>= 7;
-        n += 1;
-    }
-    prefix[n] = v as u8;
-    n += 1;
+    let mut prefix = Framing::default();
+    prefix.varint((out.len() - at - room) as u64);
+    let (prefix, n) = (prefix.bytes(), prefix.len);
     if n < room {
         out.drain(at + n..at + room);
     } else if n > room {
@@ -109,24 +102,43 @@ fn sized_message(out: &mut Vec<u8>, field: u32, room: usize, body: impl FnOnce(&
 
 /// `AnyValue`: its one field is written even when it holds the type's default (a oneof).
 fn any_value(out: &mut Vec<u8>, value: &Value) {
+    if let Value::Array(array) = value {
+        return message(out, 5, |out| array_values(out, array));
+    }
+    let mut head = Framing::default();
+    // A kind of value this crate does not know yet: an empty `AnyValue` rather than a panic.
+    if let Some(text) = scalar(&mut head, value) {
+        out.extend_from_slice(head.bytes());
+        out.extend_from_slice(text);
+    }
+}
+
+/// A scalar `AnyValue`'s one field: its tag and a number's bytes, or a string's tag and length,
+/// put in `head`; returns the string's text that follows (empty for a number). `None` for an
+/// array, or a kind this crate does not know.
+fn scalar<'v>(head: &mut Framing, value: &'v Value) -> Option<&'v [u8]> {
     match value {
         Value::Bool(b) => {
-            tag(out, 2, VARINT);
-            out.push(u8::from(*b));
+            head.tag(2, VARINT);
+            head.varint(u64::from(*b));
         }
         Value::I64(i) => {
-            tag(out, 3, VARINT);
-            varint(out, *i as u64);
+            head.tag(3, VARINT);
+            head.varint(*i as u64);
         }
         Value::F64(f) => {
-            tag(out, 4, FIXED64);
-            out.extend_from_slice(&f.to_le_bytes());
+            head.tag(4, FIXED64);
+            head.extend(&f.to_le_bytes());
         }
-        Value::String(s) => len_prefixed(out, 1, s.as_str().as_bytes()),
-        Value::Array(array) => message(out, 5, |out| array_values(out, array)),
-        // A kind of value this crate does not know yet: an empty `AnyValue` rather than a panic.
-        _ => {}
+        Value::String(s) => {
+            let text = s.as_str().as_bytes();
+            head.tag(1, LEN);
+            head.varint(text.len() as u64);
+            return Some(text);
+        }
+        _ => return None,
     }
+    Some(&[])
 }
 
 /// `ArrayValue.values`, each an `AnyValue`.
@@ -173,29 +185,9 @@ fn attributes<'a>(out: &mut Vec<u8>, field: u32, attributes: impl IntoIterator<I
         let mut head = Framing::default();
         head.tag(2, LEN);
         head.varint(value_len as u64);
-        match value {
-            Value::Bool(b) => {
-                head.tag(2, VARINT);
-                head.varint(u64::from(*b));
-            }
-            Value::I64(i) => {
-                head.tag(3, VARINT);
-                head.varint(*i as u64);
-            }
-            Value::F64(f) => {
-                head.tag(4, FIXED64);
-                head.extend(&f.to_le_bytes());
-            }
-            Value::String(s) => {
-                head.tag(1, LEN);
-                head.varint(s.as_str().len() as u64);
-            }
-            _ => {}
-        }
+        let text = scalar(&mut head, value).unwrap_or_default();
         out.extend_from_slice(head.bytes());
-        if let Value::String(s) = value {
-            out.extend_from_slice(s.as_str().as_bytes());
-        }
+        out.extend_from_slice(text);
     }
 }
 
@@ -231,12 +223,8 @@ impl Framing {
     }
 }
 
-/// Bytes of a varint.
-fn varint_len(v: u64) -> usize {
-    (u64::BITS - (v | 1).leading_zeros()).div_ceil(7) as usize
-}
-
-/// The length of a scalar's `AnyValue` (its one field), `None` for an array.
+/// The length of what [`scalar`] writes for `value` (its framing and text), `None` where it
+/// writes nothing.
 fn scalar_len(value: &Value) -> Option<usize> {
     match value {
         Value::Bool(_) => Some(2),
@@ -245,6 +233,11 @@ fn scalar_len(value: &Value) -> Option<usize> {
         Value::String(s) => Some(1 + varint_len(s.as_str().len() as u64) + s.as_str().len()),
         _ => None,
     }
+}
+
+/// Bytes of a varint.
+fn varint_len(v: u64) -> usize {
+    (u64::BITS - (v | 1).leading_zeros()).div_ceil(7) as usize
 }
 
 fn key_values(out: &mut Vec<u8>, field: u32, kvs: &[KeyValue]) {

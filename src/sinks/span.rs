@@ -148,9 +148,15 @@ enum Repeated {
     ApiVersion,
 }
 
+impl Repeated {
+    /// How many there are (the last one's index, plus one).
+    const COUNT: usize = Repeated::ApiVersion as usize + 1;
+}
+
 thread_local! {
     /// The last value of each [`Repeated`] attribute on this thread.
-    static LAST_VALUES: RefCell<[Option<Arc<str>>; 12]> = const { RefCell::new([const { None }; 12]) };
+    static LAST_VALUES: RefCell<[Option<Arc<str>>; Repeated::COUNT]> =
+        const { RefCell::new([const { None }; Repeated::COUNT]) };
 }
 
 /// `value` as an attribute value shared with the previous call's when it is the same (a

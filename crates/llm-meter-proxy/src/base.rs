@@ -10,6 +10,7 @@ use llm_meter::Server;
 /// A base URL (an OpenAI API base such as `https://api.openai.com/v1`, or an origin).
 #[derive(Clone, Debug)]
 pub(crate) struct Base {
+    url: reqwest::Url,
     scheme: Scheme,
     authority: Authority,
     /// What follows the authority, its trailing `/` dropped (empty for an origin).
@@ -34,6 +35,7 @@ impl Base {
             server = server.with_provider(name);
         }
         Some(Base {
+            url: url.clone(),
             scheme,
             authority,
             path,
@@ -58,6 +60,11 @@ impl Base {
         parts.authority = Some(self.authority.clone());
         parts.path_and_query = Some(PathAndQuery::try_from(path).ok()?);
         Uri::from_parts(parts).ok()
+    }
+
+    /// The URL it was made from.
+    pub(crate) fn url(&self) -> &reqwest::Url {
+        &self.url
     }
 
     /// The `server.*` of calls to this base.

@@ -104,14 +104,11 @@ impl Bases {
                 &settings.anthropic_upstream,
                 routes::Provider::Anthropic.name(),
             )?,
-            azure_openai: match &settings.azure_openai_upstream {
-                Some(url) => Some(base(
-                    "azure_openai_upstream",
-                    url,
-                    routes::Provider::AzureOpenAi.name(),
-                )?),
-                None => None,
-            },
+            azure_openai: settings
+                .azure_openai_upstream
+                .as_ref()
+                .map(|url| base("azure_openai_upstream", url, routes::Provider::AzureOpenAi.name()))
+                .transpose()?,
         })
     }
 }

@@ -16,7 +16,6 @@ use llm_meter::{names, Annotations, Api, XProxyResult};
 use crate::base::Base;
 use crate::headers::{authorize, prepare_upstream_headers, remove_hop_by_hop};
 use crate::rejection::Rejection;
-use crate::settings::ProxySettings;
 use crate::splicing::with_xproxy_result;
 use crate::whole_body::{read_whole, read_within, ReadError};
 use crate::{Proxy, ProxyInner, PAYI_ANTHROPIC_PREFIX, PAYI_AZURE_OPENAI_PREFIX, PAYI_OPENAI_PREFIX};
@@ -49,18 +48,6 @@ impl Provider {
             Provider::OpenAi => None,
             Provider::Anthropic => Some(names::PROVIDER_ANTHROPIC),
             Provider::AzureOpenAi => Some(names::PROVIDER_AZURE_OPENAI),
-        }
-    }
-
-    /// The configured upstream of this provider.
-    fn upstream(self, settings: &ProxySettings) -> Result<&reqwest::Url, Rejection> {
-        match self {
-            Provider::OpenAi => Ok(&settings.upstream),
-            Provider::Anthropic => Ok(&settings.anthropic_upstream),
-            Provider::AzureOpenAi => settings
-                .azure_openai_upstream
-                .as_ref()
-                .ok_or(Rejection::NoUpstream("azure_openai")),
         }
     }
 
@@ -104,7 +91,7 @@ fn upstream_base<'a>(
     let url =
         reqwest::Url::parse(text.trim_end_matches('/')).map_err(|_| Rejection::InvalidUpstreamChoice("not a URL"))?;
     let same = |a: &reqwest::Url| a.as_str().trim_end_matches('/') == url.as_str().trim_end_matches('/');
-    if !(same(provider.upstream(&inner.settings)?) || inner.settings.allowed_upstreams.iter().any(same)) {
+    if !(same(configured.url()) || inner.settings.allowed_upstreams.iter().any(same)) {
         return Err(Rejection::InvalidUpstreamChoice("not in the proxy's allowed upstreams"));
     }
     Base::new(&url, provider.name())
