@@ -217,29 +217,8 @@ impl<'a> Scanner<'a> {
     /// A string, escapes checked as serde_json checks those it skips.
     fn skip_string(&mut self) -> Option<()> {
         self.pos += 1;
-        let bytes = self.bytes();
-        loop {
-            self.pos += special(&bytes[self.pos..])?;
-            match bytes[self.pos] {
-                b'"' => {
-                    self.pos += 1;
-                    return Some(());
-                }
-                b'\\' => match *bytes.get(self.pos + 1)? {
-                    b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.pos += 2,
-                    b'u' => {
-                        let hex = bytes.get(self.pos + 2..self.pos + 6)?;
-                        if !hex.iter().all(u8::is_ascii_hexdigit) {
-                            return None;
-                        }
-                        self.pos += 6;
-                    }
-                    _ => return None,
-                },
-                // A control character.
-                _ => return None,
-            }
-        }
+        self.pos += string_body(&self.bytes()[self.pos..])? + 1;
+        Some(())
     }
 
     /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`
@@ -278,6 +257,32 @@ impl<'a> Scanner<'a> {
         }
         self.pos = pos;
         Some(())
+    }
+}
+
+/// The length of a string's text up to its closing `"`, for `bytes` just past the opening one;
+/// escapes checked as serde_json checks those it skips. `None` for a control character, a bad
+/// escape or no closing quote. UTF-8 is not checked.
+pub(crate) fn string_body(bytes: &[u8]) -> Option<usize> {
+    let mut pos = 0;
+    loop {
+        pos += special(&bytes[pos..])?;
+        match bytes[pos] {
+            b'"' => return Some(pos),
+            b'\\' => match *bytes.get(pos + 1)? {
+                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => pos += 2,
+                b'u' => {
+                    let hex = bytes.get(pos + 2..pos + 6)?;
+                    if !hex.iter().all(u8::is_ascii_hexdigit) {
+                        return None;
+                    }
+                    pos += 6;
+                }
+                _ => return None,
+            },
+            // A control character.
+            _ => return None,
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use crate::parse::anthropic::{self, MessagesEvent, MessagesUsage};
 use crate::parse::endpoint::Api;
 use crate::parse::provider::{apply_chunk, ChunkKind, ResponseFacts, Usage};
 use crate::parse::responses::{self, ResponsesEvent};
+use crate::parse::scan;
 
 /// A problem in the stream itself (the record layer maps it to an `error.type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,7 +96,13 @@ impl SseParser {
             }
         }
         while pos < chunk.len() {
-            let Some(eol) = memchr::memchr2(b'\n', b'\r', &chunk[pos..]).map(|i| pos + i) else {
+            // The blank line that ends an event is one byte: no search for it.
+            let eol = if chunk[pos] == b'\n' {
+                Some(pos)
+            } else {
+                memchr::memchr2(b'\n', b'\r', &chunk[pos..]).map(|i| pos + i)
+            };
+            let Some(eol) = eol else {
                 self.line.extend_from_slice(&chunk[pos..]);
                 break;
             };
@@ -153,7 +160,12 @@ impl SseParser {
         if text[0] == b':' {
             return false;
         }
-        let (field, value_start) = match memchr::memchr(b':', text) {
+        let colon = if text.starts_with(b"data:") {
+            Some(4)
+        } else {
+            memchr::memchr(b':', text)
+        };
+        let (field, value_start) = match colon {
             Some(i) => (&text[..i], i + 1 + usize::from(text.get(i + 1) == Some(&b' '))),
             None => (text, text.len()),
         };
@@ -202,12 +214,8 @@ impl SseParser {
 
 /// Whether a chunk is a plain delta that cannot change the record: UTF-8 and shaped like a JSON
 /// object (else the full parse reports it as `decode`), not an `{"error": …}` event, and with no
-/// non-null `finish_reason` or `usage`. Keys are found as raw `"key"` bytes, which cannot occur
-/// inside a JSON string (quotes are escaped there); a false alarm only costs a full parse.
+/// non-null `finish_reason` or `usage` ([`has_set_key`]).
 fn is_plain_delta(data: &[u8]) -> bool {
-    use std::sync::LazyLock;
-    static KEYS: LazyLock<[memchr::memmem::Finder<'static>; 2]> =
-        LazyLock::new(|| [b"\"finish_reason\"".as_slice(), b"\"usage\""].map(memchr::memmem::Finder::new));
     let trimmed = data.trim_ascii();
     if trimmed.first() != Some(&b'{') || trimmed.last() != Some(&b'}') || std::str::from_utf8(trimmed).is_err() {
         return false;
@@ -215,8 +223,18 @@ fn is_plain_delta(data: &[u8]) -> bool {
     if trimmed[1..].trim_ascii_start().starts_with(b"\"error\"") {
         return false;
     }
-    !KEYS.iter().any(|key| {
-        let mut rest = trimmed;
+    !has_set_key(trimmed)
+}
+
+/// Whether `json` has a `finish_reason` or `usage` key whose value is not `null`. Keys are found
+/// as raw `"key"` bytes, which cannot occur inside a JSON string (quotes are escaped there); a
+/// false alarm only costs a full parse.
+fn has_set_key(json: &[u8]) -> bool {
+    use std::sync::LazyLock;
+    static KEYS: LazyLock<[memchr::memmem::Finder<'static>; 2]> =
+        LazyLock::new(|| [b"\"finish_reason\"".as_slice(), b"\"usage\""].map(memchr::memmem::Finder::new));
+    KEYS.iter().any(|key| {
+        let mut rest = json;
         while let Some(at) = key.find(rest) {
             rest = &rest[at + key.needle().len()..];
             let value = rest
@@ -229,6 +247,80 @@ fn is_plain_delta(data: &[u8]) -> bool {
         }
         false
     })
+}
+
+/// The shape of the stream's last plain delta: its bytes before and after the text of its
+/// first `content` (or tool call `arguments`) string. A chunk with the same bytes around a
+/// string text of its own differs from that delta in that text only, so it is a plain delta
+/// too: two comparisons and a look at the text, where [`is_plain_delta`] searches the whole
+/// chunk. The bytes after may differ (OpenAI's per-chunk `obfuscation` padding); then only
+/// they are searched.
+#[derive(Debug, Default)]
+struct DeltaShape {
+    /// The bytes before the text, then the bytes after it (from its closing quote on).
+    bytes: Vec<u8>,
+    /// Where the bytes after begin; 0 when nothing is learned.
+    split: usize,
+}
+
+impl DeltaShape {
+    /// Whether `data` is a plain delta of this shape.
+    fn matches(&self, data: &[u8]) -> bool {
+        if self.split == 0 {
+            return false;
+        }
+        let (before, after) = self.bytes.split_at(self.split);
+        let Some(rest) = data.strip_prefix(before) else {
+            return false;
+        };
+        let Some(len) = scan::string_body(rest) else {
+            return false;
+        };
+        let (text, tail) = rest.split_at(len);
+        (text.is_ascii() || std::str::from_utf8(text).is_ok()) && (tail == after || is_plain_tail(tail))
+    }
+
+    /// Whether `data` is a plain delta: of this shape, or else per [`is_plain_delta`] (and then
+    /// its shape is learned).
+    fn is_plain_delta(&mut self, data: &[u8]) -> bool {
+        if self.matches(data) {
+            return true;
+        }
+        let plain = is_plain_delta(data);
+        if plain {
+            self.learn(data);
+        }
+        plain
+    }
+
+    /// Learns the shape of `data`, a plain delta (per [`is_plain_delta`]).
+    fn learn(&mut self, data: &[u8]) {
+        use std::sync::LazyLock;
+        static KEYS: LazyLock<[memchr::memmem::Finder<'static>; 2]> =
+            LazyLock::new(|| [b"\"content\":\"".as_slice(), b"\"arguments\":\""].map(memchr::memmem::Finder::new));
+        self.split = 0;
+        let Some(start) = KEYS
+            .iter()
+            .find_map(|key| key.find(data).map(|at| at + key.needle().len()))
+        else {
+            return;
+        };
+        let Some(len) = scan::string_body(&data[start..]) else {
+            return;
+        };
+        self.bytes.clear();
+        self.bytes.reserve(data.len() - len);
+        self.bytes.extend_from_slice(&data[..start]);
+        self.bytes.extend_from_slice(&data[start + len..]);
+        self.split = start;
+    }
+}
+
+/// Whether the bytes after a plain delta's text, in a chunk otherwise of a known plain delta's
+/// shape, leave it plain: [`is_plain_delta`]'s checks on these bytes alone (the ones before are
+/// the known delta's).
+fn is_plain_tail(tail: &[u8]) -> bool {
+    tail.trim_ascii_end().last() == Some(&b'}') && std::str::from_utf8(tail).is_ok() && !has_set_key(tail)
 }
 
 /// What the observer made of one event.
@@ -295,6 +387,8 @@ pub struct StreamObserver {
     /// Anthropic's usage as sent so far (`message_start`, then each `message_delta`).
     messages_usage: MessagesUsage,
     last_outcome: EventOutcome,
+    /// The last plain delta's shape (Chat Completions).
+    shape: DeltaShape,
 }
 
 impl StreamObserver {
@@ -319,6 +413,7 @@ impl StreamObserver {
             error: None,
             messages_usage: MessagesUsage::default(),
             last_outcome: EventOutcome::Chunk,
+            shape: DeltaShape::default(),
         }
     }
 
@@ -359,6 +454,7 @@ impl StreamObserver {
             error,
             messages_usage,
             last_outcome,
+            shape,
             ..
         } = self;
         let format = *format;
@@ -375,7 +471,7 @@ impl StreamObserver {
                         EventOutcome::Done
                     } else {
                         *chunks += 1;
-                        if first_chunk.is_some() && facts.model.is_some() && is_plain_delta(data) {
+                        if first_chunk.is_some() && facts.model.is_some() && shape.is_plain_delta(data) {
                             // A plain content delta: nothing in it changes the record.
                             *last_outcome = EventOutcome::Chunk;
                             return on_event(EventOutcome::Chunk, end, Some(frame));
@@ -744,5 +840,136 @@ mod tests {
             &b"data: [DONE]\n\n"[..]
         );
         assert!(c.finish().is_none());
+    }
+
+    const FIXTURE: &str = include_str!("../../tests/fixtures/openai-chat-completion-stream.sse");
+
+    /// The data of the recorded stream's events.
+    fn fixture_data() -> Vec<&'static [u8]> {
+        FIXTURE
+            .split("\n\n")
+            .filter_map(|event| event.strip_prefix("data: "))
+            .map(str::as_bytes)
+            .collect()
+    }
+
+    #[test]
+    fn warm_deltas_of_the_recorded_stream_are_known_by_their_shape() {
+        let data = fixture_data();
+        let (last_delta, deltas) = (data.len() - 3, 2..data.len() - 3);
+        assert!(deltas.len() >= 3, "the fixture has content deltas");
+        let mut shape = DeltaShape::default();
+        shape.learn(data[1]);
+        for chunk in &data[deltas] {
+            assert!(shape.matches(chunk), "{}", String::from_utf8_lossy(chunk));
+        }
+        // The finish chunk, the usage chunk and `[DONE]` are not.
+        for chunk in &data[last_delta..] {
+            assert!(!shape.matches(chunk), "{}", String::from_utf8_lossy(chunk));
+        }
+        // The first chunk (with `role`) has another shape.
+        assert!(!shape.matches(data[0]));
+    }
+
+    #[test]
+    fn a_shape_is_learned_from_content_or_tool_call_arguments_only() {
+        let mut shape = DeltaShape::default();
+        shape.learn(
+            br#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"a"}}]}}]}"#,
+        );
+        assert!(shape.matches(
+            br#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"\":1}"}}]}}]}"#
+        ));
+        shape.learn(br#"{"choices":[{"index":0,"delta":{"refusal":"no"}}]}"#);
+        assert!(!shape.matches(br#"{"choices":[{"index":0,"delta":{"refusal":"no"}}]}"#));
+        assert!(!DeltaShape::default().matches(b"{}"));
+    }
+
+    #[test]
+    fn a_chunk_of_the_same_shape_is_checked_in_its_text_and_in_what_follows() {
+        let data = fixture_data();
+        let mut shape = DeltaShape::default();
+        shape.learn(data[2]);
+        let text = |t: &str| data[2].to_vec().replace_text(t);
+        // Escapes and other languages are text.
+        assert!(shape.matches(&text(r#"line\n\"quoted\" \u00e9 é 😀"#)));
+        // A quote ends the text: what follows is not the known delta's.
+        assert!(!shape.matches(&text(r#"x","usage":{"total_tokens":1},"y":""#)));
+        // A bad escape, a control character, bytes that are not UTF-8.
+        assert!(!shape.matches(&text(r"\x")));
+        assert!(!shape.matches(&text("a\u{1}b")));
+        let mut latin1 = text("caf");
+        let at = latin1.iter().position(|&b| b == b'f').unwrap() + 1;
+        latin1.insert(at, 0xe9);
+        assert!(!shape.matches(&latin1));
+        // Padding that differs per chunk after the text: searched, and plain.
+        let tail = |from: &str, to: &str| {
+            String::from_utf8(data[2].to_vec())
+                .unwrap()
+                .replace(from, to)
+                .into_bytes()
+        };
+        assert!(shape.matches(&tail(r#""usage":null}"#, r#""usage":null,"obfuscation":"k3Zq"}"#)));
+        assert!(!shape.matches(&tail(r#""usage":null}"#, r#""usage":{"total_tokens":1}}"#)));
+        assert!(!shape.matches(&tail(r#""finish_reason":null"#, r#""finish_reason":"stop""#)));
+        assert!(!shape.matches(&tail(r#""usage":null}"#, r#""usage":null"#)));
+    }
+
+    trait ReplaceText {
+        fn replace_text(self, text: &str) -> Vec<u8>;
+    }
+
+    impl ReplaceText for Vec<u8> {
+        /// The chunk with its content text replaced by `text` (written as is).
+        fn replace_text(self, text: &str) -> Vec<u8> {
+            let chunk = String::from_utf8(self).unwrap();
+            let start = chunk.find(r#""content":""#).unwrap() + r#""content":""#.len();
+            let len = scan::string_body(&chunk.as_bytes()[start..]).unwrap();
+            format!("{}{text}{}", &chunk[..start], &chunk[start + len..]).into_bytes()
+        }
+    }
+
+    mod shape_property {
+        use super::*;
+        use crate::parse::scan::differential::edit;
+        use proptest::prelude::*;
+
+        /// Edits after the text: a usage, a finish reason, padding, an error.
+        const REPLACEMENTS: [(&str, &str); 4] = [
+            (
+                r#""usage":null"#,
+                r#""usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}"#,
+            ),
+            (r#""finish_reason":null"#, r#""finish_reason":"length""#),
+            (r#""usage":null"#, r#""usage":null,"obfuscation":"aZ0""#),
+            (r#""logprobs":null"#, r#""logprobs":null,"error":{"message":"x"}"#),
+        ];
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+            /// Whatever the shape takes for a plain delta, the full parse reads as a delta that
+            /// leaves the facts as the known delta left them, or the whole-chunk check
+            /// ([`is_plain_delta`], which the shape's tail check narrows) takes for one too.
+            #[test]
+            fn what_the_shape_takes_for_a_plain_delta_is_one(content: String, kind: u8, at: usize) {
+                let data = fixture_data();
+                let mut shape = DeltaShape::default();
+                shape.learn(data[2]);
+                let (mut known, mut usage) = (ResponseFacts::default(), None);
+                prop_assert!(matches!(apply_chunk(data[2], &mut known, &mut usage), Ok(ChunkKind::Delta)));
+                let escaped = serde_json::to_string(&content).unwrap();
+                let chunk = data[2].to_vec().replace_text(&escaped[1..escaped.len() - 1]);
+                let chunk = edit(std::str::from_utf8(&chunk).unwrap(), kind, at, &REPLACEMENTS);
+                if shape.matches(chunk.as_bytes()) {
+                    let mut facts = known.clone();
+                    let parsed = apply_chunk(chunk.as_bytes(), &mut facts, &mut usage);
+                    prop_assert!(
+                        (matches!(parsed, Ok(ChunkKind::Delta)) && facts == known && usage.is_none())
+                            || is_plain_delta(chunk.as_bytes()),
+                        "{}: {:?}", chunk, parsed
+                    );
+                }
+            }
+        }
     }
 }
