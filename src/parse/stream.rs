@@ -217,13 +217,9 @@ impl SseParser {
 /// non-null `finish_reason` or `usage` ([`has_set_key`]).
 fn is_plain_delta(data: &[u8]) -> bool {
     let trimmed = data.trim_ascii();
-    if trimmed.first() != Some(&b'{') || trimmed.last() != Some(&b'}') || std::str::from_utf8(trimmed).is_err() {
-        return false;
-    }
-    if trimmed[1..].trim_ascii_start().starts_with(b"\"error\"") {
-        return false;
-    }
-    !has_set_key(trimmed)
+    trimmed.first() == Some(&b'{')
+        && !trimmed[1..].trim_ascii_start().starts_with(b"\"error\"")
+        && is_plain_tail(trimmed)
 }
 
 /// Whether `json` has a `finish_reason` or `usage` key whose value is not `null`. Keys are found
@@ -317,8 +313,9 @@ impl DeltaShape {
 }
 
 /// Whether the bytes after a plain delta's text, in a chunk otherwise of a known plain delta's
-/// shape, leave it plain: [`is_plain_delta`]'s checks on these bytes alone (the ones before are
-/// the known delta's).
+/// shape, leave it plain: UTF-8, ending the object, no non-null `finish_reason` or `usage` (the
+/// checks [`is_plain_delta`] makes of a whole chunk, which the bytes before, the known delta's,
+/// have passed).
 fn is_plain_tail(tail: &[u8]) -> bool {
     tail.trim_ascii_end().last() == Some(&b'}') && std::str::from_utf8(tail).is_ok() && !has_set_key(tail)
 }
@@ -890,7 +887,7 @@ mod tests {
         let data = fixture_data();
         let mut shape = DeltaShape::default();
         shape.learn(data[2]);
-        let text = |t: &str| data[2].to_vec().replace_text(t);
+        let text = |t: &str| with_text(data[2], t);
         // Escapes and other languages are text.
         assert!(shape.matches(&text(r#"line\n\"quoted\" \u00e9 é 😀"#)));
         // A quote ends the text: what follows is not the known delta's.
@@ -915,18 +912,12 @@ mod tests {
         assert!(!shape.matches(&tail(r#""usage":null}"#, r#""usage":null"#)));
     }
 
-    trait ReplaceText {
-        fn replace_text(self, text: &str) -> Vec<u8>;
-    }
-
-    impl ReplaceText for Vec<u8> {
-        /// The chunk with its content text replaced by `text` (written as is).
-        fn replace_text(self, text: &str) -> Vec<u8> {
-            let chunk = String::from_utf8(self).unwrap();
-            let start = chunk.find(r#""content":""#).unwrap() + r#""content":""#.len();
-            let len = scan::string_body(&chunk.as_bytes()[start..]).unwrap();
-            format!("{}{text}{}", &chunk[..start], &chunk[start + len..]).into_bytes()
-        }
+    /// `chunk` with its content text replaced by `text` (written as is).
+    fn with_text(chunk: &[u8], text: &str) -> Vec<u8> {
+        let chunk = std::str::from_utf8(chunk).unwrap();
+        let start = chunk.find(r#""content":""#).unwrap() + r#""content":""#.len();
+        let len = scan::string_body(&chunk.as_bytes()[start..]).unwrap();
+        format!("{}{text}{}", &chunk[..start], &chunk[start + len..]).into_bytes()
     }
 
     mod shape_property {
@@ -958,7 +949,7 @@ mod tests {
                 let (mut known, mut usage) = (ResponseFacts::default(), None);
                 prop_assert!(matches!(apply_chunk(data[2], &mut known, &mut usage), Ok(ChunkKind::Delta)));
                 let escaped = serde_json::to_string(&content).unwrap();
-                let chunk = data[2].to_vec().replace_text(&escaped[1..escaped.len() - 1]);
+                let chunk = with_text(data[2], &escaped[1..escaped.len() - 1]);
                 let chunk = edit(std::str::from_utf8(&chunk).unwrap(), kind, at, &REPLACEMENTS);
                 if shape.matches(chunk.as_bytes()) {
                     let mut facts = known.clone();
