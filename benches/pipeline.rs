@@ -137,7 +137,7 @@ const RECORDED_ALLOCS_TELEMETRY_OFF: f64 = 8.0;
 /// Added per call, tracing-opentelemetry subscriber, sampled.
 const RECORDED_ALLOCS_OTEL: f64 = 37.0;
 /// Added per call, spans on the tracer directly, sampled.
-const RECORDED_ALLOCS_DIRECT: f64 = 23.0;
+const RECORDED_ALLOCS_DIRECT: f64 = 19.0;
 /// Per chunk, the whole fixture stream (first-chunk fields and the learned delta shape included).
 const RECORDED_ALLOCS_PER_STREAM_CHUNK: f64 = 0.73;
 

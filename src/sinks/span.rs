@@ -107,7 +107,7 @@ pub fn start_chat_span_on(
     annotations: &Annotations,
     parent: &opentelemetry::Context,
 ) -> OtelSpan {
-    let mut opening = Vec::with_capacity(5);
+    let mut opening = Vec::with_capacity(SPAN_ATTRIBUTES);
     opening.push(KeyValue::new(GEN_AI_OPERATION_NAME, OPERATION_CHAT));
     opening.push(KeyValue::new(
         GEN_AI_PROVIDER_NAME,
@@ -238,12 +238,11 @@ impl CallSpan {
             CallSpan::Tracing(span, cx) => record_on_span(&span, cx, r),
             CallSpan::Otel(mut span) => {
                 if span.is_recording() {
-                    let mut all = attributes(r);
+                    each_attribute(r, |kv| span.set_attribute(kv));
                     if let Some(e) = r.error {
-                        all.push(KeyValue::new(ERROR_TYPE, e.as_str()));
+                        span.set_attribute(KeyValue::new(ERROR_TYPE, e.as_str()));
                         span.set_status(Status::error(""));
                     }
-                    span.set_attributes(all);
                 }
                 span.end();
             }
@@ -309,166 +308,146 @@ pub fn record_on_span(span: &Span, cx: Option<opentelemetry::Context>, r: &CallR
     }
 }
 
-/// Every attribute of the record beyond the ones the span was opened with.
+/// How many attributes a call's span holds at most without properties: the five it opens
+/// with, the 46 [`each_attribute`] can give and `error.type`. The span's list is made this
+/// size at the start, so the attributes set at the end never grow it.
+const SPAN_ATTRIBUTES: usize = 5 + 47;
+
+/// Every attribute of the record beyond the ones the span was opened with, in one list.
 pub fn attributes(r: &CallRecord) -> Vec<KeyValue> {
-    let mut out: Vec<KeyValue> = Vec::with_capacity(48);
-    let mut put = |key: &'static str, value: Value| out.push(KeyValue::new(key, value));
+    let mut out = Vec::with_capacity(SPAN_ATTRIBUTES);
+    each_attribute(r, |kv| out.push(kv));
+    out
+}
+
+/// Hands `put` every attribute of the record beyond the ones the span was opened with, each
+/// once, in a fixed order: what is known of the request, the answer, the provider's headers,
+/// the stream, the cost, then the annotations and their properties. A value the record does
+/// not have is left out.
+pub fn each_attribute(r: &CallRecord, mut emit: impl FnMut(KeyValue)) {
     fn int(v: u64) -> Value {
         Value::I64(i64::try_from(v).unwrap_or(i64::MAX))
     }
     fn text(v: &str) -> Value {
         Value::String(v.to_owned().into())
     }
+    fn seconds(d: std::time::Duration) -> Value {
+        Value::F64(d.as_secs_f64())
+    }
     fn strings(items: impl Iterator<Item = StringValue>) -> Option<Value> {
         let values: Vec<StringValue> = items.collect();
         (!values.is_empty()).then_some(Value::Array(Array::String(values)))
     }
-    fn array<'a>(items: impl Iterator<Item = &'a str>) -> Option<Value> {
-        strings(items.map(|s| StringValue::from(s.to_owned())))
+    fn array(items: &[String]) -> Option<Value> {
+        strings(items.iter().map(|s| StringValue::from(s.clone())))
+    }
+    let mut put = |key: &'static str, value: Value| emit(KeyValue::new(key, value));
+    // `key` with `value` mapped by `to`, when there is a value.
+    macro_rules! some {
+        ($key:expr, $value:expr, $to:expr) => {
+            if let Some(v) = $value {
+                put($key, $to(v));
+            }
+        };
     }
 
-    if let Some(port) = r.server_port {
-        put(SERVER_PORT, Value::I64(port.into()));
-    }
+    some!(SERVER_PORT, r.server_port, |p: u16| Value::I64(p.into()));
     let q = &r.request;
-    let params = [
-        (GEN_AI_REQUEST_MAX_TOKENS, q.max_tokens.map(int)),
-        (GEN_AI_REQUEST_TEMPERATURE, q.temperature.map(Value::F64)),
-        (GEN_AI_REQUEST_TOP_P, q.top_p.map(Value::F64)),
-        (GEN_AI_REQUEST_FREQUENCY_PENALTY, q.frequency_penalty.map(Value::F64)),
-        (GEN_AI_REQUEST_PRESENCE_PENALTY, q.presence_penalty.map(Value::F64)),
-        (GEN_AI_REQUEST_SEED, q.seed.map(Value::I64)),
-        (GEN_AI_REQUEST_CHOICE_COUNT, q.choice_count.filter(|n| *n != 1).map(int)),
-        (
-            GEN_AI_REQUEST_STOP_SEQUENCES,
-            array(q.stop_sequences.iter().map(String::as_str)),
-        ),
-        (GEN_AI_REQUEST_STREAM, Some(Value::Bool(q.stream))),
-        (
-            OPENAI_REQUEST_SERVICE_TIER,
-            q.service_tier
-                .as_deref()
-                .map(|v| repeated(Repeated::RequestServiceTier, v)),
-        ),
-    ];
+    some!(GEN_AI_REQUEST_MAX_TOKENS, q.max_tokens, int);
+    some!(GEN_AI_REQUEST_TEMPERATURE, q.temperature, Value::F64);
+    some!(GEN_AI_REQUEST_TOP_P, q.top_p, Value::F64);
+    some!(GEN_AI_REQUEST_FREQUENCY_PENALTY, q.frequency_penalty, Value::F64);
+    some!(GEN_AI_REQUEST_PRESENCE_PENALTY, q.presence_penalty, Value::F64);
+    some!(GEN_AI_REQUEST_SEED, q.seed, Value::I64);
+    some!(GEN_AI_REQUEST_CHOICE_COUNT, q.choice_count.filter(|n| *n != 1), int);
+    some!(GEN_AI_REQUEST_STOP_SEQUENCES, array(&q.stop_sequences), |v| v);
+    put(GEN_AI_REQUEST_STREAM, Value::Bool(q.stream));
+    some!(OPENAI_REQUEST_SERVICE_TIER, q.service_tier.as_deref(), |v| {
+        repeated(Repeated::RequestServiceTier, v)
+    });
+
     let p = &r.response;
-    let response = [
-        (GEN_AI_RESPONSE_ID, p.id.as_deref().map(text)),
-        (
-            GEN_AI_RESPONSE_MODEL,
-            p.model.as_deref().map(|v| repeated(Repeated::ResponseModel, v)),
-        ),
-        (
-            GEN_AI_RESPONSE_FINISH_REASONS,
-            strings(p.finish_reasons.iter().map(|f| match f.as_static_str() {
-                Some(known) => StringValue::from(known),
-                None => StringValue::from(f.as_str().to_owned()),
-            })),
-        ),
-        (
-            OPENAI_RESPONSE_SERVICE_TIER,
-            p.service_tier
-                .as_deref()
-                .map(|v| repeated(Repeated::ResponseServiceTier, v)),
-        ),
-        (
-            OPENAI_RESPONSE_SYSTEM_FINGERPRINT,
-            p.system_fingerprint
-                .as_deref()
-                .map(|v| repeated(Repeated::Fingerprint, v)),
-        ),
-        (GEN_AI_USAGE_INPUT_TOKENS, r.usage.map(|u| int(u.input_tokens))),
-        (GEN_AI_USAGE_OUTPUT_TOKENS, r.usage.map(|u| int(u.output_tokens))),
-        (
-            GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS,
-            r.usage.and_then(|u| u.cached_input_tokens).map(int),
-        ),
-        (
+    some!(GEN_AI_RESPONSE_ID, p.id.as_deref(), text);
+    some!(GEN_AI_RESPONSE_MODEL, p.model.as_deref(), |v| repeated(
+        Repeated::ResponseModel,
+        v
+    ));
+    let finish_reasons = strings(p.finish_reasons.iter().map(|f| match f.as_static_str() {
+        Some(known) => StringValue::from(known),
+        None => StringValue::from(f.as_str().to_owned()),
+    }));
+    some!(GEN_AI_RESPONSE_FINISH_REASONS, finish_reasons, |v| v);
+    some!(OPENAI_RESPONSE_SERVICE_TIER, p.service_tier.as_deref(), |v| {
+        repeated(Repeated::ResponseServiceTier, v)
+    });
+    some!(
+        OPENAI_RESPONSE_SYSTEM_FINGERPRINT,
+        p.system_fingerprint.as_deref(),
+        |v| { repeated(Repeated::Fingerprint, v) }
+    );
+    if let Some(u) = r.usage {
+        put(GEN_AI_USAGE_INPUT_TOKENS, int(u.input_tokens));
+        put(GEN_AI_USAGE_OUTPUT_TOKENS, int(u.output_tokens));
+        some!(GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, u.cached_input_tokens, int);
+        some!(
             GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS,
-            r.usage.and_then(|u| u.cache_creation_input_tokens).map(int),
-        ),
-        (
-            GEN_AI_USAGE_REASONING_OUTPUT_TOKENS,
-            r.usage.and_then(|u| u.reasoning_tokens).map(int),
-        ),
-        (HTTP_RESPONSE_STATUS_CODE, r.status.map(|s| int(s.into()))),
-    ];
-    let m = &r.meta;
-    let meta = [
-        (OPENAI_REQUEST_ID, m.request_id().map(text)),
-        (
-            OPENAI_ORGANIZATION,
-            m.organization().map(|v| repeated(Repeated::Organization, v)),
-        ),
-        (
-            OPENAI_API_VERSION,
-            m.api_version().map(|v| repeated(Repeated::ApiVersion, v)),
-        ),
-        (
-            OPENAI_PROCESSING_MS,
-            m.processing.map(|d| Value::F64(d.as_secs_f64() * 1000.0)),
-        ),
-        (RATELIMIT_LIMIT_REQUESTS, m.requests.limit.map(int)),
-        (RATELIMIT_REMAINING_REQUESTS, m.requests.remaining.map(int)),
-        (
-            RATELIMIT_RESET_REQUESTS,
-            m.requests.reset.map(|d| Value::F64(d.as_secs_f64())),
-        ),
-        (RATELIMIT_LIMIT_TOKENS, m.tokens.limit.map(int)),
-        (RATELIMIT_REMAINING_TOKENS, m.tokens.remaining.map(int)),
-        (
-            RATELIMIT_RESET_TOKENS,
-            m.tokens.reset.map(|d| Value::F64(d.as_secs_f64())),
-        ),
-    ];
-    let t = &r.timings;
-    let stream = [
-        (
-            LLM_METER_TIME_TO_FIRST_CHUNK,
-            t.time_to_first_chunk
-                .filter(|_| q.stream)
-                .map(|d| Value::F64(d.as_secs_f64())),
-        ),
-        (LLM_METER_CHUNK_COUNT, q.stream.then(|| int(t.chunks.into()))),
-    ];
-    let cost = [
-        (COST_INPUT_USD, r.cost.map(|c| Value::F64(c.input))),
-        (COST_OUTPUT_USD, r.cost.map(|c| Value::F64(c.output))),
-        (COST_TOTAL_USD, r.cost.map(|c| Value::F64(c.total))),
-        (COST_UNPRICED, r.unpriced().then_some(Value::Bool(true))),
-        (LIMITS_BLOCKED, array(r.blocked_limit_ids.iter().map(String::as_str))),
-    ];
-    let a = &r.annotations;
-    let annotations = [
-        (USE_CASE_ID, a.use_case_id().map(text)),
-        (USE_CASE_VERSION, a.use_case_version().map(text)),
-        (USE_CASE_STEP, a.use_case_step().map(text)),
-        (USER_ID, a.user_id().map(text)),
-        (ACCOUNT_NAME, a.account_name().map(text)),
-        (LIMIT_IDS, array(a.limit_ids().iter().map(String::as_str))),
-        (REQUEST_TAGS, array(a.request_tags().iter().map(String::as_str))),
-    ];
-    for (key, value) in params
-        .into_iter()
-        .chain(response)
-        .chain(meta)
-        .chain(stream)
-        .chain(cost)
-        .chain(annotations)
-    {
-        if let Some(value) = value {
-            put(key, value);
-        }
+            u.cache_creation_input_tokens,
+            int
+        );
+        some!(GEN_AI_USAGE_REASONING_OUTPUT_TOKENS, u.reasoning_tokens, int);
     }
+    some!(HTTP_RESPONSE_STATUS_CODE, r.status, |s: u16| int(s.into()));
+
+    let m = &r.meta;
+    some!(OPENAI_REQUEST_ID, m.request_id(), text);
+    some!(OPENAI_ORGANIZATION, m.organization(), |v| repeated(
+        Repeated::Organization,
+        v
+    ));
+    some!(OPENAI_API_VERSION, m.api_version(), |v| repeated(
+        Repeated::ApiVersion,
+        v
+    ));
+    some!(OPENAI_PROCESSING_MS, m.processing, |d: std::time::Duration| {
+        Value::F64(d.as_secs_f64() * 1000.0)
+    });
+    some!(RATELIMIT_LIMIT_REQUESTS, m.requests.limit, int);
+    some!(RATELIMIT_REMAINING_REQUESTS, m.requests.remaining, int);
+    some!(RATELIMIT_RESET_REQUESTS, m.requests.reset, seconds);
+    some!(RATELIMIT_LIMIT_TOKENS, m.tokens.limit, int);
+    some!(RATELIMIT_REMAINING_TOKENS, m.tokens.remaining, int);
+    some!(RATELIMIT_RESET_TOKENS, m.tokens.reset, seconds);
+
+    if q.stream {
+        some!(LLM_METER_TIME_TO_FIRST_CHUNK, r.timings.time_to_first_chunk, seconds);
+        put(LLM_METER_CHUNK_COUNT, int(r.timings.chunks.into()));
+    }
+    if let Some(c) = r.cost {
+        put(COST_INPUT_USD, Value::F64(c.input));
+        put(COST_OUTPUT_USD, Value::F64(c.output));
+        put(COST_TOTAL_USD, Value::F64(c.total));
+    }
+    if r.unpriced() {
+        put(COST_UNPRICED, Value::Bool(true));
+    }
+    some!(LIMITS_BLOCKED, array(&r.blocked_limit_ids), |v| v);
+
+    let a = &r.annotations;
+    some!(USE_CASE_ID, a.use_case_id(), text);
+    some!(USE_CASE_VERSION, a.use_case_version(), text);
+    some!(USE_CASE_STEP, a.use_case_step(), text);
+    some!(USER_ID, a.user_id(), text);
+    some!(ACCOUNT_NAME, a.account_name(), text);
+    some!(LIMIT_IDS, array(a.limit_ids()), |v| v);
+    some!(REQUEST_TAGS, array(a.request_tags()), |v| v);
     for (prefix, props) in [
         (USE_CASE_PROPERTIES_PREFIX, a.use_case_properties()),
         (REQUEST_PROPERTIES_PREFIX, a.request_properties()),
     ] {
         for (k, v) in props {
-            out.push(KeyValue::new(format!("{prefix}{k}"), v.clone()));
+            emit(KeyValue::new(format!("{prefix}{k}"), v.clone()));
         }
     }
-    out
 }
 
 #[cfg(test)]
