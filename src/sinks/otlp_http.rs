@@ -29,7 +29,7 @@ const FIXED64: u8 = 1;
 const LEN: u8 = 2;
 const FIXED32: u8 = 5;
 
-/// Straight onto `out` (most varints are one byte: a push, not a copy through [`Framing`]).
+/// Straight onto `out` (most varints are one byte: a push).
 fn varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
@@ -89,9 +89,7 @@ fn sized_message(out: &mut Vec<u8>, field: u32, room: usize, body: impl FnOnce(&
     let at = out.len();
     out.resize(at + room, 0);
     body(out);
-    let mut prefix = Framing::default();
-    prefix.varint((out.len() - at - room) as u64);
-    let (prefix, n) = (prefix.bytes(), prefix.len);
+    let (prefix, n) = varint_bytes((out.len() - at - room) as u64);
     if n < room {
         out.drain(at + n..at + room);
     } else if n > room {
@@ -105,40 +103,29 @@ fn any_value(out: &mut Vec<u8>, value: &Value) {
     if let Value::Array(array) = value {
         return message(out, 5, |out| array_values(out, array));
     }
-    let mut head = Framing::default();
     // A kind of value this crate does not know yet: an empty `AnyValue` rather than a panic.
-    if let Some(text) = scalar(&mut head, value) {
-        out.extend_from_slice(head.bytes());
-        out.extend_from_slice(text);
-    }
+    scalar(out, value);
 }
 
-/// A scalar `AnyValue`'s one field: its tag and a number's bytes, or a string's tag and length,
-/// put in `head`; returns the string's text that follows (empty for a number). `None` for an
-/// array, or a kind this crate does not know.
-fn scalar<'v>(head: &mut Framing, value: &'v Value) -> Option<&'v [u8]> {
+/// A scalar `AnyValue`'s one field (its tag, then a number's bytes or a string's length and
+/// text); nothing for an array, or a kind this crate does not know.
+fn scalar(out: &mut Vec<u8>, value: &Value) {
     match value {
         Value::Bool(b) => {
-            head.tag(2, VARINT);
-            head.varint(u64::from(*b));
+            tag(out, 2, VARINT);
+            out.push(u8::from(*b));
         }
         Value::I64(i) => {
-            head.tag(3, VARINT);
-            head.varint(*i as u64);
+            tag(out, 3, VARINT);
+            varint(out, *i as u64);
         }
         Value::F64(f) => {
-            head.tag(4, FIXED64);
-            head.extend(&f.to_le_bytes());
+            tag(out, 4, FIXED64);
+            out.extend_from_slice(&f.to_le_bytes());
         }
-        Value::String(s) => {
-            let text = s.as_str().as_bytes();
-            head.tag(1, LEN);
-            head.varint(text.len() as u64);
-            return Some(text);
-        }
-        _ => return None,
+        Value::String(s) => len_prefixed(out, 1, s.as_str().as_bytes()),
+        _ => {}
     }
-    Some(&[])
 }
 
 /// `ArrayValue.values`, each an `AnyValue`.
@@ -159,8 +146,8 @@ fn array_values(out: &mut Vec<u8>, array: &Array) {
 
 fn attributes<'a>(out: &mut Vec<u8>, field: u32, attributes: impl IntoIterator<Item = (&'a str, &'a Value)>) {
     for (key, value) in attributes {
-        // A scalar's `KeyValue` has a length known before it is written: its framing goes out
-        // in two small copies, then the key's and the value's bytes.
+        // A scalar's `KeyValue` has a length known before it is written, so it is written
+        // straight through, without a length to fill in afterwards.
         let Some(value_len) = scalar_len(value) else {
             message(out, field, |out| {
                 bytes_field(out, 1, key.as_bytes());
@@ -168,59 +155,37 @@ fn attributes<'a>(out: &mut Vec<u8>, field: u32, attributes: impl IntoIterator<I
             });
             continue;
         };
+        let key = key.as_bytes();
         let key_len = if key.is_empty() {
             0
         } else {
             1 + varint_len(key.len() as u64) + key.len()
         };
-        let mut head = Framing::default();
-        head.tag(field, LEN);
-        head.varint((key_len + 1 + varint_len(value_len as u64) + value_len) as u64);
+        let len = key_len + 1 + varint_len(value_len as u64) + value_len;
+        // Room for the whole `KeyValue` first (its tag and length take at most 15 bytes), so
+        // writing it never grows `out` piece by piece.
+        out.reserve(15 + len);
+        tag(out, field, LEN);
+        varint(out, len as u64);
         if !key.is_empty() {
-            head.tag(1, LEN);
-            head.varint(key.len() as u64);
+            len_prefixed(out, 1, key);
         }
-        out.extend_from_slice(head.bytes());
-        out.extend_from_slice(key.as_bytes());
-        let mut head = Framing::default();
-        head.tag(2, LEN);
-        head.varint(value_len as u64);
-        let text = scalar(&mut head, value).unwrap_or_default();
-        out.extend_from_slice(head.bytes());
-        out.extend_from_slice(text);
+        tag(out, 2, LEN);
+        varint(out, value_len as u64);
+        scalar(out, value);
     }
 }
 
-/// A few bytes of framing (tags, lengths, a scalar) put together on the stack.
-#[derive(Default)]
-struct Framing {
-    bytes: [u8; 32],
-    len: usize,
-}
-
-impl Framing {
-    fn varint(&mut self, mut v: u64) {
-        while v >= 0x80 {
-            self.bytes[self.len] = (v as u8) | 0x80;
-            self.len += 1;
-            v >>= 7;
-        }
-        self.bytes[self.len] = v as u8;
-        self.len += 1;
+/// A varint's bytes on the stack, and how many there are.
+fn varint_bytes(mut v: u64) -> ([u8; 10], usize) {
+    let (mut bytes, mut len) = ([0; 10], 0);
+    while v >= 0x80 {
+        bytes[len] = (v as u8) | 0x80;
+        len += 1;
+        v >>= 7;
     }
-
-    fn tag(&mut self, field: u32, wire: u8) {
-        self.varint((u64::from(field) << 3) | u64::from(wire));
-    }
-
-    fn extend(&mut self, bytes: &[u8]) {
-        self.bytes[self.len..self.len + bytes.len()].copy_from_slice(bytes);
-        self.len += bytes.len();
-    }
-
-    fn bytes(&self) -> &[u8] {
-        &self.bytes[..self.len]
-    }
+    bytes[len] = v as u8;
+    (bytes, len + 1)
 }
 
 /// The length of what [`scalar`] writes for `value` (its framing and text), `None` where it
