@@ -744,9 +744,12 @@ impl Telemetry {
         &self.inner.stats
     }
 
-    /// The tracing-opentelemetry layer, for your own subscriber. It leaves out what costs time
-    /// on every poll and says nothing about a call: busy/idle times, thread ids and source
-    /// locations (`code.*`).
+    /// The tracing-opentelemetry layer, for your own subscriber. It takes spans and events at
+    /// `INFO` and above (llm-meter's own are `INFO`): `DEBUG` and `TRACE` ones, which HTTP
+    /// libraries such as hyper-util emit several times per request, are never built when no
+    /// other layer wants them, and would swamp a trace if exported. It leaves out what costs
+    /// time on every poll and says nothing about a call: busy/idle times, thread ids and
+    /// source locations (`code.*`). For other levels, build a layer on [`Self::tracer`].
     pub fn tracing_layer<S>(&self) -> impl Layer<S>
     where
         S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
@@ -756,6 +759,7 @@ impl Telemetry {
             .with_tracked_inactivity(false)
             .with_threads(false)
             .with_location(false)
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
     }
 
     /// Installs the global `tracing` subscriber: this OpenTelemetry layer, plus (feature `log`) a

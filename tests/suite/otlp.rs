@@ -198,6 +198,24 @@ async fn exports_spans_and_metrics_over_http() {
     exports_spans_and_metrics(Protocol::HttpProtobuf).await;
 }
 
+/// The tracing layer takes `INFO` and above: a caller's `DEBUG` span is not exported beside its
+/// `INFO` parent, and `TRACE` events (hyper-util's pool logs several per request) are not even
+/// enabled, so they are never built.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tracing_layer_exports_info_spans_and_leaves_debug_and_trace_out() {
+    let (addr, rx) = http(any()).await;
+    let t = telemetry(Protocol::HttpProtobuf, addr);
+    let _subscriber = tracing::subscriber::set_default(tracing_subscriber::registry().with(t.tracing_layer()));
+    assert!(!tracing::enabled!(target: "hyper_util::client::legacy::pool", tracing::Level::TRACE));
+    assert!(!tracing::enabled!(tracing::Level::DEBUG));
+    assert!(tracing::enabled!(tracing::Level::INFO));
+    tracing::info_span!("kept").in_scope(|| tracing::debug_span!("left out").in_scope(|| {}));
+    flush(&t).await;
+    assert!(eventually(|| !rx.spans().is_empty()).await);
+    let names: Vec<String> = rx.spans().iter().map(|s| s.name.clone()).collect();
+    assert_eq!(names, ["kept"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_complete_while_the_receiver_hangs_and_the_bounded_queue_drops() {
     let (addr, rx) = grpc(any()).await;

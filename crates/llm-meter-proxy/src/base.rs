@@ -1,9 +1,9 @@
 //! An upstream's base URL taken apart once: the scheme, authority and path every call's upstream
-//! URI is built from, and the `server.*` the call is recorded with. Built at start for the
+//! URI is built from, its `Host` header, and the `server.*` the call is recorded with. Built at start for the
 //! configured upstreams, per request for one a request chose.
 
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::Uri;
+use http::{HeaderValue, Uri};
 
 use llm_meter::Server;
 
@@ -15,6 +15,7 @@ pub(crate) struct Base {
     authority: Authority,
     /// What follows the authority, its trailing `/` dropped (empty for an origin).
     path: String,
+    host: HeaderValue,
     server: Server,
 }
 
@@ -30,6 +31,7 @@ impl Base {
             .strip_prefix("://")?
             .strip_prefix(authority.as_str())?
             .to_owned();
+        let host = host_header(&uri)?;
         let mut server = Server::of(url);
         if let Some(name) = provider {
             server = server.with_provider(name);
@@ -39,8 +41,15 @@ impl Base {
             scheme,
             authority,
             path,
+            host,
             server,
         })
+    }
+
+    /// The `Host` header of requests to this base: the one hyper-util's client would otherwise
+    /// write for every request (with a `format!` when the port is not the scheme's default).
+    pub(crate) fn host(&self) -> &HeaderValue {
+        &self.host
     }
 
     /// The upstream URI for `rest` (a path below the base) and the caller's `query`; `None`
@@ -71,6 +80,20 @@ impl Base {
     pub(crate) fn server(&self) -> &Server {
         &self.server
     }
+}
+
+/// The host and, unless it is the scheme's default, the port: hyper-util's rule (443 is the
+/// default for `https`, 80 for any other scheme); never the user information.
+fn host_header(uri: &Uri) -> Option<HeaderValue> {
+    let host = uri.host()?;
+    let secure = uri.scheme_str() == Some("https");
+    let value = match uri.port() {
+        Some(port) if !matches!((port.as_u16(), secure), (443, true) | (80, false)) => {
+            HeaderValue::try_from(format!("{host}:{port}"))
+        }
+        _ => HeaderValue::try_from(host),
+    };
+    value.ok()
 }
 
 #[cfg(test)]
@@ -132,6 +155,24 @@ mod tests {
         }
         let url = llm_meter::parse_api_base("https://api.anthropic.com").unwrap();
         let base = Base::new(&url, Some("anthropic")).unwrap();
+        assert_eq!(base.host(), "api.anthropic.com");
         assert_eq!(base.server().provider.as_deref(), Some("anthropic"));
+    }
+
+    #[test]
+    fn the_host_header_has_the_port_only_when_it_is_not_the_schemes_default() {
+        let uri = |text: &str| text.parse::<Uri>().unwrap();
+        for (text, host) in [
+            ("https://api.openai.com/v1", "api.openai.com"),
+            ("https://api.openai.com:443/v1", "api.openai.com"),
+            ("https://api.openai.com:80/v1", "api.openai.com:80"),
+            ("http://127.0.0.1:8080/v1", "127.0.0.1:8080"),
+            ("http://127.0.0.1:80/v1", "127.0.0.1"),
+            ("http://127.0.0.1:443/v1", "127.0.0.1:443"),
+            ("http://[::1]:9000/openai/base", "[::1]:9000"),
+            ("http://user:secret@host.example:81/v1", "host.example:81"),
+        ] {
+            assert_eq!(host_header(&uri(text)).unwrap(), host, "{text}");
+        }
     }
 }

@@ -104,7 +104,9 @@ fn join(base: &Base, rest: &str, query: Option<&str>) -> Result<Uri, Rejection> 
     base.uri(rest, query).ok_or(Rejection::InvalidPath)
 }
 
-fn upstream_request(method: Method, uri: Uri, headers: HeaderMap, body: Body) -> http::Request<Body> {
+/// The request to the upstream at `base`, with its `Host` header.
+fn upstream_request(method: Method, base: &Base, uri: Uri, mut headers: HeaderMap, body: Body) -> http::Request<Body> {
+    headers.insert(header::HOST, base.host().clone());
     let mut request = http::Request::new(body);
     *request.method_mut() = method;
     *request.uri_mut() = uri;
@@ -275,7 +277,13 @@ async fn observed(
     let mut prepared = match inner.meter.prepare_for(api, body.clone(), None) {
         Ok(p) => p,
         // Not a JSON object: the provider says what is wrong with it; nothing to observe.
-        Err(_) => return relay(inner, upstream_request(Method::POST, url, headers, Body::from(body))).await,
+        Err(_) => {
+            return relay(
+                inner,
+                upstream_request(Method::POST, &base, url, headers, Body::from(body)),
+            )
+            .await
+        }
     };
     if prepared.facts.model.is_empty() {
         // Azure OpenAI names the deployment in the path, not the model in the body.
@@ -292,7 +300,7 @@ async fn observed(
     }
     call.inject_trace_context(&mut headers);
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    let request = upstream_request(Method::POST, url, headers, Body::from(prepared.body));
+    let request = upstream_request(Method::POST, &base, url, headers, Body::from(prepared.body));
     let sent = Instant::now();
     if !stream {
         let (parts, body) = match inner.http.send_and_read(request, settings.timeout).await {
@@ -370,7 +378,7 @@ async fn forwarded(inner: &ProxyInner, request: Request, provider: Provider) -> 
     let mut headers = parts.headers;
     let upstream_auth = inner.upstream_auth.as_ref().filter(|_| provider == Provider::OpenAi);
     prepare_upstream_headers(&mut headers, upstream_auth, false);
-    relay(inner, upstream_request(parts.method, url, headers, body)).await
+    relay(inner, upstream_request(parts.method, &base, url, headers, body)).await
 }
 
 #[cfg(test)]
