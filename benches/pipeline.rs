@@ -8,7 +8,8 @@
 //! exporter, and the per-chunk cost of the SSE observer. A second bare arm is the noise floor. Reports medians of
 //! per-round differences (ns per call) and allocation counts.
 //!
-//! Run: `cargo bench --bench pipeline` (results go to bench/RESULTS.md by hand). Under
+//! Run: `cargo bench --bench pipeline` (results go to bench/RESULTS.md by hand);
+//! `BENCH_ONLY=<arm>` runs one arm's calls alone, for callgrind. Under
 //! `cargo test` (no `--bench` argument) it runs a short smoke round instead. Either way it then
 //! asserts the allocation counts bench/RESULTS.md records, which are deterministic: 0 per warm
 //! SSE chunk, and at most the recorded count per call for each arm.
@@ -173,6 +174,22 @@ fn main() {
         tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(provider.tracer("bench")));
     let otel = tracing::Dispatch::new(otel);
     let direct = Meter::builder().tracer(provider.tracer("bench")).build().unwrap();
+
+    // `BENCH_ONLY=<arm>`: that arm's calls alone, `BENCH_ITERS` of them, to count its
+    // instructions under callgrind (bench/RESULTS.md); no rounds, no checks.
+    if let Ok(only) = std::env::var("BENCH_ONLY") {
+        let run = |m: &Meter| per_call(iters, || metered(m, &server, &annotations, &h, &req, body));
+        let (ns, allocs) = match only.as_str() {
+            "bare" => per_call(iters, || bare(&req, body)),
+            "off" => run(&quiet),
+            "no-subscriber" => run(&meter),
+            "tracing" => tracing::dispatcher::with_default(&otel, || run(&meter)),
+            "direct" => run(&direct),
+            other => panic!("BENCH_ONLY={other}: not an arm (bare, off, no-subscriber, tracing, direct)"),
+        };
+        println!("{only}: {iters} calls, {ns:.0} ns/call, {allocs:.1} allocs/call");
+        return;
+    }
 
     tracing::dispatcher::with_default(&otel, || {
         let facts = meter.prepare(serde_json::to_vec(&req).unwrap(), None).unwrap().facts;

@@ -454,6 +454,9 @@ impl Annotations {
                 found[field as usize].get_or_insert(value);
             }
         }
+        if found.iter().all(Option::is_none) {
+            return Ok(Annotations::none());
+        }
         let text = |field: AnnotationField| -> Result<Option<&str>, AnnotationError> {
             match found[field as usize] {
                 None => Ok(None),
@@ -570,6 +573,10 @@ mod tests {
     #[test]
     fn no_headers_means_empty_annotations() {
         let a = Annotations::from_headers(&HeaderMap::new()).unwrap();
+        let mut other = HeaderMap::new();
+        other.insert("authorization", HeaderValue::from_static("Bearer sk-test"));
+        other.insert("xproxy-unknown", HeaderValue::from_static("x"));
+        assert!(Annotations::from_headers(&other).unwrap().is_empty());
         assert!(a.is_empty());
         assert!(a.to_headers().is_empty());
     }

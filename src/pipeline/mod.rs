@@ -560,6 +560,7 @@ impl Meter {
                     &server.address,
                     annotations,
                     parent,
+                    request.stream,
                 ))
             }
             (true, None) => {

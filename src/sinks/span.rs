@@ -98,7 +98,9 @@ pub fn start_server_span_on(
 }
 
 /// The chat span of a call on `tracer` directly, under `parent`: [`start_chat_span`]'s name,
-/// kind and opening attributes.
+/// kind and opening attributes. A whole answer's span is opened with room for every attribute
+/// it gets at the end, so setting them never grows its list; a stream's, open as long as the
+/// stream is (1,000 open streams hold 1,000 spans), holds only the opening ones until then.
 pub fn start_chat_span_on(
     tracer: &SdkTracer,
     model: &str,
@@ -106,8 +108,9 @@ pub fn start_chat_span_on(
     server_address: &str,
     annotations: &Annotations,
     parent: &opentelemetry::Context,
+    streaming: bool,
 ) -> OtelSpan {
-    let mut opening = Vec::with_capacity(SPAN_ATTRIBUTES);
+    let mut opening = Vec::with_capacity(if streaming { OPENING_ATTRIBUTES } else { SPAN_ATTRIBUTES });
     opening.push(KeyValue::new(GEN_AI_OPERATION_NAME, OPERATION_CHAT));
     opening.push(KeyValue::new(
         GEN_AI_PROVIDER_NAME,
@@ -308,10 +311,12 @@ pub fn record_on_span(span: &Span, cx: Option<opentelemetry::Context>, r: &CallR
     }
 }
 
-/// How many attributes a call's span holds at most without properties: the five it opens
-/// with, the 46 [`each_attribute`] can give and `error.type`. The span's list is made this
-/// size at the start, so the attributes set at the end never grow it.
-const SPAN_ATTRIBUTES: usize = 5 + 47;
+/// How many attributes a call's span is opened with, at most.
+const OPENING_ATTRIBUTES: usize = 5;
+
+/// How many attributes a call's span holds at most without properties: the opening ones, the
+/// 46 [`each_attribute`] can give and `error.type`.
+const SPAN_ATTRIBUTES: usize = OPENING_ATTRIBUTES + 47;
 
 /// Every attribute of the record beyond the ones the span was opened with, in one list.
 pub fn attributes(r: &CallRecord) -> Vec<KeyValue> {
