@@ -346,13 +346,20 @@ pub fn each_attribute(r: &CallRecord, mut emit: impl FnMut(KeyValue)) {
     fn array(items: &[String]) -> Option<Value> {
         strings(items.iter().map(|s| StringValue::from(s.clone())))
     }
+    // A text most calls repeat, shared with the previous call's (see `repeated`).
+    fn share(which: Repeated) -> impl Fn(&str) -> Value {
+        move |v| repeated(which, v)
+    }
     let mut put = |key: &'static str, value: Value| emit(KeyValue::new(key, value));
-    // `key` with `value` mapped by `to`, when there is a value.
+    // `key` with `value` (mapped by `to`), when there is a value.
     macro_rules! some {
-        ($key:expr, $value:expr, $to:expr) => {
+        ($key:expr, $value:expr) => {
             if let Some(v) = $value {
-                put($key, $to(v));
+                put($key, v);
             }
+        };
+        ($key:expr, $value:expr, $to:expr) => {
+            some!($key, $value.map($to))
         };
     }
 
@@ -365,30 +372,35 @@ pub fn each_attribute(r: &CallRecord, mut emit: impl FnMut(KeyValue)) {
     some!(GEN_AI_REQUEST_PRESENCE_PENALTY, q.presence_penalty, Value::F64);
     some!(GEN_AI_REQUEST_SEED, q.seed, Value::I64);
     some!(GEN_AI_REQUEST_CHOICE_COUNT, q.choice_count.filter(|n| *n != 1), int);
-    some!(GEN_AI_REQUEST_STOP_SEQUENCES, array(&q.stop_sequences), |v| v);
+    some!(GEN_AI_REQUEST_STOP_SEQUENCES, array(&q.stop_sequences));
     put(GEN_AI_REQUEST_STREAM, Value::Bool(q.stream));
-    some!(OPENAI_REQUEST_SERVICE_TIER, q.service_tier.as_deref(), |v| {
-        repeated(Repeated::RequestServiceTier, v)
-    });
+    some!(
+        OPENAI_REQUEST_SERVICE_TIER,
+        q.service_tier.as_deref(),
+        share(Repeated::RequestServiceTier)
+    );
 
     let p = &r.response;
     some!(GEN_AI_RESPONSE_ID, p.id.as_deref(), text);
-    some!(GEN_AI_RESPONSE_MODEL, p.model.as_deref(), |v| repeated(
-        Repeated::ResponseModel,
-        v
-    ));
+    some!(
+        GEN_AI_RESPONSE_MODEL,
+        p.model.as_deref(),
+        share(Repeated::ResponseModel)
+    );
     let finish_reasons = strings(p.finish_reasons.iter().map(|f| match f.as_static_str() {
         Some(known) => StringValue::from(known),
         None => StringValue::from(f.as_str().to_owned()),
     }));
-    some!(GEN_AI_RESPONSE_FINISH_REASONS, finish_reasons, |v| v);
-    some!(OPENAI_RESPONSE_SERVICE_TIER, p.service_tier.as_deref(), |v| {
-        repeated(Repeated::ResponseServiceTier, v)
-    });
+    some!(GEN_AI_RESPONSE_FINISH_REASONS, finish_reasons);
+    some!(
+        OPENAI_RESPONSE_SERVICE_TIER,
+        p.service_tier.as_deref(),
+        share(Repeated::ResponseServiceTier)
+    );
     some!(
         OPENAI_RESPONSE_SYSTEM_FINGERPRINT,
         p.system_fingerprint.as_deref(),
-        |v| { repeated(Repeated::Fingerprint, v) }
+        share(Repeated::Fingerprint)
     );
     if let Some(u) = r.usage {
         put(GEN_AI_USAGE_INPUT_TOKENS, int(u.input_tokens));
@@ -405,14 +417,8 @@ pub fn each_attribute(r: &CallRecord, mut emit: impl FnMut(KeyValue)) {
 
     let m = &r.meta;
     some!(OPENAI_REQUEST_ID, m.request_id(), text);
-    some!(OPENAI_ORGANIZATION, m.organization(), |v| repeated(
-        Repeated::Organization,
-        v
-    ));
-    some!(OPENAI_API_VERSION, m.api_version(), |v| repeated(
-        Repeated::ApiVersion,
-        v
-    ));
+    some!(OPENAI_ORGANIZATION, m.organization(), share(Repeated::Organization));
+    some!(OPENAI_API_VERSION, m.api_version(), share(Repeated::ApiVersion));
     some!(OPENAI_PROCESSING_MS, m.processing, |d: std::time::Duration| {
         Value::F64(d.as_secs_f64() * 1000.0)
     });
@@ -435,7 +441,7 @@ pub fn each_attribute(r: &CallRecord, mut emit: impl FnMut(KeyValue)) {
     if r.unpriced() {
         put(COST_UNPRICED, Value::Bool(true));
     }
-    some!(LIMITS_BLOCKED, array(&r.blocked_limit_ids), |v| v);
+    some!(LIMITS_BLOCKED, array(&r.blocked_limit_ids));
 
     let a = &r.annotations;
     some!(USE_CASE_ID, a.use_case_id(), text);
@@ -443,8 +449,8 @@ pub fn each_attribute(r: &CallRecord, mut emit: impl FnMut(KeyValue)) {
     some!(USE_CASE_STEP, a.use_case_step(), text);
     some!(USER_ID, a.user_id(), text);
     some!(ACCOUNT_NAME, a.account_name(), text);
-    some!(LIMIT_IDS, array(a.limit_ids()), |v| v);
-    some!(REQUEST_TAGS, array(a.request_tags()), |v| v);
+    some!(LIMIT_IDS, array(a.limit_ids()));
+    some!(REQUEST_TAGS, array(a.request_tags()));
     for (prefix, props) in [
         (USE_CASE_PROPERTIES_PREFIX, a.use_case_properties()),
         (REQUEST_PROPERTIES_PREFIX, a.request_properties()),
