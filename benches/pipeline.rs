@@ -4,8 +4,11 @@
 //! (serialize the request, parse the response into `serde_json::Value`), then that work plus
 //! llm-meter's pipeline (prepare, span, headers, body, record, hooks) with spans disabled (no
 //! subscriber), with a tracing-opentelemetry subscriber exporting to a null exporter, with spans
-//! built on the tracer directly (what a meter from `Telemetry` does) exporting to the same null
-//! exporter, and the per-chunk cost of the SSE observer. A second bare arm is the noise floor. Reports medians of
+//! built on an SDK tracer directly (a meter given `MeterBuilder::tracer`, or one from `Telemetry`
+//! over gRPC) exporting to the same null exporter, with metrics and spans as a meter from
+//! `Telemetry` over OTLP/HTTP records them (spans written from the record onto the export queue,
+//! sent to a collector in this process that answers 200), and the per-chunk cost of the SSE
+//! observer. A second bare arm is the noise floor. Reports medians of
 //! per-round differences (ns per call) and allocation counts.
 //!
 //! Run: `cargo bench --bench pipeline` (results go to bench/RESULTS.md by hand);
@@ -114,6 +117,44 @@ fn metered(
     black_box(v);
 }
 
+/// A collector on a port of its own that answers every export with 200: its base URL.
+fn null_collector() -> String {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream);
+                loop {
+                    let (mut line, mut len) = (String::new(), 0);
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap_or(0);
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                    if reader.get_mut().write_all(ok).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
 fn per_call(iters: u32, mut f: impl FnMut()) -> (f64, f64) {
     let a0 = allocs();
     let t0 = Instant::now();
@@ -139,6 +180,8 @@ const RECORDED_ALLOCS_TELEMETRY_OFF: f64 = 8.0;
 const RECORDED_ALLOCS_OTEL: f64 = 37.0;
 /// Added per call, spans on the tracer directly, sampled.
 const RECORDED_ALLOCS_DIRECT: f64 = 19.0;
+/// Added per call, metrics and a span written onto the OTLP/HTTP queue, sampled.
+const RECORDED_ALLOCS_TELEMETRY: f64 = 11.0;
 /// Per chunk, the whole fixture stream (first-chunk fields and the learned delta shape included).
 const RECORDED_ALLOCS_PER_STREAM_CHUNK: f64 = 0.73;
 
@@ -174,6 +217,13 @@ fn main() {
         tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(provider.tracer("bench")));
     let otel = tracing::Dispatch::new(otel);
     let direct = Meter::builder().tracer(provider.tracer("bench")).build().unwrap();
+    let telemetry = llm_meter::Telemetry::builder()
+        .otlp(llm_meter::Protocol::HttpProtobuf, null_collector())
+        .prometheus(false)
+        .metric_interval(std::time::Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let exported = telemetry.meter_builder().build().unwrap();
 
     // `BENCH_ONLY=<arm>`: that arm's calls alone, `BENCH_ITERS` of them, to count its
     // instructions under callgrind (bench/RESULTS.md); no rounds, no checks.
@@ -185,7 +235,8 @@ fn main() {
             "no-subscriber" => run(&meter),
             "tracing" => tracing::dispatcher::with_default(&otel, || run(&meter)),
             "direct" => run(&direct),
-            other => panic!("BENCH_ONLY={other}: not an arm (bare, off, no-subscriber, tracing, direct)"),
+            "telemetry" => run(&exported),
+            other => panic!("BENCH_ONLY={other}: not an arm (bare, off, no-subscriber, tracing, direct, telemetry)"),
         };
         println!("{only}: {iters} calls, {ns:.0} ns/call, {allocs:.1} allocs/call");
         return;
@@ -201,6 +252,7 @@ fn main() {
 
     let (mut noise, mut off, mut quiet_d, mut on, mut direct_d, mut per_chunk) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut telemetry_d, mut allocs_telemetry) = (vec![], 0.0);
     let (mut allocs_bare, mut allocs_off, mut allocs_quiet, mut allocs_on, mut allocs_direct, mut allocs_chunk) =
         (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
     let mut bare_ns = vec![];
@@ -212,6 +264,9 @@ fn main() {
             per_call(iters, || metered(&meter, &server, &annotations, &h, &req, body))
         });
         let (m_direct, a_direct) = per_call(iters, || metered(&direct, &server, &annotations, &h, &req, body));
+        let (m_telemetry, a_telemetry) = per_call(iters, || metered(&exported, &server, &annotations, &h, &req, body));
+        telemetry_d.push(m_telemetry - b1);
+        allocs_telemetry = a_telemetry - ab;
         let (b2, _) = per_call(iters, || bare(&req, body));
         let (stream_ns, a_stream) = per_call(iters / 4, || {
             let mut o = StreamObserver::new(Instant::now());
@@ -290,6 +345,10 @@ fn main() {
         median(direct_d)
     );
     println!(
+        "  added, metrics + span onto the OTLP/HTTP queue:     {:>+8.0} ns/call, {allocs_telemetry:+.0} allocs",
+        median(telemetry_d)
+    );
+    println!(
         "  SSE observer: {:.0} ns/chunk ({} chunks, {stream_bytes} bytes per stream), {allocs_chunk:.2} allocs/chunk incl. first-chunk fields, {warm_chunk_allocs:.3} allocs/chunk warm",
         median(per_chunk),
         chunks.len()
@@ -300,12 +359,13 @@ fn main() {
         median(warm)
     );
     let _ = provider.shutdown();
+    telemetry.shutdown();
 
     // Allocations are deterministic (counted on this thread only): hold them to what
     // bench/RESULTS.md records. Per-call figures are averages over a round; the rounding
     // margin (half an allocation) absorbs a round's one-off allocations.
     println!(
-        "  allocation counts: {allocs_off:+.3} / {allocs_quiet:+.3} / {allocs_on:+.3} / {allocs_direct:+.3} per call, {allocs_chunk:.3} per stream chunk, {warm_chunk_allocs:.3} per warm chunk"
+        "  allocation counts: {allocs_off:+.3} / {allocs_quiet:+.3} / {allocs_on:+.3} / {allocs_direct:+.3} / {allocs_telemetry:+.3} per call, {allocs_chunk:.3} per stream chunk, {warm_chunk_allocs:.3} per warm chunk"
     );
     let within = |what: &str, measured: f64, recorded: f64| {
         assert!(
@@ -325,6 +385,11 @@ fn main() {
     );
     within("added per call, tracing-opentelemetry", allocs_on, RECORDED_ALLOCS_OTEL);
     within("added per call, tracer directly", allocs_direct, RECORDED_ALLOCS_DIRECT);
+    within(
+        "added per call, metrics + OTLP/HTTP queue",
+        allocs_telemetry,
+        RECORDED_ALLOCS_TELEMETRY,
+    );
     let per_stream = allocs_chunk * chunks.len() as f64;
     let recorded_per_stream = (RECORDED_ALLOCS_PER_STREAM_CHUNK * chunks.len() as f64).round();
     assert!(

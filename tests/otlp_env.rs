@@ -95,4 +95,30 @@ async fn standard_environment_variables_configure_otlp() {
     ]);
     let err = Telemetry::builder().build().unwrap_err().to_string();
     assert!(err.contains("http/json") && err.contains("grpc"), "{err}");
+
+    // The sampler variables hold over HTTP too, where llm-meter's spans are written straight
+    // from their records (its own sampling, from the SDK's configuration).
+    let (addr, rx) = http(any()).await;
+    set(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", Some(&format!("http://{addr}"))),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", Some("http/protobuf")),
+    ]);
+    for (sampler, arg, kept) in [
+        ("traceidratio", Some("0"), false),
+        ("always_off", None, false),
+        ("traceidratio", Some("1"), true),
+    ] {
+        set(&[("OTEL_TRACES_SAMPLER", Some(sampler)), ("OTEL_TRACES_SAMPLER_ARG", arg)]);
+        let before = rx.spans().len();
+        let t = Telemetry::builder().prometheus(false).build().unwrap();
+        one_call(&t).await;
+        assert_eq!(t.export_stats().ended(), u64::from(kept), "{sampler} {arg:?}");
+        if kept {
+            assert!(eventually(|| rx.spans().len() > before).await, "{sampler} {arg:?}");
+        } else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert_eq!(rx.spans().len(), before, "{sampler} {arg:?}: nothing sampled");
+        }
+    }
+    set(&[("OTEL_TRACES_SAMPLER", None), ("OTEL_TRACES_SAMPLER_ARG", None)]);
 }

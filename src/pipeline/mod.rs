@@ -76,7 +76,7 @@ struct MeterInner {
     propagate: bool,
     stream_usage: StreamUsage,
     spans: bool,
-    tracer: Option<SdkTracer>,
+    route: SpanRoute,
     defaults: HashMap<String, Map<String, Value>>,
     metrics: Option<Metrics>,
     hooks: Vec<Arc<dyn CallHook>>,
@@ -107,13 +107,25 @@ impl Default for Meter {
     }
 }
 
+/// Where a meter's spans go.
+#[derive(Clone)]
+enum SpanRoute {
+    /// `tracing` spans, exported by the subscriber's OpenTelemetry layer if it has one.
+    Tracing,
+    /// OpenTelemetry spans on this tracer.
+    Tracer(SdkTracer),
+    /// Written straight from each record onto a telemetry's OTLP/HTTP queue.
+    #[cfg(feature = "otlp-http")]
+    Queue(crate::sinks::otlp_spans::OtlpSpans),
+}
+
 /// Builder for [`Meter`].
 pub struct MeterBuilder {
     provider: Option<String>,
     propagate: bool,
     stream_usage: StreamUsage,
     spans: bool,
-    tracer: Option<SdkTracer>,
+    route: SpanRoute,
     defaults: HashMap<String, Value>,
     metrics: Option<Metrics>,
     hooks: Vec<Arc<dyn CallHook>>,
@@ -130,7 +142,7 @@ impl Default for MeterBuilder {
             propagate: true,
             stream_usage: StreamUsage::default(),
             spans: true,
-            tracer: None,
+            route: SpanRoute::Tracing,
             defaults: HashMap::new(),
             metrics: None,
             hooks: Vec::new(),
@@ -170,7 +182,7 @@ impl MeterBuilder {
     /// its parent is the caller's current `tracing` span's OpenTelemetry context, or the
     /// server span of a server door.
     pub fn tracer(mut self, tracer: SdkTracer) -> Self {
-        self.tracer = Some(tracer);
+        self.route = SpanRoute::Tracer(tracer);
         self
     }
     /// Request defaults for `model`: each field is added to a request for that model only when
@@ -235,7 +247,7 @@ impl MeterBuilder {
                 propagate: self.propagate,
                 stream_usage: self.stream_usage,
                 spans: self.spans,
-                tracer: self.tracer,
+                route: self.route,
                 defaults,
                 metrics: self.metrics.clone(),
                 hooks: self.hooks,
@@ -256,8 +268,21 @@ impl MeterBuilder {
 impl crate::sinks::export::Telemetry {
     /// A meter builder already wired to these metrics and building its spans on this
     /// telemetry's tracer.
+    ///
+    /// When spans go over OTLP/HTTP, the meter's spans skip the SDK's span objects: each is
+    /// written straight from the finished record onto this telemetry's export queue, with the
+    /// same ids, sampling, attributes and batching (`src/sinks/otlp_spans.rs`). A tracer set on
+    /// the builder afterwards ([`MeterBuilder::tracer`]) takes its place.
     pub fn meter_builder(&self) -> MeterBuilder {
-        Meter::builder().metrics(self.metrics()).tracer(self.tracer())
+        let builder = Meter::builder().metrics(self.metrics());
+        #[cfg(feature = "otlp-http")]
+        if let Some(spans) = self.otlp_spans() {
+            return MeterBuilder {
+                route: SpanRoute::Queue(spans.clone()),
+                ..builder
+            };
+        }
+        builder.tracer(self.tracer())
     }
 }
 
@@ -538,9 +563,25 @@ impl Meter {
             (Some(p), _) | (None, Some(p)) => p.clone(),
             (None, None) => api_provider(request.api),
         };
-        let span = match (m.spans, &m.tracer) {
+        let span = match (m.spans, &m.route) {
             (false, _) => CallSpan::Off,
-            (true, Some(tracer)) => {
+            #[cfg(feature = "otlp-http")]
+            (true, SpanRoute::Queue(spans)) => {
+                let caller;
+                let parent = match parent {
+                    Some(ServerSpan::Otel(cx)) => cx,
+                    Some(ServerSpan::Tracing(span)) => {
+                        caller = span.context();
+                        &caller
+                    }
+                    None => {
+                        caller = Span::current().context();
+                        &caller
+                    }
+                };
+                CallSpan::Queued(spans.start_chat(parent))
+            }
+            (true, SpanRoute::Tracer(tracer)) => {
                 let caller;
                 let parent = match parent {
                     Some(ServerSpan::Otel(cx)) => cx,
@@ -563,7 +604,7 @@ impl Meter {
                     request.stream,
                 ))
             }
-            (true, None) => {
+            (true, SpanRoute::Tracing) => {
                 let parent = match parent {
                     Some(ServerSpan::Tracing(span)) => Some(span),
                     Some(ServerSpan::Otel(_)) | None => None,
@@ -593,9 +634,14 @@ impl Meter {
     /// caller's trace; `None` when spans are off. Pass it to [`Self::start_under`].
     pub fn server_span(&self, method: &str, route: &str, headers: &HeaderMap) -> Option<ServerSpan> {
         let m = &self.inner;
-        m.spans.then(|| match &m.tracer {
-            Some(tracer) => ServerSpan::Otel(start_server_span_on(tracer, method, route, headers)),
-            None => ServerSpan::Tracing(start_server_span(method, route, headers)),
+        m.spans.then(|| match &m.route {
+            SpanRoute::Tracer(tracer) => ServerSpan::Otel(start_server_span_on(tracer, method, route, headers)),
+            #[cfg(feature = "otlp-http")]
+            SpanRoute::Queue(spans) => {
+                let parent = crate::sinks::span::extract_trace_context(headers).unwrap_or_default();
+                ServerSpan::Otel(spans.start_server(parent, method, route))
+            }
+            SpanRoute::Tracing => ServerSpan::Tracing(start_server_span(method, route, headers)),
         })
     }
 

@@ -15,7 +15,6 @@
 //! overrides any of it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,7 +38,10 @@ use tracing_subscriber::Layer;
 const OTLP_BUILT: bool = cfg!(any(feature = "otlp-http", feature = "otlp-grpc"));
 
 use crate::names;
+pub use crate::sinks::export_stats::ExportStats;
 use crate::sinks::metrics::{LabelPolicy, Metrics};
+#[cfg(feature = "otlp-http")]
+use crate::sinks::otlp_spans::OtlpSpans;
 
 /// Instrumentation scope of llm-meter's spans and metrics.
 pub const SCOPE: &str = "llm-meter";
@@ -302,6 +304,16 @@ impl TelemetryBuilder {
             }
         }
         let tracer_provider = tracer.build();
+        #[cfg(feature = "otlp-http")]
+        let spans = match &self.otlp_traces {
+            Some(otlp) if otlp.protocol == Protocol::HttpProtobuf => {
+                let mut exporter = http_span_exporter(otlp, self.export_timeout)?;
+                exporter.set_resource(&resource);
+                let batching = crate::sinks::otlp_spans::Batching::from_env(self.span_queue);
+                Some(OtlpSpans::start(exporter, scope(), stats.clone(), batching).map_err(InitError)?)
+            }
+            _ => None,
+        };
 
         let limit = self.cardinality_limit;
         #[cfg_attr(
@@ -354,6 +366,8 @@ impl TelemetryBuilder {
         Ok(Telemetry {
             inner: Arc::new(TelemetryInner {
                 tracer_provider,
+                #[cfg(feature = "otlp-http")]
+                spans,
                 meter_provider,
                 #[cfg(feature = "prometheus")]
                 exposition,
@@ -579,43 +593,6 @@ fn header_map(headers: &HashMap<String, String>) -> Result<http::HeaderMap, Init
     Ok(map)
 }
 
-/// Counts of spans through the export pipeline.
-#[derive(Debug, Default)]
-pub struct ExportStats {
-    ended: AtomicU64,
-    exported: AtomicU64,
-    failed: AtomicU64,
-}
-
-impl ExportStats {
-    /// Spans that ended and were handed to the batch queue.
-    pub fn ended(&self) -> u64 {
-        self.ended.load(Ordering::Relaxed)
-    }
-    /// Spans the receiver accepted.
-    pub fn exported(&self) -> u64 {
-        self.exported.load(Ordering::Relaxed)
-    }
-    /// Spans in exports that failed (receiver down, refusing or too slow).
-    pub fn failed(&self) -> u64 {
-        self.failed.load(Ordering::Relaxed)
-    }
-    /// Spans dropped before export (queue full, or after shutdown), as far as known: those
-    /// ended and neither exported nor failed. Exact once the pipeline is flushed; before, it
-    /// also counts spans still queued.
-    pub fn dropped_or_queued(&self) -> u64 {
-        self.ended().saturating_sub(self.exported() + self.failed())
-    }
-
-    fn outcomes(&self) -> [(&'static str, u64); 3] {
-        [
-            ("exported", self.exported()),
-            ("failed", self.failed()),
-            ("dropped_or_queued", self.dropped_or_queued()),
-        ]
-    }
-}
-
 #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
 #[derive(Debug)]
 struct CountingExporter<E> {
@@ -628,12 +605,7 @@ impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let n = batch.len() as u64;
         let result = self.inner.export(batch).await;
-        let counter = if result.is_ok() {
-            &self.stats.exported
-        } else {
-            &self.stats.failed
-        };
-        counter.fetch_add(n, Ordering::Relaxed);
+        self.stats.spans_sent(n, result.is_ok());
         result
     }
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
@@ -661,7 +633,7 @@ impl<P: opentelemetry_sdk::trace::SpanProcessor> opentelemetry_sdk::trace::SpanP
     }
     fn on_end(&self, span: SpanData) {
         if span.span_context.is_sampled() {
-            self.stats.ended.fetch_add(1, Ordering::Relaxed);
+            self.stats.span_ended();
         }
         self.inner.on_end(span)
     }
@@ -685,6 +657,9 @@ pub struct Telemetry {
 #[derive(Debug)]
 struct TelemetryInner {
     tracer_provider: SdkTracerProvider,
+    /// The direct route of llm-meter's own spans, when they go over OTLP/HTTP.
+    #[cfg(feature = "otlp-http")]
+    spans: Option<OtlpSpans>,
     meter_provider: SdkMeterProvider,
     #[cfg(feature = "prometheus")]
     exposition: Option<crate::sinks::prometheus::Exposition>,
@@ -709,6 +684,13 @@ impl Telemetry {
     /// The tracer provider (spans go to OTLP when configured).
     pub fn tracer_provider(&self) -> &SdkTracerProvider {
         &self.inner.tracer_provider
+    }
+
+    /// The queue llm-meter's own spans are written to straight from their records, when spans
+    /// go over OTLP/HTTP (see [`Self::meter_builder`](crate::Telemetry::meter_builder)).
+    #[cfg(feature = "otlp-http")]
+    pub(crate) fn otlp_spans(&self) -> Option<&OtlpSpans> {
+        self.inner.spans.as_ref()
     }
 
     /// A tracer on this telemetry's provider, under llm-meter's instrumentation scope.
@@ -794,6 +776,12 @@ impl Telemetry {
 
     /// Flushes spans and metrics to their exporters (bounded by the export timeout).
     pub fn flush(&self) {
+        #[cfg(feature = "otlp-http")]
+        if let Some(spans) = &self.inner.spans {
+            if let Err(e) = spans.flush(SPANS_WAIT) {
+                tracing::warn!(target: "llm_meter", "{e}");
+            }
+        }
         if let Err(e) = self.inner.tracer_provider.force_flush() {
             tracing::warn!(target: "llm_meter", "span flush failed: {e}");
         }
@@ -806,10 +794,19 @@ impl Telemetry {
     /// the wait at 5 s per provider), so no flush comes first: one would wait on a collector
     /// that does not answer a second time (`bench/exporter_faults.py`, endpoint `hung`).
     pub fn shutdown(&self) {
+        #[cfg(feature = "otlp-http")]
+        if let Some(spans) = &self.inner.spans {
+            let _ = spans.shutdown(SPANS_WAIT);
+        }
         let _ = self.inner.tracer_provider.shutdown();
         let _ = self.inner.meter_provider.shutdown();
     }
 }
+
+/// How long a flush or shutdown waits on the queue of llm-meter's own spans, as the SDK waits
+/// on its providers.
+#[cfg(feature = "otlp-http")]
+const SPANS_WAIT: Duration = Duration::from_secs(5);
 
 /// Keeps telemetry running; shuts it down (exporting what is left) when dropped.
 #[derive(Debug)]

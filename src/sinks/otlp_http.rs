@@ -17,11 +17,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use opentelemetry::trace::{SpanId, SpanKind, Status};
+use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status};
 use opentelemetry::{Array, InstrumentationScope, KeyValue, Value};
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use opentelemetry_sdk::Resource;
+
+use crate::sinks::attributes::{Attributes, Text};
 
 /// Protobuf wire types.
 const VARINT: u8 = 0;
@@ -98,81 +100,128 @@ fn sized_message(out: &mut Vec<u8>, field: u32, room: usize, body: impl FnOnce(&
     out[at..at + n.min(room)].copy_from_slice(&prefix[..n.min(room)]);
 }
 
-/// `AnyValue`: its one field is written even when it holds the type's default (a oneof).
-fn any_value(out: &mut Vec<u8>, value: &Value) {
-    if let Value::Array(array) = value {
-        return message(out, 5, |out| array_values(out, array));
-    }
-    // A kind of value this crate does not know yet: an empty `AnyValue` rather than a panic.
-    scalar(out, value);
+/// A scalar attribute value, borrowed.
+#[derive(Clone, Copy)]
+enum Scalar<'a> {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(&'a str),
 }
 
-/// A scalar `AnyValue`'s one field (its tag, then a number's bytes or a string's length and
-/// text); nothing for an array, or a kind this crate does not know.
-fn scalar(out: &mut Vec<u8>, value: &Value) {
-    match value {
-        Value::Bool(b) => {
-            tag(out, 2, VARINT);
-            out.push(u8::from(*b));
+impl<'a> Scalar<'a> {
+    /// `value` as a scalar; `None` for an array, or a kind this crate does not know yet.
+    fn of(value: &'a Value) -> Option<Self> {
+        Some(match value {
+            Value::Bool(b) => Scalar::Bool(*b),
+            Value::I64(i) => Scalar::Int(*i),
+            Value::F64(f) => Scalar::Float(*f),
+            Value::String(s) => Scalar::Text(s.as_str()),
+            _ => return None,
+        })
+    }
+
+    /// The length of what [`Self::write`] writes (its framing and text).
+    fn len(self) -> usize {
+        match self {
+            Scalar::Bool(_) => 2,
+            Scalar::Int(i) => 1 + varint_len(i as u64),
+            Scalar::Float(_) => 9,
+            Scalar::Text(s) => 1 + varint_len(s.len() as u64) + s.len(),
         }
-        Value::I64(i) => {
-            tag(out, 3, VARINT);
-            varint(out, *i as u64);
+    }
+
+    /// A scalar `AnyValue`'s one field, written even when it holds the type's default (a
+    /// oneof): its tag, then a number's bytes or a string's length and text.
+    fn write(self, out: &mut Vec<u8>) {
+        match self {
+            Scalar::Bool(b) => {
+                tag(out, 2, VARINT);
+                out.push(u8::from(b));
+            }
+            Scalar::Int(i) => {
+                tag(out, 3, VARINT);
+                varint(out, i as u64);
+            }
+            Scalar::Float(f) => {
+                tag(out, 4, FIXED64);
+                out.extend_from_slice(&f.to_le_bytes());
+            }
+            Scalar::Text(s) => len_prefixed(out, 1, s.as_bytes()),
         }
-        Value::F64(f) => {
-            tag(out, 4, FIXED64);
-            out.extend_from_slice(&f.to_le_bytes());
-        }
-        Value::String(s) => len_prefixed(out, 1, s.as_str().as_bytes()),
+    }
+}
+
+/// `AnyValue`: an array's values, or a scalar's one field; an empty `AnyValue` for a kind of
+/// value this crate does not know yet, rather than a panic.
+fn any_value(out: &mut Vec<u8>, value: &Value) {
+    match (value, Scalar::of(value)) {
+        (_, Some(scalar)) => scalar.write(out),
+        (Value::Array(array), None) => message(out, 5, |out| array_values(out, array)),
         _ => {}
     }
 }
 
 /// `ArrayValue.values`, each an `AnyValue`.
 fn array_values(out: &mut Vec<u8>, array: &Array) {
-    fn each<T>(out: &mut Vec<u8>, items: &[T], write: impl Fn(&mut Vec<u8>, &T)) {
+    fn each<T>(out: &mut Vec<u8>, items: &[T], scalar: impl Fn(&T) -> Scalar<'_>) {
         for item in items {
-            message(out, 1, |out| write(out, item));
+            message(out, 1, |out| scalar(item).write(out));
         }
     }
     match array {
-        Array::Bool(items) => each(out, items, |out, b| any_value(out, &Value::Bool(*b))),
-        Array::I64(items) => each(out, items, |out, i| any_value(out, &Value::I64(*i))),
-        Array::F64(items) => each(out, items, |out, f| any_value(out, &Value::F64(*f))),
-        Array::String(items) => each(out, items, |out, s| len_prefixed(out, 1, s.as_str().as_bytes())),
+        Array::Bool(items) => each(out, items, |b| Scalar::Bool(*b)),
+        Array::I64(items) => each(out, items, |i| Scalar::Int(*i)),
+        Array::F64(items) => each(out, items, |f| Scalar::Float(*f)),
+        Array::String(items) => each(out, items, |s| Scalar::Text(s.as_str())),
         _ => {}
     }
 }
 
-fn attributes<'a>(out: &mut Vec<u8>, field: u32, attributes: impl IntoIterator<Item = (&'a str, &'a Value)>) {
-    for (key, value) in attributes {
-        // A scalar's `KeyValue` has a length known before it is written, so it is written
-        // straight through, without a length to fill in afterwards.
-        let Some(value_len) = scalar_len(value) else {
-            message(out, field, |out| {
-                bytes_field(out, 1, key.as_bytes());
-                message(out, 2, |out| any_value(out, value));
-            });
-            continue;
-        };
-        let key = key.as_bytes();
-        let key_len = if key.is_empty() {
-            0
-        } else {
-            1 + varint_len(key.len() as u64) + key.len()
-        };
-        let len = key_len + 1 + varint_len(value_len as u64) + value_len;
-        // Room for the whole `KeyValue` first (its tag and length take at most 15 bytes), so
-        // writing it never grows `out` piece by piece.
-        out.reserve(15 + len);
+/// A `string` field whose text is `parts` joined, without joining them first; proto3 leaves
+/// an empty one out.
+fn text_field(out: &mut Vec<u8>, field: u32, parts: &[&str]) {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    if len > 0 {
         tag(out, field, LEN);
         varint(out, len as u64);
-        if !key.is_empty() {
-            len_prefixed(out, 1, key);
+        for part in parts {
+            out.extend_from_slice(part.as_bytes());
         }
-        tag(out, 2, LEN);
-        varint(out, value_len as u64);
-        scalar(out, value);
+    }
+}
+
+/// A `KeyValue` with a scalar value, its key `key` joined. Its length is known before it is
+/// written, so it is written straight through, without a length to fill in afterwards.
+fn scalar_key_value(out: &mut Vec<u8>, field: u32, key: &[&str], value: Scalar<'_>) {
+    let key_len: usize = key.iter().map(|p| p.len()).sum();
+    let key_field = if key_len == 0 {
+        0
+    } else {
+        1 + varint_len(key_len as u64) + key_len
+    };
+    let value_len = value.len();
+    let len = key_field + 1 + varint_len(value_len as u64) + value_len;
+    // Room for the whole `KeyValue` first (its tag and length take at most 15 bytes), so
+    // writing it never grows `out` piece by piece.
+    out.reserve(15 + len);
+    tag(out, field, LEN);
+    varint(out, len as u64);
+    text_field(out, 1, key);
+    tag(out, 2, LEN);
+    varint(out, value_len as u64);
+    value.write(out);
+}
+
+fn attributes<'a>(out: &mut Vec<u8>, field: u32, attributes: impl IntoIterator<Item = (&'a str, &'a Value)>) {
+    for (key, value) in attributes {
+        match Scalar::of(value) {
+            Some(scalar) => scalar_key_value(out, field, &[key], scalar),
+            None => message(out, field, |out| {
+                bytes_field(out, 1, key.as_bytes());
+                message(out, 2, |out| any_value(out, value));
+            }),
+        }
     }
 }
 
@@ -188,18 +237,6 @@ fn varint_bytes(mut v: u64) -> ([u8; 10], usize) {
     (bytes, len + 1)
 }
 
-/// The length of what [`scalar`] writes for `value` (its framing and text), `None` where it
-/// writes nothing.
-fn scalar_len(value: &Value) -> Option<usize> {
-    match value {
-        Value::Bool(_) => Some(2),
-        Value::I64(i) => Some(1 + varint_len(*i as u64)),
-        Value::F64(_) => Some(9),
-        Value::String(s) => Some(1 + varint_len(s.as_str().len() as u64) + s.as_str().len()),
-        _ => None,
-    }
-}
-
 /// Bytes of a varint.
 fn varint_len(v: u64) -> usize {
     (u64::BITS - (v | 1).leading_zeros()).div_ceil(7) as usize
@@ -207,6 +244,86 @@ fn varint_len(v: u64) -> usize {
 
 fn key_values(out: &mut Vec<u8>, field: u32, kvs: &[KeyValue]) {
     attributes(out, field, kvs.iter().map(|kv| (kv.key.as_str(), &kv.value)));
+}
+
+/// A span's attributes written straight into its `Span` message (field 9) as a record is read,
+/// at most `room` of them; the rest are counted as dropped, as the SDK's span limit does.
+pub(crate) struct SpanAttributes<'a> {
+    out: &'a mut Vec<u8>,
+    room: u32,
+    dropped: u32,
+}
+
+impl<'a> SpanAttributes<'a> {
+    pub(crate) fn new(out: &'a mut Vec<u8>, limit: u32) -> Self {
+        SpanAttributes {
+            out,
+            room: limit,
+            dropped: 0,
+        }
+    }
+
+    /// Whether one more attribute fits; counts it as dropped when not.
+    fn fits(&mut self) -> bool {
+        if self.room == 0 {
+            self.dropped += 1;
+            return false;
+        }
+        self.room -= 1;
+        true
+    }
+
+    fn scalar(&mut self, key: &[&str], value: Scalar<'_>) {
+        if self.fits() {
+            scalar_key_value(self.out, 9, key, value);
+        }
+    }
+
+    /// `kvs`, as far as they fit.
+    pub(crate) fn key_values(&mut self, kvs: &[KeyValue]) {
+        for kv in kvs {
+            if self.fits() {
+                attributes(self.out, 9, [(kv.key.as_str(), &kv.value)]);
+            }
+        }
+    }
+
+    /// How many attributes did not fit.
+    pub(crate) fn dropped(&self) -> u32 {
+        self.dropped
+    }
+}
+
+impl Attributes for SpanAttributes<'_> {
+    fn int(&mut self, key: &'static str, value: i64) {
+        self.scalar(&[key], Scalar::Int(value));
+    }
+    fn float(&mut self, key: &'static str, value: f64) {
+        self.scalar(&[key], Scalar::Float(value));
+    }
+    fn flag(&mut self, key: &'static str, value: bool) {
+        self.scalar(&[key], Scalar::Bool(value));
+    }
+    fn text(&mut self, key: &'static str, value: Text<'_>) {
+        self.scalar(&[key], Scalar::Text(value.as_str()));
+    }
+    fn texts<'t>(&mut self, key: &'static str, values: impl ExactSizeIterator<Item = Text<'t>> + Clone) {
+        if self.fits() {
+            message(self.out, 9, |out| {
+                bytes_field(out, 1, key.as_bytes());
+                message(out, 2, |out| {
+                    message(out, 5, |out| {
+                        for value in values {
+                            message(out, 1, |out| Scalar::Text(value.as_str()).write(out));
+                        }
+                    });
+                });
+            });
+        }
+    }
+    fn property(&mut self, prefix: &'static str, name: &str, value: &str) {
+        self.scalar(&[prefix, name], Scalar::Text(value));
+    }
 }
 
 fn nanos(t: SystemTime) -> u64 {
@@ -231,43 +348,43 @@ fn span_kind(kind: &SpanKind) -> u64 {
     }
 }
 
-fn span(out: &mut Vec<u8>, s: &SpanData) {
-    let cx = &s.span_context;
+/// What a `Span` message says besides its name, attributes, events and links.
+pub(crate) struct SpanHead<'a> {
+    pub(crate) context: &'a SpanContext,
+    pub(crate) parent_span_id: SpanId,
+    pub(crate) parent_is_remote: bool,
+    pub(crate) kind: &'a SpanKind,
+    pub(crate) start: SystemTime,
+    pub(crate) end: SystemTime,
+    pub(crate) status: &'a Status,
+}
+
+/// Writes the fields of a `Span` message, in number order as prost does: `head`, the name
+/// (`name` joined), the attributes `attributes` writes (it returns how many it dropped), then
+/// the events and links `events_and_links` writes (fields 11 to 14).
+pub(crate) fn span_fields(
+    out: &mut Vec<u8>,
+    head: &SpanHead<'_>,
+    name: &[&str],
+    attributes: impl FnOnce(&mut Vec<u8>) -> u32,
+    events_and_links: impl FnOnce(&mut Vec<u8>),
+) {
+    let cx = head.context;
     bytes_field(out, 1, &cx.trace_id().to_bytes());
     bytes_field(out, 2, &cx.span_id().to_bytes());
     bytes_field(out, 3, cx.trace_state().header().as_bytes());
-    if s.parent_span_id != SpanId::INVALID {
-        bytes_field(out, 4, &s.parent_span_id.to_bytes());
+    if head.parent_span_id != SpanId::INVALID {
+        bytes_field(out, 4, &head.parent_span_id.to_bytes());
     }
-    bytes_field(out, 5, s.name.as_bytes());
-    uint_field(out, 6, span_kind(&s.span_kind));
-    fixed64_field(out, 7, nanos(s.start_time));
-    fixed64_field(out, 8, nanos(s.end_time));
-    key_values(out, 9, &s.attributes);
-    uint_field(out, 10, s.dropped_attributes_count.into());
-    for event in s.events.iter() {
-        message(out, 11, |out| {
-            fixed64_field(out, 1, nanos(event.timestamp));
-            bytes_field(out, 2, event.name.as_bytes());
-            key_values(out, 3, &event.attributes);
-            uint_field(out, 4, event.dropped_attributes_count.into());
-        });
-    }
-    uint_field(out, 12, s.events.dropped_count.into());
-    for link in s.links.iter() {
-        let cx = &link.span_context;
-        message(out, 13, |out| {
-            bytes_field(out, 1, &cx.trace_id().to_bytes());
-            bytes_field(out, 2, &cx.span_id().to_bytes());
-            bytes_field(out, 3, cx.trace_state().header().as_bytes());
-            key_values(out, 4, &link.attributes);
-            uint_field(out, 5, link.dropped_attributes_count.into());
-            fixed32_field(out, 6, span_flags(cx.trace_flags().to_u8(), cx.is_remote()));
-        });
-    }
-    uint_field(out, 14, s.links.dropped_count.into());
+    text_field(out, 5, name);
+    uint_field(out, 6, span_kind(head.kind));
+    fixed64_field(out, 7, nanos(head.start));
+    fixed64_field(out, 8, nanos(head.end));
+    let dropped = attributes(out);
+    uint_field(out, 10, dropped.into());
+    events_and_links(out);
     message(out, 15, |out| {
-        let (code, text) = match &s.status {
+        let (code, text) = match head.status {
             Status::Unset => (0, ""),
             Status::Ok => (1, ""),
             Status::Error { description } => (2, description.as_ref()),
@@ -276,7 +393,59 @@ fn span(out: &mut Vec<u8>, s: &SpanData) {
         uint_field(out, 3, code);
     });
     // Field 16 was added to the message later; prost writes fields in number order.
-    fixed32_field(out, 16, span_flags(cx.trace_flags().to_u8(), s.parent_span_is_remote));
+    fixed32_field(out, 16, span_flags(cx.trace_flags().to_u8(), head.parent_is_remote));
+}
+
+pub(crate) fn span(out: &mut Vec<u8>, s: &SpanData) {
+    let head = SpanHead {
+        context: &s.span_context,
+        parent_span_id: s.parent_span_id,
+        parent_is_remote: s.parent_span_is_remote,
+        kind: &s.span_kind,
+        start: s.start_time,
+        end: s.end_time,
+        status: &s.status,
+    };
+    let attributes = |out: &mut Vec<u8>| {
+        key_values(out, 9, &s.attributes);
+        s.dropped_attributes_count
+    };
+    span_fields(out, &head, &[&s.name], attributes, |out| {
+        for event in s.events.iter() {
+            message(out, 11, |out| {
+                fixed64_field(out, 1, nanos(event.timestamp));
+                bytes_field(out, 2, event.name.as_bytes());
+                key_values(out, 3, &event.attributes);
+                uint_field(out, 4, event.dropped_attributes_count.into());
+            });
+        }
+        uint_field(out, 12, s.events.dropped_count.into());
+        for link in s.links.iter() {
+            let cx = &link.span_context;
+            message(out, 13, |out| {
+                bytes_field(out, 1, &cx.trace_id().to_bytes());
+                bytes_field(out, 2, &cx.span_id().to_bytes());
+                bytes_field(out, 3, cx.trace_state().header().as_bytes());
+                key_values(out, 4, &link.attributes);
+                uint_field(out, 5, link.dropped_attributes_count.into());
+                fixed32_field(out, 6, span_flags(cx.trace_flags().to_u8(), cx.is_remote()));
+            });
+        }
+        uint_field(out, 14, s.links.dropped_count.into());
+    });
+}
+
+/// A `Span` message's counts of events and links dropped (fields 12 and 14), for a span
+/// that keeps neither.
+pub(crate) fn dropped_events_and_links(out: &mut Vec<u8>, events: u32, links: u32) {
+    uint_field(out, 12, events.into());
+    uint_field(out, 14, links.into());
+}
+
+/// One `Span` message (as `ScopeSpans.spans`, field 2) appended to `out`, its fields written
+/// by `fields`: how the direct route queues a span.
+pub(crate) fn scope_span(out: &mut Vec<u8>, fields: impl FnOnce(&mut Vec<u8>)) {
+    sized_message(out, 2, 2, fields);
 }
 
 fn scope(out: &mut Vec<u8>, scope: &InstrumentationScope) {
@@ -316,6 +485,26 @@ fn export_request(out: &mut Vec<u8>, spans: &[SpanData], resource_message: &[u8]
                 bytes_field(out, 3, one_scope.schema_url().unwrap_or_default().as_bytes());
             });
         }
+        bytes_field(out, 3, schema_url.as_bytes());
+    });
+}
+
+/// Writes the `ExportTraceServiceRequest` of spans of one `scope`, already written as
+/// `ScopeSpans.spans` fields ([`scope_span`]), as [`export_request`] would write them.
+fn export_request_of_written(
+    out: &mut Vec<u8>,
+    spans: &[u8],
+    one_scope: &InstrumentationScope,
+    resource_message: &[u8],
+    schema_url: &str,
+) {
+    sized_message(out, 1, 3, |out| {
+        len_prefixed(out, 1, resource_message);
+        sized_message(out, 2, 3, |out| {
+            message(out, 1, |out| scope(out, one_scope));
+            out.extend_from_slice(spans);
+            bytes_field(out, 3, one_scope.schema_url().unwrap_or_default().as_bytes());
+        });
         bytes_field(out, 3, schema_url.as_bytes());
     });
 }
@@ -438,6 +627,18 @@ impl HttpSpanExporter {
     }
 }
 
+impl HttpSpanExporter {
+    /// Exports spans of `scope` already written as `ScopeSpans.spans` fields ([`scope_span`]).
+    pub(crate) fn export_written(&self, spans: &[u8], scope: &InstrumentationScope) -> OTelSdkResult {
+        if self.shut_down.load(Ordering::Relaxed) {
+            return Err(OTelSdkError::AlreadyShutdown);
+        }
+        let mut body = Vec::with_capacity(64 + self.resource_message.len() + spans.len());
+        export_request_of_written(&mut body, spans, scope, &self.resource_message, &self.schema_url);
+        self.send(body.into())
+    }
+}
+
 impl SpanExporter for HttpSpanExporter {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         if self.shut_down.load(Ordering::Relaxed) {
@@ -494,7 +695,7 @@ fn percent_decode(s: &str) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use std::borrow::Cow;
@@ -702,7 +903,10 @@ mod tests {
 
     /// A collector on 127.0.0.1 that answers the n-th request with `answers[n]` (status and
     /// extra header lines; past the end, 200) and keeps each request's head and body.
-    fn collector(answers: Vec<(u16, &'static str)>) -> (String, std::sync::mpsc::Receiver<(String, Vec<u8>)>) {
+    /// A collector on a port of its own: its URL, and each request's head and body.
+    pub(crate) fn collector(
+        answers: Vec<(u16, &'static str)>,
+    ) -> (String, std::sync::mpsc::Receiver<(String, Vec<u8>)>) {
         use std::io::{BufRead, BufReader, Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/v1/traces", listener.local_addr().unwrap());

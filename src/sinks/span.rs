@@ -11,12 +11,11 @@
 //! status, without a `tracing` span in between; the sampler decides when the span starts, and
 //! an unsampled span costs next to nothing.
 
-use std::cell::RefCell;
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::trace::{Span as _, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _};
-use opentelemetry::{Array, KeyValue, StringValue, Value};
+use opentelemetry::KeyValue;
 use opentelemetry_sdk::trace::{SdkTracer, Span as OtelSpan};
 use tracing::field::Empty;
 use tracing::Span;
@@ -25,6 +24,11 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::names::*;
 use crate::parse::annotations::Annotations;
 use crate::record::{write_hex, CallRecord};
+use crate::sinks::attributes::{
+    each_attribute, opening_attributes, repeated, KeyValues, Repeated, OPENING_ATTRIBUTES, SPAN_ATTRIBUTES,
+};
+#[cfg(feature = "otlp-http")]
+use crate::sinks::otlp_spans::QueuedSpan;
 
 macro_rules! chat_span {
     ($model:expr, $provider:expr, $server:expr, $annotations:expr $(, parent: $parent:expr)?) => {
@@ -111,68 +115,18 @@ pub fn start_chat_span_on(
     streaming: bool,
 ) -> OtelSpan {
     let mut opening = Vec::with_capacity(if streaming { OPENING_ATTRIBUTES } else { SPAN_ATTRIBUTES });
-    opening.push(KeyValue::new(GEN_AI_OPERATION_NAME, OPERATION_CHAT));
-    opening.push(KeyValue::new(
-        GEN_AI_PROVIDER_NAME,
-        repeated(Repeated::Provider, provider),
-    ));
-    opening.push(KeyValue::new(
-        GEN_AI_REQUEST_MODEL,
-        repeated(Repeated::RequestModel, model),
-    ));
-    opening.push(KeyValue::new(
-        SERVER_ADDRESS,
-        repeated(Repeated::ServerAddress, server_address),
-    ));
-    if let Some(use_case) = annotations.use_case_name() {
-        opening.push(KeyValue::new(USE_CASE_NAME, repeated(Repeated::UseCase, use_case)));
-    }
+    opening_attributes(
+        model,
+        provider,
+        server_address,
+        annotations,
+        &mut KeyValues(|kv| opening.push(kv)),
+    );
     tracer
         .span_builder(joined(OPERATION_CHAT, model))
         .with_kind(SpanKind::Client)
         .with_attributes(opening)
         .start_with_context(tracer, parent)
-}
-
-/// Attribute values most calls repeat (a model, a route, an organization).
-#[derive(Clone, Copy)]
-enum Repeated {
-    Method,
-    Route,
-    Provider,
-    RequestModel,
-    ServerAddress,
-    UseCase,
-    RequestServiceTier,
-    ResponseModel,
-    ResponseServiceTier,
-    Fingerprint,
-    Organization,
-    ApiVersion,
-}
-
-impl Repeated {
-    /// How many there are (the last one's index, plus one).
-    const COUNT: usize = Repeated::ApiVersion as usize + 1;
-}
-
-thread_local! {
-    /// The last value of each [`Repeated`] attribute on this thread.
-    static LAST_VALUES: RefCell<[Option<Arc<str>>; Repeated::COUNT]> =
-        const { RefCell::new([const { None }; Repeated::COUNT]) };
-}
-
-/// `value` as an attribute value shared with the previous call's when it is the same (a
-/// reference count instead of a copy, which the exporter's thread would free).
-fn repeated(which: Repeated, value: &str) -> Value {
-    LAST_VALUES.with_borrow_mut(|last| {
-        let slot = &mut last[which as usize];
-        let shared = match slot {
-            Some(last) if **last == *value => Arc::clone(last),
-            _ => Arc::clone(slot.insert(Arc::from(value))),
-        };
-        Value::String(StringValue::from(shared))
-    })
 }
 
 /// `"{first} {second}"`, a span name, without formatting machinery.
@@ -186,7 +140,7 @@ fn joined(first: &str, second: &str) -> String {
 
 /// A call's span, on whichever route the meter sends spans.
 #[derive(Debug)]
-#[expect(
+#[allow(
     clippy::large_enum_variant,
     reason = "one per call, held in place for its life; boxing would add an allocation per call"
 )]
@@ -198,6 +152,9 @@ pub enum CallSpan {
     Tracing(Span, Option<opentelemetry::Context>),
     /// An OpenTelemetry span on the meter's tracer.
     Otel(OtelSpan),
+    /// A span written straight from the record onto the OTLP/HTTP queue when it ends.
+    #[cfg(feature = "otlp-http")]
+    Queued(QueuedSpan),
 }
 
 /// The parent a server door gives its calls' spans (see [`crate::Meter::server_span`]).
@@ -216,7 +173,7 @@ impl CallSpan {
     pub fn tracing(&self) -> &Span {
         match self {
             CallSpan::Tracing(span, _) => span,
-            CallSpan::Off | CallSpan::Otel(_) => &NO_SPAN,
+            _ => &NO_SPAN,
         }
     }
 
@@ -231,6 +188,8 @@ impl CallSpan {
                 }
             }
             CallSpan::Otel(span) => write_trace_context(span.span_context(), headers),
+            #[cfg(feature = "otlp-http")]
+            CallSpan::Queued(span) => write_trace_context(span.span_context(), headers),
         }
     }
 
@@ -241,7 +200,7 @@ impl CallSpan {
             CallSpan::Tracing(span, cx) => record_on_span(&span, cx, r),
             CallSpan::Otel(mut span) => {
                 if span.is_recording() {
-                    each_attribute(r, |kv| span.set_attribute(kv));
+                    each_attribute(r, &mut KeyValues(|kv| span.set_attribute(kv)));
                     if let Some(e) = r.error {
                         span.set_attribute(KeyValue::new(ERROR_TYPE, e.as_str()));
                         span.set_status(Status::error(""));
@@ -249,6 +208,8 @@ impl CallSpan {
                 }
                 span.end();
             }
+            #[cfg(feature = "otlp-http")]
+            CallSpan::Queued(span) => span.finish(r),
         }
     }
 }
@@ -311,183 +272,9 @@ pub fn record_on_span(span: &Span, cx: Option<opentelemetry::Context>, r: &CallR
     }
 }
 
-/// How many attributes a call's span is opened with, at most.
-const OPENING_ATTRIBUTES: usize = 5;
-
-/// How many attributes a call's span holds at most without properties: the opening ones, the
-/// 46 [`each_attribute`] can give and `error.type`.
-const SPAN_ATTRIBUTES: usize = OPENING_ATTRIBUTES + 47;
-
 /// Every attribute of the record beyond the ones the span was opened with, in one list.
 pub fn attributes(r: &CallRecord) -> Vec<KeyValue> {
     let mut out = Vec::with_capacity(SPAN_ATTRIBUTES);
-    each_attribute(r, |kv| out.push(kv));
+    each_attribute(r, &mut KeyValues(|kv| out.push(kv)));
     out
-}
-
-/// Hands `put` every attribute of the record beyond the ones the span was opened with, each
-/// once, in a fixed order: what is known of the request, the answer, the provider's headers,
-/// the stream, the cost, then the annotations and their properties. A value the record does
-/// not have is left out.
-pub fn each_attribute(r: &CallRecord, mut emit: impl FnMut(KeyValue)) {
-    fn int(v: u64) -> Value {
-        Value::I64(i64::try_from(v).unwrap_or(i64::MAX))
-    }
-    fn text(v: &str) -> Value {
-        Value::String(v.to_owned().into())
-    }
-    fn seconds(d: std::time::Duration) -> Value {
-        Value::F64(d.as_secs_f64())
-    }
-    fn strings(items: impl Iterator<Item = StringValue>) -> Option<Value> {
-        let values: Vec<StringValue> = items.collect();
-        (!values.is_empty()).then_some(Value::Array(Array::String(values)))
-    }
-    fn array(items: &[String]) -> Option<Value> {
-        strings(items.iter().map(|s| StringValue::from(s.clone())))
-    }
-    // A text most calls repeat, shared with the previous call's (see `repeated`).
-    fn share(which: Repeated) -> impl Fn(&str) -> Value {
-        move |v| repeated(which, v)
-    }
-    let mut put = |key: &'static str, value: Value| emit(KeyValue::new(key, value));
-    // `key` with `value` (mapped by `to`), when there is a value.
-    macro_rules! some {
-        ($key:expr, $value:expr) => {
-            if let Some(v) = $value {
-                put($key, v);
-            }
-        };
-        ($key:expr, $value:expr, $to:expr) => {
-            some!($key, $value.map($to))
-        };
-    }
-
-    some!(SERVER_PORT, r.server_port, |p: u16| Value::I64(p.into()));
-    let q = &r.request;
-    some!(GEN_AI_REQUEST_MAX_TOKENS, q.max_tokens, int);
-    some!(GEN_AI_REQUEST_TEMPERATURE, q.temperature, Value::F64);
-    some!(GEN_AI_REQUEST_TOP_P, q.top_p, Value::F64);
-    some!(GEN_AI_REQUEST_FREQUENCY_PENALTY, q.frequency_penalty, Value::F64);
-    some!(GEN_AI_REQUEST_PRESENCE_PENALTY, q.presence_penalty, Value::F64);
-    some!(GEN_AI_REQUEST_SEED, q.seed, Value::I64);
-    some!(GEN_AI_REQUEST_CHOICE_COUNT, q.choice_count.filter(|n| *n != 1), int);
-    some!(GEN_AI_REQUEST_STOP_SEQUENCES, array(&q.stop_sequences));
-    put(GEN_AI_REQUEST_STREAM, Value::Bool(q.stream));
-    some!(
-        OPENAI_REQUEST_SERVICE_TIER,
-        q.service_tier.as_deref(),
-        share(Repeated::RequestServiceTier)
-    );
-
-    let p = &r.response;
-    some!(GEN_AI_RESPONSE_ID, p.id.as_deref(), text);
-    some!(
-        GEN_AI_RESPONSE_MODEL,
-        p.model.as_deref(),
-        share(Repeated::ResponseModel)
-    );
-    let finish_reasons = strings(p.finish_reasons.iter().map(|f| match f.as_static_str() {
-        Some(known) => StringValue::from(known),
-        None => StringValue::from(f.as_str().to_owned()),
-    }));
-    some!(GEN_AI_RESPONSE_FINISH_REASONS, finish_reasons);
-    some!(
-        OPENAI_RESPONSE_SERVICE_TIER,
-        p.service_tier.as_deref(),
-        share(Repeated::ResponseServiceTier)
-    );
-    some!(
-        OPENAI_RESPONSE_SYSTEM_FINGERPRINT,
-        p.system_fingerprint.as_deref(),
-        share(Repeated::Fingerprint)
-    );
-    if let Some(u) = r.usage {
-        put(GEN_AI_USAGE_INPUT_TOKENS, int(u.input_tokens));
-        put(GEN_AI_USAGE_OUTPUT_TOKENS, int(u.output_tokens));
-        some!(GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, u.cached_input_tokens, int);
-        some!(
-            GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS,
-            u.cache_creation_input_tokens,
-            int
-        );
-        some!(GEN_AI_USAGE_REASONING_OUTPUT_TOKENS, u.reasoning_tokens, int);
-    }
-    some!(HTTP_RESPONSE_STATUS_CODE, r.status, |s: u16| int(s.into()));
-
-    let m = &r.meta;
-    some!(OPENAI_REQUEST_ID, m.request_id(), text);
-    some!(OPENAI_ORGANIZATION, m.organization(), share(Repeated::Organization));
-    some!(OPENAI_API_VERSION, m.api_version(), share(Repeated::ApiVersion));
-    some!(OPENAI_PROCESSING_MS, m.processing, |d: std::time::Duration| {
-        Value::F64(d.as_secs_f64() * 1000.0)
-    });
-    some!(RATELIMIT_LIMIT_REQUESTS, m.requests.limit, int);
-    some!(RATELIMIT_REMAINING_REQUESTS, m.requests.remaining, int);
-    some!(RATELIMIT_RESET_REQUESTS, m.requests.reset, seconds);
-    some!(RATELIMIT_LIMIT_TOKENS, m.tokens.limit, int);
-    some!(RATELIMIT_REMAINING_TOKENS, m.tokens.remaining, int);
-    some!(RATELIMIT_RESET_TOKENS, m.tokens.reset, seconds);
-
-    if q.stream {
-        some!(LLM_METER_TIME_TO_FIRST_CHUNK, r.timings.time_to_first_chunk, seconds);
-        put(LLM_METER_CHUNK_COUNT, int(r.timings.chunks.into()));
-    }
-    if let Some(c) = r.cost {
-        put(COST_INPUT_USD, Value::F64(c.input));
-        put(COST_OUTPUT_USD, Value::F64(c.output));
-        put(COST_TOTAL_USD, Value::F64(c.total));
-    }
-    if r.unpriced() {
-        put(COST_UNPRICED, Value::Bool(true));
-    }
-    some!(LIMITS_BLOCKED, array(&r.blocked_limit_ids));
-
-    let a = &r.annotations;
-    some!(USE_CASE_ID, a.use_case_id(), text);
-    some!(USE_CASE_VERSION, a.use_case_version(), text);
-    some!(USE_CASE_STEP, a.use_case_step(), text);
-    some!(USER_ID, a.user_id(), text);
-    some!(ACCOUNT_NAME, a.account_name(), text);
-    some!(LIMIT_IDS, array(a.limit_ids()));
-    some!(REQUEST_TAGS, array(a.request_tags()));
-    for (prefix, props) in [
-        (USE_CASE_PROPERTIES_PREFIX, a.use_case_properties()),
-        (REQUEST_PROPERTIES_PREFIX, a.request_properties()),
-    ] {
-        for (k, v) in props {
-            emit(KeyValue::new(format!("{prefix}{k}"), v.clone()));
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn shared(value: &Value) -> Arc<str> {
-        match value {
-            Value::String(s) => Arc::from(s.as_str()),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn a_repeated_value_is_the_previous_ones_and_a_new_one_replaces_it() {
-        let first = repeated(Repeated::ResponseModel, "gpt-4o");
-        let again = repeated(Repeated::ResponseModel, "gpt-4o");
-        assert_eq!(shared(&first), shared(&again));
-        // The same allocation: one string, counted by its users and the thread's cache.
-        let cached = LAST_VALUES.with_borrow(|last| last[Repeated::ResponseModel as usize].clone().unwrap());
-        assert_eq!(Arc::strong_count(&cached), 4, "two values, the cache, and this clone");
-        assert_eq!(&*cached, "gpt-4o");
-
-        let other = repeated(Repeated::ResponseModel, "gpt-4o-mini");
-        assert_eq!(&*shared(&other), "gpt-4o-mini");
-        assert_eq!(Arc::strong_count(&cached), 3, "no longer cached");
-        // Slots are apart: another attribute with the same text is its own.
-        let route = repeated(Repeated::Route, "gpt-4o-mini");
-        assert_eq!(&*shared(&route), "gpt-4o-mini");
-        assert_eq!(&*shared(&repeated(Repeated::ResponseModel, "")), "");
-    }
 }

@@ -218,10 +218,21 @@ async fn the_tracing_layer_exports_info_spans_and_leaves_debug_and_trace_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_complete_while_the_receiver_hangs_and_the_bounded_queue_drops() {
-    let (addr, rx) = grpc(any()).await;
+    // gRPC goes through the SDK's batch processor, HTTP through the queue of spans written
+    // straight from records: both bounded, both counted.
+    for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
+        receiver_hangs(protocol).await;
+    }
+}
+
+async fn receiver_hangs(protocol: Protocol) {
+    let (addr, rx) = match protocol {
+        Protocol::Grpc => grpc(any()).await,
+        Protocol::HttpProtobuf => http(any()).await,
+    };
     rx.hang.store(true, Ordering::Relaxed);
     let t = Telemetry::builder()
-        .otlp(Protocol::Grpc, format!("http://{addr}"))
+        .otlp(protocol, format!("http://{addr}"))
         .prometheus(false)
         .span_queue(16)
         .export_timeout(Duration::from_millis(300))
@@ -240,11 +251,11 @@ async fn calls_complete_while_the_receiver_hangs_and_the_bounded_queue_drops() {
     let calls = started.elapsed();
     flush(&t).await;
     let stats = t.export_stats();
-    assert_eq!(stats.ended(), 200);
-    assert_eq!(stats.exported(), 0, "the receiver never answered");
+    assert_eq!(stats.ended(), 200, "{protocol:?}");
+    assert_eq!(stats.exported(), 0, "the receiver never answered ({protocol:?})");
     assert!(
         stats.dropped_or_queued() >= 100,
-        "queue of 16 must drop most of 200 spans: {stats:?}"
+        "queue of 16 must drop most of 200 spans ({protocol:?}): {stats:?}"
     );
     assert!(calls < Duration::from_secs(20), "{calls:?}");
     rx.hang.store(false, Ordering::Relaxed);
@@ -319,4 +330,96 @@ async fn shutdown_alone_exports_the_spans_and_metrics_still_held() {
     let usage = record.usage.unwrap();
     let sum: f64 = h.data_points.iter().filter_map(|p| p.sum).sum();
     assert_eq!(sum, (usage.input_tokens + usage.output_tokens) as f64);
+}
+
+/// The proxy exporting to `addr` over `protocol`: its URL for chat completions.
+async fn proxy(t: &Telemetry, upstream: String) -> String {
+    let settings = llm_meter_proxy::ProxySettings {
+        upstream: upstream.parse().unwrap(),
+        ..llm_meter_proxy::ProxySettings::default()
+    };
+    let addr = llm_meter_proxy::Proxy::new(settings, t.meter_builder().build().unwrap())
+        .unwrap()
+        .spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    format!("http://{addr}/v1/chat/completions")
+}
+
+/// Over OTLP/HTTP a meter from `Telemetry` writes its spans straight from the record (no SDK
+/// span); over gRPC they are SDK spans. The collector must see the same spans either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxys_spans_are_the_same_over_http_as_over_grpc_and_continue_the_callers_trace() {
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut seen = Vec::new();
+    for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
+        let (addr, rx) = match protocol {
+            Protocol::Grpc => grpc(any()).await,
+            Protocol::HttpProtobuf => http(any()).await,
+        };
+        let t = telemetry(protocol, addr);
+        let mock = MockServer::start(MockConfig::default()).await.unwrap();
+        let url = proxy(&t, mock.base_url()).await;
+        let resp = reqwest::Client::new()
+            .post(&url)
+            .json(&body(false))
+            .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+            .header("xProxy-UseCase-Name", "otlp.proxy")
+            .header("authorization", "Bearer sk-secret-never-exported")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        flush(&t).await;
+        assert!(
+            eventually(|| rx.spans().len() == 2).await,
+            "{protocol:?}: {:?}",
+            rx.spans()
+        );
+        let spans = rx.spans();
+        let server = spans.iter().find(|s| s.kind == SpanKind::Server as i32).unwrap();
+        let chat = spans.iter().find(|s| s.kind == SpanKind::Client as i32).unwrap();
+        assert_eq!(server.name, "POST /v1/chat/completions");
+        assert_eq!(chat.name, "chat gpt-4o");
+        assert_eq!(hex(&server.trace_id), trace_id, "{protocol:?}");
+        assert_eq!(hex(&chat.trace_id), trace_id, "{protocol:?}");
+        assert_eq!(hex(&server.parent_span_id), "00f067aa0ba902b7", "{protocol:?}");
+        assert_eq!(chat.parent_span_id, server.span_id, "{protocol:?}");
+        let sent = mock.received().pop().unwrap();
+        assert_eq!(
+            sent.headers["traceparent"].to_str().unwrap(),
+            format!("00-{trace_id}-{}-01", hex(&chat.span_id)),
+            "{protocol:?}: the provider sees the chat span"
+        );
+        assert!(chat.end_time_unix_nano > chat.start_time_unix_nano);
+        assert!(!format!("{spans:?}").contains("sk-secret"), "no secret in any span");
+        // What differs from call to call (ids, times) aside, the same spans.
+        let per_call = ["gen_ai.response.id", "openai.request.id", "server.port"];
+        let shape = |s: &opentelemetry_proto::tonic::trace::v1::Span| {
+            let attributes: Vec<String> = s
+                .attributes
+                .iter()
+                .filter(|kv| !per_call.contains(&kv.key.as_str()))
+                .map(|kv| format!("{}={:?}", kv.key, kv.value))
+                .collect();
+            (
+                s.name.clone(),
+                s.kind,
+                s.flags,
+                s.status.clone(),
+                s.trace_state.clone(),
+                attributes,
+            )
+        };
+        seen.push((shape(server), shape(chat)));
+        t.shutdown();
+    }
+    assert_eq!(
+        seen[0], seen[1],
+        "gRPC (SDK spans) and HTTP (written from the record) differ"
+    );
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
