@@ -9,7 +9,9 @@
 //! an OpenTelemetry tracer (a meter built from [`Telemetry`](crate::Telemetry), or given
 //! [`MeterBuilder::tracer`](crate::MeterBuilder::tracer)): the same name, kind, attributes and
 //! status, without a `tracing` span in between; the sampler decides when the span starts, and
-//! an unsampled span costs next to nothing.
+//! an unsampled span costs next to nothing. Or, for a meter from `Telemetry` whose spans go over
+//! OTLP/HTTP, written straight from the record onto the export queue when the call ends
+//! (`src/sinks/otlp_spans.rs`), the same span without the SDK's span objects.
 
 use std::sync::LazyLock;
 
