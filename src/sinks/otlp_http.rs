@@ -202,6 +202,18 @@ fn scalar_key_value(out: &mut Vec<u8>, field: u32, key: &[&str], value: Scalar<'
     };
     let value_len = value.len();
     let len = key_field + 1 + varint_len(value_len as u64) + value_len;
+    // Most attributes are short: every length fits one byte, and the framing around the key is
+    // written as one piece of four bytes, the value's as one of two.
+    if len < 0x80 && key_len > 0 && field < 16 {
+        out.reserve(2 + len);
+        out.extend_from_slice(&[(field << 3) as u8 | LEN, len as u8, (1 << 3) | LEN, key_len as u8]);
+        for part in key {
+            out.extend_from_slice(part.as_bytes());
+        }
+        out.extend_from_slice(&[(2 << 3) | LEN, value_len as u8]);
+        value.write(out);
+        return;
+    }
     // Room for the whole `KeyValue` first (its tag and length take at most 15 bytes), so
     // writing it never grows `out` piece by piece.
     out.reserve(15 + len);
