@@ -265,8 +265,6 @@ fn main() {
         });
         let (m_direct, a_direct) = per_call(iters, || metered(&direct, &server, &annotations, &h, &req, body));
         let (m_telemetry, a_telemetry) = per_call(iters, || metered(&exported, &server, &annotations, &h, &req, body));
-        telemetry_d.push(m_telemetry - b1);
-        allocs_telemetry = a_telemetry - ab;
         let (b2, _) = per_call(iters, || bare(&req, body));
         let (stream_ns, a_stream) = per_call(iters / 4, || {
             let mut o = StreamObserver::new(Instant::now());
@@ -282,6 +280,8 @@ fn main() {
         quiet_d.push(m_quiet - base);
         on.push(m_on - base);
         direct_d.push(m_direct - base);
+        telemetry_d.push(m_telemetry - base);
+        allocs_telemetry = a_telemetry - ab;
         per_chunk.push(stream_ns / chunks.len() as f64);
         (
             allocs_bare,
