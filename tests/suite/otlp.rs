@@ -423,3 +423,40 @@ async fn the_proxys_spans_are_the_same_over_http_as_over_grpc_and_continue_the_c
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// A library call made inside the caller's own `tracing` span is that span's child, whichever
+/// route the meter's span takes (an SDK span over gRPC, written from the record over HTTP).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_inside_the_callers_span_is_its_child_over_both_protocols() {
+    use tracing::Instrument as _;
+    for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
+        let (addr, rx) = match protocol {
+            Protocol::Grpc => grpc(any()).await,
+            Protocol::HttpProtobuf => http(any()).await,
+        };
+        let t = telemetry(protocol, addr);
+        let subscriber = tracing_subscriber::registry().with(t.tracing_layer());
+        let _default = tracing::subscriber::set_default(subscriber);
+        let mock = MockServer::start(MockConfig::default()).await.unwrap();
+        let c = client(&mock, &t);
+        call(&c).instrument(tracing::info_span!("handle.ticket")).await;
+        flush(&t).await;
+        assert!(
+            eventually(|| rx.spans().len() == 2).await,
+            "{protocol:?}: {:?}",
+            rx.spans()
+        );
+        let spans = rx.spans();
+        let parent = spans.iter().find(|s| s.name == "handle.ticket").unwrap();
+        let chat = spans.iter().find(|s| s.name == "chat gpt-4o").unwrap();
+        assert_eq!(chat.trace_id, parent.trace_id, "{protocol:?}");
+        assert_eq!(chat.parent_span_id, parent.span_id, "{protocol:?}");
+        let sent = mock.received().pop().unwrap();
+        assert_eq!(
+            sent.headers["traceparent"].to_str().unwrap(),
+            format!("00-{}-{}-01", hex(&chat.trace_id), hex(&chat.span_id)),
+            "{protocol:?}"
+        );
+        t.shutdown();
+    }
+}
