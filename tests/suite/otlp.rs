@@ -58,6 +58,14 @@ async fn call(client: &Client) -> CallRecord {
         .clone()
 }
 
+/// A receiver speaking `protocol`, on any port.
+async fn receiver_of(protocol: Protocol) -> (std::net::SocketAddr, std::sync::Arc<Received>) {
+    match protocol {
+        Protocol::Grpc => grpc(any()).await,
+        Protocol::HttpProtobuf => http(any()).await,
+    }
+}
+
 fn client(mock: &MockServer, t: &Telemetry) -> Client {
     Client::builder()
         .base_url(mock.base_url())
@@ -67,10 +75,7 @@ fn client(mock: &MockServer, t: &Telemetry) -> Client {
 }
 
 async fn exports_spans_and_metrics(protocol: Protocol) {
-    let (addr, rx) = match protocol {
-        Protocol::Grpc => grpc(any()).await,
-        Protocol::HttpProtobuf => http(any()).await,
-    };
+    let (addr, rx) = receiver_of(protocol).await;
     let t = telemetry(protocol, addr);
     let _subscriber = tracing::subscriber::set_default(tracing_subscriber::registry().with(t.tracing_layer()));
     let mock = MockServer::start(MockConfig {
@@ -226,10 +231,7 @@ async fn calls_complete_while_the_receiver_hangs_and_the_bounded_queue_drops() {
 }
 
 async fn receiver_hangs(protocol: Protocol) {
-    let (addr, rx) = match protocol {
-        Protocol::Grpc => grpc(any()).await,
-        Protocol::HttpProtobuf => http(any()).await,
-    };
+    let (addr, rx) = receiver_of(protocol).await;
     rx.hang.store(true, Ordering::Relaxed);
     let t = Telemetry::builder()
         .otlp(protocol, format!("http://{addr}"))
@@ -353,10 +355,7 @@ async fn the_proxys_spans_are_the_same_over_http_as_over_grpc_and_continue_the_c
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let mut seen = Vec::new();
     for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
-        let (addr, rx) = match protocol {
-            Protocol::Grpc => grpc(any()).await,
-            Protocol::HttpProtobuf => http(any()).await,
-        };
+        let (addr, rx) = receiver_of(protocol).await;
         let t = telemetry(protocol, addr);
         let mock = MockServer::start(MockConfig::default()).await.unwrap();
         let url = proxy(&t, mock.base_url()).await;
@@ -430,10 +429,7 @@ fn hex(bytes: &[u8]) -> String {
 async fn a_call_inside_the_callers_span_is_its_child_over_both_protocols() {
     use tracing::Instrument as _;
     for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
-        let (addr, rx) = match protocol {
-            Protocol::Grpc => grpc(any()).await,
-            Protocol::HttpProtobuf => http(any()).await,
-        };
+        let (addr, rx) = receiver_of(protocol).await;
         let t = telemetry(protocol, addr);
         let subscriber = tracing_subscriber::registry().with(t.tracing_layer());
         let _default = tracing::subscriber::set_default(subscriber);
