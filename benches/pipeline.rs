@@ -12,7 +12,7 @@
 //! per-round differences (ns per call) and allocation counts.
 //!
 //! Run: `cargo bench --bench pipeline` (results go to bench/RESULTS.md by hand);
-//! `BENCH_ONLY=<arm>` runs one arm's calls alone, for callgrind. Under
+//! `BENCH_ONLY=<arm>` runs one arm's calls alone (`chunk`: the warm SSE chunk), for callgrind. Under
 //! `cargo test` (no `--bench` argument) it runs a short smoke round instead. Either way it then
 //! asserts the allocation counts bench/RESULTS.md records, which are deterministic: 0 per warm
 //! SSE chunk, and at most the recorded count per call for each arm.
@@ -236,7 +236,18 @@ fn main() {
             "tracing" => tracing::dispatcher::with_default(&otel, || run(&meter)),
             "direct" => run(&direct),
             "telemetry" => run(&exported),
-            other => panic!("BENCH_ONLY={other}: not an arm (bare, off, no-subscriber, tracing, direct, telemetry)"),
+            "chunk" => {
+                // The warm content chunk below, `BENCH_ITERS` times through one warm observer.
+                let chunks: Vec<&[u8]> = STREAM.split_inclusive("\n\n").map(str::as_bytes).collect();
+                let mut o = StreamObserver::new(Instant::now());
+                for c in &chunks[..3] {
+                    o.observe_all(c);
+                }
+                per_call(iters, || o.observe_all(black_box(chunks[3])))
+            }
+            other => {
+                panic!("BENCH_ONLY={other}: not an arm (bare, off, no-subscriber, tracing, direct, telemetry, chunk)")
+            }
         };
         println!("{only}: {iters} calls, {ns:.0} ns/call, {allocs:.1} allocs/call");
         return;

@@ -210,6 +210,12 @@ impl SseParser {
     pub fn has_partial_event(&self) -> bool {
         self.pending != Pending::None || !self.line.is_empty()
     }
+
+    /// Between events: nothing carried from earlier chunks (no line, data, type or CR), so a
+    /// chunk that is one whole event is read as that event alone.
+    fn is_between_events(&self) -> bool {
+        self.pending == Pending::None && self.line.is_empty() && self.event.is_empty() && !self.skip_lf
+    }
 }
 
 /// Whether a chunk is a plain delta that cannot change the record: UTF-8 and shaped like a JSON
@@ -257,23 +263,57 @@ struct DeltaShape {
     bytes: Vec<u8>,
     /// Where the bytes after begin; 0 when nothing is learned.
     split: usize,
+    /// The learned bytes hold no CR or LF: a delta of this shape is one line.
+    one_line: bool,
+}
+
+/// The bytes after a plain delta's text, as [`DeltaShape::tail`] found them.
+enum Tail<'a> {
+    /// The learned delta's.
+    Same,
+    /// Others, checked ([`is_plain_tail`]).
+    Other(&'a [u8]),
 }
 
 impl DeltaShape {
     /// Whether `data` is a plain delta of this shape.
     fn matches(&self, data: &[u8]) -> bool {
+        self.tail(data).is_some()
+    }
+
+    /// The bytes after the text of `data`, when it is a plain delta of this shape.
+    fn tail<'d>(&self, data: &'d [u8]) -> Option<Tail<'d>> {
         if self.split == 0 {
-            return false;
+            return None;
         }
         let (before, after) = self.bytes.split_at(self.split);
-        let Some(rest) = data.strip_prefix(before) else {
-            return false;
-        };
-        let Some(len) = scan::string_body(rest) else {
-            return false;
-        };
+        let rest = data.strip_prefix(before)?;
+        let len = scan::string_body(rest)?;
         let (text, tail) = rest.split_at(len);
-        (text.is_ascii() || std::str::from_utf8(text).is_ok()) && (tail == after || is_plain_tail(tail))
+        if !(text.is_ascii() || std::str::from_utf8(text).is_ok()) {
+            return None;
+        }
+        if tail == after {
+            Some(Tail::Same)
+        } else {
+            is_plain_tail(tail).then_some(Tail::Other(tail))
+        }
+    }
+
+    /// The data of `chunk` when the chunk is one whole event, `data: ` and a plain delta of
+    /// this shape on one line, then a blank line: what the SSE parser, between events, would
+    /// hand out for it, found without searching the chunk for its line ends. The text holds no
+    /// CR or LF (a control character fails [`scan::string_body`]), nor do the learned bytes
+    /// (`one_line`); other bytes after the text are searched.
+    fn whole_event<'c>(&self, chunk: &'c [u8]) -> Option<&'c [u8]> {
+        if !self.one_line {
+            return None;
+        }
+        let data = chunk.strip_prefix(b"data: ")?.strip_suffix(b"\n\n")?;
+        match self.tail(data)? {
+            Tail::Same => Some(data),
+            Tail::Other(tail) => memchr::memchr2(b'\n', b'\r', tail).is_none().then_some(data),
+        }
     }
 
     /// Whether `data` is a plain delta: of this shape, or else per [`is_plain_delta`] (and then
@@ -309,6 +349,7 @@ impl DeltaShape {
         self.bytes.extend_from_slice(&data[..start]);
         self.bytes.extend_from_slice(&data[start + len..]);
         self.split = start;
+        self.one_line = memchr::memchr2(b'\n', b'\r', &self.bytes).is_none();
     }
 }
 
@@ -455,6 +496,19 @@ impl StreamObserver {
             ..
         } = self;
         let format = *format;
+        if format == Api::ChatCompletions
+            && first_chunk.is_some()
+            && facts.model.is_some()
+            && parser.is_between_events()
+        {
+            if let Some(data) = shape.whole_event(chunk) {
+                // One whole plain content delta: what the parser and the check below would
+                // make of it, without the parser's search for line ends.
+                *chunks += 1;
+                *last_outcome = EventOutcome::Chunk;
+                return on_event(EventOutcome::Chunk, chunk.len(), Some(SseFrame { event: &[], data }));
+            }
+        }
         parser.feed_typed(chunk, |event, name, end| {
             let data = match event {
                 SseEvent::Tail => return on_event(*last_outcome, end, None),
@@ -912,6 +966,31 @@ mod tests {
         assert!(!shape.matches(&tail(r#""usage":null}"#, r#""usage":null"#)));
     }
 
+    #[test]
+    fn a_whole_event_of_the_shape_is_known_without_the_parser_and_only_then() {
+        let data = fixture_data();
+        let mut shape = DeltaShape::default();
+        shape.learn(data[2]);
+        let event = |d: &[u8], before: &str, after: &str| [before.as_bytes(), d, after.as_bytes()].concat();
+        for delta in &data[2..data.len() - 3] {
+            assert_eq!(shape.whole_event(&event(delta, "data: ", "\n\n")), Some(*delta));
+            // Other spellings of the same event go through the parser.
+            assert_eq!(shape.whole_event(&event(delta, "data:", "\n\n")), None);
+            assert_eq!(shape.whole_event(&event(delta, "data: ", "\r\n\r\n")), None);
+            assert_eq!(shape.whole_event(&event(delta, "data: ", "\n")), None);
+            assert_eq!(shape.whole_event(&event(delta, "data: ", "\n\ndata: {}\n\n")), None);
+        }
+        // A line break after the text, where the bytes differ from the learned ones.
+        let padded = String::from_utf8(data[2].to_vec()).unwrap();
+        let broken = padded.replace(r#""usage":null}"#, "\"usage\":null,\n\"x\":1}");
+        assert!(shape.matches(broken.as_bytes()), "a JSON line break is plain");
+        assert_eq!(shape.whole_event(&event(broken.as_bytes(), "data: ", "\n\n")), None);
+        // A shape learned from data on two lines never matches a whole event.
+        shape.learn(broken.as_bytes());
+        assert!(shape.matches(broken.as_bytes()));
+        assert_eq!(shape.whole_event(&event(broken.as_bytes(), "data: ", "\n\n")), None);
+    }
+
     /// `chunk` with its content text replaced by `text` (written as is).
     fn with_text(chunk: &[u8], text: &str) -> Vec<u8> {
         let chunk = std::str::from_utf8(chunk).unwrap();
@@ -936,8 +1015,81 @@ mod tests {
             (r#""logprobs":null"#, r#""logprobs":null,"error":{"message":"x"}"#),
         ];
 
+        /// What an observer made of a stream: each event's outcome, type and data (tails of
+        /// events ended in an earlier chunk left out: where a chunk ends is not the stream's),
+        /// then the record's facts.
+        type Reading = (
+            Vec<(EventOutcome, Vec<u8>, Vec<u8>)>,
+            u32,
+            ResponseFacts,
+            Option<Usage>,
+            bool,
+            Option<StreamFault>,
+        );
+
+        fn read(pieces: impl IntoIterator<Item = Vec<u8>>) -> Reading {
+            let mut o = StreamObserver::new(Instant::now());
+            let mut events = Vec::new();
+            for piece in pieces {
+                o.observe_typed(&piece, |outcome, _, frame| {
+                    if let Some(f) = frame {
+                        events.push((outcome, f.event.to_vec(), f.data.to_vec()));
+                    }
+                });
+            }
+            (events, o.chunks, o.facts, o.usage, o.done, o.error)
+        }
+
         proptest! {
-            #![proptest_config(ProptestConfig::with_cases(2000))]
+            #![proptest_config(ProptestConfig::with_cases(1000))]
+            /// A stream whose chunks are whole events (most of them taking the observer's
+            /// shortcut past the SSE parser) reads as the same bytes fed one at a time (every
+            /// byte through the parser): the recorded stream with new content texts, an edit
+            /// after one text, and events written as `data: `, `data:`, with CRLF, two to a
+            /// chunk, or with an `event:` line in the same chunk or the one before.
+            #[test]
+            fn whole_events_read_as_the_parser_reads_them(
+                texts in proptest::collection::vec(any::<String>(), 1..8),
+                styles in proptest::collection::vec(0u8..6, 12),
+                kind: u8,
+                at: usize,
+            ) {
+                let data = fixture_data();
+                let mut events: Vec<Vec<u8>> = data[..2].iter().map(|d| d.to_vec()).collect();
+                for (i, text) in texts.iter().enumerate() {
+                    let escaped = serde_json::to_string(text).unwrap();
+                    let delta = with_text(data[2], &escaped[1..escaped.len() - 1]);
+                    events.push(match i {
+                        1 => edit(std::str::from_utf8(&delta).unwrap(), kind, at, &REPLACEMENTS).into_bytes(),
+                        _ => delta,
+                    });
+                }
+                events.extend(data[data.len() - 3..].iter().map(|d| d.to_vec()));
+                let mut chunks: Vec<Vec<u8>> = Vec::new();
+                for (i, d) in events.iter().enumerate() {
+                    let d = String::from_utf8_lossy(d);
+                    let event = match styles[i % styles.len()] {
+                        1 => format!("data:{d}\n\n"),
+                        2 => format!("data: {d}\r\n\r\n"),
+                        3 => format!("event: x\ndata: {d}\n\n"),
+                        4 if !chunks.is_empty() => {
+                            chunks.last_mut().unwrap().extend_from_slice(format!("data: {d}\n\n").as_bytes());
+                            continue;
+                        }
+                        5 => {
+                            chunks.push(b"event: y\n".to_vec());
+                            format!("data: {d}\n\n")
+                        }
+                        _ => format!("data: {d}\n\n"),
+                    };
+                    chunks.push(event.into_bytes());
+                }
+                let bytes: Vec<u8> = chunks.concat();
+                let whole = read(chunks);
+                let by_byte = read(bytes.iter().map(|b| vec![*b]));
+                prop_assert_eq!(whole, by_byte);
+            }
+
             /// Whatever the shape takes for a plain delta, the full parse reads as a delta that
             /// leaves the facts as the known delta left them, or the whole-chunk check
             /// ([`is_plain_delta`], which the shape's tail check narrows) takes for one too.
