@@ -8,11 +8,13 @@
 //! over gRPC) exporting to the same null exporter, with metrics and spans as a meter from
 //! `Telemetry` over OTLP/HTTP records them (spans written from the record onto the export queue,
 //! sent to a collector in this process that answers 200), and the per-chunk cost of the SSE
-//! observer. A second bare arm is the noise floor. Reports medians of
+//! observer (the whole recorded stream, and a warm content chunk of each API). A second bare
+//! arm is the noise floor. Reports medians of
 //! per-round differences (ns per call) and allocation counts.
 //!
 //! Run: `cargo bench --bench pipeline` (results go to bench/RESULTS.md by hand);
-//! `BENCH_ONLY=<arm>` runs one arm's calls alone (`chunk`: the warm SSE chunk), for callgrind. Under
+//! `BENCH_ONLY=<arm>` runs one arm's calls alone (`chunk`, `chunk-anthropic`, `chunk-responses`: a
+//! warm SSE chunk of that API), for callgrind. Under
 //! `cargo test` (no `--bench` argument) it runs a short smoke round instead. Either way it then
 //! asserts the allocation counts bench/RESULTS.md records, which are deterministic: 0 per warm
 //! SSE chunk, and at most the recorded count per call for each arm.
@@ -81,6 +83,52 @@ impl SpanExporter for NullExporter {
 }
 
 const STREAM: &str = include_str!("../tests/fixtures/openai-chat-completion-stream.sse");
+const ANTHROPIC_STREAM: &str = include_str!("../tests/fixtures/anthropic-message-stream.sse");
+const RESPONSES_STREAM: &str = include_str!("../tests/fixtures/openai-response-stream.sse");
+
+/// The warm content chunk measured for each API: its name, the recorded stream and which of
+/// its events (the fourth Chat Completions event, the Messages stream's second text delta, the
+/// Responses stream's third output text delta).
+const WARM_CHUNKS: [(&str, llm_meter::Api, &str, usize); 3] = [
+    ("Chat Completions", llm_meter::Api::ChatCompletions, STREAM, 3),
+    (
+        "Anthropic Messages",
+        llm_meter::Api::AnthropicMessages,
+        ANTHROPIC_STREAM,
+        4,
+    ),
+    ("Responses", llm_meter::Api::Responses, RESPONSES_STREAM, 6),
+];
+
+/// A recorded stream's events, each a chunk of its own.
+fn events(stream: &str) -> Vec<&[u8]> {
+    stream.split_inclusive("\n\n").map(str::as_bytes).collect()
+}
+
+/// The cost of one warm content chunk of `api`: an observer that has seen the events before
+/// `events[at]` observes that event again and again. Nanoseconds per chunk (median over
+/// `rounds` rounds of 10,000) and allocations per chunk.
+fn warm_chunk(api: llm_meter::Api, events: &[&[u8]], at: usize, rounds: usize) -> (f64, f64) {
+    let mut o = StreamObserver::for_api(Instant::now(), api);
+    for c in &events[..at] {
+        o.observe_all(c);
+    }
+    let chunk = events[at];
+    let a0 = allocs();
+    for _ in 0..10_000 {
+        o.observe_all(black_box(chunk));
+    }
+    let allocs = (allocs() - a0) as f64 / 10_000.0;
+    let mut ns = vec![];
+    for _ in 0..rounds {
+        let t0 = Instant::now();
+        for _ in 0..10_000 {
+            o.observe_all(black_box(chunk));
+        }
+        ns.push(t0.elapsed().as_nanos() as f64 / 10_000.0);
+    }
+    (median(ns), allocs)
+}
 
 fn request() -> serde_json::Value {
     serde_json::json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello!"}], "max_completion_tokens": 100})
@@ -236,18 +284,24 @@ fn main() {
             "tracing" => tracing::dispatcher::with_default(&otel, || run(&meter)),
             "direct" => run(&direct),
             "telemetry" => run(&exported),
-            "chunk" => {
-                // The warm content chunk below, `BENCH_ITERS` times through one warm observer.
-                let chunks: Vec<&[u8]> = STREAM.split_inclusive("\n\n").map(str::as_bytes).collect();
-                let mut o = StreamObserver::new(Instant::now());
-                for c in &chunks[..3] {
+            "chunk" | "chunk-anthropic" | "chunk-responses" => {
+                // A warm content chunk (see `WARM_CHUNKS`), `BENCH_ITERS` times through one
+                // warm observer.
+                let (_, api, stream, at) = WARM_CHUNKS[match only.as_str() {
+                    "chunk" => 0,
+                    "chunk-anthropic" => 1,
+                    _ => 2,
+                }];
+                let events = events(stream);
+                let mut o = StreamObserver::for_api(Instant::now(), api);
+                for c in &events[..at] {
                     o.observe_all(c);
                 }
-                per_call(iters, || o.observe_all(black_box(chunks[3])))
+                per_call(iters, || o.observe_all(black_box(events[at])))
             }
-            other => {
-                panic!("BENCH_ONLY={other}: not an arm (bare, off, no-subscriber, tracing, direct, telemetry, chunk)")
-            }
+            other => panic!(
+                "BENCH_ONLY={other}: not an arm (bare, off, no-subscriber, tracing, direct, telemetry, chunk, chunk-anthropic, chunk-responses)"
+            ),
         };
         println!("{only}: {iters} calls, {ns:.0} ns/call, {allocs:.1} allocs/call");
         return;
@@ -258,7 +312,7 @@ fn main() {
         let call = meter.start(server.clone(), &annotations, facts);
         assert!(!call.span().is_disabled(), "the OTel arm must record real spans");
     });
-    let chunks: Vec<&[u8]> = STREAM.split_inclusive("\n\n").map(str::as_bytes).collect();
+    let chunks = events(STREAM);
     let stream_bytes: usize = chunks.iter().map(|c| c.len()).sum();
 
     let (mut noise, mut off, mut quiet_d, mut on, mut direct_d, mut per_chunk) =
@@ -310,25 +364,11 @@ fn main() {
             a_stream / chunks.len() as f64,
         );
     }
-    // Allocation cost per chunk once warm: feed a long stream through one observer.
-    let mut o = StreamObserver::new(Instant::now());
-    for c in &chunks[..3] {
-        o.observe_all(c);
-    }
-    let middle = chunks[3];
-    let a0 = allocs();
-    for _ in 0..10_000 {
-        o.observe_all(middle);
-    }
-    let warm_chunk_allocs = (allocs() - a0) as f64 / 10_000.0;
-    let mut warm = vec![];
-    for _ in 0..rounds {
-        let t0 = Instant::now();
-        for _ in 0..10_000 {
-            o.observe_all(black_box(middle));
-        }
-        warm.push(t0.elapsed().as_nanos() as f64 / 10_000.0);
-    }
+    let warm = WARM_CHUNKS.map(|(name, api, stream, at)| {
+        let events = events(stream);
+        (name, events[at].len(), warm_chunk(api, &events, at, rounds))
+    });
+    let warm_chunk_allocs = warm.iter().map(|(_, _, (_, a))| *a).fold(0.0, f64::max);
 
     println!("pipeline benchmark: {rounds} rounds x {iters} calls, medians of per-round differences");
     println!(
@@ -364,11 +404,9 @@ fn main() {
         median(per_chunk),
         chunks.len()
     );
-    println!(
-        "  SSE observer, a warm content chunk ({} bytes): {:.0} ns/chunk",
-        middle.len(),
-        median(warm)
-    );
+    for (api, len, (ns, allocs)) in &warm {
+        println!("  SSE observer, a warm content chunk ({api}, {len} bytes): {ns:.0} ns/chunk, {allocs:.3} allocs");
+    }
     let _ = provider.shutdown();
     telemetry.shutdown();
 
@@ -409,6 +447,6 @@ fn main() {
     );
     assert_eq!(
         warm_chunk_allocs, 0.0,
-        "SSE observer: a warm content chunk allocates nothing (bench/RESULTS.md)"
+        "SSE observer: a warm content chunk of every API allocates nothing (bench/RESULTS.md)"
     );
 }
