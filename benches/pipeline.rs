@@ -86,19 +86,35 @@ const STREAM: &str = include_str!("../tests/fixtures/openai-chat-completion-stre
 const ANTHROPIC_STREAM: &str = include_str!("../tests/fixtures/anthropic-message-stream.sse");
 const RESPONSES_STREAM: &str = include_str!("../tests/fixtures/openai-response-stream.sse");
 
-/// The warm content chunk measured for each API: its name, the recorded stream and which of
-/// its events (the fourth Chat Completions event, the Messages stream's second text delta, the
-/// Responses stream's third output text delta).
-const WARM_CHUNKS: [(&str, llm_meter::Api, &str, usize); 3] = [
-    ("Chat Completions", llm_meter::Api::ChatCompletions, STREAM, 3),
+/// The warm content chunk measured for each API: its `BENCH_ONLY` arm, its name, the recorded
+/// stream and which of its events (the fourth Chat Completions event, the Messages stream's
+/// second text delta, the Responses stream's third output text delta).
+const WARM_CHUNKS: [(&str, &str, llm_meter::Api, &str, usize); 3] = [
+    ("chunk", "Chat Completions", llm_meter::Api::ChatCompletions, STREAM, 3),
     (
+        "chunk-anthropic",
         "Anthropic Messages",
         llm_meter::Api::AnthropicMessages,
         ANTHROPIC_STREAM,
         4,
     ),
-    ("Responses", llm_meter::Api::Responses, RESPONSES_STREAM, 6),
+    (
+        "chunk-responses",
+        "Responses",
+        llm_meter::Api::Responses,
+        RESPONSES_STREAM,
+        6,
+    ),
 ];
+
+/// An observer of `api` that has seen the events before `events[at]`.
+fn warm_observer(api: llm_meter::Api, events: &[&[u8]], at: usize) -> StreamObserver {
+    let mut o = StreamObserver::for_api(Instant::now(), api);
+    for c in &events[..at] {
+        o.observe_all(c);
+    }
+    o
+}
 
 /// A recorded stream's events, each a chunk of its own.
 fn events(stream: &str) -> Vec<&[u8]> {
@@ -109,10 +125,7 @@ fn events(stream: &str) -> Vec<&[u8]> {
 /// `events[at]` observes that event again and again. Nanoseconds per chunk (median over
 /// `rounds` rounds of 10,000) and allocations per chunk.
 fn warm_chunk(api: llm_meter::Api, events: &[&[u8]], at: usize, rounds: usize) -> (f64, f64) {
-    let mut o = StreamObserver::for_api(Instant::now(), api);
-    for c in &events[..at] {
-        o.observe_all(c);
-    }
+    let mut o = warm_observer(api, events, at);
     let chunk = events[at];
     let a0 = allocs();
     for _ in 0..10_000 {
@@ -284,19 +297,12 @@ fn main() {
             "tracing" => tracing::dispatcher::with_default(&otel, || run(&meter)),
             "direct" => run(&direct),
             "telemetry" => run(&exported),
-            "chunk" | "chunk-anthropic" | "chunk-responses" => {
+            arm if WARM_CHUNKS.iter().any(|w| w.0 == arm) => {
                 // A warm content chunk (see `WARM_CHUNKS`), `BENCH_ITERS` times through one
                 // warm observer.
-                let (_, api, stream, at) = WARM_CHUNKS[match only.as_str() {
-                    "chunk" => 0,
-                    "chunk-anthropic" => 1,
-                    _ => 2,
-                }];
+                let &(_, _, api, stream, at) = WARM_CHUNKS.iter().find(|w| w.0 == arm).unwrap();
                 let events = events(stream);
-                let mut o = StreamObserver::for_api(Instant::now(), api);
-                for c in &events[..at] {
-                    o.observe_all(c);
-                }
+                let mut o = warm_observer(api, &events, at);
                 per_call(iters, || o.observe_all(black_box(events[at])))
             }
             other => panic!(
@@ -364,7 +370,7 @@ fn main() {
             a_stream / chunks.len() as f64,
         );
     }
-    let warm = WARM_CHUNKS.map(|(name, api, stream, at)| {
+    let warm = WARM_CHUNKS.map(|(_, name, api, stream, at)| {
         let events = events(stream);
         (name, events[at].len(), warm_chunk(api, &events, at, rounds))
     });

@@ -1041,7 +1041,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig::with_cases(1000))]
+            #![proptest_config(ProptestConfig::with_cases(2000))]
             /// A stream whose chunks are whole events (most of them taking the observer's
             /// shortcut past the SSE parser) reads as the same bytes fed one at a time (every
             /// byte through the parser): the recorded stream with new content texts, an edit
