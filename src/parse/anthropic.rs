@@ -303,15 +303,24 @@ pub(crate) fn event_kind(event: &[u8], data: &[u8]) -> MessagesEvent {
     } else {
         event
     };
-    match std::str::from_utf8(kind) {
-        Ok(names::EVENT_CONTENT_BLOCK_DELTA) => MessagesEvent::ContentDelta,
-        Ok(names::EVENT_CONTENT_BLOCK_START | names::EVENT_CONTENT_BLOCK_STOP) => MessagesEvent::BlockEdge,
-        Ok(names::EVENT_PING) => MessagesEvent::Ping,
-        Ok(names::EVENT_MESSAGE_START) => MessagesEvent::MessageStart,
-        Ok(names::EVENT_MESSAGE_DELTA) => MessagesEvent::MessageDelta,
-        Ok(names::EVENT_MESSAGE_STOP) => MessagesEvent::MessageStop,
-        Ok(names::EVENT_ERROR) => MessagesEvent::Error,
-        _ => MessagesEvent::Other,
+    // Compared as bytes, content deltas (most events) first: no UTF-8 check of the type.
+    let is = |name: &str| kind == name.as_bytes();
+    if is(names::EVENT_CONTENT_BLOCK_DELTA) {
+        MessagesEvent::ContentDelta
+    } else if is(names::EVENT_CONTENT_BLOCK_START) || is(names::EVENT_CONTENT_BLOCK_STOP) {
+        MessagesEvent::BlockEdge
+    } else if is(names::EVENT_PING) {
+        MessagesEvent::Ping
+    } else if is(names::EVENT_MESSAGE_START) {
+        MessagesEvent::MessageStart
+    } else if is(names::EVENT_MESSAGE_DELTA) {
+        MessagesEvent::MessageDelta
+    } else if is(names::EVENT_MESSAGE_STOP) {
+        MessagesEvent::MessageStop
+    } else if is(names::EVENT_ERROR) {
+        MessagesEvent::Error
+    } else {
+        MessagesEvent::Other
     }
 }
 

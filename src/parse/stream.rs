@@ -379,6 +379,56 @@ pub enum EventOutcome {
     Unreadable,
 }
 
+/// The opening `event: <type>\ndata: ` of the last chunk read as one whole event with a type
+/// (Anthropic's and the Responses API's spelling of every event). A stream's next events mostly
+/// share it (one content delta after another), so it is compared before it is searched for.
+#[derive(Debug, Default)]
+struct EventHead {
+    bytes: Vec<u8>,
+}
+
+impl EventHead {
+    /// The event `chunk` holds when it is one whole event spelled `event: <type>`, LF,
+    /// `data: <data>`, LF, LF: what the SSE parser, between events, hands out for it (so
+    /// neither field holds a CR or LF). Other spellings, and chunks of more or less than one
+    /// event, are left to the parser.
+    fn frame<'c>(&mut self, chunk: &'c [u8]) -> Option<(SseFrame<'c>, bool)> {
+        const EVENT: &[u8] = b"event: ";
+        const DATA: &[u8] = b"data: ";
+        let open = if !self.bytes.is_empty() && chunk.starts_with(&self.bytes) {
+            self.bytes.len()
+        } else {
+            let rest = chunk.strip_prefix(EVENT)?;
+            let eol = memchr::memchr2(b'\n', b'\r', rest)?;
+            if rest[eol] != b'\n' || !rest[eol + 1..].starts_with(DATA) {
+                return None;
+            }
+            let open = EVENT.len() + eol + 1 + DATA.len();
+            self.bytes.clear();
+            self.bytes.extend_from_slice(&chunk[..open]);
+            open
+        };
+        let data = chunk[open..].strip_suffix(b"\n\n")?;
+        let ascii = line_is_ascii(data)?;
+        let frame = SseFrame {
+            event: &chunk[EVENT.len()..open - 1 - DATA.len()],
+            data,
+        };
+        Some((frame, ascii))
+    }
+}
+
+/// Whether one line's bytes are all ASCII; `None` when they hold a CR or LF (they are more than
+/// one line). One pass, which the compiler vectorizes.
+fn line_is_ascii(line: &[u8]) -> Option<bool> {
+    let (mut high, mut breaks) = (0u8, 0u8);
+    for &b in line {
+        high |= b;
+        breaks |= u8::from(b == b'\n') | u8::from(b == b'\r');
+    }
+    (breaks == 0).then_some(high < 0x80)
+}
+
 /// One complete event as [`StreamObserver::observe_typed`] hands it out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SseFrame<'a> {
@@ -427,6 +477,8 @@ pub struct StreamObserver {
     last_outcome: EventOutcome,
     /// The last plain delta's shape (Chat Completions).
     shape: DeltaShape,
+    /// The opening of the last event with a type read whole.
+    head: EventHead,
 }
 
 impl StreamObserver {
@@ -452,6 +504,7 @@ impl StreamObserver {
             messages_usage: MessagesUsage::default(),
             last_outcome: EventOutcome::Chunk,
             shape: DeltaShape::default(),
+            head: EventHead::default(),
         }
     }
 
@@ -493,14 +546,12 @@ impl StreamObserver {
             messages_usage,
             last_outcome,
             shape,
+            head,
             ..
         } = self;
         let format = *format;
-        if format == Api::ChatCompletions
-            && first_chunk.is_some()
-            && facts.model.is_some()
-            && parser.is_between_events()
-        {
+        let between_events = parser.is_between_events();
+        if format == Api::ChatCompletions && between_events && first_chunk.is_some() && facts.model.is_some() {
             if let Some(data) = shape.whole_event(chunk) {
                 // One whole plain content delta: what the parser and the check below would
                 // make of it, without the parser's search for line ends.
@@ -509,43 +560,38 @@ impl StreamObserver {
                 return on_event(EventOutcome::Chunk, chunk.len(), Some(SseFrame { event: &[], data }));
             }
         }
-        parser.feed_typed(chunk, |event, name, end| {
-            let data = match event {
-                SseEvent::Tail => return on_event(*last_outcome, end, None),
-                SseEvent::Data(data) => data,
-            };
-            let frame = SseFrame { event: name, data };
-            let outcome = match format {
+        // What one event (`name` its type, empty when it has none; `ascii` when its data is
+        // known to be ASCII) tells about the call.
+        let mut fold = |name: &[u8], data: &[u8], ascii: bool| -> EventOutcome {
+            match format {
                 Api::ChatCompletions => {
                     if data == b"[DONE]" {
                         *done = true;
-                        EventOutcome::Done
-                    } else {
-                        *chunks += 1;
-                        if first_chunk.is_some() && facts.model.is_some() && shape.is_plain_delta(data) {
-                            // A plain content delta: nothing in it changes the record.
-                            *last_outcome = EventOutcome::Chunk;
-                            return on_event(EventOutcome::Chunk, end, Some(frame));
+                        return EventOutcome::Done;
+                    }
+                    *chunks += 1;
+                    if first_chunk.is_some() && facts.model.is_some() && shape.is_plain_delta(data) {
+                        // A plain content delta: nothing in it changes the record.
+                        return EventOutcome::Chunk;
+                    }
+                    let now = Instant::now();
+                    first_chunk.get_or_insert(now);
+                    *last_chunk = Some(now);
+                    let applied = apply_chunk(data, facts, usage);
+                    if first_output.is_none() && facts.model.is_some() {
+                        *first_output = Some(now);
+                    }
+                    match applied {
+                        Ok(ChunkKind::Delta) => EventOutcome::Chunk,
+                        Ok(ChunkKind::Finish) => EventOutcome::Finish,
+                        Ok(ChunkKind::UsageOnly) => EventOutcome::UsageOnly,
+                        Ok(ChunkKind::Error) => {
+                            error.get_or_insert(StreamFault::ErrorEvent);
+                            EventOutcome::Unreadable
                         }
-                        let now = Instant::now();
-                        first_chunk.get_or_insert(now);
-                        *last_chunk = Some(now);
-                        let applied = apply_chunk(data, facts, usage);
-                        if first_output.is_none() && facts.model.is_some() {
-                            *first_output = Some(now);
-                        }
-                        match applied {
-                            Ok(ChunkKind::Delta) => EventOutcome::Chunk,
-                            Ok(ChunkKind::Finish) => EventOutcome::Finish,
-                            Ok(ChunkKind::UsageOnly) => EventOutcome::UsageOnly,
-                            Ok(ChunkKind::Error) => {
-                                error.get_or_insert(StreamFault::ErrorEvent);
-                                EventOutcome::Unreadable
-                            }
-                            Err(_) => {
-                                error.get_or_insert(StreamFault::Decode);
-                                EventOutcome::Unreadable
-                            }
+                        Err(_) => {
+                            error.get_or_insert(StreamFault::Decode);
+                            EventOutcome::Unreadable
                         }
                     }
                 }
@@ -553,8 +599,7 @@ impl StreamObserver {
                     let kind = anthropic::event_kind(name, data);
                     if kind == MessagesEvent::Ping {
                         // Keep-alive: not a chunk of the answer.
-                        *last_outcome = EventOutcome::Chunk;
-                        return on_event(EventOutcome::Chunk, end, Some(frame));
+                        return EventOutcome::Chunk;
                     }
                     if kind != MessagesEvent::MessageStop {
                         *chunks += 1;
@@ -564,10 +609,9 @@ impl StreamObserver {
                         MessagesEvent::BlockEdge | MessagesEvent::Other => first_chunk.is_some(),
                         _ => false,
                     };
-                    if quiet && std::str::from_utf8(data).is_ok() {
+                    if quiet && (ascii || std::str::from_utf8(data).is_ok()) {
                         // Content, or a block boundary: never parsed, no clock read.
-                        *last_outcome = EventOutcome::Chunk;
-                        return on_event(EventOutcome::Chunk, end, Some(frame));
+                        return EventOutcome::Chunk;
                     }
                     let now = Instant::now();
                     first_chunk.get_or_insert(now);
@@ -613,10 +657,9 @@ impl StreamObserver {
                         ResponsesEvent::Other => first_chunk.is_some(),
                         _ => false,
                     };
-                    if quiet && std::str::from_utf8(data).is_ok() {
+                    if quiet && (ascii || std::str::from_utf8(data).is_ok()) {
                         // Output, or an item or part boundary: never parsed, no clock read.
-                        *last_outcome = EventOutcome::Chunk;
-                        return on_event(EventOutcome::Chunk, end, Some(frame));
+                        return EventOutcome::Chunk;
                     }
                     let now = Instant::now();
                     first_chunk.get_or_insert(now);
@@ -650,9 +693,25 @@ impl StreamObserver {
                         },
                     }
                 }
+            }
+        };
+        if between_events {
+            if let Some((frame, ascii)) = head.frame(chunk) {
+                // One whole event with a type (Anthropic's and the Responses API's spelling):
+                // what the parser would hand out, without its work per line.
+                let outcome = fold(frame.event, frame.data, ascii);
+                *last_outcome = outcome;
+                return on_event(outcome, chunk.len(), Some(frame));
+            }
+        }
+        parser.feed_typed(chunk, |event, name, end| {
+            let data = match event {
+                SseEvent::Tail => return on_event(*last_outcome, end, None),
+                SseEvent::Data(data) => data,
             };
+            let outcome = fold(name, data, false);
             *last_outcome = outcome;
-            on_event(outcome, end, Some(frame));
+            on_event(outcome, end, Some(SseFrame { event: name, data }));
         });
     }
 
@@ -894,6 +953,19 @@ mod tests {
     }
 
     const FIXTURE: &str = include_str!("../../tests/fixtures/openai-chat-completion-stream.sse");
+    const ANTHROPIC_FIXTURE: &str = include_str!("../../tests/fixtures/anthropic-message-stream.sse");
+    const RESPONSES_FIXTURE: &str = include_str!("../../tests/fixtures/openai-response-stream.sse");
+
+    /// The `(type, data)` of each event of a recorded stream written `event: T`, `data: D`.
+    fn recorded_events(stream: &str) -> Vec<(String, String)> {
+        stream
+            .split("\n\n")
+            .filter_map(|event| {
+                let (event, data) = event.strip_prefix("event: ")?.split_once("\ndata: ")?;
+                Some((event.to_owned(), data.to_owned()))
+            })
+            .collect()
+    }
 
     /// The data of the recorded stream's events.
     fn fixture_data() -> Vec<&'static [u8]> {
@@ -902,6 +974,59 @@ mod tests {
             .filter_map(|event| event.strip_prefix("data: "))
             .map(str::as_bytes)
             .collect()
+    }
+
+    #[test]
+    fn a_warm_typed_delta_read_whole_is_checked_for_utf8() {
+        for (api, stream, delta_type) in [
+            (Api::AnthropicMessages, ANTHROPIC_FIXTURE, "content_block_delta"),
+            (Api::Responses, RESPONSES_FIXTURE, "response.output_text.delta"),
+        ] {
+            let events = recorded_events(stream);
+            let first_delta = events.iter().position(|(t, _)| t == delta_type).unwrap();
+            let mut o = StreamObserver::for_api(Instant::now(), api);
+            for (t, d) in &events[..=first_delta] {
+                o.observe_all(format!("event: {t}\ndata: {d}\n\n").as_bytes());
+            }
+            let delta = &events[first_delta].1;
+            let outcome = |o: &mut StreamObserver, data: &[u8]| {
+                let chunk = [format!("event: {delta_type}\ndata: ").as_bytes(), data, b"\n\n"].concat();
+                let mut seen = vec![];
+                o.observe_typed(&chunk, |outcome, end, frame| {
+                    seen.push((
+                        outcome,
+                        end == chunk.len(),
+                        frame.map(|f| (f.event.to_vec(), f.data.to_vec())),
+                    ))
+                });
+                seen
+            };
+            let read_as =
+                |outcome, data: &[u8]| vec![(outcome, true, Some((delta_type.as_bytes().to_vec(), data.to_vec())))];
+            // ASCII, then other UTF-8: content, nothing more.
+            let text = delta.replace("Hi", "Hi there").replace("Hello", "Hello there");
+            assert_eq!(
+                outcome(&mut o, text.as_bytes()),
+                read_as(EventOutcome::Chunk, text.as_bytes())
+            );
+            let text = delta.replace("Hi", "Hé 👋").replace("Hello", "Hé 👋");
+            assert_eq!(
+                outcome(&mut o, text.as_bytes()),
+                read_as(EventOutcome::Chunk, text.as_bytes())
+            );
+            assert_eq!(o.error, None, "{api:?}");
+            // Both were framed without the parser.
+            assert_eq!(o.head.bytes, format!("event: {delta_type}\ndata: ").as_bytes());
+            // A byte that is not UTF-8 in the text: not readable, and the stream's fault.
+            let mut bad = delta.clone().into_bytes();
+            bad[delta.find("\"H").unwrap() + 2] = 0xff;
+            assert_eq!(
+                outcome(&mut o, &bad),
+                read_as(EventOutcome::Unreadable, &bad),
+                "{api:?}"
+            );
+            assert_eq!(o.error, Some(StreamFault::Decode), "{api:?}");
+        }
     }
 
     #[test]
@@ -1028,7 +1153,11 @@ mod tests {
         );
 
         fn read(pieces: impl IntoIterator<Item = Vec<u8>>) -> Reading {
-            let mut o = StreamObserver::new(Instant::now());
+            read_api(Api::ChatCompletions, pieces)
+        }
+
+        fn read_api(api: Api, pieces: impl IntoIterator<Item = Vec<u8>>) -> Reading {
+            let mut o = StreamObserver::for_api(Instant::now(), api);
             let mut events = Vec::new();
             for piece in pieces {
                 o.observe_typed(&piece, |outcome, _, frame| {
@@ -1087,6 +1216,88 @@ mod tests {
                 let bytes: Vec<u8> = chunks.concat();
                 let whole = read(chunks);
                 let by_byte = read(bytes.iter().map(|b| vec![*b]));
+                prop_assert_eq!(whole, by_byte);
+            }
+
+            /// A stream with event types (Anthropic Messages, the Responses API) whose chunks are
+            /// whole events, most of them framed without the SSE parser, reads as the same bytes
+            /// fed one at a time: the recorded stream with new content texts (any Unicode, or a
+            /// byte that is not UTF-8), an edit in one event's data (a line break in it, a cut, a
+            /// stray quote), and events written as `event: T`, `event:T`, with CRLF, without
+            /// their type, two to a chunk, with the type in the chunk before, after a comment,
+            /// with their data on two lines, or after a chunk that leaves a data line or part of
+            /// a line waiting.
+            #[test]
+            fn whole_typed_events_read_as_the_parser_reads_them(
+                responses: bool,
+                texts in proptest::collection::vec(any::<String>(), 1..8),
+                not_utf8 in proptest::option::of(0usize..8),
+                styles in proptest::collection::vec(0u8..10, 16),
+                edited: usize,
+                kind: u8,
+                at: usize,
+            ) {
+                let (api, stream, delta_type, key) = if responses {
+                    (Api::Responses, RESPONSES_FIXTURE, "response.output_text.delta", r#""delta":""#)
+                } else {
+                    (Api::AnthropicMessages, ANTHROPIC_FIXTURE, "content_block_delta", r#""text":""#)
+                };
+                let recorded = recorded_events(stream);
+                let first_delta = recorded.iter().position(|(t, _)| t == delta_type).unwrap();
+                let deltas = recorded.iter().filter(|(t, _)| t == delta_type).count();
+                let template = recorded[first_delta].1.clone();
+                let mut events: Vec<(String, Vec<u8>)> =
+                    recorded[..first_delta].iter().map(|(t, d)| (t.clone(), d.clone().into_bytes())).collect();
+                for (i, text) in texts.iter().enumerate() {
+                    let escaped = serde_json::to_string(text).unwrap();
+                    let start = template.find(key).unwrap() + key.len();
+                    let len = scan::string_body(&template.as_bytes()[start..]).unwrap();
+                    let mut data = template.as_bytes()[..start].to_vec();
+                    data.extend_from_slice(&escaped.as_bytes()[1..escaped.len() - 1]);
+                    if not_utf8 == Some(i) {
+                        data.push(0xff);
+                    }
+                    data.extend_from_slice(&template.as_bytes()[start + len..]);
+                    events.push((delta_type.to_owned(), data));
+                }
+                events.extend(recorded[first_delta + deltas..].iter().map(|(t, d)| (t.clone(), d.clone().into_bytes())));
+                let edited = edited % events.len();
+                if let Ok(text) = std::str::from_utf8(&events[edited].1) {
+                    events[edited].1 = edit(text, kind, at, &[]).into_bytes();
+                }
+                let mut chunks: Vec<Vec<u8>> = Vec::new();
+                for (i, (t, d)) in events.iter().enumerate() {
+                    let d = d.as_slice();
+                    let event: Vec<u8> = match styles[i % styles.len()] {
+                        1 => [format!("event:{t}\ndata: ").as_bytes(), d, b"\n\n"].concat(),
+                        2 => [format!("event: {t}\r\ndata: ").as_bytes(), d, b"\r\n\r\n"].concat(),
+                        3 => [b"data: ", d, b"\n\n"].concat(),
+                        4 if !chunks.is_empty() => {
+                            let event = [format!("event: {t}\ndata: ").as_bytes(), d, b"\n\n"].concat();
+                            chunks.last_mut().unwrap().extend_from_slice(&event);
+                            continue;
+                        }
+                        5 => {
+                            chunks.push(format!("event: {t}\n").into_bytes());
+                            [b"data: ", d, b"\n\n"].concat()
+                        }
+                        6 => [format!(": keep-alive\nevent: {t}\ndata: ").as_bytes(), d, b"\n\n"].concat(),
+                        // A data line, or a line cut short, waits in the parser.
+                        8 | 9 => {
+                            chunks.push(if styles[i % styles.len()] == 8 { b"data: {}\n".to_vec() } else { b": cut".to_vec() });
+                            [format!("event: {t}\ndata: ").as_bytes(), d, b"\n\n"].concat()
+                        }
+                        7 => {
+                            let half = d.len() / 2;
+                            [format!("event: {t}\ndata: ").as_bytes(), &d[..half], b"\ndata: ", &d[half..], b"\n\n"].concat()
+                        }
+                        _ => [format!("event: {t}\ndata: ").as_bytes(), d, b"\n\n"].concat(),
+                    };
+                    chunks.push(event);
+                }
+                let bytes: Vec<u8> = chunks.concat();
+                let whole = read_api(api, chunks);
+                let by_byte = read_api(api, bytes.iter().map(|b| vec![*b]));
                 prop_assert_eq!(whole, by_byte);
             }
 
