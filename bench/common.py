@@ -165,7 +165,7 @@ def scrape(metrics_addr, timeout=10.0):
 
 
 def export_counters(text):
-    """llm_meter_export_spans_total by outcome: exported, failed, dropped_or_queued."""
+    """llm_meter_export_spans_total by outcome: exported, failed, dropped."""
     out = {}
     for line in text.splitlines():
         m = re.match(r'llm_meter_export_spans(?:_total)?\{[^}]*outcome="([a-z_]+)"[^}]*\}\s+(\S+)', line)

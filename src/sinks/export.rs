@@ -15,6 +15,8 @@
 //! overrides any of it.
 
 use std::collections::HashMap;
+#[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -287,9 +289,12 @@ impl TelemetryBuilder {
             #[cfg(not(any(feature = "otlp-http", feature = "otlp-grpc")))]
             let _ = (otlp, &stats);
             #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
+            let in_queue = Arc::new(AtomicUsize::new(0));
+            #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
             let exporter = CountingExporter {
                 inner: span_exporter(otlp, self.export_timeout)?,
                 stats: stats.clone(),
+                in_queue: in_queue.clone(),
             };
             #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
             {
@@ -300,6 +305,9 @@ impl TelemetryBuilder {
                 tracer = tracer.with_span_processor(CountingProcessor {
                     inner: processor,
                     stats: stats.clone(),
+                    in_queue,
+                    max_queue: self.span_queue,
+                    shut_down: AtomicBool::new(false),
                 });
             }
         }
@@ -593,19 +601,26 @@ fn header_map(headers: &HashMap<String, String>) -> Result<http::HeaderMap, Init
     Ok(map)
 }
 
+/// Counts what the SDK's batch processor sends, and frees its room in the queue.
 #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
 #[derive(Debug)]
 struct CountingExporter<E> {
     inner: E,
     stats: Arc<ExportStats>,
+    /// Spans handed to the batch processor and not yet sent (shared with [`CountingProcessor`]).
+    in_queue: Arc<AtomicUsize>,
 }
 
 #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
 impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let n = batch.len() as u64;
+        let n = batch.len();
         let result = self.inner.export(batch).await;
-        self.stats.spans_sent(n, result.is_ok());
+        // Never below 0 (`fetch_update` cannot fail when the closure always returns `Some`).
+        let _ = self
+            .in_queue
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| Some(q.saturating_sub(n)));
+        self.stats.spans_sent(n as u64, result.is_ok());
         result
     }
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
@@ -619,11 +634,17 @@ impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
     }
 }
 
+/// Counts the spans that end, and drops (counting them) those the SDK's batch processor would
+/// drop without a count: over `max_queue` not yet sent, or after shutdown. The batch processor's
+/// channel holds `max_queue` spans and only spans not yet sent, so it never fills.
 #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
 #[derive(Debug)]
 struct CountingProcessor<P> {
     inner: P,
     stats: Arc<ExportStats>,
+    in_queue: Arc<AtomicUsize>,
+    max_queue: usize,
+    shut_down: AtomicBool,
 }
 
 #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
@@ -632,8 +653,25 @@ impl<P: opentelemetry_sdk::trace::SpanProcessor> opentelemetry_sdk::trace::SpanP
         self.inner.on_start(span, cx)
     }
     fn on_end(&self, span: SpanData) {
-        if span.span_context.is_sampled() {
+        let sampled = span.span_context.is_sampled();
+        if sampled {
             self.stats.span_ended();
+        }
+        // A place in the queue is taken before the span is handed on, so that no two spans
+        // take the last one.
+        let dropped = if self.shut_down.load(Ordering::Acquire) {
+            true
+        } else if self.in_queue.fetch_add(1, Ordering::AcqRel) >= self.max_queue {
+            self.in_queue.fetch_sub(1, Ordering::AcqRel);
+            true
+        } else {
+            false
+        };
+        if dropped {
+            if sampled {
+                self.stats.span_dropped();
+            }
+            return;
         }
         self.inner.on_end(span)
     }
@@ -641,6 +679,7 @@ impl<P: opentelemetry_sdk::trace::SpanProcessor> opentelemetry_sdk::trace::SpanP
         self.inner.force_flush()
     }
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.shut_down.store(true, Ordering::Release);
         self.inner.shutdown_with_timeout(timeout)
     }
     fn set_resource(&mut self, resource: &Resource) {

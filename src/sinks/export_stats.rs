@@ -9,6 +9,7 @@ pub struct ExportStats {
     ended: AtomicU64,
     exported: AtomicU64,
     failed: AtomicU64,
+    dropped: AtomicU64,
 }
 
 impl ExportStats {
@@ -24,17 +25,27 @@ impl ExportStats {
     pub fn failed(&self) -> u64 {
         self.failed.load(Ordering::Relaxed)
     }
-    /// Spans dropped before export (queue full, or after shutdown), as far as known: those
-    /// ended and neither exported nor failed. Exact once the pipeline is flushed; before, it
-    /// also counts spans still queued.
-    pub fn dropped_or_queued(&self) -> u64 {
-        self.ended().saturating_sub(self.exported() + self.failed())
+    /// Spans dropped before export: the queue was full, or the pipeline was shut down.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+    /// Spans ended and not yet exported, failed or dropped: in the queue or in an export under
+    /// way (0 once the pipeline is flushed; what is left after a shutdown that timed out is lost).
+    pub fn queued(&self) -> u64 {
+        self.ended()
+            .saturating_sub(self.exported() + self.failed() + self.dropped())
     }
 
     /// One more sampled span ended.
     #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
     pub(crate) fn span_ended(&self) {
         self.ended.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One more sampled span dropped before export.
+    #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
+    pub(crate) fn span_dropped(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
     }
 
     /// `n` spans sent in one export, which the receiver accepted (`ok`) or not.
@@ -44,11 +55,12 @@ impl ExportStats {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// The counter's outcomes, each only ever growing (spans queued are not one of them).
     pub(crate) fn outcomes(&self) -> [(&'static str, u64); 3] {
         [
             ("exported", self.exported()),
             ("failed", self.failed()),
-            ("dropped_or_queued", self.dropped_or_queued()),
+            ("dropped", self.dropped()),
         ]
     }
 }

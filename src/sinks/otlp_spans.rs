@@ -130,6 +130,8 @@ impl Queue {
         self.stats.span_ended();
         let mut state = self.lock();
         if state.stopping || state.queued >= self.batching.max_queue {
+            drop(state);
+            self.stats.span_dropped();
             return;
         }
         state.open.extend_from_slice(span);
@@ -915,6 +917,7 @@ mod tests {
         spans.flush(Duration::from_secs(10)).unwrap();
         assert_eq!(stats.ended(), 5);
         assert_eq!(stats.failed(), 2, "the two queued spans failed to export");
-        assert_eq!(stats.dropped_or_queued(), 3, "the other three were dropped");
+        assert_eq!(stats.dropped(), 3, "the other three were dropped");
+        assert_eq!(stats.queued(), 0);
     }
 }

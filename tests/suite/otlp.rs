@@ -235,7 +235,6 @@ async fn receiver_hangs(protocol: Protocol) {
     rx.hang.store(true, Ordering::Relaxed);
     let t = Telemetry::builder()
         .otlp(protocol, format!("http://{addr}"))
-        .prometheus(false)
         .span_queue(16)
         .export_timeout(Duration::from_millis(300))
         .build()
@@ -256,9 +255,19 @@ async fn receiver_hangs(protocol: Protocol) {
     assert_eq!(stats.ended(), 200, "{protocol:?}");
     assert_eq!(stats.exported(), 0, "the receiver never answered ({protocol:?})");
     assert!(
-        stats.dropped_or_queued() >= 100,
+        stats.dropped() >= 100 && stats.queued() == 0,
         "queue of 16 must drop most of 200 spans ({protocol:?}): {stats:?}"
     );
+    // What the alert on lost spans watches.
+    let text = llm_meter::prometheus::encode(t.exposition().unwrap()).unwrap();
+    for (outcome, n) in [
+        ("dropped", stats.dropped()),
+        ("failed", stats.failed()),
+        ("exported", 0),
+    ] {
+        let line = format!("llm_meter_export_spans_total{{outcome=\"{outcome}\"}} {n}");
+        assert!(text.lines().any(|l| l == line), "{protocol:?}: no `{line}` in\n{text}");
+    }
     assert!(calls < Duration::from_secs(20), "{calls:?}");
     rx.hang.store(false, Ordering::Relaxed);
 }
