@@ -40,6 +40,8 @@ use tracing_subscriber::Layer;
 const OTLP_BUILT: bool = cfg!(any(feature = "otlp-http", feature = "otlp-grpc"));
 
 use crate::names;
+#[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
+use crate::sinks::batching::Batching;
 pub use crate::sinks::export_stats::ExportStats;
 use crate::sinks::metrics::{LabelPolicy, Metrics};
 #[cfg(feature = "otlp-http")]
@@ -243,7 +245,8 @@ impl TelemetryBuilder {
         self
     }
 
-    /// Spans queued for export at most (default 2048); past it, spans are dropped and counted.
+    /// Spans waiting for export at most (default 2048), beside those of an export under way;
+    /// past it, spans are dropped and counted (`ExportStats::dropped`).
     pub fn span_queue(mut self, size: usize) -> Self {
         self.span_queue = size.max(1);
         self
@@ -298,15 +301,20 @@ impl TelemetryBuilder {
             };
             #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
             {
+                // `span_queue` spans may wait while a batch is sent, as on the direct route; the
+                // processor's channel has room for both, so it never drops a span uncounted.
+                let batching = Batching::from_env(self.span_queue);
+                let room = batching.max_queue + batching.max_batch;
                 let batch = BatchConfigBuilder::default()
-                    .with_max_queue_size(self.span_queue)
+                    .with_max_queue_size(room)
+                    .with_max_export_batch_size(batching.max_batch)
                     .build();
                 let processor = BatchSpanProcessor::builder(exporter).with_batch_config(batch).build();
                 tracer = tracer.with_span_processor(CountingProcessor {
                     inner: processor,
                     stats: stats.clone(),
                     in_queue,
-                    max_queue: self.span_queue,
+                    max_queue: room,
                     shut_down: AtomicBool::new(false),
                 });
             }
@@ -317,7 +325,7 @@ impl TelemetryBuilder {
             Some(otlp) if otlp.protocol == Protocol::HttpProtobuf => {
                 let mut exporter = http_span_exporter(otlp, self.export_timeout)?;
                 exporter.set_resource(&resource);
-                let batching = crate::sinks::otlp_spans::Batching::from_env(self.span_queue);
+                let batching = Batching::from_env(self.span_queue);
                 Some(OtlpSpans::start(exporter, scope(), stats.clone(), batching).map_err(InitError)?)
             }
             _ => None,
@@ -364,7 +372,7 @@ impl TelemetryBuilder {
         let observed = stats.clone();
         let export_counter = otel_meter
             .u64_observable_counter(names::METRIC_EXPORT_SPANS)
-            .with_description("Spans ended, exported, failed to export, or dropped (queue full or shut down).")
+            .with_description("Spans exported, failed to export, or dropped (queue full or shut down).")
             .with_callback(move |o| {
                 for (outcome, n) in observed.outcomes() {
                     o.observe(n, &[KeyValue::new(names::EXPORT_OUTCOME, outcome)]);
@@ -635,8 +643,9 @@ impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
 }
 
 /// Counts the spans that end, and drops (counting them) those the SDK's batch processor would
-/// drop without a count: over `max_queue` not yet sent, or after shutdown. The batch processor's
-/// channel holds `max_queue` spans and only spans not yet sent, so it never fills.
+/// drop without a count: over `max_queue` not yet sent (waiting, or in the batch being sent), or
+/// after shutdown. The batch processor's channel holds `max_queue` spans, and only spans not yet
+/// sent, so it never fills.
 #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
 #[derive(Debug)]
 struct CountingProcessor<P> {
@@ -870,4 +879,107 @@ impl Drop for TelemetryGuard {
 /// One call: builds telemetry from the environment and installs the global subscriber.
 pub fn init() -> Result<TelemetryGuard, InitError> {
     Telemetry::builder().build()?.install()
+}
+
+#[cfg(test)]
+#[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
+    use opentelemetry_sdk::trace::{SpanEvents, SpanLinks, SpanProcessor};
+    use std::sync::Mutex;
+    use std::time::SystemTime;
+
+    /// A processor that only keeps what it is handed, as a batch processor's channel would.
+    #[derive(Debug, Default)]
+    struct Kept(Mutex<Vec<SpanData>>);
+
+    impl SpanProcessor for Kept {
+        fn on_start(&self, _: &mut opentelemetry_sdk::trace::Span, _: &opentelemetry::Context) {}
+        fn on_end(&self, span: SpanData) {
+            self.0.lock().unwrap().push(span);
+        }
+        fn force_flush(&self) -> OTelSdkResult {
+            Ok(())
+        }
+        fn shutdown_with_timeout(&self, _: Duration) -> OTelSdkResult {
+            Ok(())
+        }
+    }
+
+    #[derive(Debug)]
+    struct Accepting;
+
+    impl SpanExporter for Accepting {
+        async fn export(&self, _: Vec<SpanData>) -> OTelSdkResult {
+            Ok(())
+        }
+    }
+
+    fn sampled_span() -> SpanData {
+        SpanData {
+            span_context: SpanContext::new(
+                TraceId::from(1u128),
+                SpanId::from(1u64),
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::default(),
+            ),
+            parent_span_id: SpanId::INVALID,
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Client,
+            name: "chat".into(),
+            start_time: SystemTime::now(),
+            end_time: SystemTime::now(),
+            attributes: Vec::new(),
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: Status::Unset,
+            instrumentation_scope: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_sdk_route_holds_its_room_of_unsent_spans_and_counts_every_drop() {
+        let stats = Arc::new(ExportStats::default());
+        let in_queue = Arc::new(AtomicUsize::new(0));
+        let processor = CountingProcessor {
+            inner: Kept::default(),
+            stats: stats.clone(),
+            in_queue: in_queue.clone(),
+            max_queue: 3,
+            shut_down: AtomicBool::new(false),
+        };
+        let exporter = CountingExporter {
+            inner: Accepting,
+            stats: stats.clone(),
+            in_queue,
+        };
+        let kept = |p: &CountingProcessor<Kept>| p.inner.0.lock().unwrap().len();
+        for _ in 0..5 {
+            processor.on_end(sampled_span());
+        }
+        assert_eq!(kept(&processor), 3, "room for 3 unsent spans");
+        assert_eq!((stats.ended(), stats.dropped(), stats.queued()), (5, 2, 3));
+        // Two are sent: room for two more, and no more.
+        let sent: Vec<SpanData> = processor.inner.0.lock().unwrap().drain(..2).collect();
+        exporter.export(sent).await.unwrap();
+        for _ in 0..3 {
+            processor.on_end(sampled_span());
+        }
+        assert_eq!(kept(&processor), 3);
+        assert_eq!((stats.exported(), stats.dropped(), stats.queued()), (2, 3, 3));
+        // After shutdown nothing is handed on, room or not, and every span still has an outcome.
+        let sent: Vec<SpanData> = processor.inner.0.lock().unwrap().drain(..).collect();
+        exporter.export(sent).await.unwrap();
+        processor.shutdown_with_timeout(Duration::from_secs(1)).unwrap();
+        processor.on_end(sampled_span());
+        assert_eq!(kept(&processor), 0);
+        assert_eq!((stats.exported(), stats.dropped(), stats.queued()), (5, 4, 0));
+        assert_eq!(
+            stats.ended(),
+            stats.exported() + stats.failed() + stats.dropped() + stats.queued()
+        );
+    }
 }

@@ -5,6 +5,8 @@
 //! straight from records (`otlp_spans`).
 
 mod attributes;
+#[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
+mod batching;
 pub mod export;
 mod export_stats;
 pub mod metrics;

@@ -38,34 +38,11 @@ use opentelemetry_sdk::trace::{Config, IdGenerator, SamplingDecision, ShouldSamp
 use crate::names::{ERROR_TYPE, HTTP_REQUEST_METHOD, HTTP_ROUTE, OPERATION_CHAT};
 use crate::record::CallRecord;
 use crate::sinks::attributes::{each_attribute, opening_attributes, Attributes, Text};
+use crate::sinks::batching::Batching;
 use crate::sinks::export_stats::ExportStats;
 use crate::sinks::otlp_http::{
     dropped_events_and_links, scope_span, span_fields, HttpSpanExporter, SpanAttributes, SpanHead,
 };
-
-/// How the queue batches, as the SDK's batch processor's settings.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Batching {
-    pub(crate) max_queue: usize,
-    pub(crate) max_batch: usize,
-    pub(crate) delay: Duration,
-}
-
-impl Batching {
-    /// A queue of `max_queue` spans; the batch size and delay from `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`
-    /// and `OTEL_BSP_SCHEDULE_DELAY` (milliseconds), else 512 and 5 s, as the SDK reads them.
-    pub(crate) fn from_env(max_queue: usize) -> Self {
-        fn number(name: &str) -> Option<u64> {
-            std::env::var(name).ok()?.parse().ok()
-        }
-        let max_batch = number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE").map_or(512, |n| n as usize);
-        Batching {
-            max_queue,
-            max_batch: max_batch.clamp(1, max_queue.max(1)),
-            delay: Duration::from_millis(number("OTEL_BSP_SCHEDULE_DELAY").unwrap_or(5_000)),
-        }
-    }
-}
 
 /// The direct route's spans: ids and sampling for new spans, and the queue their messages go
 /// to. Cheap to clone; the last clone dropped stops the queue's thread once it has sent what it
