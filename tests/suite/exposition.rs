@@ -126,6 +126,52 @@ fn prometheus_names_are_the_ones_dashboards_use() {
     assert!(!text.contains("user_id"), "user.id is not a label by default");
 }
 
+/// The span-export outcomes the alert on lost spans and the dashboards' lost-spans panel match
+/// (`outcome=~"a|b"`, anchored) are outcomes the library writes: a name they expect that it
+/// never writes would leave the alert silent.
+#[test]
+fn the_lost_spans_alert_and_panel_match_outcomes_the_library_writes() {
+    let text = scripted_exposition();
+    let written: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix(r#"llm_meter_export_spans_total{outcome=""#))
+        .filter_map(|rest| rest.split('"').next())
+        .collect();
+    let mut matched = 0;
+    for file in [
+        "dashboards/alerts.yml",
+        "dashboards/cost-budgets.json",
+        "dashboards/overview.json",
+        "dashboards/use-case.json",
+        "dashboards/ratelimits-latency.json",
+    ] {
+        let source = std::fs::read_to_string(file).unwrap().replace(r#"\""#, "\"");
+        for (at, _) in source.match_indices("llm_meter_export_spans_total{") {
+            let selector = &source[at..];
+            let selector = &selector[..selector.find('}').unwrap()];
+            let Some(values) = selector
+                .split("outcome=~\"")
+                .nth(1)
+                .or(selector.split("outcome=\"").nth(1))
+            else {
+                continue;
+            };
+            for value in values.split('"').next().unwrap().split('|') {
+                assert!(
+                    written.contains(&value),
+                    "{file}: outcome {value:?} is never written ({written:?})"
+                );
+                matched += 1;
+            }
+        }
+    }
+    assert!(
+        matched >= 4,
+        "the alert and the panel match on outcome ({matched} values found)"
+    );
+    assert_eq!(written, ["dropped", "exported", "failed"]);
+}
+
 #[test]
 fn promtool_accepts_the_exposition() {
     let Ok(mut child) = Command::new("promtool")
