@@ -1268,30 +1268,35 @@ mod tests {
                 let mut chunks: Vec<Vec<u8>> = Vec::new();
                 for (i, (t, d)) in events.iter().enumerate() {
                     let d = d.as_slice();
+                    // The spelling the shortcut takes, after `before`.
+                    let typed = |before: &str| [format!("{before}event: {t}\ndata: ").as_bytes(), d, b"\n\n"].concat();
                     let event: Vec<u8> = match styles[i % styles.len()] {
                         1 => [format!("event:{t}\ndata: ").as_bytes(), d, b"\n\n"].concat(),
                         2 => [format!("event: {t}\r\ndata: ").as_bytes(), d, b"\r\n\r\n"].concat(),
                         3 => [b"data: ", d, b"\n\n"].concat(),
                         4 if !chunks.is_empty() => {
-                            let event = [format!("event: {t}\ndata: ").as_bytes(), d, b"\n\n"].concat();
-                            chunks.last_mut().unwrap().extend_from_slice(&event);
+                            chunks.last_mut().unwrap().extend_from_slice(&typed(""));
                             continue;
                         }
                         5 => {
                             chunks.push(format!("event: {t}\n").into_bytes());
                             [b"data: ", d, b"\n\n"].concat()
                         }
-                        6 => [format!(": keep-alive\nevent: {t}\ndata: ").as_bytes(), d, b"\n\n"].concat(),
-                        // A data line, or a line cut short, waits in the parser.
-                        8 | 9 => {
-                            chunks.push(if styles[i % styles.len()] == 8 { b"data: {}\n".to_vec() } else { b": cut".to_vec() });
-                            [format!("event: {t}\ndata: ").as_bytes(), d, b"\n\n"].concat()
-                        }
+                        6 => typed(": keep-alive\n"),
                         7 => {
                             let half = d.len() / 2;
                             [format!("event: {t}\ndata: ").as_bytes(), &d[..half], b"\ndata: ", &d[half..], b"\n\n"].concat()
                         }
-                        _ => [format!("event: {t}\ndata: ").as_bytes(), d, b"\n\n"].concat(),
+                        // A data line, or a line cut short, waits in the parser.
+                        8 => {
+                            chunks.push(b"data: {}\n".to_vec());
+                            typed("")
+                        }
+                        9 => {
+                            chunks.push(b": cut".to_vec());
+                            typed("")
+                        }
+                        _ => typed(""),
                     };
                     chunks.push(event);
                 }

@@ -285,6 +285,8 @@ impl TelemetryBuilder {
         }
         let resource = resource.build();
         let stats = Arc::new(ExportStats::default());
+        #[cfg(any(feature = "otlp-http", feature = "otlp-grpc"))]
+        let batching = Batching::from_env(self.span_queue);
 
         #[cfg_attr(not(any(feature = "otlp-http", feature = "otlp-grpc")), allow(unused_mut))]
         let mut tracer = SdkTracerProvider::builder().with_resource(resource.clone());
@@ -303,7 +305,6 @@ impl TelemetryBuilder {
             {
                 // `span_queue` spans may wait while a batch is sent, as on the direct route; the
                 // processor's channel has room for both, so it never drops a span uncounted.
-                let batching = Batching::from_env(self.span_queue);
                 let room = batching.max_queue + batching.max_batch;
                 let batch = BatchConfigBuilder::default()
                     .with_max_queue_size(room)
@@ -325,7 +326,6 @@ impl TelemetryBuilder {
             Some(otlp) if otlp.protocol == Protocol::HttpProtobuf => {
                 let mut exporter = http_span_exporter(otlp, self.export_timeout)?;
                 exporter.set_resource(&resource);
-                let batching = Batching::from_env(self.span_queue);
                 Some(OtlpSpans::start(exporter, scope(), stats.clone(), batching).map_err(InitError)?)
             }
             _ => None,
