@@ -33,9 +33,7 @@ impl<'a> Scanner<'a> {
             Some(&byte) if byte > b' ' => return Some(byte),
             _ => {}
         }
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = bytes.get(self.pos) {
-            self.pos += 1;
-        }
+        self.pos = after_whitespace(bytes, self.pos);
         bytes.get(self.pos).copied()
     }
 
@@ -286,6 +284,36 @@ pub(crate) fn string_body(bytes: &[u8]) -> Option<usize> {
     }
 }
 
+/// Where the whitespace from `pos` ends. Providers indent their answers (OpenAI's by 2 to 16
+/// spaces a line), so a run of spaces is skipped eight bytes at a time: the first byte of a
+/// word that is not a space is its lowest nonzero byte once spaces are XORed away. Kept out
+/// of line: inlined into every [`Scanner::peek`] it would keep the scanner's callers from being
+/// inlined on compact JSON, which never comes here.
+#[cold]
+#[inline(never)]
+fn after_whitespace(bytes: &[u8], mut pos: usize) -> usize {
+    const SPACES: u64 = u64::from_ne_bytes([b' '; 8]);
+    loop {
+        match bytes.get(pos) {
+            Some(b' ') => {
+                pos += 1;
+                while let Some(chunk) = bytes.get(pos..pos + 8) {
+                    let mut word = [0u8; 8];
+                    word.copy_from_slice(chunk);
+                    let others = u64::from_le_bytes(word) ^ SPACES;
+                    if others != 0 {
+                        pos += (others.trailing_zeros() / 8) as usize;
+                        break;
+                    }
+                    pos += 8;
+                }
+            }
+            Some(b'\t' | b'\n' | b'\r') => pos += 1,
+            _ => return pos,
+        }
+    }
+}
+
 /// The fields of one object read so far. serde refuses an object that names a field twice, so
 /// the scanner leaves such an object to serde.
 #[derive(Default)]
@@ -391,6 +419,27 @@ mod tests {
             assert_eq!(special(&vec![0x7f; len]), None);
             assert_eq!(special(&vec![0xe2; len]), None);
         }
+    }
+
+    #[test]
+    fn whitespace_ends_at_the_first_other_byte() {
+        // Indentation of every length around a word's width, after a line break or not, ending
+        // in a byte next to a space (0x1f, 0x21, 0xa0), a NUL, a structural byte, or the end.
+        for len in 0..40 {
+            for lead in ["", "\n", "\r\n", "\t", " \t"] {
+                for end in [&b"\""[..], b"}", b"\x1f", b"!", b"\xa0", b"\0", b""] {
+                    let mut text = vec![b'x'];
+                    text.extend_from_slice(lead.as_bytes());
+                    text.extend(std::iter::repeat_n(b' ', len));
+                    text.extend_from_slice(end);
+                    let expected = 1 + lead.len() + len;
+                    assert_eq!(after_whitespace(&text, 1), expected, "{lead:?} {len} {end:?}");
+                }
+            }
+        }
+        // Spaces broken by other whitespace inside a word.
+        assert_eq!(after_whitespace(b"   \n     \t  \r\n  a", 0), 16);
+        assert_eq!(after_whitespace(b"a", 0), 0);
     }
 
     #[test]

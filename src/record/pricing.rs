@@ -209,10 +209,15 @@ struct TableFile {
     models: HashMap<String, Price>,
 }
 
+/// Prices by model name. The table is fixed once built, so a hash without a random key
+/// (FNV, a few instructions a byte against SipHash's hundreds a lookup) cannot be flooded
+/// with colliding names: lookups never insert.
+type Prices = HashMap<String, Price, fnv::FnvBuildHasher>;
+
 /// Model prices; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct PriceTable {
-    prices: Arc<HashMap<String, Price>>,
+    prices: Arc<Prices>,
 }
 
 impl Default for PriceTable {
@@ -248,9 +253,9 @@ impl PriceTable {
     /// The embedded table, parsed once per process and shared by every meter.
     #[expect(clippy::expect_used, reason = "the embedded table is a constant, parsed by a test")]
     pub fn embedded() -> Self {
-        static TABLE: std::sync::LazyLock<Arc<HashMap<String, Price>>> = std::sync::LazyLock::new(|| {
+        static TABLE: std::sync::LazyLock<Arc<Prices>> = std::sync::LazyLock::new(|| {
             let file: TableFile = toml::from_str(EMBEDDED).expect("the embedded price table is valid (tested)");
-            Arc::new(file.models)
+            Arc::new(file.models.into_iter().collect())
         });
         PriceTable { prices: TABLE.clone() }
     }
@@ -258,7 +263,7 @@ impl PriceTable {
     /// An empty table (every model unpriced).
     pub fn empty() -> Self {
         PriceTable {
-            prices: Arc::new(HashMap::new()),
+            prices: Arc::new(Prices::default()),
         }
     }
 
