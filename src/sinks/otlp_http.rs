@@ -225,6 +225,24 @@ fn scalar_key_value(out: &mut Vec<u8>, field: u32, key: &[&str], value: Scalar<'
     value.write(out);
 }
 
+/// [`scalar_key_value`] for a key of one piece, inlined where it is called: with a constant key
+/// (every attribute the record writes) its length is known there, and the key is copied without
+/// a call to `memcpy`.
+#[inline(always)]
+fn one_key_value(out: &mut Vec<u8>, field: u32, key: &str, value: Scalar<'_>) {
+    let value_len = value.len();
+    let len = 2 + key.len() + 2 + value_len;
+    if len < 0x80 && !key.is_empty() && field < 16 {
+        out.reserve(2 + len);
+        out.extend_from_slice(&[(field << 3) as u8 | LEN, len as u8, (1 << 3) | LEN, key.len() as u8]);
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(&[(2 << 3) | LEN, value_len as u8]);
+        value.write(out);
+    } else {
+        scalar_key_value(out, field, &[key], value);
+    }
+}
+
 fn attributes<'a>(out: &mut Vec<u8>, field: u32, attributes: impl IntoIterator<Item = (&'a str, &'a Value)>) {
     for (key, value) in attributes {
         match Scalar::of(value) {
@@ -291,6 +309,13 @@ impl<'a> SpanAttributes<'a> {
         }
     }
 
+    #[inline(always)]
+    fn one(&mut self, key: &'static str, value: Scalar<'_>) {
+        if self.fits() {
+            one_key_value(self.out, 9, key, value);
+        }
+    }
+
     /// `kvs`, as far as they fit.
     pub(crate) fn key_values(&mut self, kvs: &[KeyValue]) {
         for kv in kvs {
@@ -307,17 +332,21 @@ impl<'a> SpanAttributes<'a> {
 }
 
 impl Attributes for SpanAttributes<'_> {
+    #[inline(always)]
     fn int(&mut self, key: &'static str, value: i64) {
-        self.scalar(&[key], Scalar::Int(value));
+        self.one(key, Scalar::Int(value));
     }
+    #[inline(always)]
     fn float(&mut self, key: &'static str, value: f64) {
-        self.scalar(&[key], Scalar::Float(value));
+        self.one(key, Scalar::Float(value));
     }
+    #[inline(always)]
     fn flag(&mut self, key: &'static str, value: bool) {
-        self.scalar(&[key], Scalar::Bool(value));
+        self.one(key, Scalar::Bool(value));
     }
+    #[inline(always)]
     fn text(&mut self, key: &'static str, value: Text<'_>) {
-        self.scalar(&[key], Scalar::Text(value.as_str()));
+        self.one(key, Scalar::Text(value.as_str()));
     }
     fn texts<'t>(&mut self, key: &'static str, values: impl ExactSizeIterator<Item = Text<'t>> + Clone) {
         if self.fits() {

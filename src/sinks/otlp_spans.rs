@@ -525,13 +525,14 @@ mod tests {
     use crate::sinks::otlp_http::{span, tests::collector};
     use crate::sinks::span::{start_chat_span_on, start_server_span_on, CallSpan};
 
-    /// A record with every attribute the span can carry, properties included.
+    /// A record with every attribute the span can carry, properties included; one value (the
+    /// step) is too long for a one-byte length, so it takes the framing's long way.
     fn full_record(error: Option<ErrorType>) -> CallRecord {
         let annotations = Annotations::builder()
             .use_case_name("support.reply")
             .use_case_id("uc-1")
             .use_case_version("3")
-            .use_case_step("draft")
+            .use_case_step("draft-".repeat(30))
             .use_case_property("team", "care")
             .user_id("user-7")
             .account_name("acme")
