@@ -192,7 +192,10 @@ fn text_field(out: &mut Vec<u8>, field: u32, parts: &[&str]) {
 }
 
 /// A `KeyValue` with a scalar value, its key `key` joined. Its length is known before it is
-/// written, so it is written straight through, without a length to fill in afterwards.
+/// written, so it is written straight through, without a length to fill in afterwards. The
+/// short form is inlined where it is called: with a constant key (every attribute the record
+/// writes) the key's length is known there, and the key is copied without a call to `memcpy`.
+#[inline(always)]
 fn scalar_key_value(out: &mut Vec<u8>, field: u32, key: &[&str], value: Scalar<'_>) {
     let key_len: usize = key.iter().map(|p| p.len()).sum();
     let key_field = if key_len == 0 {
@@ -212,8 +215,14 @@ fn scalar_key_value(out: &mut Vec<u8>, field: u32, key: &[&str], value: Scalar<'
         }
         out.extend_from_slice(&[(2 << 3) | LEN, value_len as u8]);
         value.write(out);
-        return;
+    } else {
+        long_key_value(out, field, key, value, len);
     }
+}
+
+/// [`scalar_key_value`]'s general form, out of line: `len` is the `KeyValue`'s length.
+#[inline(never)]
+fn long_key_value(out: &mut Vec<u8>, field: u32, key: &[&str], value: Scalar<'_>, len: usize) {
     // Room for the whole `KeyValue` first (its tag and length take at most 15 bytes), so
     // writing it never grows `out` piece by piece.
     out.reserve(15 + len);
@@ -221,26 +230,8 @@ fn scalar_key_value(out: &mut Vec<u8>, field: u32, key: &[&str], value: Scalar<'
     varint(out, len as u64);
     text_field(out, 1, key);
     tag(out, 2, LEN);
-    varint(out, value_len as u64);
+    varint(out, value.len() as u64);
     value.write(out);
-}
-
-/// [`scalar_key_value`] for a key of one piece, inlined where it is called: with a constant key
-/// (every attribute the record writes) its length is known there, and the key is copied without
-/// a call to `memcpy`.
-#[inline(always)]
-fn one_key_value(out: &mut Vec<u8>, field: u32, key: &str, value: Scalar<'_>) {
-    let value_len = value.len();
-    let len = 2 + key.len() + 2 + value_len;
-    if len < 0x80 && !key.is_empty() && field < 16 {
-        out.reserve(2 + len);
-        out.extend_from_slice(&[(field << 3) as u8 | LEN, len as u8, (1 << 3) | LEN, key.len() as u8]);
-        out.extend_from_slice(key.as_bytes());
-        out.extend_from_slice(&[(2 << 3) | LEN, value_len as u8]);
-        value.write(out);
-    } else {
-        scalar_key_value(out, field, &[key], value);
-    }
 }
 
 fn attributes<'a>(out: &mut Vec<u8>, field: u32, attributes: impl IntoIterator<Item = (&'a str, &'a Value)>) {
@@ -303,16 +294,10 @@ impl<'a> SpanAttributes<'a> {
         true
     }
 
+    #[inline(always)]
     fn scalar(&mut self, key: &[&str], value: Scalar<'_>) {
         if self.fits() {
             scalar_key_value(self.out, 9, key, value);
-        }
-    }
-
-    #[inline(always)]
-    fn one(&mut self, key: &'static str, value: Scalar<'_>) {
-        if self.fits() {
-            one_key_value(self.out, 9, key, value);
         }
     }
 
@@ -334,19 +319,19 @@ impl<'a> SpanAttributes<'a> {
 impl Attributes for SpanAttributes<'_> {
     #[inline(always)]
     fn int(&mut self, key: &'static str, value: i64) {
-        self.one(key, Scalar::Int(value));
+        self.scalar(&[key], Scalar::Int(value));
     }
     #[inline(always)]
     fn float(&mut self, key: &'static str, value: f64) {
-        self.one(key, Scalar::Float(value));
+        self.scalar(&[key], Scalar::Float(value));
     }
     #[inline(always)]
     fn flag(&mut self, key: &'static str, value: bool) {
-        self.one(key, Scalar::Bool(value));
+        self.scalar(&[key], Scalar::Bool(value));
     }
     #[inline(always)]
     fn text(&mut self, key: &'static str, value: Text<'_>) {
-        self.one(key, Scalar::Text(value.as_str()));
+        self.scalar(&[key], Scalar::Text(value.as_str()));
     }
     fn texts<'t>(&mut self, key: &'static str, values: impl ExactSizeIterator<Item = Text<'t>> + Clone) {
         if self.fits() {
